@@ -1,0 +1,5 @@
+"""Errors the user can act on. The CLI prints them as one line, no traceback."""
+
+
+class OnnxPruneError(Exception):
+    """A problem with the user's input or request (exit code 1)."""

@@ -1,0 +1,176 @@
+"""A read-only index over an ONNX graph: producers, consumers, constants, shapes.
+
+The pruner edits the ModelProto itself (so opset, metadata, doc strings and
+external-data settings survive untouched); this view only answers questions
+about it. Weights may be initializers, ``Constant`` nodes, or either behind a
+chain of ``Identity`` nodes: ``const()`` sees through all three.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+Dim = "int | str | None"
+
+
+def _tensor_shape(vi: onnx.ValueInfoProto):
+    t = vi.type
+    if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
+        return None
+    dims = []
+    for d in t.tensor_type.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param") and d.dim_param:
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return tuple(dims)
+
+
+def _captured_names(graph: onnx.GraphProto) -> set[str]:
+    """Names a subgraph reads from its enclosing scopes."""
+    defined = {i.name for i in graph.input} | {i.name for i in graph.initializer}
+    used: set[str] = set()
+    for node in graph.node:
+        for name in node.input:
+            if name and name not in defined:
+                used.add(name)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                used |= _captured_names(sub) - defined
+        defined.update(node.output)
+    for out in graph.output:
+        if out.name not in defined:
+            used.add(out.name)
+    return used
+
+
+def _constant_node_value(node: onnx.NodeProto):
+    for attr in node.attribute:
+        if attr.name == "value":
+            return numpy_helper.to_array(attr.t)
+        if attr.name == "value_float":
+            return np.array(attr.f, dtype=np.float32)
+        if attr.name == "value_floats":
+            return np.array(list(attr.floats), dtype=np.float32)
+        if attr.name == "value_int":
+            return np.array(attr.i, dtype=np.int64)
+        if attr.name == "value_ints":
+            return np.array(list(attr.ints), dtype=np.int64)
+    return None
+
+
+class GraphView:
+    def __init__(self, model: onnx.ModelProto, shapes: dict[str, tuple]) -> None:
+        self.model = model
+        self.graph = model.graph
+        self.shapes = shapes
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+        self.initializers = {t.name: t for t in self.graph.initializer}
+        self.graph_inputs = [i.name for i in self.graph.input]
+        self.graph_outputs = [o.name for o in self.graph.output]
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = defaultdict(list)
+        self.nodes = list(self.graph.node)
+        self.captured: dict[str, str] = {}  # tensor -> node whose subgraph reads it
+        for i, node in enumerate(self.nodes):
+            if not node.name:
+                node.name = f"{node.op_type}_{i}"
+            for out in node.output:
+                if out:
+                    self.producer[out] = node
+            for k, name in enumerate(node.input):
+                if name:
+                    self.consumers[name].append((node, k))
+            for attr in node.attribute:
+                subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+                for sub in subs:
+                    for name in _captured_names(sub):
+                        self.captured.setdefault(name, node.name)
+        self._const_cache: dict[str, np.ndarray | None] = {}
+
+    # -- constants -----------------------------------------------------------
+    def const_root(self, name: str) -> str | None:
+        """The initializer or Constant-node output a tensor is, seen through Identity."""
+        seen = 0
+        while name and seen < 1000:
+            if name in self.initializers and name not in self.graph_inputs:
+                return name
+            node = self.producer.get(name)
+            if node is None:
+                return None
+            if node.op_type == "Constant":
+                return name
+            if node.op_type != "Identity":
+                return None
+            name = node.input[0]
+            seen += 1
+        return None
+
+    def const(self, name: str) -> np.ndarray | None:
+        if name in self._const_cache:
+            return self._const_cache[name]
+        root = self.const_root(name)
+        value = None
+        if root is not None:
+            if root in self.initializers:
+                value = numpy_helper.to_array(self.initializers[root])
+            else:
+                value = _constant_node_value(self.producer[root])
+        self._const_cache[name] = value
+        return value
+
+    def is_const(self, name: str) -> bool:
+        return self.const_root(name) is not None
+
+    # -- shapes and attributes ----------------------------------------------
+    def shape(self, name: str):
+        if self.is_const(name):
+            v = self.const(name)
+            return None if v is None else tuple(v.shape)
+        return self.shapes.get(name)
+
+    def rank(self, name: str) -> int | None:
+        s = self.shape(name)
+        return None if s is None else len(s)
+
+    def static(self, name: str, axis: int) -> int | None:
+        s = self.shape(name)
+        if s is None or axis >= len(s) or axis < -len(s):
+            return None
+        d = s[axis]
+        return d if isinstance(d, int) else None
+
+
+def attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def set_attr(node: onnx.NodeProto, name: str, value) -> None:
+    for i, a in enumerate(node.attribute):
+        if a.name == name:
+            del node.attribute[i]
+            break
+    node.attribute.append(onnx.helper.make_attribute(name, value))
+
+
+def infer_shapes(model: onnx.ModelProto) -> dict[str, tuple]:
+    """Static/symbolic shapes of every tensor ONNX shape inference can reach."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001 - inference is best effort; unknown shapes freeze
+        inferred = model
+    shapes: dict[str, tuple] = {}
+    g = inferred.graph
+    for vi in list(g.value_info) + list(g.input) + list(g.output):
+        s = _tensor_shape(vi)
+        if s is not None:
+            shapes[vi.name] = s
+    return shapes

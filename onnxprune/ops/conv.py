@@ -1,0 +1,66 @@
+"""Conv and ConvTranspose: dense, depthwise and grouped.
+
+Dense (group=1): the input channels are a linear input of the weight ("in"),
+the output channels are a new prunable space. Grouped (group=g>1): input
+group j feeds only output group j, so the layer is channel-wise at the
+granularity of groups; the pruner removes whole groups (the input space is
+coarsened into g blocks) and rewrites ``group``. Depthwise is the case
+``C_in/g == 1``: channels couple one to one (times the depth multiplier).
+"""
+from __future__ import annotations
+
+from ..graph import attr, set_attr
+from ..layout import Segment
+from .base import Rule
+
+
+class Conv(Rule):
+    ops = ("Conv",)
+    # ConvTranspose keeps W as (C_in, C_out/g, k...): the axes swap roles.
+    in_axis, out_axis = 1, 0
+
+    def analyze(self, node, ctx):
+        x, y = node.input[0], node.output[0]
+        w = ctx.const(1)
+        if w is None:
+            ctx.freeze_node("weight is computed at run time; its channels stay unpruned")
+            return
+        g = int(attr(node, "group", 1))
+        if self.in_axis == 1:
+            cin, cout = w.shape[1] * g, w.shape[0]
+        else:
+            cin, cout = w.shape[0], w.shape[1] * g
+        lin = ctx.require(x, 1, cin)
+        has_bias = len(node.input) > 2 and node.input[2]
+        if g == 1:
+            ctx.weight(1, self.in_axis, lin, "in")
+            lout = ctx.fresh(y, 1, cout)
+            ctx.weight(1, self.out_axis, lout, "out")
+            if has_bias:
+                ctx.weight(2, 0, lout, "out")
+        else:
+            groups = ctx.atoms.new(g)
+            ctx.unify(lin, (Segment(groups, 1, cin // g),))
+            lout = (Segment(groups, 1, cout // g),)
+            ctx.set(y, 1, lout)
+            # W's group-major axis follows the groups; the other axis stays whole.
+            ctx.weight(1, 0, lout if self.in_axis == 1 else lin, "param")
+            if has_bias:
+                ctx.weight(2, 0, lout, "param")
+            ctx.state(per_group=cin // g)
+        lay = ctx.get(x, 0)
+        if lay is not None:
+            ctx.set(y, 0, lay)
+
+    def rewrite(self, node, index, rw):
+        g = int(attr(node, "group", 1))
+        if g == 1:
+            return
+        lin = rw.layout(node.input[0], 1)
+        if lin is not None:
+            set_attr(node, "group", rw.size(lin) // rw.state(index)["per_group"])
+
+
+class ConvTranspose(Conv):
+    ops = ("ConvTranspose",)
+    in_axis, out_axis = 0, 1

@@ -1,0 +1,86 @@
+"""Channel-wise ops: unary activations and numpy-broadcasting n-ary ops.
+
+Broadcasting decides coupling per output axis: two activation operands of the
+same full size on an axis are the same channel space (residual Add, SE Mul);
+a constant operand of full size is a per-channel parameter and is sliced; an
+operand of size 1 is broadcast and stays. An activation that is broadcast
+*along* a channel axis freezes it: removing its one channel would change what
+every other channel receives.
+"""
+from __future__ import annotations
+
+from .base import Rule
+
+
+class Unary(Rule):
+    """y = f(x) element by element: every axis passes through."""
+
+    ops = ("Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu",
+           "Celu", "Softplus", "Softsign", "Gelu", "Erf", "Mish", "Neg", "Abs", "Sqrt", "Exp",
+           "Log", "Cast", "CastLike", "Identity", "Reciprocal", "Floor", "Ceil", "Round", "Sign",
+           "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh",
+           "ThresholdedRelu", "Shrink", "IsNaN", "IsInf", "Not")
+
+    def analyze(self, node, ctx):
+        ctx.passthrough(node.input[0], node.output[0])
+
+
+class Dropout(Rule):
+    """Inference Dropout is Identity; its optional mask output has the same shape."""
+
+    ops = ("Dropout",)
+
+    def analyze(self, node, ctx):
+        for out in node.output:
+            if out:
+                ctx.passthrough(node.input[0], out)
+
+
+class Broadcast(Rule):
+    ops = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu", "Where",
+           "Clip", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or",
+           "Xor", "Mod", "BitwiseAnd", "BitwiseOr", "BitwiseXor")
+
+    def analyze(self, node, ctx):
+        view = ctx.view
+        out = node.output[0]
+        rank = view.rank(out)
+        inputs = [(k, n) for k, n in enumerate(node.input) if n]
+        if rank is None:
+            ctx.freeze_node("output shape unknown")
+            return
+        for ax in range(rank):
+            out_size = view.static(out, ax)
+            layouts, untracked, consts = [], [], []
+            for k, name in inputs:
+                r = view.rank(name)
+                if r is None:
+                    ctx.freeze_node(f"shape of '{name}' unknown")
+                    return
+                a = ax - (rank - r)
+                if a < 0:
+                    continue
+                size = view.static(name, a)
+                if view.is_const(name):
+                    if size is not None and size > 1:
+                        consts.append((k, a))
+                    continue
+                lay = ctx.get(name, a)
+                if size == 1 and out_size != 1:
+                    if lay is not None:
+                        ctx.freeze(lay, f"'{name}' is broadcast along a channel axis")
+                    continue
+                if lay is None:
+                    untracked.append((name, a))
+                else:
+                    layouts.append(lay)
+            if not layouts:
+                continue
+            for name, a in untracked:
+                layouts.append(ctx.require(name, a))
+            base = layouts[0]
+            for other in layouts[1:]:
+                ctx.unify(base, other)
+            ctx.set(out, ax, base)
+            for k, a in consts:
+                ctx.weight(k, a, base, "param")

@@ -1,0 +1,99 @@
+"""Gemm and MatMul: neurons of MLPs and feature consumers of flattened maps.
+
+With a constant weight, the contracted axis of the activation is a linear
+input ("in") and the output feature axis is a new prunable space. Other axes
+of the activation (batch, sequence, even NCHW channels under a MatMul on the
+last axis) pass through. A MatMul of two activations contracts an axis no
+weight can mask; that axis freezes until a rule for it exists.
+"""
+from __future__ import annotations
+
+from ..graph import attr
+from .base import Rule
+
+
+class Gemm(Rule):
+    ops = ("Gemm",)
+
+    def analyze(self, node, ctx):
+        a, y = node.input[0], node.output[0]
+        b = ctx.const(1)
+        ta, tb = int(attr(node, "transA", 0)), int(attr(node, "transB", 0))
+        if b is None or ctx.const(0) is not None or b.ndim != 2:
+            ctx.freeze_node("needs a constant weight B and an activation A")
+            return
+        k_axis, n_axis = (1, 0) if tb else (0, 1)
+        lin = ctx.require(a, 0 if ta else 1, b.shape[k_axis])
+        ctx.weight(1, k_axis, lin, "in")
+        n = b.shape[n_axis]
+        lout = ctx.fresh(y, 1, n)
+        ctx.weight(1, n_axis, lout, "out")
+        if len(node.input) > 2 and node.input[2] and n > 1:
+            c = node.input[2]
+            if ctx.view.is_const(c):
+                cv = ctx.const(2)
+                if cv.ndim >= 1 and cv.shape[-1] == n:
+                    ctx.weight(2, cv.ndim - 1, lout, "out")
+            elif ctx.view.static(c, -1) == n:
+                ctx.unify(lout, ctx.require(c, -1))
+        rows = ctx.get(a, 1 if ta else 0)
+        if rows is not None:
+            ctx.set(y, 0, rows)
+
+
+class MatMul(Rule):
+    ops = ("MatMul",)
+
+    def analyze(self, node, ctx):
+        a, b, y = node.input[0], node.input[1], node.output[0]
+        av, bv = ctx.const(0), ctx.const(1)
+        view = ctx.view
+        ra, rb, ry = view.rank(a), view.rank(b), view.rank(y)
+        if ry is None or (av is None and ra is None) or (bv is None and rb is None):
+            ctx.freeze_node("shapes unknown")
+            return
+        if bv is not None and av is None and bv.ndim in (1, 2):
+            lin = ctx.require(a, -1, bv.shape[0])
+            ctx.weight(1, 0, lin, "in")
+            if bv.ndim == 2:
+                lout = ctx.fresh(y, -1, bv.shape[1])
+                ctx.weight(1, 1, lout, "out")
+            for ax, lay in ctx.axes(a).items():
+                if ax < ra - 1:
+                    ctx.set(y, ax + (ry - ra) if ra > 1 else ax, lay)
+        elif av is not None and bv is None and av.ndim == 2 and rb >= 2:
+            lin = ctx.require(b, -2, av.shape[1])
+            ctx.weight(0, 1, lin, "in")
+            lout = ctx.fresh(y, -2, av.shape[0])
+            ctx.weight(0, 0, lout, "out")
+            for ax, lay in ctx.axes(b).items():
+                if ax != rb - 2:
+                    ctx.set(y, ax + (ry - rb), lay)
+        elif av is None and bv is None and ra >= 2 and rb >= 2:
+            why = "contracted by a MatMul of two activations"
+            ctx.freeze(ctx.get(a, -1), why)
+            ctx.freeze(ctx.get(b, -2), why)
+            rows, cols = ctx.get(a, -2), ctx.get(b, -1)
+            if rows is not None:
+                ctx.set(y, -2, rows)
+            if cols is not None:
+                ctx.set(y, -1, cols)
+            for ax in range(ry - 2):
+                lays = []
+                for name, r in ((a, ra), (b, rb)):
+                    src = ax - (ry - r)
+                    if src < 0:
+                        continue
+                    lay = ctx.get(name, src)
+                    if view.static(name, src) == 1 and view.static(y, ax) != 1:
+                        ctx.freeze(lay, f"'{name}' is broadcast along a channel axis")
+                        continue
+                    lays.append((name, src, lay))
+                if not any(lay for _, _, lay in lays):
+                    continue
+                lays = [lay if lay is not None else ctx.require(name, src) for name, src, lay in lays]
+                for lay in lays[1:]:
+                    ctx.unify(lays[0], lay)
+                ctx.set(y, ax, lays[0])
+        else:
+            ctx.freeze_node("constant operand of rank above 2")

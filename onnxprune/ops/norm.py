@@ -1,0 +1,56 @@
+"""Normalisations. Per-channel ones (BatchNorm, InstanceNorm) slice their
+parameters; ones that normalise *over* a channel axis (LayerNorm, LRN,
+GroupNorm) would compute different statistics after removal, so that axis
+freezes."""
+from __future__ import annotations
+
+from ..graph import attr
+from .base import Rule
+
+
+class PerChannelNorm(Rule):
+    """y[:, c] depends on x[:, c] and the c-th entry of each parameter."""
+
+    ops = ("BatchNormalization", "InstanceNormalization")
+
+    def analyze(self, node, ctx):
+        x, y = node.input[0], node.output[0]
+        scale = ctx.const(1)
+        size = None if scale is None else scale.shape[0]
+        lay = ctx.require(x, 1, size)
+        params = range(1, len(node.input))
+        if any(ctx.const(k) is None for k in params if node.input[k]):
+            ctx.freeze(lay, "normalisation parameters computed at run time")
+        else:
+            for k in params:
+                if node.input[k]:
+                    ctx.weight(k, 0, lay, "param")
+        if any(o for o in node.output[1:]):
+            ctx.freeze(lay, "training-mode statistics outputs are used")
+        ctx.passthrough(x, y)
+
+
+class NormOverAxes(Rule):
+    """Normalises over some axes; a channel axis among them freezes."""
+
+    ops = ("LayerNormalization", "LRN", "GroupNormalization", "MeanVarianceNormalization")
+
+    def normalized(self, node, rank):
+        if node.op_type == "LayerNormalization":
+            a = int(attr(node, "axis", -1))
+            return set(range(a % rank, rank))
+        if node.op_type == "MeanVarianceNormalization":
+            return {a % rank for a in attr(node, "axes", [0, 2, 3])}
+        return {1}  # LRN and GroupNorm mix channels
+
+    def analyze(self, node, ctx):
+        x = node.input[0]
+        rank = ctx.view.rank(x)
+        if rank is None:
+            ctx.freeze_node("input shape unknown")
+            return
+        axes = self.normalized(node, rank)
+        for ax, lay in ctx.axes(x).items():
+            if ax in axes:
+                ctx.freeze(lay, f"normalises over axis {ax}: removing channels changes the statistics")
+        ctx.passthrough(x, node.output[0])

@@ -1,0 +1,90 @@
+"""Spatial ops that treat every channel alike: pooling, Resize/Upsample, Pad."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..graph import attr
+from .base import Rule
+
+
+class Pool(Rule):
+    """N and C pass through; spatial axes change size and carry no channels."""
+
+    ops = ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool",
+           "GlobalLpPool")
+
+    def analyze(self, node, ctx):
+        x, y = node.input[0], node.output[0]
+        for ax, lay in ctx.axes(x).items():
+            if ax >= 2:
+                ctx.freeze(lay, "pooled along a channel axis")
+        ctx.passthrough(x, y, {0: 0, 1: 1})
+        if len(node.output) > 1 and node.output[1]:
+            ctx.freeze(ctx.get(x, 1), "MaxPool indices encode the channel position")
+
+
+class Resize(Rule):
+    """Axes whose size does not change pass through; a constant ``sizes``
+    input names the channel count and is rewritten."""
+
+    ops = ("Resize", "Upsample")
+
+    def analyze(self, node, ctx):
+        x, y = node.input[0], node.output[0]
+        lays = ctx.axes(x)
+        if not lays:
+            return
+        sizes_slot = 3 if node.op_type == "Resize" else None
+        if sizes_slot is not None and len(node.input) > sizes_slot and node.input[sizes_slot]:
+            if ctx.const(sizes_slot) is None:
+                ctx.freeze_tensor(x, "Resize sizes computed at run time")
+                return
+            ctx.state(sizes=sizes_slot)
+        for ax, lay in lays.items():
+            if ctx.view.static(x, ax) is not None and ctx.view.static(x, ax) == ctx.view.static(y, ax):
+                ctx.set(y, ax, lay)
+            else:
+                ctx.freeze(lay, "resized along a channel axis")
+
+    def rewrite(self, node, index, rw):
+        slot = rw.state(index).get("sizes")
+        y = node.output[0]
+        if slot is None or not rw.changed(y):
+            return
+        sizes = np.array(rw.view.const(node.input[slot]), dtype=np.int64).copy()
+        rank = len(rw.view.shape(y))
+        axes = attr(node, "axes") or list(range(rank))
+        new = rw.new_shape(y)
+        for k, ax in enumerate(axes):
+            sizes[k] = new[ax % rank]
+        rw.set_const(index, slot, sizes)
+
+
+class Pad(Rule):
+    """Padding a channel axis would invent channels: only unpadded axes pass."""
+
+    ops = ("Pad",)
+
+    def analyze(self, node, ctx):
+        x, y = node.input[0], node.output[0]
+        lays = ctx.axes(x)
+        if not lays:
+            return
+        rank = ctx.view.rank(x)
+        if ctx.view.opset < 11:
+            pads = attr(node, "pads") or attr(node, "paddings")
+            axes = list(range(rank))
+        else:
+            pads = ctx.const(1)
+            axes = ctx.const(3) if len(node.input) > 3 and node.input[3] else list(range(rank))
+        if pads is None or axes is None:
+            ctx.freeze_tensor(x, "pads computed at run time")
+            return
+        pads = [int(p) for p in np.asarray(pads).reshape(-1)]
+        axes = [int(a) % rank for a in np.asarray(axes).reshape(-1)]
+        padded = {a for k, a in enumerate(axes) if pads[k] or pads[k + len(axes)]}
+        for ax, lay in lays.items():
+            if ax in padded:
+                ctx.freeze(lay, "padded along a channel axis")
+            else:
+                ctx.set(y, ax, lay)

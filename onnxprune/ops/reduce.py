@@ -1,0 +1,70 @@
+"""Reductions and soft-maxes: fine over spatial axes, frozen over a channel axis
+(removing a channel would change the sum / max / normaliser)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..graph import attr
+from .base import Rule
+
+
+class Reduce(Rule):
+    ops = ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd", "ReduceL1",
+           "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "ArgMax", "ArgMin")
+
+    def reduced_axes(self, node, ctx, rank):
+        if node.op_type in ("ArgMax", "ArgMin"):
+            return {int(attr(node, "axis", 0)) % rank}
+        axes = attr(node, "axes")
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            axes = ctx.const(1)
+            if axes is None:
+                return None
+        if axes is None or len(np.asarray(axes).reshape(-1)) == 0:
+            if int(attr(node, "noop_with_empty_axes", 0)):
+                return set()
+            return set(range(rank))
+        return {int(a) % rank for a in np.asarray(axes).reshape(-1)}
+
+    def analyze(self, node, ctx):
+        x, y = node.input[0], node.output[0]
+        lays = ctx.axes(x)
+        if not lays:
+            return
+        rank = ctx.view.rank(x)
+        axes = self.reduced_axes(node, ctx, rank)
+        if axes is None:
+            ctx.freeze_tensor(x, "reduction axes computed at run time")
+            return
+        keep = int(attr(node, "keepdims", 1))
+        mapping, k = {}, 0
+        for ax in range(rank):
+            if ax in axes:
+                if keep:
+                    k += 1
+                continue
+            mapping[ax] = k
+            k += 1
+        for ax, lay in lays.items():
+            if ax in axes:
+                ctx.freeze(lay, f"reduced over axis {ax} (a channel axis)")
+        ctx.passthrough(x, y, mapping)
+
+
+class Softmax(Rule):
+    ops = ("Softmax", "LogSoftmax", "Hardmax")
+
+    def analyze(self, node, ctx):
+        x = node.input[0]
+        lays = ctx.axes(x)
+        if not lays:
+            return
+        rank = ctx.view.rank(x)
+        if ctx.view.opset >= 13:
+            over = {int(attr(node, "axis", -1)) % rank}
+        else:
+            over = set(range(int(attr(node, "axis", 1)) % rank, rank))
+        for ax, lay in lays.items():
+            if ax in over:
+                ctx.freeze(lay, f"{node.op_type} normalises over axis {ax}")
+        ctx.passthrough(x, node.output[0])

@@ -1,0 +1,196 @@
+"""Stage 6: apply keep-sets to the model.
+
+Every weight slice recorded by the rules becomes an edit of one node input;
+rules then rewrite attributes and shape constants; value_info shapes follow.
+A constant read by several nodes (exporters share biases, shape vectors,
+scalars) is edited in place only when every reader wants the same new value;
+otherwise each distinct value gets its own initializer, so no reader sees a
+slice meant for another.
+
+The *masked* model (the exactness oracle of ARCHITECTURE.md) uses the same
+machinery: full-size weights, with removed channels zeroed in every linear
+consumer ("in" role slices).
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .graph import GraphView
+from .groups import Groups
+from .ops import Rewriter, rule_for
+
+
+def _all_names(model: onnx.ModelProto) -> set[str]:
+    g = model.graph
+    names = {t.name for t in g.initializer} | {i.name for i in g.input} | {o.name for o in g.output}
+    for node in g.node:
+        names.update(node.input)
+        names.update(node.output)
+    return names
+
+
+class _Edits(Rewriter):
+    def __init__(self, view, analysis, keep, model):
+        super().__init__(view, analysis, keep)
+        self.model = model
+        self.names = _all_names(model)
+        self.new_inits: list[onnx.TensorProto] = []
+
+    def new_const(self, hint: str, value: np.ndarray) -> str:
+        name, k = hint, 1
+        while name in self.names:
+            name, k = f"{hint}_{k}", k + 1
+        self.names.add(name)
+        self.new_inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        return name
+
+
+def _slice_weights(rw: _Edits) -> None:
+    """Gather every use of one node input and apply its slices in turn."""
+    by_input: dict[tuple[int, int], list] = {}
+    for use in rw.a.uses:
+        by_input.setdefault((use.node, use.input), []).append(use)
+    for (index, slot), uses in by_input.items():
+        node = rw.view.nodes[index]
+        value = rw.view.const(node.input[slot])
+        new = value
+        for use in uses:
+            pos = rw.a.atoms.positions(use.layout, rw.keep)
+            if len(pos) != new.shape[use.axis]:
+                new = np.take(new, pos, axis=use.axis)
+        if new is not value:
+            rw.set_const(index, slot, new)
+
+
+def _mask_weights(rw: _Edits) -> None:
+    """Zero removed channels in every linear consumer; shapes stay."""
+    by_input: dict[tuple[int, int], list] = {}
+    for use in rw.a.uses:
+        if use.role == "in":
+            by_input.setdefault((use.node, use.input), []).append(use)
+    for (index, slot), uses in by_input.items():
+        node = rw.view.nodes[index]
+        value = rw.view.const(node.input[slot])
+        new = value.copy()
+        for use in uses:
+            pos = rw.a.atoms.positions(use.layout, rw.keep)
+            removed = np.setdiff1d(np.arange(new.shape[use.axis]), pos)
+            if len(removed):
+                idx = [slice(None)] * new.ndim
+                idx[use.axis] = removed
+                new[tuple(idx)] = 0
+        if not np.array_equal(new, value):
+            rw.set_const(index, slot, new)
+
+
+def _set_constant_value(node: onnx.NodeProto, value: np.ndarray) -> None:
+    for i, a in enumerate(node.attribute):
+        if a.name.startswith("value"):
+            del node.attribute[i]
+            break
+    node.attribute.append(onnx.helper.make_attribute("value", numpy_helper.from_array(value)))
+
+
+def _apply_const_edits(rw: _Edits, model: onnx.ModelProto) -> None:
+    view = rw.view
+    by_root: dict[str, list] = {}
+    for (index, slot), value in rw.const_edits.items():
+        node = view.nodes[index]
+        name = node.input[slot]
+        root = view.const_root(name)
+        if root == name:
+            by_root.setdefault(root, []).append((node, slot, value))
+        else:  # behind an Identity chain: give this reader its own constant
+            node.input[slot] = rw.new_const(f"{name}_pruned", value)
+    inits = {t.name: t for t in model.graph.initializer}
+    for root, edits in by_root.items():
+        readers = view.consumers.get(root, [])
+        same = all(np.array_equal(v, edits[0][2]) and v.dtype == edits[0][2].dtype for _, _, v in edits)
+        everyone = len(readers) == len(edits) and root not in view.captured \
+            and root not in view.graph_outputs
+        if same and everyone:
+            value = np.ascontiguousarray(edits[0][2])
+            if root in inits:
+                inits[root].CopyFrom(numpy_helper.from_array(value, root))
+            else:
+                _set_constant_value(view.producer[root], value)
+            continue
+        made: list[tuple[np.ndarray, str]] = []
+        for node, slot, value in edits:
+            name = next((n for v, n in made if v.dtype == value.dtype and np.array_equal(v, value)), None)
+            if name is None:
+                name = rw.new_const(f"{root}_pruned", value)
+                made.append((value, name))
+            node.input[slot] = name
+
+
+def _update_value_info(rw: _Edits, model: onnx.ModelProto) -> None:
+    """Shrink recorded shapes: tracked activations from their layouts,
+    initializers from their new values; Constant outputs are re-inferred."""
+    inits = {t.name: t for t in model.graph.initializer}
+    constants = {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
+    keep = []
+    for vi in model.graph.value_info:
+        if vi.name in constants:
+            continue
+        keep.append(vi)
+        if not vi.type.HasField("tensor_type"):
+            continue
+        new = list(inits[vi.name].dims) if vi.name in inits else rw.new_shape(vi.name)
+        if new is None:
+            continue
+        for ax, d in enumerate(vi.type.tensor_type.shape.dim):
+            if ax < len(new) and d.HasField("dim_value") and isinstance(new[ax], int):
+                d.dim_value = new[ax]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(keep)
+
+
+def _drop_orphans(model: onnx.ModelProto, before: set[str]) -> None:
+    """Remove initializers and Identity/Constant nodes that our edits left unread."""
+    g = model.graph
+    outputs = {o.name for o in g.output}
+    while True:
+        read = {n for node in g.node for n in node.input} | outputs
+        for node in g.node:
+            for a in node.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    read |= {n for sub in a.g.node for n in sub.input}
+        dead = [i for i, node in enumerate(g.node)
+                if node.op_type in ("Identity", "Constant")
+                and not any(o in read for o in node.output)
+                and all(o in before for o in node.output)]
+        if not dead:
+            break
+        for i in reversed(dead):
+            del g.node[i]
+    read = {n for node in g.node for n in node.input} | outputs
+    keep = [t for t in g.initializer if t.name in read or t.name not in before]
+    if len(keep) != len(g.initializer):
+        del g.initializer[:]
+        g.initializer.extend(keep)
+
+
+def apply(groups: Groups, keep: dict[int, np.ndarray], masked: bool = False) -> onnx.ModelProto:
+    """A new model with the keep-sets applied (or, with ``masked``, zeroed)."""
+    model = copy.deepcopy(groups.model)
+    read_before = {n for node in model.graph.node for n in node.input} | \
+        {o.name for o in model.graph.output}
+    view = GraphView(model, groups.view.shapes)
+    rw = _Edits(view, groups.analysis, keep, model)
+    if masked:
+        _mask_weights(rw)
+    else:
+        _slice_weights(rw)
+        for index, node in enumerate(view.nodes):
+            rule_for(node).rewrite(node, index, rw)
+    _apply_const_edits(rw, model)
+    model.graph.initializer.extend(rw.new_inits)
+    if not masked:
+        _update_value_info(rw, model)
+    _drop_orphans(model, read_before)
+    return model
