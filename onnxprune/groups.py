@@ -57,6 +57,8 @@ class Groups:
     model: onnx.ModelProto = field(repr=False)
     view: GraphView = field(repr=False)
     analysis: Analysis = field(repr=False)
+    source_path: str | None = None
+    external_data: bool = False
 
     @property
     def prunable(self) -> list[Group]:

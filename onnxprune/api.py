@@ -1,0 +1,104 @@
+"""The Python API: what users import and what the CLI calls.
+
+    groups = onnxprune.analyze("model.onnx")
+    result = onnxprune.prune("model.onnx", ratio=0.3, criterion="l2")
+    result.save("pruned.onnx")
+    report = onnxprune.validate("model.onnx", result.model, data="data.npz")
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import onnx
+
+from .costs import count_macs, count_params
+from .errors import OnnxPruneError
+from .graph import GraphView
+from .groups import Groups, analyze_model
+from .importance import score
+from .model import load, save, shapes_of
+from .planner import Plan, plan_from_keep, plan_uniform
+from .rewrite import apply
+from .validate import full_check
+
+
+def analyze(model, *, input_shapes: dict | None = None, exclude=()) -> Groups:
+    """Find every group of coupled channels. ``model``: a path or a ModelProto."""
+    loaded = load(model)
+    groups = analyze_model(loaded.model, shapes_of(loaded.model, input_shapes))
+    groups.exclude(exclude)
+    groups.source_path = loaded.path
+    groups.external_data = loaded.external_data
+    return groups
+
+
+@dataclass
+class PruneReport:
+    criterion: str
+    ratio: float
+    params: dict
+    macs: dict
+    groups: list = field(default_factory=list)  # per group: id, channels, kept, members, frozen
+
+    def to_dict(self) -> dict:
+        return {"criterion": self.criterion, "ratio": self.ratio, "params": self.params,
+                "macs": self.macs, "groups": self.groups}
+
+
+@dataclass
+class PruneResult:
+    model: onnx.ModelProto
+    report: PruneReport
+    groups: Groups = field(repr=False)
+    plan: Plan = field(repr=False)
+
+    def masked(self) -> onnx.ModelProto:
+        """The full-size model with removed channels zeroed in every linear consumer."""
+        return apply(self.groups, self.plan.keep, masked=True)
+
+    def save(self, path, external_data: bool | None = None) -> None:
+        if external_data is None:
+            external_data = getattr(self.groups, "external_data", False)
+        save(self.model, path, external_data=external_data)
+
+
+def prune(model, ratio: float = 0.3, criterion: str = "l2", *, min_channels: int = 1,
+          round_to: int = 1, exclude=(), input_shapes: dict | None = None, seed: int = 0,
+          keep: dict | None = None, member_norm: str = "mean", reduction: str = "mean",
+          check: bool = True) -> PruneResult:
+    """Remove channels from every prunable group and rewrite the model.
+
+    ``keep`` (group id -> indices) overrides scoring and planning, for tests
+    and for users who chose channels themselves.
+    """
+    groups = analyze(model, input_shapes=input_shapes, exclude=exclude)
+    if not groups.prunable:
+        reasons = sorted({r for g in groups.groups for r in g.frozen})
+        hint = f" ({reasons[0]}{'; ...' if len(reasons) > 1 else ''})" if reasons else ""
+        raise OnnxPruneError(f"nothing to prune: all {len(groups.groups)} channel groups are "
+                             f"frozen{hint}; run 'onnxprune analyze' for the reasons")
+    if keep is not None:
+        plan = plan_from_keep(groups, keep)
+    else:
+        scores = score(groups, criterion, member_norm=member_norm, reduction=reduction, seed=seed)
+        plan = plan_uniform(groups, scores, ratio, min_channels=min_channels, round_to=round_to)
+    pruned = apply(groups, plan.keep)
+    if check:
+        full_check(pruned)
+    after = GraphView(pruned, shapes_of(pruned, input_shapes))
+    report = PruneReport(
+        criterion="explicit" if keep is not None else criterion, ratio=ratio,
+        params={"before": groups.params_total, "after": count_params(pruned)},
+        macs={"before": groups.macs, "after": count_macs(after)},
+        groups=[{"id": g.id, "channels": g.channels,
+                 "kept": plan.kept.get(g.id, (g.channels, g.channels))[0],
+                 "members": g.members, "frozen": g.frozen} for g in groups.groups])
+    return PruneResult(pruned, report, groups, plan)
+
+
+def same_file(a, b) -> bool:
+    try:
+        return os.path.exists(b) and os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)

@@ -1,0 +1,155 @@
+"""The ``onnxprune`` command: thin click wrappers over the Python API.
+
+Every user error becomes one line ``onnxprune: ...`` on stderr and exit code 1
+(2 for bad usage); tracebacks only with ``--debug``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+
+import click
+from rich.console import Console
+
+from . import api
+from .errors import OnnxPruneError
+from .importance import CRITERIA
+from .model import parse_input_shapes, save
+from .report import print_groups, print_prune, print_validation
+from .validate import validate as run_validate
+
+
+class _Cli(click.Group):
+    """Turns exceptions into one-line errors unless --debug was given."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except OnnxPruneError as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"onnxprune: {e}", err=True)
+            ctx.exit(1)
+        except Exception as e:  # noqa: BLE001 - last resort, never a traceback without --debug
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            first = str(e).splitlines()[0] if str(e) else ""
+            click.echo(f"onnxprune: internal error: {type(e).__name__}: {first} "
+                       f"(run with --debug for the traceback)", err=True)
+            ctx.exit(1)
+
+
+def _console(quiet: bool = False) -> Console:
+    return Console(quiet=quiet, highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 160)
+
+
+def _write_json(path: str, payload: dict) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2)
+    os.replace(tmp, path)
+
+
+input_shape_opt = click.option("--input-shape", "input_shape", multiple=True, metavar="NAME:D1,D2,..",
+                               help="Fix symbolic input dims, e.g. input:1,3,224,224 (repeatable).")
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@click.version_option(package_name="onnxprune")
+@click.pass_context
+def main(ctx, debug):
+    """Structural pruning for ONNX models: analyze, prune, validate."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+    if not debug:
+        warnings.simplefilter("ignore")
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the groups as JSON.")
+@click.option("--all", "show_all", is_flag=True, help="Also list groups that own no weights.")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Freeze groups with a matching node or tensor name.")
+@input_shape_opt
+def analyze(model, as_json, show_all, exclude, input_shape):
+    """List the channel groups of MODEL, what each couples, and why some are frozen."""
+    groups = api.analyze(model, input_shapes=parse_input_shapes(input_shape), exclude=exclude)
+    if as_json:
+        click.echo(json.dumps(groups.to_dict(), indent=2))
+    else:
+        print_groups(groups, _console(), show_all)
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Pruned model path.")
+@click.option("--ratio", type=float, default=0.3, show_default=True, help="Fraction of channels removed per group.")
+@click.option("--criterion", type=click.Choice(sorted(CRITERIA) + ["random"]), default="l2", show_default=True)
+@click.option("--min-channels", type=int, default=1, show_default=True, help="Channels every group keeps at least.")
+@click.option("--round-to", type=int, default=1, show_default=True, help="Keep channel counts multiples of N.")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Freeze groups with a matching node or tensor name (repeatable).")
+@click.option("--masked-output", type=click.Path(dir_okay=False), help="Also write the full-size masked model.")
+@click.option("--data", type=click.Path(dir_okay=False), help="Validation inputs (.npz, one array per input; optional 'labels').")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the report as JSON.")
+@click.option("--no-validate", is_flag=True, help="Skip the onnxruntime comparison after pruning.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True, help="onnxruntime threads for latency.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@input_shape_opt
+def prune(model, output, ratio, criterion, min_channels, round_to, exclude, masked_output, data,
+          report_path, no_validate, seed, threads, quiet, input_shape):
+    """Prune MODEL and write the result to OUTPUT."""
+    for path in (output, masked_output, report_path):
+        if path and api.same_file(model, path):
+            raise OnnxPruneError(f"{path}: output path is the input model; choose another path")
+    if masked_output and os.path.abspath(masked_output) == os.path.abspath(output):
+        raise OnnxPruneError("--masked-output and -o name the same file")
+    shapes = parse_input_shapes(input_shape)
+    console = _console(quiet)
+    result = api.prune(model, ratio=ratio, criterion=criterion, min_channels=min_channels,
+                       round_to=round_to, exclude=exclude, input_shapes=shapes, seed=seed)
+    validation = None
+    if not no_validate:
+        validation = run_validate(model, result.model, data, input_shapes=shapes, threads=threads)
+    result.save(output)
+    if masked_output:
+        save(result.masked(), masked_output, external_data=result.groups.external_data)
+    print_prune(result.report, console)
+    payload = result.report.to_dict()
+    if validation is not None:
+        print_validation(validation, console)
+        payload.update(validation.to_dict())
+        for msg in validation.warnings:
+            click.echo(f"onnxprune: warning: {msg}", err=True)
+    if report_path:
+        _write_json(report_path, payload)
+    console.print(f"wrote {output}")
+
+
+@main.command()
+@click.argument("original", type=click.Path(dir_okay=False))
+@click.argument("pruned", type=click.Path(dir_okay=False))
+@click.option("--data", type=click.Path(dir_okay=False), help="Inputs (.npz, one array per input; optional 'labels').")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the report as JSON.")
+@click.option("--samples", type=int, default=8, show_default=True, help="Random samples when no --data.")
+@click.option("--threads", type=int, default=1, show_default=True, help="onnxruntime threads for latency.")
+@click.option("-q", "--quiet", is_flag=True)
+@input_shape_opt
+def validate(original, pruned, data, report_path, samples, threads, quiet, input_shape):
+    """Compare PRUNED against ORIGINAL on the same inputs."""
+    v = run_validate(original, pruned, data, input_shapes=parse_input_shapes(input_shape),
+                     samples=samples, threads=threads)
+    print_validation(v, _console(quiet))
+    for msg in v.warnings:
+        click.echo(f"onnxprune: warning: {msg}", err=True)
+    if report_path:
+        _write_json(report_path, v.to_dict())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

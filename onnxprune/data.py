@@ -1,0 +1,77 @@
+"""Input data for validation: an .npz with one array per input name (axis 0 =
+samples) and an optional ``labels`` array; or random inputs when none is given."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+
+from .errors import OnnxPruneError
+
+_NP_TYPES = {
+    onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.INT64: np.int64,
+    onnx.TensorProto.INT32: np.int32, onnx.TensorProto.INT8: np.int8,
+    onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.BOOL: np.bool_,
+}
+
+
+def model_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    inits = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def input_dims(vi: onnx.ValueInfoProto, fixed: dict | None = None) -> list:
+    if fixed and vi.name in fixed:
+        return list(fixed[vi.name])
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+            for d in vi.type.tensor_type.shape.dim]
+
+
+def load_npz(path, model: onnx.ModelProto):
+    """-> (feeds {name: array[N, ...]}, labels or None)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise OnnxPruneError(f"{path}: no such file")
+    try:
+        data = np.load(path, allow_pickle=False)
+        arrays = {k: data[k] for k in data.files}
+    except (ValueError, OSError) as e:
+        raise OnnxPruneError(f"{path}: not a readable .npz file ({e})") from None
+    feeds = {}
+    for vi in model_inputs(model):
+        if vi.name not in arrays:
+            raise OnnxPruneError(f"{path}: has no array named '{vi.name}' "
+                                 f"(arrays: {', '.join(sorted(arrays))})")
+        want = _NP_TYPES.get(vi.type.tensor_type.elem_type)
+        arr = arrays[vi.name]
+        feeds[vi.name] = arr.astype(want) if want is not None else arr
+    counts = {len(a) for a in feeds.values()}
+    if len(counts) != 1:
+        raise OnnxPruneError(f"{path}: inputs have different sample counts {sorted(counts)}")
+    labels = arrays.get("labels")
+    if labels is not None and len(labels) != counts.pop():
+        raise OnnxPruneError(f"{path}: 'labels' has {len(labels)} entries, inputs have more or fewer")
+    return feeds, labels
+
+
+def random_feeds(model: onnx.ModelProto, samples: int, fixed: dict | None = None, seed: int = 0):
+    """Random inputs: symbolic leading dims become the sample axis, others 1."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for vi in model_inputs(model):
+        dims = input_dims(vi, fixed)
+        if not dims:
+            raise OnnxPruneError(f"input '{vi.name}' is a scalar; give --data")
+        shape = [samples] + [d if isinstance(d, int) and d > 0 else 1 for d in dims[1:]]
+        if isinstance(dims[0], int) and dims[0] > 0 and not (fixed and vi.name in fixed):
+            shape[0] = samples * dims[0]
+        want = _NP_TYPES.get(vi.type.tensor_type.elem_type, np.float32)
+        if np.issubdtype(want, np.floating):
+            feeds[vi.name] = rng.standard_normal(shape).astype(want)
+        elif want == np.bool_:
+            feeds[vi.name] = rng.random(shape) > 0.5
+        else:
+            feeds[vi.name] = rng.integers(0, 2, size=shape).astype(want)
+    return feeds

@@ -1,0 +1,79 @@
+"""Human-readable tables (rich) for groups, prune reports and validations."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from .groups import Groups
+
+
+def _num(n: int | float) -> str:
+    n = float(n)
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def _ratio(before, after) -> str:
+    return f"{after / before:.3f}" if before else "-"
+
+
+def groups_table(groups: Groups, show_all: bool = False, max_members: int = 4) -> Table:
+    t = Table(title="Channel groups", show_lines=False)
+    for col, kw in (("id", {"justify": "right"}), ("channels", {"justify": "right"}),
+                    ("params", {"justify": "right"}), ("members", {}), ("status", {})):
+        t.add_column(col, **kw)
+    shown = [g for g in groups.groups if show_all or g.params]
+    for g in shown:
+        members = ", ".join(g.members[:max_members])
+        if len(g.members) > max_members:
+            members += f" (+{len(g.members) - max_members})"
+        ch = f"{g.channels}" if g.width == 1 else f"{g.channels} x{g.width}"
+        status = "[green]prunable[/]" if g.prunable else f"[yellow]frozen:[/] {g.frozen[0]}"
+        if len(g.frozen) > 1:
+            status += f" (+{len(g.frozen) - 1} more)"
+        t.add_row(str(g.id), ch, _num(g.params), members, status)
+    return t
+
+
+def print_groups(groups: Groups, console: Console, show_all: bool = False) -> None:
+    console.print(groups_table(groups, show_all))
+    n_open = len(groups.prunable)
+    console.print(
+        f"groups: {len(groups.groups)} ({n_open} prunable, {len(groups.groups) - n_open} frozen)   "
+        f"params: {_num(groups.params_total)} total, {_num(groups.params_prunable)} prunable   "
+        f"MACs: {_num(groups.macs)}")
+
+
+def print_prune(report, console: Console) -> None:
+    t = Table(title=f"Pruned ({report.criterion}, ratio {report.ratio})")
+    for col in ("", "before", "after", "ratio"):
+        t.add_column(col, justify="right")
+    for key in ("params", "macs"):
+        d = getattr(report, key)
+        t.add_row(key, _num(d["before"]), _num(d["after"]), _ratio(d["before"], d["after"]))
+    console.print(t)
+    changed = [g for g in report.groups if g["kept"] != g["channels"]]
+    console.print(f"channels removed in {len(changed)} of {len(report.groups)} groups")
+
+
+def print_validation(v, console: Console) -> None:
+    t = Table(title="Validation" + (" (random inputs)" if v.random_inputs else f" ({v.samples} samples)"))
+    for col in ("output", "cosine mean", "cosine min", "max |diff|", "top-1 agree"):
+        t.add_column(col, justify="right")
+    for o in v.outputs:
+        top1 = "-" if o.top1_agreement is None else f"{o.top1_agreement:.3f}"
+        t.add_row(o.name, f"{o.cosine_mean:.5f}", f"{o.cosine_min:.5f}", f"{o.max_abs_diff:.4g}", top1)
+    console.print(t)
+    c = Table(title="Cost")
+    for col in ("", "before", "after", "ratio"):
+        c.add_column(col, justify="right")
+    for key, fmt in (("params", _num), ("macs", _num), ("size_bytes", _num),
+                     ("latency_ms", lambda x: f"{x:.3f}")):
+        d = getattr(v, key)
+        c.add_row(key, fmt(d["before"]), fmt(d["after"]), _ratio(d["before"], d["after"]))
+    if v.accuracy_before is not None:
+        c.add_row("accuracy", f"{v.accuracy_before:.4f}", f"{v.accuracy_after:.4f}",
+                  _ratio(v.accuracy_before, v.accuracy_after))
+    console.print(c)

@@ -1,0 +1,207 @@
+"""Stage 7: prove the pruned model still computes what it should.
+
+Checks that ONNX accepts it (full checker), that onnxruntime runs it with the
+same output names, dtypes and ranks, then compares both models on the same
+inputs (cosine, max error, top-1 agreement, accuracy with labels) and measures
+params, MACs, size and latency with identical session settings.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from .costs import count_macs, count_params
+from .data import input_dims, load_npz, model_inputs, random_feeds
+from .errors import OnnxPruneError
+from .graph import GraphView
+from .model import load, shapes_of
+
+
+@dataclass
+class OutputFidelity:
+    name: str
+    cosine_mean: float
+    cosine_min: float
+    max_abs_diff: float
+    top1_agreement: float | None = None
+
+
+@dataclass
+class Validation:
+    samples: int
+    random_inputs: bool
+    outputs: list[OutputFidelity]
+    params: dict
+    macs: dict
+    size_bytes: dict
+    latency_ms: dict
+    accuracy_before: float | None = None
+    accuracy_after: float | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def cosine_min(self) -> float:
+        return min(o.cosine_min for o in self.outputs)
+
+    @property
+    def cosine_mean(self) -> float:
+        return float(np.mean([o.cosine_mean for o in self.outputs]))
+
+    @property
+    def max_abs_diff(self) -> float:
+        return max(o.max_abs_diff for o in self.outputs)
+
+    @property
+    def top1_agreement(self) -> float | None:
+        return next((o.top1_agreement for o in self.outputs if o.top1_agreement is not None), None)
+
+    def to_dict(self) -> dict:
+        return {
+            "params": self.params, "macs": self.macs, "size_bytes": self.size_bytes,
+            "latency_ms": self.latency_ms,
+            "validation": {
+                "samples": self.samples, "random_inputs": self.random_inputs,
+                "cosine_min": self.cosine_min, "cosine_mean": self.cosine_mean,
+                "max_abs_diff": self.max_abs_diff, "top1_agreement": self.top1_agreement,
+                "accuracy_before": self.accuracy_before, "accuracy_after": self.accuracy_after,
+                "outputs": [asdict(o) for o in self.outputs],
+            },
+        }
+
+
+def session(model: onnx.ModelProto, threads: int = 1) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(model.SerializeToString(), opts,
+                                    providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises several unrelated types
+        raise OnnxPruneError(f"onnxruntime cannot load the model: {str(e).splitlines()[0]}") from None
+
+
+def _batch_size(model: onnx.ModelProto, fixed: dict | None) -> int | None:
+    """Samples one run takes: None when the leading dim is symbolic (any batch)."""
+    sizes = set()
+    for vi in model_inputs(model):
+        d = input_dims(vi, fixed)[:1]
+        if d and isinstance(d[0], int) and d[0] > 0:
+            sizes.add(d[0])
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def run_batched(sess, feeds: dict, batch: int | None, chunk: int = 32) -> list[np.ndarray]:
+    n = len(next(iter(feeds.values())))
+    step = batch or chunk
+    outs: list[list[np.ndarray]] = []
+    for start in range(0, n - (n % step if batch else 0), step):
+        res = sess.run(None, {k: v[start:start + step] for k, v in feeds.items()})
+        outs.append(res)
+    if not outs:
+        raise OnnxPruneError(f"need at least {step} samples for a model with fixed batch {step}")
+    return [np.concatenate([o[i] for o in outs]) for i in range(len(outs[0]))]
+
+
+def _fidelity(name: str, a: np.ndarray, b: np.ndarray) -> OutputFidelity:
+    a64 = a.reshape(len(a), -1).astype(np.float64) if a.ndim else a.reshape(1, 1).astype(np.float64)
+    b64 = b.reshape(len(b), -1).astype(np.float64) if b.ndim else b.reshape(1, 1).astype(np.float64)
+    na, nb = np.linalg.norm(a64, axis=1), np.linalg.norm(b64, axis=1)
+    dot = (a64 * b64).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.where((na == 0) & (nb == 0), 1.0, dot / (na * nb))
+    cos = np.nan_to_num(cos, nan=0.0)
+    top1 = None
+    if a.ndim == 2 and a.shape[1] > 1 and np.issubdtype(a.dtype, np.floating):
+        top1 = float(np.mean(a.argmax(1) == b.argmax(1)))
+    return OutputFidelity(name, float(cos.mean()), float(cos.min()),
+                          float(np.abs(a64 - b64).max()) if a64.size else 0.0, top1)
+
+
+def latency_ms(sess, feeds: dict, runs: int) -> float:
+    one = {k: v[:1] if v.ndim else v for k, v in feeds.items()}
+    for _ in range(max(2, runs // 5)):
+        sess.run(None, one)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run(None, one)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(statistics.median(times))
+
+
+def check_interface(original: onnx.ModelProto, pruned: onnx.ModelProto) -> None:
+    def sig(m):
+        return [(o.name, o.type.tensor_type.elem_type, len(o.type.tensor_type.shape.dim))
+                for o in m.graph.output]
+    if sig(original) != sig(pruned):
+        raise OnnxPruneError("the two models have different outputs (names, dtypes or ranks)")
+    if [i.name for i in model_inputs(original)] != [i.name for i in model_inputs(pruned)]:
+        raise OnnxPruneError("the two models have different inputs")
+
+
+def full_check(model: onnx.ModelProto) -> None:
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as e:  # noqa: BLE001 - checker raises ValidationError or InferenceError
+        raise OnnxPruneError(f"the pruned model fails onnx.checker: {str(e).splitlines()[0]}") from None
+
+
+def validate(original, pruned, data=None, *, input_shapes: dict | None = None,
+             samples: int = 8, latency_runs: int = 30, threads: int = 1,
+             seed: int = 0) -> Validation:
+    """Compare two models (paths or ModelProtos) on the same inputs."""
+    a, b = load(original).model, load(pruned).model
+    check_interface(a, b)
+    notes: list[str] = []
+    labels = None
+    if data is None:
+        feeds = random_feeds(a, samples, input_shapes, seed)
+        msg = "no --data given: comparing on random inputs (fidelity on real data may differ)"
+        warnings.warn(msg, stacklevel=2)
+        notes.append(msg)
+    elif isinstance(data, dict):
+        feeds = {k: np.asarray(v) for k, v in data.items() if k != "labels"}
+        labels = data.get("labels")
+    else:
+        feeds, labels = load_npz(data, a)
+    sa, sb = session(a, threads), session(b, threads)
+    batch = _batch_size(a, input_shapes)
+    try:
+        ya, yb = run_batched(sa, feeds, batch), run_batched(sb, feeds, batch)
+    except OnnxPruneError:
+        raise
+    except Exception as e:  # noqa: BLE001 - onnxruntime run errors
+        raise OnnxPruneError(f"onnxruntime failed to run the models: {str(e).splitlines()[0]}") from None
+    names = [o.name for o in sa.get_outputs()]
+    outputs = []
+    for name, oa, ob in zip(names, ya, yb):
+        if oa.shape != ob.shape or oa.dtype != ob.dtype:
+            raise OnnxPruneError(f"output '{name}': shape/dtype {oa.shape}/{oa.dtype} became "
+                                 f"{ob.shape}/{ob.dtype}")
+        outputs.append(_fidelity(name, oa, ob))
+    acc_a = acc_b = None
+    if labels is not None:
+        cls = next((i for i, o in enumerate(outputs) if o.top1_agreement is not None), None)
+        if cls is not None:
+            n = len(ya[cls])
+            acc_a = float(np.mean(ya[cls].argmax(1) == labels[:n]))
+            acc_b = float(np.mean(yb[cls].argmax(1) == labels[:n]))
+    va, vb = GraphView(a, shapes_of(a, input_shapes)), GraphView(b, shapes_of(b, input_shapes))
+    one = {k: v[:batch or 1] for k, v in feeds.items()}
+    lat_a = latency_ms(sa, one, latency_runs)
+    lat_b = latency_ms(sb, one, latency_runs)
+    return Validation(
+        samples=len(ya[0]) if ya and ya[0].ndim else 0, random_inputs=data is None,
+        outputs=outputs,
+        params={"before": count_params(a), "after": count_params(b)},
+        macs={"before": count_macs(va), "after": count_macs(vb)},
+        size_bytes={"before": a.ByteSize(), "after": b.ByteSize()},
+        latency_ms={"before": lat_a, "after": lat_b},
+        accuracy_before=acc_a, accuracy_after=acc_b, warnings=notes)

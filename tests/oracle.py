@@ -1,0 +1,61 @@
+"""The exactness oracle (ARCHITECTURE.md): pruned == masked for any keep-set.
+
+Used by the property test over the model zoo and by every op-rule test.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+import onnxprune
+from onnxprune.data import random_feeds
+from onnxprune.groups import Groups
+from onnxprune.rewrite import apply
+
+
+def run(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def random_keep(groups: Groups, rng: np.random.Generator, p_group: float = 0.7) -> dict:
+    """Random non-empty keep-sets for a random subset of the prunable groups."""
+    keep = {}
+    for g in groups.prunable:
+        if rng.random() > p_group:
+            continue
+        lo = max(1, g.min_keep)
+        k = int(rng.integers(lo, g.channels + 1)) if g.channels > lo else g.channels
+        keep[g.atom] = np.sort(rng.choice(g.channels, k, replace=False))
+    return keep
+
+
+def check_exact(model: onnx.ModelProto | str, keep: dict | None = None, *, feeds: dict | None = None,
+                trials: int = 3, seed: int = 0, rtol: float = 1e-4, atol: float = 1e-5,
+                input_shapes: dict | None = None) -> Groups:
+    """Prune with random (or given) keep-sets and assert pruned == masked.
+
+    Also asserts the pruned model passes the full checker, keeps output
+    names/dtypes/shapes, and that the masked model has the original's shapes.
+    ``keep`` maps atom -> kept indices.
+    """
+    groups = onnxprune.analyze(model, input_shapes=input_shapes)
+    rng = np.random.default_rng(seed)
+    if feeds is None:
+        feeds = random_feeds(groups.model, 2, input_shapes, seed)
+    original = run(groups.model, feeds)
+    for _ in range(trials if keep is None else 1):
+        k = random_keep(groups, rng) if keep is None else keep
+        pruned = apply(groups, k)
+        masked = apply(groups, k, masked=True)
+        onnx.checker.check_model(pruned, full_check=True)
+        yp, ym = run(pruned, feeds), run(masked, feeds)
+        assert [o.name for o in pruned.graph.output] == [o.name for o in groups.model.graph.output]
+        for a, b, o in zip(yp, ym, original):
+            assert a.shape == b.shape == o.shape and a.dtype == o.dtype
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=atol * max(1.0, float(np.abs(b).max())))
+    return groups
