@@ -4,6 +4,7 @@ from __future__ import annotations
 from .base import Analysis, Context, Rewriter, Rule, Unsupported, WeightUse
 from .conv import Conv, ConvTranspose
 from .elementwise import Broadcast, Dropout, Unary
+from .gather import Gather
 from .linear import Gemm, MatMul
 from .norm import NormOverAxes, PerChannelNorm
 from .pool import Pad, Pool, Resize
@@ -13,7 +14,7 @@ from .shape import Concat, Reshape, ReshapeLike, Shape, Slice, Split, Transpose
 RULES: dict[str, Rule] = {}
 for _cls in (Unary, Dropout, Broadcast, Conv, ConvTranspose, PerChannelNorm, NormOverAxes,
              Gemm, MatMul, Pool, Resize, Pad, Reduce, Softmax, Reshape, ReshapeLike,
-             Transpose, Concat, Split, Slice, Shape):
+             Transpose, Concat, Split, Slice, Shape, Gather):
     _rule = _cls()
     for _op in _cls.ops:
         RULES[_op] = _rule

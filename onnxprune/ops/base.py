@@ -88,6 +88,8 @@ class Context:
     def origin_reason(self, tensor: str) -> str:
         if tensor in self.view.graph_inputs:
             return f"reaches graph input '{tensor}'"
+        if self.view.is_const(tensor):
+            return f"constant '{tensor}' meets channels along an axis it is not sliced on"
         p = self.view.producer.get(tensor)
         if p is None:
             return f"tensor '{tensor}' has no producer"

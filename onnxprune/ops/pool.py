@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..fold import known_ints, partial_value
 from ..graph import attr
 from .base import Rule
 
@@ -75,16 +76,24 @@ class Pad(Rule):
             pads = attr(node, "pads") or attr(node, "paddings")
             axes = list(range(rank))
         else:
-            pads = ctx.const(1)
+            pads = known_ints(partial_value(ctx.view, node.input[1]))
             axes = ctx.const(3) if len(node.input) > 3 and node.input[3] else list(range(rank))
         if pads is None or axes is None:
             ctx.freeze_tensor(x, "pads computed at run time")
             return
-        pads = [int(p) for p in np.asarray(pads).reshape(-1)]
         axes = [int(a) % rank for a in np.asarray(axes).reshape(-1)]
-        padded = {a for k, a in enumerate(axes) if pads[k] or pads[k + len(axes)]}
+        if len(pads) != 2 * len(axes):
+            ctx.freeze_tensor(x, "pads do not match the input rank")
+            return
         for ax, lay in lays.items():
-            if ax in padded:
+            if ax not in axes:
+                ctx.set(y, ax, lay)
+                continue
+            k = axes.index(ax)
+            begin, end = pads[k], pads[k + len(axes)]
+            if begin is None or end is None:
+                ctx.freeze(lay, "channel-axis pads computed at run time")
+            elif begin or end:
                 ctx.freeze(lay, "padded along a channel axis")
             else:
                 ctx.set(y, ax, lay)

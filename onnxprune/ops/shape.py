@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..fold import known_ints, partial_value
 from ..graph import attr, set_attr
 from ..layout import LayoutError, Segment
 from .base import Rule
@@ -153,19 +154,24 @@ class Reshape(Rule):
         x, y = node.input[0], node.output[0]
         if not ctx.axes(x):
             return
-        shape = ctx.const(1)
+        const = ctx.const(1) is not None
+        shape = known_ints(partial_value(ctx.view, node.input[1]))
         if shape is None:
             ctx.freeze_tensor(x, "reshape to a shape computed at run time")
             return
         reshape_layouts(ctx, x, y)
         allowzero = int(attr(node, "allowzero", 0))
         for ax, lay in ctx.axes(y).items():
-            if shape[ax] == 0 and not allowzero and ctx.get(x, ax) is not lay:
+            entry = shape[ax] if ax < len(shape) else None
+            if entry == 0 and not allowzero and ctx.get(x, ax) is not lay:
                 ctx.freeze(lay, "reshape copies a channel size with 0")
+            elif entry is None or (entry > 0 and not const):
+                # A run-time shape names this channel count: we cannot rewrite it.
+                ctx.freeze(lay, "reshape to a shape computed at run time names the channel count")
 
     def rewrite(self, node, index, rw):
         y = node.output[0]
-        if not rw.changed(y):
+        if not rw.changed(y) or rw.view.const(node.input[1]) is None:
             return
         shape = np.array(rw.view.const(node.input[1]), dtype=np.int64).copy()
         new = rw.new_shape(y)
@@ -203,19 +209,24 @@ class Transpose(Rule):
         ctx.passthrough(x, node.output[0], {int(p): k for k, p in enumerate(perm)})
 
 
-def _other_axes(ctx, inputs, out, axis) -> None:
-    """Axes other than the concat/split axis are shared by every operand."""
+def _other_axes(ctx, node, out, axis) -> None:
+    """Axes other than the concat axis are shared by every operand; a constant
+    operand (a class token, a fixed feature) is sliced like a parameter."""
     rank = ctx.view.rank(out)
+    operands = [(k, n) for k, n in enumerate(node.input) if n]
     for ax in range(rank):
         if ax == axis:
             continue
-        lays = [ctx.get(n, ax) for n in inputs]
+        lays = [ctx.get(n, ax) for _, n in operands]
         if not any(lays):
             continue
-        lays = [lay if lay is not None else ctx.require(n, ax) for n, lay in zip(inputs, lays)]
-        for lay in lays[1:]:
-            ctx.unify(lays[0], lay)
-        ctx.set(out, ax, lays[0])
+        base = next(lay for lay in lays if lay is not None)
+        for (k, n), lay in zip(operands, lays):
+            if ctx.view.is_const(n):
+                ctx.weight(k, ax, base, "param")
+            else:
+                ctx.unify(base, lay if lay is not None else ctx.require(n, ax))
+        ctx.set(out, ax, base)
 
 
 class Concat(Rule):
@@ -229,7 +240,7 @@ class Concat(Rule):
             ctx.freeze_node("output rank unknown")
             return
         axis = int(attr(node, "axis", 0)) % rank
-        _other_axes(ctx, inputs, y, axis)
+        _other_axes(ctx, node, y, axis)
         if not any(ctx.get(n, axis) for n in inputs):
             return
         segments = []
@@ -281,10 +292,13 @@ class Split(Rule):
 
     def rewrite(self, node, index, rw):
         st = rw.state(index)
-        if "axis" not in st or not any(rw.changed(o) for o in node.output if o):
+        if "axis" not in st:
             return
         axis = st["axis"]
-        sizes = np.array([rw.new_shape(o)[axis] for o in node.output], dtype=np.int64)
+        lays = [rw.layout(o, axis) for o in node.output]
+        if not any(lay is not None and rw.size(lay) != rw.a.atoms.layout_size(lay) for lay in lays):
+            return
+        sizes = np.array([rw.size(lay) for lay in lays], dtype=np.int64)
         if rw.view.opset >= 13:
             for i, a in enumerate(node.attribute):
                 if a.name == "num_outputs":
@@ -310,8 +324,8 @@ class Slice(Rule):
         else:
             def get(k):
                 if len(node.input) > k and node.input[k]:
-                    v = view.const(node.input[k])
-                    return "dynamic" if v is None else [int(t) for t in np.asarray(v).reshape(-1)]
+                    v = known_ints(partial_value(view, node.input[k]))
+                    return "dynamic" if v is None else v
                 return None
             starts, ends, axes, steps = get(1), get(2), get(3), get(4)
         return starts, ends, axes, steps
@@ -326,6 +340,9 @@ class Slice(Rule):
             ctx.freeze_tensor(x, "slice bounds computed at run time")
             return
         rank = ctx.view.rank(x)
+        if axes is not None and None in axes:
+            ctx.freeze_tensor(x, "slice axes computed at run time")
+            return
         axes = [a % rank for a in (axes if axes is not None else range(len(starts)))]
         steps = steps or [1] * len(axes)
         sliced = {a: k for k, a in enumerate(axes)}
@@ -336,6 +353,9 @@ class Slice(Rule):
                 continue
             k = sliced[ax]
             n = ctx.atoms.layout_size(lay)
+            if None in (starts[k], ends[k], steps[k]):
+                ctx.freeze(lay, "slice bounds on a channel axis computed at run time")
+                continue
             if steps[k] != 1:
                 ctx.freeze(lay, "strided slice along a channel axis")
                 continue
@@ -347,6 +367,9 @@ class Slice(Rule):
                 continue
             if e <= s:
                 ctx.freeze(lay, "empty slice along a channel axis")
+                continue
+            if any(ctx.view.const(node.input[i]) is None for i in (1, 2)) and ctx.view.opset >= 10:
+                ctx.freeze(lay, "slice bounds on a channel axis computed at run time")
                 continue
             before, kept, after = (ctx.atoms.plain(m) if m else () for m in (s, e - s, n - e))
             if ctx.unify(lay, before + kept + after):

@@ -1,0 +1,177 @@
+"""Partial evaluation of small shape-arithmetic tensors.
+
+Exporters often compute pads, reshape targets and slice bounds at run time:
+``Shape -> Gather -> Unsqueeze -> Concat`` (TorchScript ``x.view(x.size(0), -1)``),
+TF-style "same" padding from spatial sizes, detector heads. The entries a rule
+needs are usually static even when the batch size is not. ``partial_value``
+evaluates such tensors with numpy, leaving an entry ``None`` where it depends
+on a symbolic dim, so a rule can accept the graph when the entries it cares
+about are known, and freeze otherwise.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .graph import GraphView, attr
+
+MAX_ELEMENTS = 64
+
+
+def _arr(values) -> np.ndarray:
+    values = list(values)
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+def _binary(op: str, a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+    try:
+        a2, b2 = np.broadcast_arrays(a, b)
+    except ValueError:
+        return None
+    out = np.empty(a2.shape, dtype=object)
+    for idx in np.ndindex(a2.shape):
+        x, y = a2[idx], b2[idx]
+        if x is None or y is None:
+            out[idx] = None
+            continue
+        if op == "Add":
+            out[idx] = x + y
+        elif op == "Sub":
+            out[idx] = x - y
+        elif op == "Mul":
+            out[idx] = x * y
+        elif op == "Div":
+            if y == 0:
+                return None
+            both_int = isinstance(x, (int, np.integer)) and isinstance(y, (int, np.integer))
+            out[idx] = int(x / y) if both_int else x / y  # ONNX integer Div truncates
+        elif op == "Max":
+            out[idx] = max(x, y)
+        elif op == "Min":
+            out[idx] = min(x, y)
+        elif op == "Mod":
+            out[idx] = x % y if y else None
+        else:
+            return None
+    return out
+
+
+def partial_value(view: GraphView, name: str, depth: int = 0) -> np.ndarray | None:
+    """An object array of known ints/floats and None, or None when unknowable."""
+    cache = view.__dict__.setdefault("_partial_cache", {})
+    if name in cache:
+        return cache[name]
+    cache[name] = None  # cycles and depth guard
+    value = None if depth > 64 else _evaluate(view, name, depth)
+    if value is not None and value.size > MAX_ELEMENTS:
+        value = None
+    cache[name] = value
+    return value
+
+
+def _evaluate(view: GraphView, name: str, depth: int) -> np.ndarray | None:
+    const = view.const(name)
+    if const is not None:
+        if const.size > MAX_ELEMENTS:
+            return None
+        return np.array(const.tolist(), dtype=object).reshape(const.shape)
+    node = view.producer.get(name)
+    if node is None:
+        return None
+    op = node.op_type
+
+    def arg(k):
+        if k >= len(node.input) or not node.input[k]:
+            return None
+        return partial_value(view, node.input[k], depth + 1)
+
+    if op == "Shape":
+        shape = view.shape(node.input[0])
+        if shape is None:
+            return None
+        r = len(shape)
+        start = int(attr(node, "start", 0))
+        end = attr(node, "end")
+        start = max(0, min(r, start + r if start < 0 else start))
+        end = r if end is None else max(0, min(r, int(end) + r if int(end) < 0 else int(end)))
+        return _arr(d if isinstance(d, int) else None for d in shape[start:end])
+    if op in ("Identity", "Cast", "Squeeze", "Unsqueeze", "Reshape", "Flatten"):
+        x = arg(0)
+        if x is None:
+            return None
+        out_shape = view.shape(node.output[0])
+        if out_shape is not None and all(isinstance(d, int) for d in out_shape):
+            if int(np.prod(out_shape)) == x.size:
+                x = x.reshape(out_shape)
+        if op == "Cast":
+            x = _arr(None if v is None else (int(v) if float(v).is_integer() else v)
+                     for v in x.reshape(-1)).reshape(x.shape)
+        return x
+    if op == "Gather":
+        data, idx = arg(0), view.const(node.input[1])
+        if data is None or idx is None or data.ndim != 1 or int(attr(node, "axis", 0)) != 0:
+            return None
+        return np.asarray(data[np.asarray(idx, dtype=np.int64)], dtype=object)
+    if op == "Concat":
+        parts = [arg(k) for k in range(len(node.input))]
+        if any(p is None for p in parts):
+            return None
+        return np.concatenate([p.reshape(-1) for p in parts]).astype(object)
+    if op == "Slice" and view.opset >= 10:
+        data = arg(0)
+        consts = [view.const(node.input[k]) if len(node.input) > k and node.input[k] else None
+                  for k in (1, 2, 3, 4)]
+        if data is None or consts[0] is None or consts[1] is None:
+            return None
+        starts, ends = (np.asarray(c).reshape(-1).tolist() for c in consts[:2])
+        axes = np.asarray(consts[2]).reshape(-1).tolist() if consts[2] is not None else list(range(len(starts)))
+        steps = np.asarray(consts[3]).reshape(-1).tolist() if consts[3] is not None else [1] * len(starts)
+        index = [slice(None)] * data.ndim
+        for st, en, ax, step in zip(starts, ends, axes, steps):
+            dim = data.shape[ax]
+            if step > 0:
+                index[ax] = slice(st, None if en >= dim else en, step)
+            else:
+                index[ax] = slice(st, None if en < -dim else en, step)
+        return data[tuple(index)]
+    if op == "Transpose":
+        data = arg(0)
+        if data is None:
+            return None
+        perm = attr(node, "perm")
+        return np.transpose(data, perm) if perm else data.T
+    if op in ("Add", "Sub", "Mul", "Div", "Max", "Min", "Mod"):
+        a, b = arg(0), arg(1)
+        if a is None or b is None:
+            return None
+        return _binary(op, a, b)
+    if op == "Neg":
+        a = arg(0)
+        return None if a is None else _binary("Sub", _arr([0]) if a.ndim else np.array(0, dtype=object), a)
+    if op in ("Floor", "Ceil"):
+        a = arg(0)
+        if a is None:
+            return None
+        f = np.floor if op == "Floor" else np.ceil
+        return _arr(None if v is None else float(f(v)) for v in a.reshape(-1)).reshape(a.shape)
+    if op == "ConstantOfShape":
+        shape = arg(0)
+        if shape is None or any(v is None for v in shape.reshape(-1)):
+            return None
+        from onnx import numpy_helper
+        t = attr(node, "value")
+        fill = numpy_helper.to_array(t).reshape(-1)[0].item() if t is not None else 0.0
+        n = int(np.prod([int(v) for v in shape.reshape(-1)]))
+        return None if n > MAX_ELEMENTS else _arr([fill] * n).reshape([int(v) for v in shape.reshape(-1)])
+    return None
+
+
+def known_ints(values: np.ndarray | None) -> list | None:
+    """Flatten to a list of ints (None for unknown entries)."""
+    if values is None:
+        return None
+    out = []
+    for v in values.reshape(-1):
+        out.append(None if v is None else int(v))
+    return out
