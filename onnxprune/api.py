@@ -17,7 +17,7 @@ from .errors import OnnxPruneError
 from .graph import GraphView
 from .groups import Groups, analyze_model
 from .importance import score
-from .model import load, save, shapes_of
+from .model import external_files, load, save, shapes_of
 from .planner import Plan, plan_from_keep, plan_uniform
 from .rewrite import apply
 from .validate import full_check
@@ -57,10 +57,12 @@ class PruneResult:
         """The full-size model with removed channels zeroed in every linear consumer."""
         return apply(self.groups, self.plan.keep, masked=True)
 
-    def save(self, path, external_data: bool | None = None) -> None:
+    def save(self, path, external_data: bool | None = None) -> list[str]:
+        """Write atomically; never over the input model or its external data."""
         if external_data is None:
-            external_data = getattr(self.groups, "external_data", False)
-        save(self.model, path, external_data=external_data)
+            external_data = self.groups.external_data
+        return save(self.model, path, external_data=external_data,
+                    protect=external_files(self.groups.source_path))
 
 
 def prune(model, ratio: float = 0.3, criterion: str = "l2", *, min_channels: int = 1,

@@ -16,7 +16,7 @@ from rich.console import Console
 from . import api
 from .errors import OnnxPruneError
 from .importance import CRITERIA
-from .model import parse_input_shapes, save
+from .model import check_writable, external_files, parse_input_shapes, save
 from .report import print_groups, print_prune, print_validation
 from .validate import validate as run_validate
 
@@ -26,7 +26,10 @@ class _Cli(click.Group):
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                if "--debug" not in sys.argv[1:] and not (ctx.obj or {}).get("debug"):
+                    warnings.simplefilter("ignore")
+                return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except OnnxPruneError as e:
@@ -66,8 +69,6 @@ def main(ctx, debug):
     """Structural pruning for ONNX models: analyze, prune, validate."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
-    if not debug:
-        warnings.simplefilter("ignore")
 
 
 @main.command()
@@ -104,11 +105,14 @@ def analyze(model, as_json, show_all, exclude, input_shape):
 def prune(model, output, ratio, criterion, min_channels, round_to, exclude, masked_output, data,
           report_path, no_validate, seed, threads, quiet, input_shape):
     """Prune MODEL and write the result to OUTPUT."""
-    for path in (output, masked_output, report_path):
-        if path and api.same_file(model, path):
+    protect = external_files(model) if os.path.exists(model) else set()
+    targets = [p for p in (output, masked_output, report_path) if p]
+    if len({os.path.abspath(p) for p in targets}) != len(targets):
+        raise OnnxPruneError("-o, --masked-output and --report must name different files")
+    for path in targets:
+        if api.same_file(model, path):
             raise OnnxPruneError(f"{path}: output path is the input model; choose another path")
-    if masked_output and os.path.abspath(masked_output) == os.path.abspath(output):
-        raise OnnxPruneError("--masked-output and -o name the same file")
+        check_writable(path, protect)
     shapes = parse_input_shapes(input_shape)
     console = _console(quiet)
     result = api.prune(model, ratio=ratio, criterion=criterion, min_channels=min_channels,
@@ -116,18 +120,29 @@ def prune(model, output, ratio, criterion, min_channels, round_to, exclude, mask
     validation = None
     if not no_validate:
         validation = run_validate(model, result.model, data, input_shapes=shapes, threads=threads)
-    result.save(output)
-    if masked_output:
-        save(result.masked(), masked_output, external_data=result.groups.external_data)
-    print_prune(result.report, console)
     payload = result.report.to_dict()
     if validation is not None:
-        print_validation(validation, console)
         payload.update(validation.to_dict())
+    # Write everything or nothing: a later failure removes what was written.
+    written: list[str] = []
+    try:
+        written += save(result.model, output, external_data=result.groups.external_data,
+                        protect=protect)
+        if masked_output:
+            written += save(result.masked(), masked_output,
+                            external_data=result.groups.external_data, protect=protect)
+        if report_path:
+            _write_json(report_path, payload)
+    except BaseException:
+        for path in written:
+            if os.path.exists(path):
+                os.remove(path)
+        raise
+    print_prune(result.report, console)
+    if validation is not None:
+        print_validation(validation, console)
         for msg in validation.warnings:
             click.echo(f"onnxprune: warning: {msg}", err=True)
-    if report_path:
-        _write_json(report_path, payload)
     console.print(f"wrote {output}")
 
 
@@ -148,6 +163,7 @@ def validate(original, pruned, data, report_path, samples, threads, quiet, input
     for msg in v.warnings:
         click.echo(f"onnxprune: warning: {msg}", err=True)
     if report_path:
+        check_writable(report_path)
         _write_json(report_path, v.to_dict())
 
 

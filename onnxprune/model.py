@@ -91,22 +91,65 @@ def shapes_of(model: onnx.ModelProto, input_shapes: dict | None = None) -> dict[
     return infer_shapes(with_input_shapes(model, input_shapes or {}))
 
 
-def save(model: onnx.ModelProto, path, external_data: bool = False) -> None:
-    """Write atomically; weights go to ``<name>.data`` beside it when asked or needed."""
+def external_files(loaded_path: str | None, model: onnx.ModelProto | None = None) -> set[str]:
+    """The model file and every external-data file it names (to never overwrite)."""
+    if loaded_path is None:
+        return set()
+    out = {os.path.realpath(loaded_path)}
+    try:
+        proto = model if model is not None else onnx.load(loaded_path, load_external_data=False)
+    except Exception:  # noqa: BLE001 - unreadable: nothing more to protect
+        return out
+    folder = os.path.dirname(os.path.abspath(loaded_path))
+    for t in proto.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == "location":
+                out.add(os.path.realpath(os.path.join(folder, entry.value)))
+    return out
+
+
+def check_writable(path, protect: set[str] = frozenset()) -> str:
+    """Fail early, before any work, when ``path`` cannot or must not be written."""
     path = os.path.abspath(os.fspath(path))
     folder = os.path.dirname(path)
     if not os.path.isdir(folder):
         raise OnnxPruneError(f"{path}: folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise OnnxPruneError(f"{path}: is a folder")
+    if os.path.realpath(path) in protect:
+        raise OnnxPruneError(f"{path}: would overwrite the input model or its data; choose another path")
+    return path
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def save(model: onnx.ModelProto, path, external_data: bool = False,
+         protect: set[str] = frozenset()) -> list[str]:
+    """Write atomically; weights go to ``<name>.data`` beside it when asked or needed.
+
+    Returns the files written. ``protect`` lists files that must never be
+    replaced (the input model and its external data).
+    """
+    path = check_writable(path, protect)
+    folder = os.path.dirname(path)
     external_data = external_data or model.ByteSize() > TWO_GB
+    data_name = os.path.basename(path) + ".data"
+    data_path = os.path.join(folder, data_name)
+    if external_data:
+        check_writable(data_path, protect)
     fd, tmp = tempfile.mkstemp(prefix=".onnxprune-", suffix=".onnx", dir=folder)
     os.close(fd)
-    data_name = os.path.basename(path) + ".data"
     tmp_data = os.path.join(folder, os.path.basename(tmp) + ".data")
+    written = [path]
     try:
         if external_data:
             model = copy.deepcopy(model)
             onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=os.path.basename(tmp_data), size_threshold=1024)
+                            location=os.path.basename(tmp_data), size_threshold=0)
             # The model must name the final data file: rewrite locations, then save again.
             for t in model.graph.initializer:
                 for entry in t.external_data:
@@ -114,10 +157,16 @@ def save(model: onnx.ModelProto, path, external_data: bool = False) -> None:
                         entry.value = data_name
             with open(tmp, "wb") as f:
                 f.write(model.SerializeToString())
-            os.replace(tmp_data, os.path.join(folder, data_name))
+            if not os.path.exists(tmp_data):  # no tensor at all: an empty data file
+                open(tmp_data, "wb").close()
+            os.chmod(tmp_data, _umask_mode())
+            os.replace(tmp_data, data_path)
+            written.append(data_path)
         else:
             onnx.save_model(model, tmp)
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
+        return written
     except BaseException:
         for leftover in (tmp, tmp_data):
             if os.path.exists(leftover):

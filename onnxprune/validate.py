@@ -167,8 +167,12 @@ def validate(original, pruned, data=None, *, input_shapes: dict | None = None,
         warnings.warn(msg, stacklevel=2)
         notes.append(msg)
     elif isinstance(data, dict):
-        feeds = {k: np.asarray(v) for k, v in data.items() if k != "labels"}
-        labels = data.get("labels")
+        names = [i.name for i in model_inputs(a)]
+        missing = [n for n in names if n not in data]
+        if missing:
+            raise OnnxPruneError(f"data has no array for input(s) {', '.join(missing)}")
+        feeds = {k: np.asarray(data[k]) for k in names}
+        labels = None if data.get("labels") is None else np.asarray(data["labels"])
     else:
         feeds, labels = load_npz(data, a)
     sa, sb = session(a, threads), session(b, threads)

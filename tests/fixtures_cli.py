@@ -5,6 +5,7 @@ whole CLI/API suite runs in seconds.
 """
 from __future__ import annotations
 
+import copy
 import os
 
 import numpy as np
@@ -27,24 +28,25 @@ def _init(name: str, arr: np.ndarray) -> onnx.TensorProto:
     return numpy_helper.from_array(np.ascontiguousarray(arr, dtype=np.float32), name)
 
 
-def classifier(seed: int = 0) -> onnx.ModelProto:
+def classifier(seed: int = 0, c1: int = C1, c2: int = C2) -> onnx.ModelProto:
     """Conv-BN-Relu-Conv-Relu-GlobalAveragePool-Flatten-Gemm: input (N,3,8,8) -> logits (N,10).
 
     Two prunable groups: conv1's C1 output channels (conv1, bn1, conv2 input)
     and conv2's C2 output channels (conv2, gemm input). Node names are stable
-    so tests can ``--exclude`` them by glob.
+    so tests can ``--exclude`` them by glob. ``c1``/``c2`` widen it where a
+    test needs tensors above some size (external data).
     """
     rng = np.random.default_rng(seed)
     inits = [
-        _init("conv1.weight", rng.standard_normal((C1, 3, 3, 3)) * 0.5),
-        _init("conv1.bias", rng.standard_normal(C1) * 0.1),
-        _init("bn1.scale", rng.uniform(0.2, 2.0, C1)),
-        _init("bn1.bias", rng.standard_normal(C1) * 0.1),
-        _init("bn1.mean", rng.standard_normal(C1) * 0.1),
-        _init("bn1.var", rng.uniform(0.5, 1.5, C1)),
-        _init("conv2.weight", rng.standard_normal((C2, C1, 3, 3)) * 0.3),
-        _init("conv2.bias", rng.standard_normal(C2) * 0.1),
-        _init("fc.weight", rng.standard_normal((CLASSES, C2)) * 0.5),
+        _init("conv1.weight", rng.standard_normal((c1, 3, 3, 3)) * 0.5),
+        _init("conv1.bias", rng.standard_normal(c1) * 0.1),
+        _init("bn1.scale", rng.uniform(0.2, 2.0, c1)),
+        _init("bn1.bias", rng.standard_normal(c1) * 0.1),
+        _init("bn1.mean", rng.standard_normal(c1) * 0.1),
+        _init("bn1.var", rng.uniform(0.5, 1.5, c1)),
+        _init("conv2.weight", rng.standard_normal((c2, c1, 3, 3)) * 0.3),
+        _init("conv2.bias", rng.standard_normal(c2) * 0.1),
+        _init("fc.weight", rng.standard_normal((CLASSES, c2)) * 0.5),
         _init("fc.bias", rng.standard_normal(CLASSES) * 0.1),
     ]
     nodes = [
@@ -98,6 +100,7 @@ def save(model: onnx.ModelProto, folder, name: str = "model.onnx") -> str:
 def save_external(model: onnx.ModelProto, folder, name: str = "model.onnx",
                   location: str = "w.data") -> str:
     path = os.path.join(os.fspath(folder), name)
+    model = copy.deepcopy(model)  # onnx.save_model turns the proto it gets into external references
     onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
                     location=location, size_threshold=0)
     return path

@@ -120,14 +120,16 @@ class Graph:
 
     # -- model -----------------------------------------------------------------
     def build(self, inputs: dict, outputs, value_info: bool = False) -> onnx.ModelProto:
-        """``inputs``: name -> shape (ints or symbolic strings), or name -> (shape, elem_type)."""
+        """``inputs``: name -> shape (ints or symbolic strings), or name -> (shape, elem_type).
+        ``outputs``: names (typed by shape inference) or name -> shape."""
         ins = []
         for name, spec in inputs.items():
             shape, elem = (spec if isinstance(spec, tuple) and len(spec) == 2
                            and isinstance(spec[1], int) and isinstance(spec[0], (list, tuple))
                            else (spec, TensorProto.FLOAT))
             ins.append(helper.make_tensor_value_info(name, elem, list(shape)))
-        outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs]
+        given = dict(outputs) if isinstance(outputs, dict) else {}
+        outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, given.get(o)) for o in outputs]
         graph = helper.make_graph(list(self.nodes), "g", ins, outs, list(self.inits))
         opsets = [helper.make_opsetid("", self.opset)]
         opsets += [helper.make_opsetid(d, v) for d, v in self.extra_opsets.items()]
@@ -137,7 +139,7 @@ class Graph:
         known = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
         for out in model.graph.output:
             vi = known.get(out.name)
-            if vi is not None and vi.type.tensor_type.elem_type:
+            if out.name not in given and vi is not None and vi.type.tensor_type.elem_type:
                 out.type.CopyFrom(vi.type)
         if value_info:
             model.graph.value_info.extend(

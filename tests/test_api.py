@@ -168,7 +168,14 @@ def test_save_into_missing_folder_is_a_user_error(model, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_cli_prunes_external_data_model_into_model_and_data_file(model, tmp_path):
+@pytest.fixture
+def wide_model():
+    """Wide enough that pruned weights stay above model.save's 1 KiB external-data threshold."""
+    return F.classifier(c1=16, c2=32)
+
+
+def test_cli_prunes_external_data_model_into_model_and_data_file(wide_model, tmp_path):
+    model = wide_model
     src = F.save_external(model, tmp_path, "model.onnx", location="w.data")
     before = {n: (tmp_path / n).read_bytes() for n in ("model.onnx", "w.data")}
     out = tmp_path / "out.onnx"
@@ -198,16 +205,35 @@ def test_cli_prunes_external_data_model_into_model_and_data_file(model, tmp_path
     F.run(onnx.load(moved / "out.onnx"), {"input": x})
 
 
-def test_api_save_of_external_data_model_keeps_external_data(model, tmp_path):
-    src = F.save_external(model, tmp_path, "model.onnx", location="w.data")
+def test_cli_masked_output_of_external_data_model_also_uses_external_data(wide_model, tmp_path):
+    src = F.save_external(wide_model, tmp_path, "model.onnx", location="w.data")
+    out, masked = tmp_path / "out.onnx", tmp_path / "masked.onnx"
+    result = CliRunner().invoke(main, ["prune", src, "-o", os.fspath(out), "--masked-output",
+                                       os.fspath(masked), "--ratio", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "masked.onnx.data").exists()
+    x = F.inputs(3)
+    np.testing.assert_allclose(F.run(onnx.load(masked), {"input": x})[0],
+                               F.run(onnx.load(out), {"input": x})[0], rtol=1e-4, atol=1e-5)
+
+
+def test_api_save_of_external_data_model_keeps_external_data(wide_model, tmp_path):
+    src = F.save_external(wide_model, tmp_path, "model.onnx", location="w.data")
     onnxprune.prune(src, ratio=0.5).save(tmp_path / "out.onnx")
     assert (tmp_path / "out.onnx.data").exists()
     F.run(onnx.load(tmp_path / "out.onnx"), {"input": F.inputs(2)})
 
 
-@pytest.mark.xfail(reason="engine bug: model.save renames its data file onto '<output>.data' "
-                          "without checking that the input model's external data lives there; "
-                          "the input's weights are overwritten", strict=True)
+def test_external_data_model_whose_pruned_tensors_are_all_small_still_saves(model, tmp_path):
+    src = F.save_external(model, tmp_path, "model.onnx", location="w.data")
+    result = CliRunner().invoke(main, ["prune", src, "-o", os.fspath(tmp_path / "out.onnx"),
+                                       "--ratio", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".onnxprune-")]
+    (y,) = F.run(onnx.load(tmp_path / "out.onnx"), {"input": F.inputs(2)})
+    assert y.shape == (2, F.CLASSES)
+
+
 def test_prune_never_overwrites_the_input_external_data_file(model, tmp_path):
     src = F.save_external(model, tmp_path, "model.onnx", location="pruned.onnx.data")
     before = (tmp_path / "pruned.onnx.data").read_bytes()

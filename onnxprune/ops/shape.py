@@ -38,6 +38,10 @@ def align_blocks(ins: tuple, outs: tuple):
     def scan(ia, oa, step):
         blocks = []
         while ia and oa:
+            if isinstance(ins[ia[0]], str) and ins[ia[0]] == outs[oa[0]]:
+                blocks.append(([ia[0]], [oa[0]], True))  # the same symbolic dim
+                ia, oa = ia[1:], oa[1:]
+                continue
             if not (isinstance(ins[ia[0]], int) and isinstance(outs[oa[0]], int)):
                 break
             if ins[ia[0]] == 0 or outs[oa[0]] == 0:
@@ -111,12 +115,42 @@ def map_block(atoms, in_sizes, out_sizes, pos: int, layout):
     return {k0: tuple(Segment(s.atom, s.outer, s.inner // strides[k0]) for s in flat)}
 
 
-def reshape_layouts(ctx, x: str, y: str) -> None:
+def reshape_target(ins, inferred, entries, allowzero: bool):
+    """Output shape of a Reshape: inference, completed from the shape vector."""
+    if entries is None:
+        return inferred
+    if inferred is not None and len(inferred) != len(entries):
+        return inferred
+    out = list(inferred) if inferred is not None else [None] * len(entries)
+    for k, e in enumerate(entries):
+        if isinstance(out[k], int):
+            continue
+        if e is not None and e > 0:
+            out[k] = e
+        elif e == 0 and not allowzero and ins is not None and k < len(ins):
+            out[k] = ins[k]
+    if ins is not None and -1 in entries:
+        k = entries.index(-1)
+        # Symbolic dims present on both sides cancel out; -1 is then the
+        # ratio of the remaining static sizes.
+        in_syms = sorted(d for d in ins if isinstance(d, str))
+        out_syms = sorted(d for j, d in enumerate(out) if j != k and isinstance(d, str))
+        rest = [d for j, d in enumerate(out) if j != k]
+        if in_syms == out_syms and None not in ins and None not in rest:
+            known = _prod(d for d in rest if isinstance(d, int))
+            total = _prod(d for d in ins if isinstance(d, int))
+            if known and total % known == 0:
+                out[k] = total // known
+    return tuple(out)
+
+
+def reshape_layouts(ctx, x: str, y: str, outs=None) -> None:
     """Carry the layouts of ``x`` onto ``y`` across any reshape."""
     lays = ctx.axes(x)
     if not lays:
         return
-    ins, outs = ctx.view.shape(x), ctx.view.shape(y)
+    ins = ctx.view.shape(x)
+    outs = outs if outs is not None else ctx.view.shape(y)
     if ins is None or outs is None:
         for lay in lays.values():
             ctx.freeze(lay, "shape unknown around a reshape")
@@ -159,8 +193,9 @@ class Reshape(Rule):
         if shape is None:
             ctx.freeze_tensor(x, "reshape to a shape computed at run time")
             return
-        reshape_layouts(ctx, x, y)
         allowzero = int(attr(node, "allowzero", 0))
+        outs = reshape_target(ctx.view.shape(x), ctx.view.shape(y), shape, bool(allowzero))
+        reshape_layouts(ctx, x, y, outs)
         for ax, lay in ctx.axes(y).items():
             entry = shape[ax] if ax < len(shape) else None
             if entry == 0 and not allowzero and ctx.get(x, ax) is not lay:
