@@ -72,6 +72,8 @@ class Context:
     def set(self, tensor: str, axis: int, layout: Layout) -> None:
         ax = self._axis(tensor, axis)
         if ax is None or not tensor:
+            # Never drop a layout silently: a consumer would miss its slice.
+            self.atoms.freeze(layout, f"{self.where()}: shape of '{tensor}' unknown")
             return
         size = self.view.static(tensor, ax)
         if size is not None and size != self.atoms.layout_size(layout):

@@ -87,26 +87,30 @@ def map_block(atoms, in_sizes, out_sizes, pos: int, layout):
         raise LayoutError("concatenated channels are interleaved by a reshape")
     strides = [_prod(out_sizes[k + 1:]) for k in range(len(out_sizes))]
     if len(flat) == 1:
+        # The channel index is the digit [inner, n*inner) of the block's
+        # row-major index. The output axis holding its top digit receives it:
+        # whole (with the digits above / below as outer / inner), or, when the
+        # axis boundary cuts through it, coarsened into blocks (heads).
         s = flat[0]
         n = atoms.size[s.atom]
         top = n * s.inner
         k0 = next((k for k in range(len(out_sizes))
-                   if out_sizes[k] > 1 and strides[k] * out_sizes[k] == top), None)
+                   if out_sizes[k] > 1 and strides[k] < top <= strides[k] * out_sizes[k]), None)
         if k0 is None:
             raise LayoutError("a reshape mixes channels with another axis")
-        st = strides[k0]
-        if st >= s.inner:
-            if st % s.inner or n % (st // s.inner):
-                raise LayoutError("a reshape splits channels unevenly")
-            r = st // s.inner
-            if r == 1:
-                return {k0: (Segment(s.atom),)}
-            heads = atoms.new(n // r)
-            atoms._substitute(s.atom, (Segment(heads, 1, r),))
-            return {k0: (Segment(heads),)}
-        if s.inner % st:
-            raise LayoutError("a reshape splits channel blocks unevenly")
-        return {k0: (Segment(s.atom, 1, s.inner // st),)}
+        st, span = strides[k0], strides[k0] * out_sizes[k0]
+        if span % top:
+            raise LayoutError("a reshape mixes channels with another axis")
+        outer = span // top
+        if st <= s.inner:
+            if s.inner % st:
+                raise LayoutError("a reshape splits channel blocks unevenly")
+            return {k0: (Segment(s.atom, outer, s.inner // st),)}
+        if st % s.inner or n % (st // s.inner):
+            raise LayoutError("a reshape splits channels unevenly")
+        heads = atoms.new(n // (st // s.inner))
+        atoms._substitute(s.atom, (Segment(heads, 1, st // s.inner),))
+        return {k0: (Segment(heads, outer, 1),)}
     total = _prod(out_sizes)
     k0 = next((k for k in range(len(out_sizes))
                if out_sizes[k] > 1 and strides[k] * out_sizes[k] == total), None)
@@ -195,6 +199,8 @@ class Reshape(Rule):
             return
         allowzero = int(attr(node, "allowzero", 0))
         outs = reshape_target(ctx.view.shape(x), ctx.view.shape(y), shape, bool(allowzero))
+        if outs is not None and ctx.view.shape(y) is None:
+            ctx.view.shapes[y] = outs  # what inference missed, rules downstream can use
         reshape_layouts(ctx, x, y, outs)
         for ax, lay in ctx.axes(y).items():
             entry = shape[ax] if ax < len(shape) else None
@@ -403,7 +409,7 @@ class Slice(Rule):
             if e <= s:
                 ctx.freeze(lay, "empty slice along a channel axis")
                 continue
-            if any(ctx.view.const(node.input[i]) is None for i in (1, 2)) and ctx.view.opset >= 10:
+            if ctx.view.opset >= 10 and any(ctx.view.const(node.input[i]) is None for i in (1, 2)):
                 ctx.freeze(lay, "slice bounds on a channel axis computed at run time")
                 continue
             before, kept, after = (ctx.atoms.plain(m) if m else () for m in (s, e - s, n - e))
