@@ -16,6 +16,12 @@ from onnx import numpy_helper
 Dim = "int | str | None"
 
 
+_NO_FOLD = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "RandomNormal",
+            "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
+            "If", "Loop", "Scan"}
+_FOLD_LIMIT = 1 << 24  # elements: weights, not activations
+
+
 def _tensor_shape(vi: onnx.ValueInfoProto):
     t = vi.type
     if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
@@ -112,8 +118,10 @@ class GraphView:
         return None
 
     def const(self, name: str) -> np.ndarray | None:
+        """The value of a tensor that does not depend on any graph input."""
         if name in self._const_cache:
             return self._const_cache[name]
+        self._const_cache[name] = None  # guards cycles
         root = self.const_root(name)
         value = None
         if root is not None:
@@ -121,11 +129,46 @@ class GraphView:
                 value = numpy_helper.to_array(self.initializers[root])
             else:
                 value = _constant_node_value(self.producer[root])
+        elif name in self.producer:
+            value = self._fold(self.producer[name], name)
         self._const_cache[name] = value
         return value
 
+    def _fold(self, node: onnx.NodeProto, name: str) -> np.ndarray | None:
+        """Evaluate a node whose inputs are all constants (decomposed BatchNorm's
+        Sqrt(var), Cast of fp16 weights...). Quantize/Dequantize stay symbolic:
+        folding them would silently turn quantized weights into floats."""
+        if node.domain not in ("", "ai.onnx") or node.op_type in _NO_FOLD or not node.input \
+                or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                       for a in node.attribute):
+            return None
+        values = [self.const(i) if i else None for i in node.input]
+        if any(v is None for i, v in zip(node.input, values) if i):
+            return None
+        if sum(v.size for v in values if v is not None) > _FOLD_LIMIT:
+            return None
+        try:
+            from onnx.reference import ReferenceEvaluator
+
+            feeds = {f"in{k}": v for k, v in enumerate(values) if v is not None}
+            inputs = [f"in{k}" if i else "" for k, i in enumerate(node.input)]
+            outputs = [f"out{k}" for k in range(len(node.output))]
+            single = onnx.helper.make_node(node.op_type, inputs, outputs, domain=node.domain)
+            single.attribute.extend(node.attribute)
+            graph = onnx.helper.make_graph(
+                [single], "fold",
+                [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+                 for n, v in feeds.items()],
+                [onnx.helper.make_empty_tensor_value_info(o) for o in outputs])
+            model = onnx.helper.make_model(graph, opset_imports=list(self.model.opset_import))
+            results = ReferenceEvaluator(model).run(None, feeds)
+        except Exception:  # noqa: BLE001 - anything the evaluator cannot do stays dynamic
+            return None
+        out = results[list(node.output).index(name)]
+        return np.asarray(out)
+
     def is_const(self, name: str) -> bool:
-        return self.const_root(name) is not None
+        return self.const(name) is not None
 
     # -- shapes and attributes ----------------------------------------------
     def shape(self, name: str):

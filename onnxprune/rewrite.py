@@ -151,7 +151,8 @@ def _update_value_info(rw: _Edits, model: onnx.ModelProto) -> None:
 
 
 def _drop_orphans(model: onnx.ModelProto, before: set[str]) -> None:
-    """Remove initializers and Identity/Constant nodes that our edits left unread."""
+    """Remove nodes and initializers that were read before our edits and no longer are
+    (constant chains a sliced weight now bypasses)."""
     g = model.graph
     outputs = {o.name for o in g.output}
     while True:
@@ -161,9 +162,8 @@ def _drop_orphans(model: onnx.ModelProto, before: set[str]) -> None:
                 if a.type == onnx.AttributeProto.GRAPH:
                     read |= {n for sub in a.g.node for n in sub.input}
         dead = [i for i, node in enumerate(g.node)
-                if node.op_type in ("Identity", "Constant")
-                and not any(o in read for o in node.output)
-                and all(o in before for o in node.output)]
+                if not any(o in read for o in node.output)
+                and all(o in before for o in node.output if o)]
         if not dead:
             break
         for i in reversed(dead):

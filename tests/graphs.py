@@ -129,7 +129,8 @@ class Graph:
                            else (spec, TensorProto.FLOAT))
             ins.append(helper.make_tensor_value_info(name, elem, list(shape)))
         given = dict(outputs) if isinstance(outputs, dict) else {}
-        outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, given.get(o)) for o in outputs]
+        outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, given.get(o))
+                for o in outputs]
         graph = helper.make_graph(list(self.nodes), "g", ins, outs, list(self.inits))
         opsets = [helper.make_opsetid("", self.opset)]
         opsets += [helper.make_opsetid(d, v) for d, v in self.extra_opsets.items()]

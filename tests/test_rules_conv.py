@@ -210,8 +210,9 @@ def test_conv_with_weight_computed_at_run_time_freezes(source):
     if source == "graph_input":
         w = "w_dyn"
         inputs["w_dyn"] = [5, 6, 3, 3]
-    else:
-        w = g.add("Mul", [g.rand("w_base", (5, 6, 3, 3)), g.init("w_scale", np.float32(2.0))])
+    else:  # computed from a graph input: truly a run-time value
+        inputs["w_scale"] = [1]
+        w = g.add("Mul", [g.rand("w_base", (5, 6, 3, 3)), "w_scale"])
     d = g.add("Conv", [a, w], name="dyn", pads=[1, 1, 1, 1])
     r = g.add("Relu", [d], name="r2")
     y = g.conv(r, 5, 4, name="c2")
@@ -279,3 +280,79 @@ def test_weight_shared_by_two_convs_pruned_differently_stays_exact():
     np.testing.assert_array_equal(wb, w[[1, 2, 3]][:, [3, 4]])
     onnx.checker.check_model(m, full_check=True)
     exact(groups.model, keep)
+
+
+def test_bias_shared_by_two_convs_pruned_differently_stays_exact():
+    g = Graph()
+    bias = g.rand("shared_B", (6,))
+    a = g.add("Conv", ["x", g.rand("wa", (6, 3, 3, 3)), bias], name="ca", pads=[1, 1, 1, 1])
+    b = g.add("Conv", ["x", g.rand("wb", (6, 3, 3, 3)), bias], name="cb", pads=[1, 1, 1, 1])
+    ya = g.conv(g.add("Relu", [a]), 6, 4, name="ya")
+    yb = g.conv(g.add("Relu", [b]), 6, 4, name="yb")
+    model = g.build({"x": [1, 3, 6, 6]}, [ya, yb])
+    groups = exact(model, trials=6)
+    ga, gb = group_at(groups, "ca"), group_at(groups, "cb")
+    assert ga is not gb
+    keep = {**keep_of(ga, [0, 1]), **keep_of(gb, [2, 3, 5])}
+    m = pruned(groups, keep)
+    b0 = input_value(model, "ca", 2)
+    np.testing.assert_array_equal(input_value(m, "ca", 2), b0[[0, 1]])
+    np.testing.assert_array_equal(input_value(m, "cb", 2), b0[[2, 3, 5]])
+    exact(model, keep)
+
+
+def test_conv1d_chain_prunes_channels():
+    g = Graph()
+    a = g.add("Conv", ["x", g.rand("w1", (6, 3, 3))], name="c1", pads=[1, 1])
+    y = g.add("Conv", [g.add("Relu", [a]), g.rand("w2", (4, 6, 3))], name="c2", pads=[1, 1])
+    model = g.build({"x": [1, 3, 7]}, [y])
+    groups = exact(model)
+    grp = group_at(groups, "c1")
+    assert_prunable(grp)
+    m = pruned(groups, keep_of(grp, [2]))
+    assert input_value(m, "c2", 1).shape == (4, 1, 3)
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_pruned_model_with_value_info_keeps_shapes_consistent(depthwise):
+    g = Graph()
+    a = g.conv("x", 3, 6, name="c1")
+    if depthwise:
+        a = g.conv(a, 6, 6, group=6, name="dw")
+    y = g.conv(g.add("Relu", [a], name="act"), 6, 4, name="c2")
+    model = g.build({"x": [1, 3, 6, 6]}, [y], value_info=True)
+    assert model.graph.value_info
+    groups = exact(model)
+    m = pruned(groups, keep_of(group_at(groups, "act"), [0, 3]))
+    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
+              for vi in m.graph.value_info}
+    assert shapes["act"] == [1, 2, 6, 6]
+
+
+@pytest.mark.parametrize("op", ["Conv", "ConvTranspose"])
+def test_conv_freezes_a_channel_space_on_its_spatial_axes(op):
+    """MatMul on the width axis of NCHW makes a 5-feature space along W; a Conv then
+    slides over it, so removing a feature changes the output width: it must freeze."""
+    g = Graph()
+    a = g.add("Relu", [g.conv("x", 3, 6, name="c1")], name="act")
+    m = g.matmul(a, 4, 5, name="mm")  # (1, 6, 4, 5)
+    if op == "Conv":
+        y = g.conv(m, 6, 4, name="c2")
+    else:
+        y = g.add("ConvTranspose", [m, g.rand("w", (6, 4, 2, 2))], name="c2", strides=[2, 2])
+    groups = exact(g.build({"x": [1, 3, 4, 4]}, [y]), trials=6)
+    assert_frozen(group_at(groups, "mm", 3), "'c2'")
+    assert_prunable(group_at(groups, "act"))
+
+
+def test_conv_weight_computed_from_constants_only_is_folded_and_pruned():
+    """Mul(const, const) is a constant: it is evaluated, sliced and bypassed."""
+    g = Graph()
+    a = g.add("Relu", [g.conv("x", 3, 6, name="c1")])
+    w = g.add("Mul", [g.rand("w_base", (5, 6, 3, 3)), g.init("w_scale", np.float32(2.0))])
+    d = g.add("Conv", [a, w], name="dyn", pads=[1, 1, 1, 1])
+    y = g.conv(g.add("Relu", [d], name="r2"), 5, 4, name="c2")
+    model = g.build({"x": [1, 3, 8, 8]}, [y])
+    groups = exact(model)
+    assert_prunable(group_at(groups, "c1"))
+    assert_prunable(group_at(groups, "dyn"))

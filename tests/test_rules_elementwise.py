@@ -218,3 +218,37 @@ def test_variadic_sum_couples_all_operands():
     grp = group_at(groups, "sum")
     assert_prunable(grp)
     assert all(group_at(groups, p) is grp for p in parts)
+
+
+@pytest.mark.parametrize("shape", [(1, 6, 5, 5), (6, 5, 5), (6, 1, 5)],
+                         ids=["full_4d", "full_3d", "partial"])
+def test_binary_with_constant_indexed_on_channel_and_spatial_axes_slices_channel_axis(shape):
+    g = Graph()
+    a = g.conv("x", 3, 6, name="c1")
+    t = g.add("Add", [a, g.rand("k", shape)], name="op")
+    y = g.conv(t, 6, 4, name="c2")
+    model = g.build({"x": [1, 3, 5, 5]}, [y])
+    groups = exact(model)
+    grp = group_at(groups, "c1")
+    assert_prunable(grp)
+    assert "op" in grp.members
+    m = pruned(groups, keep_of(grp, [1, 4]))
+    ax = len(shape) - 3
+    np.testing.assert_array_equal(input_value(m, "op", 1),
+                                  np.take(input_value(model, "op", 1), [1, 4], axis=ax))
+    exact(model, keep_of(grp, [1, 4]))
+
+
+def test_channels_last_per_channel_constant_on_last_axis_is_sliced():
+    g = Graph()
+    a = g.conv("x", 3, 6, name="c1")
+    t = g.add("Transpose", [a], perm=[0, 2, 3, 1])
+    t = g.add("Mul", [t, g.rand("scale", (6,))], name="op")
+    t = g.add("Transpose", [t], perm=[0, 3, 1, 2])
+    y = g.conv(t, 6, 4, name="c2")
+    model = g.build({"x": [1, 3, 5, 5]}, [y])
+    groups = exact(model)
+    grp = group_at(groups, "c1")
+    assert_prunable(grp)
+    m = pruned(groups, keep_of(grp, [0, 1, 5]))
+    assert input_value(m, "op", 1).shape == (3,)

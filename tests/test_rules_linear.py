@@ -129,3 +129,32 @@ def test_gemm_with_runtime_weight_freezes():
     y = g.add("Gemm", [h, "w"], name="fc2")
     groups = exact(g.build({"x": [1, 6], "w": [8, 3]}, [y]))
     assert_frozen(group_at(groups, "act"), "'fc2'", "constant weight")
+
+
+def test_gemm_trans_a_reads_features_on_axis_zero():
+    g = Graph()
+    h = g.add("Relu", [g.gemm("x", 6, 8, name="fc1")], name="act")  # (1, 8)
+    t = g.add("Transpose", [h], perm=[1, 0], name="t")  # (8, 1)
+    y = g.add("Gemm", [t, g.rand("W2", (8, 3))], name="fc2", transA=1)  # (1, 3)
+    model = g.build({"x": [1, 6]}, [y])
+    groups = exact(model)
+    grp = group_at(groups, "act")
+    assert_prunable(grp)
+    assert group_at(groups, "t", 0) is grp
+    assert grp.members == ["fc1", "fc2"]
+    m = pruned(groups, keep_of(grp, [2, 3, 6]))
+    assert input_value(m, "fc2", 1).shape == (3, 3)
+    exact(model, keep_of(grp, [2, 3, 6]))
+
+
+def test_gemm_with_activation_bias_couples_it_with_the_output():
+    g = Graph()
+    h1 = g.add("Relu", [g.gemm("x", 6, 8, name="fc1")], name="act1")
+    h2 = g.add("Gemm", ["x", g.rand("W2", (6, 8)), h1], name="fc2")  # C is an activation
+    y = g.gemm(g.add("Relu", [h2], name="act2"), 8, 3, name="fc3")
+    model = g.build({"x": [1, 6]}, [y])
+    groups = exact(model)
+    grp = group_at(groups, "act2")
+    assert_prunable(grp)
+    assert group_at(groups, "act1") is grp
+    assert grp.members == ["fc1", "fc2", "fc3"]

@@ -106,3 +106,47 @@ def test_group_normalization_freezes_channels():
     # ONNX shape inference does not see through GroupNormalization-21: type the output here.
     groups = exact(g.build({"x": [1, 3, 6, 6]}, {y: [1, 4, 6, 6]}))
     assert_frozen(group_at(groups, "c1"), "'gn'", "normalises over axis 1")
+
+
+def test_instancenorm_freezes_a_channel_space_on_its_spatial_axes():
+    """MatMul on the width axis makes a 5-feature space along W; InstanceNorm averages
+    over H and W, so removing one of those features changes every output."""
+    g = Graph()
+    a = g.add("Relu", [g.conv("x", 3, 6, name="c1")], name="act")
+    m = g.matmul(a, 4, 5, name="mm")  # (1, 6, 4, 5)
+    n = g.add("InstanceNormalization", [m, g.rand("s", (6,)), g.rand("b", (6,))], name="inorm")
+    y = g.matmul(n, 5, 3, name="mm2")
+    groups = exact(g.build({"x": [1, 3, 4, 4]}, [y]), trials=6)
+    assert_frozen(group_at(groups, "mm", 3), "'inorm'")
+
+
+def test_batchnorm_passes_a_channel_space_on_a_spatial_axis():
+    """BatchNorm is affine per channel (axis 1) and element-wise along H, W: a feature
+    space on W passes through it exactly."""
+    g = Graph()
+    a = g.add("Relu", [g.conv("x", 3, 6, name="c1")], name="act")
+    m = g.matmul(a, 4, 5, name="mm")
+    n = g.add("BatchNormalization", [m, g.rand("s", (6,)), g.rand("b", (6,)), g.rand("m", (6,)),
+                                     g.rand("v", (6,), 0.5, 1.5)], name="bn")
+    y = g.matmul(n, 5, 3, name="mm2")
+    groups = exact(g.build({"x": [1, 3, 4, 4]}, [y]), trials=6)
+    grp = group_at(groups, "mm", 3)
+    assert_prunable(grp)
+    assert group_at(groups, "bn", 3) is grp and grp.members == ["mm", "mm2"]
+
+
+def test_decomposed_batchnorm_with_sqrt_of_constants_prunes():
+    """(x - mean) / Sqrt(var + eps) * gamma + beta with per-channel constants:
+    the Sqrt/Add of constants fold, every constant is sliced."""
+    g = Graph()
+    a = g.conv("x", 3, 6, name="c1")
+    c = lambda n, lo=0.5, hi=2.0: g.init(n, np.random.default_rng(len(n)).uniform(lo, hi, (6, 1, 1)).astype(np.float32))
+    std = g.add("Sqrt", [g.add("Add", [c("var"), g.init("eps", np.float32(1e-5))])], name="std")
+    y = g.add("Div", [g.add("Sub", [a, c("mean", -1, 1)], name="centre"), std], name="scale")
+    y = g.add("Add", [g.add("Mul", [y, c("gamma")]), c("beta", -1, 1)], name="shift")
+    out = g.conv(g.add("Relu", [y], name="act"), 6, 4, name="c2")
+    model = g.build({"x": [1, 3, 5, 5]}, [out])
+    groups = exact(model)
+    grp = group_at(groups, "c1")
+    assert_prunable(grp)
+    assert {"centre", "scale", "shift"} <= set(grp.members)

@@ -48,9 +48,11 @@ class Conv(Rule):
             if has_bias:
                 ctx.weight(2, 0, lout, "param")
             ctx.state(per_group=cin // g)
-        lay = ctx.get(x, 0)
-        if lay is not None:
-            ctx.set(y, 0, lay)
+        for ax, lay in ctx.axes(x).items():
+            if ax == 0:
+                ctx.set(y, 0, lay)
+            elif ax >= 2:
+                ctx.freeze(lay, f"convolved along axis {ax}")
 
     def rewrite(self, node, index, rw):
         g = int(attr(node, "group", 1))

@@ -27,6 +27,10 @@ class PerChannelNorm(Rule):
                     ctx.weight(k, 0, lay, "param")
         if any(o for o in node.output[1:]):
             ctx.freeze(lay, "training-mode statistics outputs are used")
+        if node.op_type == "InstanceNormalization":
+            for ax, other in ctx.axes(x).items():
+                if ax >= 2:
+                    ctx.freeze(other, f"normalises over axis {ax}: removing channels changes the statistics")
         ctx.passthrough(x, y)
 
 

@@ -204,7 +204,9 @@ class Reshape(Rule):
         reshape_layouts(ctx, x, y, outs)
         for ax, lay in ctx.axes(y).items():
             entry = shape[ax] if ax < len(shape) else None
-            if entry == 0 and not allowzero and ctx.get(x, ax) is not lay:
+            copied = ctx.get(x, ax)
+            same = copied is not None and ctx.atoms.resolve(copied) == ctx.atoms.resolve(lay)
+            if entry == 0 and not allowzero and not same:
                 ctx.freeze(lay, "reshape copies a channel size with 0")
             elif entry is None or (entry > 0 and not const):
                 # A run-time shape names this channel count: we cannot rewrite it.
@@ -450,7 +452,8 @@ class Shape(Rule):
         if not lays:
             return
         rank = ctx.view.rank(x)
-        start = int(attr(node, "start", 0)) % (rank + 1) if attr(node, "start") else 0
+        start = int(attr(node, "start", 0))
+        start = max(0, min(rank, start + rank if start < 0 else start))
         end = attr(node, "end")
         end = rank if end is None else max(0, min(rank, int(end) + rank if int(end) < 0 else int(end)))
         read: set[int] = set()
