@@ -40,11 +40,11 @@ def load_save_seconds(path: str, repeat: int = 5) -> float:
     return statistics.median(times)
 
 
-def prune_seconds(path: str, ratio: float, criterion: str, repeat: int = 3):
+def prune_seconds(path: str, ratio: float, criterion: str, round_to: int = 1, repeat: int = 3):
     times, result = [], None
     for _ in range(repeat):
         t0 = time.perf_counter()
-        result = onnxprune.prune(path, ratio=ratio, criterion=criterion)
+        result = onnxprune.prune(path, ratio=ratio, criterion=criterion, round_to=round_to)
         times.append(time.perf_counter() - t0)
     return statistics.median(times), result
 
@@ -72,13 +72,14 @@ def main() -> None:
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.5])
     ap.add_argument("--criterion", default="l2")
     ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--round-to", type=int, default=1, help="keep channel counts multiples of N")
     ap.add_argument("--models", nargs="*", default=None)
     args = ap.parse_args()
     paths = args.models or sorted(glob.glob(os.path.join(os.path.dirname(HERE), "models", "*.onnx")))
     header = (f"{'model':<18} {'ratio':>5} {'params':>7} {'MACs':>7} {'latency':>8} {'cos_min':>8} "
               f"{'top1_agr':>8} {'acc_before':>10} {'acc_after':>9} {'prune_s':>8} {'load+save_s':>11} "
               f"{'pass/io':>7}")
-    print(f"criterion={args.criterion}; ratios are pruned/original; latency: batch 1, 1 thread, "
+    print(f"criterion={args.criterion}, round_to={args.round_to}; ratios are pruned/original; latency: batch 1, 1 thread, "
           f"median of {args.runs} alternating runs")
     print(header)
     print("-" * len(header))
@@ -88,7 +89,7 @@ def main() -> None:
         data = dict(np.load(data_path)) if os.path.exists(data_path) else None
         io_s = load_save_seconds(path)
         for ratio in args.ratios:
-            pass_s, result = prune_seconds(path, ratio, args.criterion)
+            pass_s, result = prune_seconds(path, ratio, args.criterion, args.round_to)
             v = onnxprune.validate(path, result.model, data=data, latency_runs=5)
             feeds = {i.name: data[i.name] for i in onnx.load(path).graph.input} if data else None
             if feeds is not None:

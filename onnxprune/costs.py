@@ -65,8 +65,4 @@ def count_macs(view: GraphView) -> int:
     return int(sum(node_macs(view, n) for n in view.nodes))
 
 
-def file_size(model: onnx.ModelProto) -> int:
-    return model.ByteSize()
-
-
-__all__ = ["count_params", "count_macs", "node_macs", "file_size"]
+__all__ = ["count_params", "count_macs", "node_macs"]

@@ -9,7 +9,8 @@ from .linear import Gemm, MatMul
 from .norm import NormOverAxes, PerChannelNorm
 from .pool import Pad, Pool, Resize
 from .reduce import Reduce, Softmax
-from .shape import Concat, Reshape, ReshapeLike, Shape, Slice, Split, Transpose
+from .reshape import Reshape, ReshapeLike
+from .shape import Concat, Shape, Slice, Split, Transpose
 
 RULES: dict[str, Rule] = {}
 for _cls in (Unary, Dropout, Broadcast, Conv, ConvTranspose, PerChannelNorm, NormOverAxes,
