@@ -31,7 +31,9 @@ class Loaded:
 def load(source, label: str | None = None) -> Loaded:
     """A path or a ModelProto -> a private copy of the model with all weights in memory."""
     if isinstance(source, onnx.ModelProto):
-        return Loaded(copy.deepcopy(source), None, False)
+        model = copy.deepcopy(source)
+        toposort(model.graph)
+        return Loaded(model, None, False)
     path = os.fspath(source)
     if not os.path.exists(path):
         raise OnnxPruneError(f"{path}: no such file")
@@ -49,7 +51,52 @@ def load(source, label: str | None = None) -> Loaded:
             onnx.load_external_data_for_model(model, os.path.dirname(os.path.abspath(path)))
         except (OSError, ValueError) as e:
             raise OnnxPruneError(f"{path}: cannot read its external data ({e})") from None
+    toposort(model.graph)
     return Loaded(model, path, external)
+
+
+def toposort(graph: onnx.GraphProto) -> None:
+    """Order nodes so each comes after its producers (stable; a no-op when sorted).
+
+    onnxruntime runs unsorted graphs (some converters append nodes at the end),
+    but the analysis walks producers first and the checker requires the order.
+    Subgraph captures count as inputs of the node that owns the subgraph.
+    """
+    from .graph import _captured_names
+
+    nodes = list(graph.node)
+    produced = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    needs = []
+    for n in nodes:
+        names = set(n.input)
+        for a in n.attribute:
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                names |= _captured_names(sub)
+        needs.append({produced[x] for x in names if x in produced})
+    if all(all(j < i for j in deps) for i, deps in enumerate(needs)):
+        return
+    order, done, visiting = [], set(), set()
+    for start in range(len(nodes)):
+        stack = [(start, iter(sorted(needs[start])))]
+        if start in done:
+            continue
+        visiting.add(start)
+        while stack:
+            i, it = stack[-1]
+            nxt = next((j for j in it if j not in done), None)
+            if nxt is None:
+                stack.pop()
+                visiting.discard(i)
+                if i not in done:
+                    done.add(i)
+                    order.append(i)
+            elif nxt in visiting:
+                raise OnnxPruneError("the graph has a cycle")
+            else:
+                visiting.add(nxt)
+                stack.append((nxt, iter(sorted(needs[nxt]))))
+    del graph.node[:]
+    graph.node.extend(nodes[i] for i in order)
 
 
 def parse_input_shapes(specs) -> dict[str, list[int]]:

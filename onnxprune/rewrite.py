@@ -173,6 +173,11 @@ def _drop_orphans(model: onnx.ModelProto, before: set[str]) -> None:
     if len(keep) != len(g.initializer):
         del g.initializer[:]
         g.initializer.extend(keep)
+    alive = read | {o for node in g.node for o in node.output} | {t.name for t in g.initializer}
+    infos = [vi for vi in g.value_info if vi.name in alive]
+    if len(infos) != len(g.value_info):
+        del g.value_info[:]
+        g.value_info.extend(infos)
 
 
 def apply(groups: Groups, keep: dict[int, np.ndarray], masked: bool = False) -> onnx.ModelProto:
@@ -193,4 +198,20 @@ def apply(groups: Groups, keep: dict[int, np.ndarray], masked: bool = False) -> 
     if not masked:
         _update_value_info(rw, model)
     _drop_orphans(model, read_before)
+    _settle_value_info(model)
     return model
+
+
+def _settle_value_info(model: onnx.ModelProto) -> None:
+    """value_info is a hint: keep it only if strict shape inference agrees with it.
+
+    Some converters leave entries that are only self-consistent as a whole (the
+    float16 converter's, for one); after channels shrink, dropping them is safer
+    than shipping hints ONNX would reject. Models over 2 GB are left as they are.
+    """
+    if not model.graph.value_info or model.ByteSize() > 2**31 - 1:
+        return
+    try:
+        onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    except Exception:  # noqa: BLE001 - InferenceError, ValidationError
+        del model.graph.value_info[:]

@@ -297,3 +297,20 @@ def test_validate_does_not_mutate_models_passed_in(model):
 def test_validate_models_with_different_outputs_is_a_user_error(model):
     with pytest.raises(onnxprune.OnnxPruneError, match="different outputs"):
         onnxprune.validate(model, F.single_conv(), data={"input": F.inputs(2)})
+
+
+def test_unsorted_graph_is_accepted_and_written_sorted():
+    """onnxruntime runs graphs whose nodes are out of order; we sort them."""
+    import onnx as _onnx
+
+    from oracle import check_exact
+    from variants import constant_nodes
+
+    model = constant_nodes(_onnx.load(os.path.join(os.path.dirname(__file__), "fixtures", "mixed_ts.onnx")))
+    nodes = list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes[::-1])  # fully reversed: every edge points backwards
+    groups = check_exact(model, trials=2)
+    assert groups.prunable
+    result = onnxprune.prune(model, ratio=0.5)
+    _onnx.checker.check_model(result.model, full_check=True)
