@@ -34,17 +34,28 @@ def _all_names(model: onnx.ModelProto) -> set[str]:
 
 
 class _Edits(Rewriter):
-    def __init__(self, view, analysis, keep, model):
+    def __init__(self, view, analysis, keep, model, overrides=None):
         super().__init__(view, analysis, keep)
         self.model = model
         self.names = _all_names(model)
         self.new_inits: list[onnx.TensorProto] = []
+        self.overrides = overrides or {}  # (node, slot) -> full-size value (compensation)
+        self.new_nodes: list[tuple[int, onnx.NodeProto]] = []  # (insert after index, node)
 
-    def new_const(self, hint: str, value: np.ndarray) -> str:
+    def value(self, index: int, slot: int) -> np.ndarray:
+        if (index, slot) in self.overrides:
+            return self.overrides[(index, slot)]
+        return self.view.const(self.view.nodes[index].input[slot])
+
+    def unique_name(self, hint: str) -> str:
         name, k = hint, 1
         while name in self.names:
             name, k = f"{hint}_{k}", k + 1
         self.names.add(name)
+        return name
+
+    def new_const(self, hint: str, value: np.ndarray) -> str:
+        name = self.unique_name(hint)
         self.new_inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
         return name
 
@@ -54,15 +65,16 @@ def _slice_weights(rw: _Edits) -> None:
     by_input: dict[tuple[int, int], list] = {}
     for use in rw.a.uses:
         by_input.setdefault((use.node, use.input), []).append(use)
+    for key in rw.overrides:
+        by_input.setdefault(key, [])
     for (index, slot), uses in by_input.items():
-        node = rw.view.nodes[index]
-        value = rw.view.const(node.input[slot])
+        value = rw.value(index, slot)
         new = value
         for use in uses:
             pos = rw.a.atoms.positions(use.layout, rw.keep)
             if len(pos) != new.shape[use.axis]:
                 new = np.take(new, pos, axis=use.axis)
-        if new is not value:
+        if new is not value or (index, slot) in rw.overrides:
             rw.set_const(index, slot, new)
 
 
@@ -72,9 +84,10 @@ def _mask_weights(rw: _Edits) -> None:
     for use in rw.a.uses:
         if use.role == "in":
             by_input.setdefault((use.node, use.input), []).append(use)
+    for key in rw.overrides:
+        by_input.setdefault(key, [])
     for (index, slot), uses in by_input.items():
-        node = rw.view.nodes[index]
-        value = rw.view.const(node.input[slot])
+        value = rw.value(index, slot)
         new = value.copy()
         for use in uses:
             pos = rw.a.atoms.positions(use.layout, rw.keep)
@@ -83,8 +96,40 @@ def _mask_weights(rw: _Edits) -> None:
                 idx = [slice(None)] * new.ndim
                 idx[use.axis] = removed
                 new[tuple(idx)] = 0
-        if not np.array_equal(new, value):
+        if not np.array_equal(new, value) or (index, slot) in rw.overrides:
             rw.set_const(index, slot, new)
+
+
+def _add_biases(rw: _Edits, biases: dict, masked: bool) -> None:
+    """Add compensation deltas to each consumer's bias (created when absent)."""
+    for index, (axis, delta) in biases.items():
+        node = rw.view.nodes[index]
+        y = node.output[0]
+        lay = rw.layout(y, axis)
+        if not masked and lay is not None:
+            delta = delta[rw.a.atoms.positions(lay, rw.keep)]
+        dtype = rw.value(index, 1).dtype  # the consumer's weight
+        if node.op_type in ("Conv", "ConvTranspose", "Gemm"):
+            beta = float(next((a.f for a in node.attribute if a.name == "beta"), 1.0)) \
+                if node.op_type == "Gemm" else 1.0
+            delta = delta / (beta or 1.0)
+            if len(node.input) > 2 and node.input[2]:
+                base = rw.const_edits.get((index, 2))
+                base = rw.value(index, 2) if base is None else base
+                rw.set_const(index, 2, (base + delta.astype(base.dtype)).astype(base.dtype))
+            else:
+                while len(node.input) < 3:
+                    node.input.append("")
+                node.input[2] = rw.new_const(f"{node.name}_bias", delta.astype(dtype))
+        else:  # MatMul: an Add after it carries the bias
+            rank = len(rw.view.shape(y) or ())
+            shape = [1] * max(1, -axis if axis < 0 else rank - axis)
+            shape[0] = -1
+            bias = rw.new_const(f"{node.name}_bias", delta.astype(dtype).reshape(shape))
+            inner = rw.unique_name(f"{y}_before_bias")
+            node.output[0] = inner
+            add = onnx.helper.make_node("Add", [inner, bias], [y], name=f"{node.name}_bias_add")
+            rw.new_nodes.append((index, add))
 
 
 def _set_constant_value(node: onnx.NodeProto, value: np.ndarray) -> None:
@@ -180,20 +225,39 @@ def _drop_orphans(model: onnx.ModelProto, before: set[str]) -> None:
         g.value_info.extend(infos)
 
 
-def apply(groups: Groups, keep: dict[int, np.ndarray], masked: bool = False) -> onnx.ModelProto:
-    """A new model with the keep-sets applied (or, with ``masked``, zeroed)."""
+def apply(groups: Groups, keep: dict[int, np.ndarray], masked: bool = False,
+          compensation=None) -> onnx.ModelProto:
+    """A new model with the keep-sets applied (or, with ``masked``, zeroed).
+
+    ``compensation`` (from ``compensate.py``) replaces consumer weights before
+    slicing and adds bias deltas; the masked model gets the same changes, so
+    the oracle pruned == masked holds with compensation too.
+    """
     model = copy.deepcopy(groups.model)
     read_before = {n for node in model.graph.node for n in node.input} | \
         {o.name for o in model.graph.output}
     view = GraphView(model, groups.view.shapes)
-    rw = _Edits(view, groups.analysis, keep, model)
+    rw = _Edits(view, groups.analysis, keep, model,
+                compensation.weights if compensation is not None else None)
     if masked:
         _mask_weights(rw)
     else:
         _slice_weights(rw)
         for index, node in enumerate(view.nodes):
             rule_for(node).rewrite(node, index, rw)
+    if compensation is not None and compensation.biases:
+        _add_biases(rw, compensation.biases, masked)
     _apply_const_edits(rw, model)
+    if rw.new_nodes:
+        after = {}
+        for index, node in rw.new_nodes:
+            after.setdefault(index, []).append(node)
+        ordered = []
+        for index, node in enumerate(view.nodes):
+            ordered.append(node)
+            ordered.extend(after.get(index, []))
+        del model.graph.node[:]
+        model.graph.node.extend(ordered)
     model.graph.initializer.extend(rw.new_inits)
     if not masked:
         _update_value_info(rw, model)

@@ -1,0 +1,318 @@
+"""Stage 3: run calibration data through onnxruntime once and keep streaming
+per-channel statistics of the tensors the criteria and compensation need.
+
+Data sources (``load_data``): an ``.npz`` (one array per input, axis 0 =
+samples), an ``.npy`` (single-input models), a folder of ``.npz``/``.npy``
+samples, ``module.py:function`` returning an iterable of ``{input: array}``
+dicts, any such iterable, or an object with onnxruntime's
+``CalibrationDataReader`` interface (``get_next()``). No data: random inputs,
+with a loud warning.
+
+Memory is bounded by the statistics (per position: count, sum, sum of squares,
+abs sum, zero count; a Gram matrix X^T X where compensation needs one), never
+by the number of samples.
+"""
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from .data import model_inputs, random_feeds
+from .errors import OnnxPruneError
+
+RANDOM_WARNING = ("no calibration data: using random inputs. Data-driven criteria "
+                  "(mean_abs, apoz, act_l2, relief, flap) and compensation are then meaningless; "
+                  "pass --calib with real inputs")
+
+
+@dataclass
+class ChannelStats:
+    """Streaming statistics of one tensor axis, per position along that axis."""
+
+    size: int
+    gram: bool = False
+    count: int = 0
+    sum: np.ndarray = None
+    sumsq: np.ndarray = None
+    abssum: np.ndarray = None
+    zeros: np.ndarray = None
+    xtx: np.ndarray = None  # sum over rows of x x^T, when gram=True
+
+    def __post_init__(self):
+        for name in ("sum", "sumsq", "abssum", "zeros"):
+            if getattr(self, name) is None:
+                setattr(self, name, np.zeros(self.size, dtype=np.float64))
+        if self.gram and self.xtx is None:
+            self.xtx = np.zeros((self.size, self.size), dtype=np.float64)
+
+    def update(self, x: np.ndarray, axis: int) -> None:
+        rows = np.moveaxis(np.asarray(x), axis, -1).reshape(-1, self.size).astype(np.float64)
+        self.count += rows.shape[0]
+        self.sum += rows.sum(0)
+        self.sumsq += (rows * rows).sum(0)
+        self.abssum += np.abs(rows).sum(0)
+        self.zeros += (rows == 0).sum(0)
+        if self.gram:
+            self.xtx += rows.T @ rows
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.sum / max(self.count, 1)
+
+    @property
+    def mean_abs(self) -> np.ndarray:
+        return self.abssum / max(self.count, 1)
+
+    @property
+    def var(self) -> np.ndarray:
+        return np.maximum(self.sumsq / max(self.count, 1) - self.mean ** 2, 0.0)
+
+    @property
+    def rms(self) -> np.ndarray:
+        return np.sqrt(self.sumsq / max(self.count, 1))
+
+    @property
+    def apoz(self) -> np.ndarray:
+        return self.zeros / max(self.count, 1)
+
+    def covariance(self) -> np.ndarray:
+        m = self.mean
+        return self.xtx / max(self.count, 1) - np.outer(m, m)
+
+
+@dataclass
+class Calibration:
+    stats: dict = field(default_factory=dict)  # (tensor, axis) -> ChannelStats
+    samples: int = 0
+    seconds: float = 0.0
+    random: bool = False
+
+    def get(self, tensor: str, axis: int) -> ChannelStats | None:
+        return self.stats.get((tensor, axis))
+
+
+# -- data sources ----------------------------------------------------------
+def _npz_samples(path: str, names: list[str]):
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise OnnxPruneError(f"{path}: not a readable .npz file ({e})") from None
+    missing = [n for n in names if n not in data.files]
+    if missing:
+        raise OnnxPruneError(f"{path}: has no array named {', '.join(missing)} "
+                             f"(arrays: {', '.join(data.files)})")
+    arrays = {n: data[n] for n in names}
+    yield arrays
+
+
+def _npy_samples(path: str, names: list[str]):
+    if len(names) != 1:
+        raise OnnxPruneError(f"{path}: a .npy file can only feed a single-input model "
+                             f"(inputs: {', '.join(names)}); use .npz")
+    try:
+        yield {names[0]: np.load(path, allow_pickle=False)}
+    except (ValueError, OSError) as e:
+        raise OnnxPruneError(f"{path}: not a readable .npy file ({e})") from None
+
+
+def _folder_samples(path: str, names: list[str]):
+    files = sorted(glob.glob(os.path.join(path, "*.npz")) + glob.glob(os.path.join(path, "*.npy")))
+    if not files:
+        raise OnnxPruneError(f"{path}: folder has no .npz or .npy files")
+    for f in files:
+        samples = _npz_samples(f, names) if f.endswith(".npz") else _npy_samples(f, names)
+        for batch in samples:
+            # One sample per file: add the sample axis when the file lacks it.
+            yield batch
+
+
+def _callable_samples(spec: str):
+    path, _, func = spec.rpartition(":")
+    if not os.path.exists(path):
+        raise OnnxPruneError(f"--calib {spec}: no such file {path}")
+    try:
+        name = f"onnxprune_calib_{abs(hash(os.path.abspath(path)))}"
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
+        try:
+            module_spec.loader.exec_module(module)
+        finally:
+            sys.path.pop(0)
+    except Exception as e:  # noqa: BLE001 - user code may raise anything
+        raise OnnxPruneError(f"--calib {spec}: importing {path} failed: {type(e).__name__}: {e}") from None
+    fn = getattr(module, func, None)
+    if not callable(fn):
+        raise OnnxPruneError(f"--calib {spec}: {path} has no function '{func}'")
+    return fn()
+
+
+def _reader_samples(reader):
+    while True:
+        item = reader.get_next()
+        if item is None:
+            return
+        yield item
+
+
+def load_data(source, model: onnx.ModelProto):
+    """Any supported source -> (iterable of {input: array with sample axis}, is_random)."""
+    names = [i.name for i in model_inputs(model)]
+    if source is None:
+        warnings.warn(RANDOM_WARNING, stacklevel=3)
+        return [random_feeds(model, 8)], True
+    if isinstance(source, (str, os.PathLike)):
+        spec = os.fspath(source)
+        if os.path.isdir(spec):
+            return _folder_samples(spec, names), False
+        if spec.endswith(".npz") and os.path.exists(spec):
+            return _npz_samples(spec, names), False
+        if spec.endswith(".npy") and os.path.exists(spec):
+            return _npy_samples(spec, names), False
+        if ".py:" in spec:
+            return _callable_samples(spec), False
+        raise OnnxPruneError(f"--calib {spec}: expected an existing .npz, .npy, folder, "
+                             f"or module.py:function")
+    if isinstance(source, dict):
+        return [source], False
+    if hasattr(source, "get_next"):
+        return _reader_samples(source), False
+    try:
+        return iter(source), False
+    except TypeError:
+        raise OnnxPruneError(f"calibration data of type {type(source).__name__} is not "
+                             f"supported") from None
+
+
+def _batches(samples, names: list[str], model: onnx.ModelProto, batch: int, limit: int | None):
+    """Re-chunk any stream of feed dicts into batches of ``batch`` samples."""
+    fixed = {}
+    for vi in model_inputs(model):
+        dims = vi.type.tensor_type.shape.dim
+        if dims:
+            fixed[vi.name] = len(dims)
+    pending: dict[str, list] = {n: [] for n in names}
+    have = seen = 0
+    for item in samples:
+        if not isinstance(item, dict):
+            raise OnnxPruneError(f"calibration data must yield dicts of arrays, got {type(item).__name__}")
+        missing = [n for n in names if n not in item]
+        if missing:
+            raise OnnxPruneError(f"calibration sample has no input {', '.join(missing)}")
+        arrays = {}
+        for n in names:
+            a = np.asarray(item[n])
+            if n in fixed and a.ndim == fixed[n] - 1:
+                a = a[None]  # a single sample without the sample axis
+            arrays[n] = a
+        count = len(next(iter(arrays.values())))
+        if limit is not None:
+            count = min(count, limit - seen)
+        for n in names:
+            pending[n].append(arrays[n][:count])
+        have += count
+        seen += count
+        while have >= batch:
+            joined = {n: np.concatenate(pending[n]) for n in names}
+            yield {n: v[:batch] for n, v in joined.items()}
+            pending = {n: [v[batch:]] for n, v in joined.items()}
+            have -= batch
+        if limit is not None and seen >= limit:
+            break
+    if have:
+        yield {n: np.concatenate(pending[n]) for n in names}
+
+
+# -- the pass ----------------------------------------------------------------
+def _exposed(model: onnx.ModelProto, tensors: list[str]) -> tuple[onnx.ModelProto, list[str]]:
+    """A copy of the model with the requested tensors added as graph outputs."""
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    types = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.input)
+             + list(inferred.graph.output)}
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    outputs = {o.name for o in m.graph.output}
+    added = []
+    for t in tensors:
+        if t in outputs:
+            added.append(t)
+            continue
+        vi = types.get(t)
+        if vi is None or not vi.type.tensor_type.elem_type:
+            continue
+        out = onnx.helper.make_tensor_value_info(t, vi.type.tensor_type.elem_type, None)
+        m.graph.output.append(out)
+        added.append(t)
+    return m, added
+
+
+def _batch_size(model: onnx.ModelProto, wanted: int) -> int:
+    for vi in model_inputs(model):
+        dims = vi.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+            return int(dims[0].dim_value)
+    return wanted
+
+
+def calibrate(model: onnx.ModelProto, source, requests: dict, *, samples: int | None = None,
+              batch: int = 16, progress: bool = False, threads: int | None = None) -> Calibration:
+    """One onnxruntime pass; ``requests``: {(tensor, axis): need_gram}."""
+    import onnxruntime as ort
+
+    t0 = time.perf_counter()
+    data, is_random = load_data(source, model)
+    tensors = sorted({t for t, _ in requests})
+    exposed, available = _exposed(model, tensors)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    try:
+        sess = ort.InferenceSession(exposed.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001
+        raise OnnxPruneError(f"onnxruntime cannot load the model: {str(e).splitlines()[0]}") from None
+    out_names = [o.name for o in sess.get_outputs()]
+    want = [t for t in available if t in out_names]
+    names = [i.name for i in model_inputs(model)]
+    cal = Calibration(random=is_random)
+    bar = None
+    if progress:
+        from rich.progress import Progress
+
+        bar = Progress(transient=True)
+        task = bar.add_task("calibrating", total=samples)
+        bar.start()
+    try:
+        for feeds in _batches(data, names, model, _batch_size(model, batch), samples):
+            try:
+                values = sess.run(want, feeds)
+            except Exception as e:  # noqa: BLE001 - onnxruntime raises many types
+                raise OnnxPruneError(f"calibration run failed: {str(e).splitlines()[0]}") from None
+            by_name = dict(zip(want, values))
+            for (tensor, axis), gram in requests.items():
+                x = by_name.get(tensor)
+                if x is None or x.ndim <= axis:
+                    continue
+                st = cal.stats.get((tensor, axis))
+                if st is None:
+                    st = cal.stats[(tensor, axis)] = ChannelStats(x.shape[axis], gram)
+                st.update(x, axis)
+            n = len(next(iter(feeds.values())))
+            cal.samples += n
+            if bar is not None:
+                bar.advance(task, n)
+    finally:
+        if bar is not None:
+            bar.stop()
+    if cal.samples == 0:
+        raise OnnxPruneError("calibration data yielded no samples")
+    cal.seconds = time.perf_counter() - t0
+    return cal
