@@ -16,7 +16,10 @@ from .costs import count_macs, count_params
 from .errors import OnnxPruneError
 from .graph import GraphView
 from .groups import Groups, analyze_model
-from .importance import score
+from .calibration import calibrate
+from .compensate import MODES, Compensation
+from .compensate import compensate as run_compensation
+from .importance import DATA_CRITERIA, calibration_requests, score
 from .model import external_files, load, save, shapes_of
 from .planner import Plan, plan_from_keep, plan_uniform
 from .rewrite import apply
@@ -40,10 +43,13 @@ class PruneReport:
     params: dict
     macs: dict
     groups: list = field(default_factory=list)  # per group: id, channels, kept, members, frozen
+    compensate: str = "none"
+    calibration: dict | None = None  # samples, seconds, random, tensors
 
     def to_dict(self) -> dict:
-        return {"criterion": self.criterion, "ratio": self.ratio, "params": self.params,
-                "macs": self.macs, "groups": self.groups}
+        return {"criterion": self.criterion, "ratio": self.ratio, "compensate": self.compensate,
+                "calibration": self.calibration, "params": self.params, "macs": self.macs,
+                "groups": self.groups}
 
 
 @dataclass
@@ -52,10 +58,12 @@ class PruneResult:
     report: PruneReport
     groups: Groups = field(repr=False)
     plan: Plan = field(repr=False)
+    compensation: Compensation | None = field(default=None, repr=False)
 
     def masked(self) -> onnx.ModelProto:
-        """The full-size model with removed channels zeroed in every linear consumer."""
-        return apply(self.groups, self.plan.keep, masked=True)
+        """The full-size model with removed channels zeroed in every linear consumer
+        (and the same compensation): what the pruned model computes exactly."""
+        return apply(self.groups, self.plan.keep, masked=True, compensation=self.compensation)
 
     def save(self, path, external_data: bool | None = None) -> list[str]:
         """Write atomically; never over the input model or its external data."""
@@ -68,11 +76,16 @@ class PruneResult:
 def prune(model, ratio: float = 0.3, criterion: str = "l2", *, min_channels: int = 1,
           round_to: int = 1, exclude=(), input_shapes: dict | None = None, seed: int = 0,
           keep: dict | None = None, member_norm: str = "mean", reduction: str = "mean",
+          calib=None, calib_samples: int | None = None, calib_batch: int = 16,
+          compensate: str | None = None, progress: bool = False,
           check: bool = True) -> PruneResult:
     """Remove channels from every prunable group and rewrite the model.
 
     ``keep`` (group id -> indices) overrides scoring and planning, for tests
-    and for users who chose channels themselves.
+    and for users who chose channels themselves. ``calib`` is any source
+    ``calibration.load_data`` accepts; data criteria and compensation need it
+    (without it they run on random inputs, with a warning). ``compensate``
+    defaults to ``bias`` when calibration data is given, else ``none``.
     """
     groups = analyze(model, input_shapes=input_shapes, exclude=exclude)
     if not groups.prunable:
@@ -80,23 +93,38 @@ def prune(model, ratio: float = 0.3, criterion: str = "l2", *, min_channels: int
         hint = f" ({reasons[0]}{'; ...' if len(reasons) > 1 else ''})" if reasons else ""
         raise OnnxPruneError(f"nothing to prune: all {len(groups.groups)} channel groups are "
                              f"frozen{hint}; run 'onnxprune analyze' for the reasons")
+    if compensate is None:
+        compensate = "bias" if calib is not None else "none"
+    if compensate not in MODES:
+        raise OnnxPruneError(f"unknown compensation '{compensate}' (choose from {', '.join(MODES)})")
+    calibration = None
+    if criterion in DATA_CRITERIA or compensate != "none":
+        requests = calibration_requests(groups, gram=compensate == "lsq")
+        calibration = calibrate(groups.model, calib, requests, samples=calib_samples,
+                                batch=calib_batch, progress=progress)
     if keep is not None:
         plan = plan_from_keep(groups, keep)
     else:
-        scores = score(groups, criterion, member_norm=member_norm, reduction=reduction, seed=seed)
+        scores = score(groups, criterion, calibration=calibration, member_norm=member_norm,
+                       reduction=reduction, seed=seed)
         plan = plan_uniform(groups, scores, ratio, min_channels=min_channels, round_to=round_to)
-    pruned = apply(groups, plan.keep)
+    comp = run_compensation(groups, plan.keep, calibration, compensate)
+    pruned = apply(groups, plan.keep, compensation=comp)
     if check:
         full_check(pruned)
     after = GraphView(pruned, shapes_of(pruned, input_shapes))
     report = PruneReport(
         criterion="explicit" if keep is not None else criterion, ratio=ratio,
+        compensate=compensate,
+        calibration=None if calibration is None else {
+            "samples": calibration.samples, "seconds": calibration.seconds,
+            "random": calibration.random, "tensors": len(calibration.stats)},
         params={"before": groups.params_total, "after": count_params(pruned)},
         macs={"before": groups.macs, "after": count_macs(after)},
         groups=[{"id": g.id, "channels": g.channels,
                  "kept": plan.kept.get(g.id, (g.channels, g.channels))[0],
                  "members": g.members, "frozen": g.frozen} for g in groups.groups])
-    return PruneResult(pruned, report, groups, plan)
+    return PruneResult(pruned, report, groups, plan, comp)
 
 
 def same_file(a, b) -> bool:

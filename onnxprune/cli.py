@@ -15,7 +15,8 @@ from rich.console import Console
 
 from . import api
 from .errors import OnnxPruneError
-from .importance import CRITERIA
+from .calibration import RANDOM_WARNING
+from .importance import ALL_CRITERIA, DATA_CRITERIA
 from .model import check_writable, external_files, parse_input_shapes, save
 from .report import print_groups, print_prune, print_validation
 from .validate import validate as run_validate
@@ -90,7 +91,18 @@ def analyze(model, as_json, show_all, exclude, input_shape):
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Pruned model path.")
 @click.option("--ratio", type=float, default=0.3, show_default=True, help="Fraction of channels removed per group.")
-@click.option("--criterion", type=click.Choice(sorted(CRITERIA) + ["random"]), default="l2", show_default=True)
+@click.option("--criterion", type=click.Choice(ALL_CRITERIA), default="l2", show_default=True,
+              help="Weight criteria: l1, l2, bn, fpgm, random. Data criteria (need --calib): "
+                   "mean_abs, apoz, act_l2, relief, flap.")
+@click.option("--calib", metavar="DATA", help="Calibration data: .npz, .npy, a folder of them, or module.py:function.")
+@click.option("--calib-samples", type=int, help="Use at most N calibration samples.")
+@click.option("--calib-batch", type=int, default=16, show_default=True, help="Samples per onnxruntime run.")
+@click.option("--compensate", type=click.Choice(["none", "bias", "lsq"]),
+              help="Fold removed channels into their consumers [default: bias with --calib, else none].")
+@click.option("--group-reduction", type=click.Choice(["mean", "sum", "max"]), default="mean", show_default=True,
+              help="How member scores of a group combine.")
+@click.option("--normalize", "member_norm", type=click.Choice(["mean", "max", "none"]), default="mean",
+              show_default=True, help="Per-member score normalisation before the reduction.")
 @click.option("--min-channels", type=int, default=1, show_default=True, help="Channels every group keeps at least.")
 @click.option("--round-to", type=int, default=1, show_default=True, help="Keep channel counts multiples of N.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Freeze groups with a matching node or tensor name (repeatable).")
@@ -102,7 +114,8 @@ def analyze(model, as_json, show_all, exclude, input_shape):
 @click.option("--threads", type=int, default=1, show_default=True, help="onnxruntime threads for latency.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @input_shape_opt
-def prune(model, output, ratio, criterion, min_channels, round_to, exclude, masked_output, data,
+def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, compensate,
+          group_reduction, member_norm, min_channels, round_to, exclude, masked_output, data,
           report_path, no_validate, seed, threads, quiet, input_shape):
     """Prune MODEL and write the result to OUTPUT."""
     protect = external_files(model) if os.path.exists(model) else set()
@@ -115,8 +128,15 @@ def prune(model, output, ratio, criterion, min_channels, round_to, exclude, mask
         check_writable(path, protect)
     shapes = parse_input_shapes(input_shape)
     console = _console(quiet)
+    if calib is None and (criterion in DATA_CRITERIA or compensate not in (None, "none")):
+        click.echo(f"onnxprune: warning: {RANDOM_WARNING}", err=True)
+    if calib_samples is not None and calib_samples < 1 or calib_batch < 1:
+        raise OnnxPruneError("--calib-samples and --calib-batch must be at least 1")
     result = api.prune(model, ratio=ratio, criterion=criterion, min_channels=min_channels,
-                       round_to=round_to, exclude=exclude, input_shapes=shapes, seed=seed)
+                       round_to=round_to, exclude=exclude, input_shapes=shapes, seed=seed,
+                       calib=calib, calib_samples=calib_samples, calib_batch=calib_batch,
+                       compensate=compensate, reduction=group_reduction, member_norm=member_norm,
+                       progress=not quiet and sys.stderr.isatty())
     validation = None
     if not no_validate:
         validation = run_validate(model, result.model, data, input_shapes=shapes, threads=threads)

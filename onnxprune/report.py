@@ -47,7 +47,7 @@ def print_groups(groups: Groups, console: Console, show_all: bool = False) -> No
 
 
 def print_prune(report, console: Console) -> None:
-    t = Table(title=f"Pruned ({report.criterion}, ratio {report.ratio})")
+    t = Table(title=f"Pruned ({report.criterion}, ratio {report.ratio}, compensation {report.compensate})")
     for col in ("", "before", "after", "ratio"):
         t.add_column(col, justify="right")
     for key in ("params", "macs"):
@@ -56,6 +56,10 @@ def print_prune(report, console: Console) -> None:
     console.print(t)
     changed = [g for g in report.groups if g["kept"] != g["channels"]]
     console.print(f"channels removed in {len(changed)} of {len(report.groups)} groups")
+    if report.calibration:
+        c = report.calibration
+        src = "random inputs" if c["random"] else f"{c['samples']} samples"
+        console.print(f"calibration: {src}, {c['tensors']} tensors, {c['seconds']:.2f} s")
 
 
 def print_validation(v, console: Console) -> None:
