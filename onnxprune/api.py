@@ -21,7 +21,7 @@ from .compensate import MODES, Compensation
 from .compensate import compensate as run_compensation
 from .importance import DATA_CRITERIA, calibration_requests, score
 from .model import external_files, load, save, shapes_of
-from .planner import Plan, plan_from_keep, plan_uniform
+from .planner import Plan, plan_from_keep, plan_macs, plan_uniform
 from .rewrite import apply
 from .validate import full_check
 
@@ -77,7 +77,7 @@ def prune(model, ratio: float = 0.3, criterion: str = "l2", *, min_channels: int
           round_to: int = 1, exclude=(), input_shapes: dict | None = None, seed: int = 0,
           keep: dict | None = None, member_norm: str = "mean", reduction: str = "mean",
           calib=None, calib_samples: int | None = None, calib_batch: int = 16,
-          compensate: str | None = None, progress: bool = False,
+          compensate: str | None = None, progress: bool = False, macs_target: float | None = None,
           check: bool = True) -> PruneResult:
     """Remove channels from every prunable group and rewrite the model.
 
@@ -86,6 +86,8 @@ def prune(model, ratio: float = 0.3, criterion: str = "l2", *, min_channels: int
     ``calibration.load_data`` accepts; data criteria and compensation need it
     (without it they run on random inputs, with a warning). ``compensate``
     defaults to ``bias`` when calibration data is given, else ``none``.
+    ``macs_target`` (pruned / original MACs) replaces ``ratio`` by the uniform
+    ratio that meets that budget.
     """
     groups = analyze(model, input_shapes=input_shapes, exclude=exclude)
     if not groups.prunable:
@@ -107,7 +109,11 @@ def prune(model, ratio: float = 0.3, criterion: str = "l2", *, min_channels: int
     else:
         scores = score(groups, criterion, calibration=calibration, member_norm=member_norm,
                        reduction=reduction, seed=seed)
-        plan = plan_uniform(groups, scores, ratio, min_channels=min_channels, round_to=round_to)
+        if macs_target is not None:
+            plan = plan_macs(groups, scores, macs_target, min_channels=min_channels, round_to=round_to)
+            ratio = plan.ratio
+        else:
+            plan = plan_uniform(groups, scores, ratio, min_channels=min_channels, round_to=round_to)
     comp = run_compensation(groups, plan.keep, calibration, compensate)
     pruned = apply(groups, plan.keep, compensation=comp)
     if check:

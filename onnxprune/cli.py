@@ -103,6 +103,7 @@ def analyze(model, as_json, show_all, exclude, input_shape):
               help="How member scores of a group combine.")
 @click.option("--normalize", "member_norm", type=click.Choice(["mean", "max", "none"]), default="mean",
               show_default=True, help="Per-member score normalisation before the reduction.")
+@click.option("--macs-target", type=float, help="Keep about this fraction of the MACs (finds the ratio; overrides --ratio).")
 @click.option("--min-channels", type=int, default=1, show_default=True, help="Channels every group keeps at least.")
 @click.option("--round-to", type=int, default=1, show_default=True, help="Keep channel counts multiples of N.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Freeze groups with a matching node or tensor name (repeatable).")
@@ -115,7 +116,7 @@ def analyze(model, as_json, show_all, exclude, input_shape):
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @input_shape_opt
 def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, compensate,
-          group_reduction, member_norm, min_channels, round_to, exclude, masked_output, data,
+          group_reduction, member_norm, macs_target, min_channels, round_to, exclude, masked_output, data,
           report_path, no_validate, seed, threads, quiet, input_shape):
     """Prune MODEL and write the result to OUTPUT."""
     protect = external_files(model) if os.path.exists(model) else set()
@@ -136,7 +137,7 @@ def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, co
                        round_to=round_to, exclude=exclude, input_shapes=shapes, seed=seed,
                        calib=calib, calib_samples=calib_samples, calib_batch=calib_batch,
                        compensate=compensate, reduction=group_reduction, member_norm=member_norm,
-                       progress=not quiet and sys.stderr.isatty())
+                       macs_target=macs_target, progress=not quiet and sys.stderr.isatty())
     validation = None
     if not no_validate:
         validation = run_validate(model, result.model, data, input_shapes=shapes, threads=threads)
