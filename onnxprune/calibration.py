@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from .data import model_inputs, random_feeds
+from .data import NP_TYPES, model_inputs, random_feeds
 from .errors import OnnxPruneError
 
 RANDOM_WARNING = ("no calibration data: using random inputs. Data-driven criteria "
@@ -154,7 +154,15 @@ def _callable_samples(spec: str):
     fn = getattr(module, func, None)
     if not callable(fn):
         raise OnnxPruneError(f"--calib {spec}: {path} has no function '{func}'")
-    return fn()
+    try:
+        result = fn()
+    except Exception as e:  # noqa: BLE001 - user code may raise anything
+        raise OnnxPruneError(f"--calib {spec}: {func}() raised {type(e).__name__}: {e}") from None
+    try:
+        return iter(result)
+    except TypeError:
+        raise OnnxPruneError(f"--calib {spec}: {func}() returned {type(result).__name__}, "
+                             f"not an iterable of {{input: array}} dicts") from None
 
 
 def _reader_samples(reader):
@@ -194,6 +202,21 @@ def load_data(source, model: onnx.ModelProto):
                              f"supported") from None
 
 
+def _guarded(samples):
+    """Iterate user data; an exception raised by user code becomes a user error."""
+    it = iter(samples)
+    while True:
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        except OnnxPruneError:
+            raise
+        except Exception as e:  # noqa: BLE001 - user generators may raise anything
+            raise OnnxPruneError(f"calibration data source raised {type(e).__name__}: {e}") from None
+        yield item
+
+
 def _batches(samples, names: list[str], model: onnx.ModelProto, batch: int, limit: int | None):
     """Re-chunk any stream of feed dicts into batches of ``batch`` samples."""
     fixed = {}
@@ -201,9 +224,10 @@ def _batches(samples, names: list[str], model: onnx.ModelProto, batch: int, limi
         dims = vi.type.tensor_type.shape.dim
         if dims:
             fixed[vi.name] = len(dims)
+    dtypes = {vi.name: NP_TYPES.get(vi.type.tensor_type.elem_type) for vi in model_inputs(model)}
     pending: dict[str, list] = {n: [] for n in names}
     have = seen = 0
-    for item in samples:
+    for item in _guarded(samples):
         if not isinstance(item, dict):
             raise OnnxPruneError(f"calibration data must yield dicts of arrays, got {type(item).__name__}")
         missing = [n for n in names if n not in item]
@@ -214,6 +238,8 @@ def _batches(samples, names: list[str], model: onnx.ModelProto, batch: int, limi
             a = np.asarray(item[n])
             if n in fixed and a.ndim == fixed[n] - 1:
                 a = a[None]  # a single sample without the sample axis
+            if dtypes.get(n) is not None and a.dtype != dtypes[n]:
+                a = a.astype(dtypes[n])  # as --data does: float64 arrays feed float32 inputs
             arrays[n] = a
         count = len(next(iter(arrays.values())))
         if limit is not None:

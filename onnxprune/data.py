@@ -9,7 +9,7 @@ import onnx
 
 from .errors import OnnxPruneError
 
-_NP_TYPES = {
+NP_TYPES = {
     onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
     onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.INT64: np.int64,
     onnx.TensorProto.INT32: np.int32, onnx.TensorProto.INT8: np.int8,
@@ -44,7 +44,7 @@ def load_npz(path, model: onnx.ModelProto):
         if vi.name not in arrays:
             raise OnnxPruneError(f"{path}: has no array named '{vi.name}' "
                                  f"(arrays: {', '.join(sorted(arrays))})")
-        want = _NP_TYPES.get(vi.type.tensor_type.elem_type)
+        want = NP_TYPES.get(vi.type.tensor_type.elem_type)
         arr = arrays[vi.name]
         feeds[vi.name] = arr.astype(want) if want is not None else arr
     counts = {len(a) for a in feeds.values()}
@@ -67,7 +67,7 @@ def random_feeds(model: onnx.ModelProto, samples: int, fixed: dict | None = None
         shape = [samples] + [d if isinstance(d, int) and d > 0 else 1 for d in dims[1:]]
         if isinstance(dims[0], int) and dims[0] > 0 and not (fixed and vi.name in fixed):
             shape[0] = samples * dims[0]
-        want = _NP_TYPES.get(vi.type.tensor_type.elem_type, np.float32)
+        want = NP_TYPES.get(vi.type.tensor_type.elem_type, np.float32)
         if np.issubdtype(want, np.floating):
             feeds[vi.name] = rng.standard_normal(shape).astype(want)
         elif want == np.bool_:
