@@ -47,8 +47,8 @@ def _regress(cov: np.ndarray, kept: np.ndarray, removed: np.ndarray, ridge: floa
     """Coefficients (R, K) of x_removed on x_kept (centred), per removed channel.
 
     A removed channel the kept ones explain almost perfectly (residual variance
-    below 1e-6 of its own) gets the near-unregularised fit, so linear
-    dependence is reconstructed exactly; every other channel gets the ridge
+    below 1e-6 of its own) gets the unregularised least-squares fit (truncated
+    pseudo-inverse), so linear dependence is reconstructed exactly; every other channel gets the ridge
     ``ridge x mean variance``, which generalises better beyond the
     calibration set (measured on the sample models).
     """
@@ -57,7 +57,9 @@ def _regress(cov: np.ndarray, kept: np.ndarray, removed: np.ndarray, ridge: floa
     scale = np.trace(ckk) / max(len(kept), 1) + 1e-12
     eye = np.eye(len(kept))
     regular = np.linalg.solve(ckk + ridge * scale * eye, crk.T).T
-    tight = np.linalg.solve(ckk + 1e-9 * scale * eye, crk.T).T
+    # Truncated pseudo-inverse: near-null directions (dead or duplicate kept
+    # channels) are dropped instead of amplified.
+    tight = np.linalg.lstsq(ckk, crk.T, rcond=1e-6)[0].T
     var_r = np.diag(cov)[removed]
     residual = var_r - 2 * np.einsum("rk,rk->r", tight, crk) + np.einsum("rk,kl,rl->r", tight, ckk, tight)
     exact = residual <= 1e-6 * np.maximum(var_r, 1e-30)

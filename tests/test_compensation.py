@@ -367,3 +367,27 @@ def test_pruned_equals_masked_with_compensation_on_trained_models(path):
             for a, b in zip(yp, ym):
                 assert a.shape == b.shape
                 np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(b).max())))
+
+
+@pytest.mark.parametrize("name,floor", [("densenet_mnist", 0.85), ("mobilenet_mnist", 0.75)])
+def test_lsq_keeps_accuracy_at_half_the_macs_on_trained_models(name, floor):
+    """Regression guard on real data: lsq must not amplify near-dependent kept
+    channels (a near-singular Gram matrix once sent densenet to chance)."""
+    import os
+
+    from onnxprune.calibration import calibrate
+    from onnxprune.compensate import compensate
+    from onnxprune.importance import calibration_requests, score
+    from onnxprune.planner import plan_macs
+    from onnxprune.rewrite import apply
+    from oracle import run
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    data = np.load(os.path.join(root, "models", f"{name}_data.npz"))
+    x, y = data["input"], data["labels"]
+    groups = onnxprune.analyze(os.path.join(root, "models", f"{name}.onnx"))
+    cal = calibrate(groups.model, {"input": x[:128]}, calibration_requests(groups, gram=True))
+    plan = plan_macs(groups, score(groups, "act_l2", calibration=cal), 0.5)
+    pruned = apply(groups, plan.keep, compensation=compensate(groups, plan.keep, cal, "lsq"))
+    accuracy = float(np.mean(run(pruned, {"input": x[128:]})[0].argmax(1) == y[128:]))
+    assert accuracy >= floor, accuracy
