@@ -13,7 +13,6 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-Dim = "int | str | None"
 
 
 _NO_FOLD = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "RandomNormal",
