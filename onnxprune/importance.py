@@ -108,15 +108,21 @@ def weight_matrix(value: np.ndarray, in_axis: int) -> np.ndarray:
     return w.reshape(w.shape[0], w.shape[1], -1)
 
 
+def _calibrated_consumers(groups: Groups, atom: int, cal):
+    """(use, stats of the input it reads, consumer node) for each linear
+    consumer of ``atom`` that calibration measured."""
+    for use in consumer_uses(groups, atom):
+        dim = activation_dim(groups, use)
+        st = cal.get(*dim) if dim else None
+        if st is not None:
+            yield use, st, groups.view.nodes[use.node]
+
+
 def _stat_criterion(stat: str):
     """mean_abs / act_l2 / apoz: statistics of the channel at each linear consumer."""
     def crit(groups, group, cal):
         out = []
-        for use in consumer_uses(groups, group.atom):
-            dim = activation_dim(groups, use)
-            st = cal.get(*dim) if dim else None
-            if st is None:
-                continue
+        for use, st, _ in _calibrated_consumers(groups, group.atom, cal):
             values = {"mean_abs": st.mean_abs, "act_l2": st.rms, "apoz": 1.0 - st.apoz}[stat]
             out.append(_per_index(groups, use.layout, group.atom, values))
         return out
@@ -127,12 +133,7 @@ def _relief(groups, group, cal):
     """Neural Network Relief: a channel's share of each consumer neuron's mean
     |w x| contribution (bias included), summed over neurons and consumers."""
     out = []
-    for use in consumer_uses(groups, group.atom):
-        dim = activation_dim(groups, use)
-        st = cal.get(*dim) if dim else None
-        if st is None:
-            continue
-        node = groups.view.nodes[use.node]
+    for use, st, node in _calibrated_consumers(groups, group.atom, cal):
         w = weight_matrix(groups.view.const(node.input[use.input]), use.axis)
         contrib = np.abs(w).sum(axis=2) * st.mean_abs[:, None]  # (inputs, outputs)
         total = contrib.sum(axis=0)
@@ -149,12 +150,7 @@ def _flap(groups, group, cal):
     """FLAP fluctuation: variance of the input channel x squared norm of the
     consumer's weight column."""
     out = []
-    for use in consumer_uses(groups, group.atom):
-        dim = activation_dim(groups, use)
-        st = cal.get(*dim) if dim else None
-        if st is None:
-            continue
-        node = groups.view.nodes[use.node]
+    for use, st, node in _calibrated_consumers(groups, group.atom, cal):
         w = weight_matrix(groups.view.const(node.input[use.input]), use.axis)
         values = st.var * (w ** 2).sum(axis=(1, 2))
         out.append(_per_index(groups, use.layout, group.atom, values, "sum"))
