@@ -23,7 +23,8 @@ from .importance import DATA_CRITERIA, calibration_requests, score
 from .model import external_files, load, save, shapes_of
 from .planner import Plan, plan_from_keep, plan_macs, plan_uniform
 from .rewrite import apply
-from .validate import full_check
+from . import invariants
+from .validate import check_written, full_check
 
 
 def analyze(model, *, input_shapes: dict | None = None, exclude=()) -> Groups:
@@ -32,7 +33,7 @@ def analyze(model, *, input_shapes: dict | None = None, exclude=()) -> Groups:
     groups = analyze_model(loaded.model, shapes_of(loaded.model, input_shapes))
     groups.exclude(exclude)
     groups.source_path = loaded.path
-    groups.external_data = loaded.external_data
+    groups.external = loaded.external
     return groups
 
 
@@ -70,7 +71,8 @@ class PruneResult:
         if external_data is None:
             external_data = self.groups.external_data
         return save(self.model, path, external_data=external_data,
-                    protect=external_files(self.groups.source_path))
+                    protect=external_files(self.groups.source_path), verify=check_written,
+                    stored_external=self.groups.external)
 
 
 def prune(model, ratio: float = 0.3, criterion: str = "l2", *, min_channels: int = 1,
@@ -116,6 +118,7 @@ def prune(model, ratio: float = 0.3, criterion: str = "l2", *, min_channels: int
             plan = plan_uniform(groups, scores, ratio, min_channels=min_channels, round_to=round_to)
     comp = run_compensation(groups, plan.keep, calibration, compensate)
     pruned = apply(groups, plan.keep, compensation=comp)
+    invariants.check(groups.model, pruned)
     if check:
         full_check(pruned)
     after = GraphView(pruned, shapes_of(pruned, input_shapes))

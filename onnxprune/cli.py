@@ -19,6 +19,8 @@ from .calibration import RANDOM_WARNING
 from .importance import ALL_CRITERIA, DATA_CRITERIA
 from .model import check_writable, external_files, parse_input_shapes, save
 from .report import print_groups, print_prune, print_validation
+from . import invariants
+from .validate import check_written
 from .validate import validate as run_validate
 
 
@@ -148,10 +150,14 @@ def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, co
     written: list[str] = []
     try:
         written += save(result.model, output, external_data=result.groups.external_data,
-                        protect=protect)
+                        protect=protect, verify=check_written,
+                        stored_external=result.groups.external)
         if masked_output:
-            written += save(result.masked(), masked_output,
-                            external_data=result.groups.external_data, protect=protect)
+            masked = result.masked()
+            invariants.check(result.groups.model, masked)
+            written += save(masked, masked_output, external_data=result.groups.external_data,
+                            protect=protect, verify=check_written,
+                        stored_external=result.groups.external)
         if report_path:
             _write_json(report_path, payload)
     except BaseException:

@@ -87,6 +87,12 @@ def compensate(groups: Groups, keep: dict, calibration, mode: str = "bias",
         if node.op_type == "MatMul" and use.input == 0:
             comp.skipped.append(f"{node.name}: weight on the left of MatMul")
             continue
+        shared = [node.input[k] for k in range(1, min(3, len(node.input)))
+                  if node.input[k] and len(view.readers(view.const_root(node.input[k])
+                                                         or node.input[k])) > 1]
+        if shared:
+            comp.skipped.append(f"{node.name}: '{shared[0]}' is shared with other nodes")
+            continue
         dim = activation_dim(groups, use)
         st = calibration.get(*dim) if dim else None
         if st is None or (mode == "lsq" and st.xtx is None):

@@ -3,3 +3,7 @@
 
 class OnnxPruneError(Exception):
     """A problem with the user's input or request (exit code 1)."""
+
+
+class InternalError(OnnxPruneError):
+    """A bug in onnxprune, caught before it could write a wrong model."""

@@ -13,6 +13,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .walk import captured_names, subgraphs
+
 
 
 _NO_FOLD = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "RandomNormal",
@@ -34,24 +36,6 @@ def _tensor_shape(vi: onnx.ValueInfoProto):
         else:
             dims.append(None)
     return tuple(dims)
-
-
-def _captured_names(graph: onnx.GraphProto) -> set[str]:
-    """Names a subgraph reads from its enclosing scopes."""
-    defined = {i.name for i in graph.input} | {i.name for i in graph.initializer}
-    used: set[str] = set()
-    for node in graph.node:
-        for name in node.input:
-            if name and name not in defined:
-                used.add(name)
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                used |= _captured_names(sub) - defined
-        defined.update(node.output)
-    for out in graph.output:
-        if out.name not in defined:
-            used.add(out.name)
-    return used
 
 
 def _constant_node_value(node: onnx.NodeProto):
@@ -91,12 +75,51 @@ class GraphView:
             for k, name in enumerate(node.input):
                 if name:
                     self.consumers[name].append((node, k))
-            for attr in node.attribute:
-                subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-                for sub in subs:
-                    for name in _captured_names(sub):
-                        self.captured.setdefault(name, node.name)
+            for sub in subgraphs(node):
+                for name in captured_names(sub):
+                    self.captured.setdefault(name, node.name)
         self._const_cache: dict[str, np.ndarray | None] = {}
+        self.index_of = {id(n): i for i, n in enumerate(self.nodes)}
+
+    def const_chain(self, name: str) -> tuple[set[str], set[int]]:
+        """For a tensor folded from constants: the constants it is computed from
+        and the indices of the nodes that compute it."""
+        leaves, chain, todo = set(), set(), [name]
+        while todo:
+            t = todo.pop()
+            if self.const_root(t) == t and (t in self.initializers or t in self.producer):
+                leaves.add(t)
+                continue
+            node = self.producer.get(t)
+            if node is None:
+                continue
+            i = self.index_of[id(node)]
+            if i in chain:
+                continue
+            chain.add(i)
+            todo.extend(x for x in node.input if x)
+        return leaves, chain
+
+    def readers(self, name: str) -> list[tuple[int | None, int, str]]:
+        """Everything that reads a tensor, seen through Identity chains:
+        ``(node index, input slot, label)``; the index is None for a graph
+        output or a subgraph capture (readers no rewrite can reach)."""
+        out, todo, seen = [], [name], set()
+        while todo:
+            t = todo.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            if t in self.graph_outputs:
+                out.append((None, -1, f"graph output '{t}'"))
+            if t in self.captured:
+                out.append((None, -1, f"a subgraph of node '{self.captured[t]}'"))
+            for node, k in self.consumers.get(t, []):
+                if node.op_type == "Identity":
+                    todo.append(node.output[0])
+                else:
+                    out.append((self.index_of[id(node)], k, f"node '{node.name}' ({node.op_type})"))
+        return out
 
     # -- constants -----------------------------------------------------------
     def const_root(self, name: str) -> str | None:

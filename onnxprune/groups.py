@@ -58,7 +58,11 @@ class Groups:
     view: GraphView = field(repr=False)
     analysis: Analysis = field(repr=False)
     source_path: str | None = None
-    external_data: bool = False
+    external: frozenset = frozenset()  # initializers the input stored as external data
+
+    @property
+    def external_data(self) -> bool:
+        return bool(self.external)
 
     @property
     def prunable(self) -> list[Group]:
@@ -125,6 +129,58 @@ def _freeze_interface(view: GraphView, ctx: Context, analysis: Analysis) -> None
             atoms.freeze(lay, str(e))
 
 
+def _couple_shared_weights(view: GraphView, analysis: Analysis) -> None:
+    """A weight read by several nodes has one keep-set: its readers' channel
+    spaces along each sliced axis become one group, or freeze when some
+    reader cannot follow the slice. A weight is never duplicated.
+
+    Weights are keyed by what is stored: the initializer or Constant behind an
+    Identity chain, or, for a value folded from constants (Cast, Sqrt...), the
+    folded tensor itself, whose source constants must have no other reader.
+    """
+    by_source: dict[str, list] = {}
+    for use in analysis.uses:
+        name = view.nodes[use.node].input[use.input]
+        by_source.setdefault(view.const_root(name) or name, []).append(use)
+    for source, uses in by_source.items():
+        readers = view.readers(source)
+        stray = []
+        if view.const_root(source) is None:  # folded: its constants must be private
+            leaves, chain = view.const_chain(source)
+            folded = view.const(source)
+            narrow = [view.const(t) for t in leaves]
+            narrow = [v for v in narrow if v is not None and v.dtype.kind == folded.dtype.kind
+                      and v.dtype.itemsize < folded.dtype.itemsize]
+            if narrow:
+                stray.append(f"'{source}' is computed from {narrow[0].dtype} constants; sliced "
+                             f"here it would be stored as {folded.dtype}")
+            for t in leaves | {o for i in chain for o in view.nodes[i].output}:
+                if t == source:
+                    continue
+                for index, _, label in view.readers(t):
+                    if index not in chain:
+                        stray.append(f"'{source}' is computed from constant '{t}', "
+                                     f"which {label} also reads")
+        for axis in sorted({u.axis for u in uses}):
+            on_axis = [u for u in uses if u.axis == axis]
+            covered = {(u.node, u.input) for u in on_axis}
+            why = list(stray)
+            why += [f"weight '{source}' is also read by {label}, which does not slice it "
+                    f"along axis {axis}" for index, slot, label in readers
+                    if (index, slot) not in covered]
+            if why:
+                for u in on_axis:
+                    analysis.atoms.freeze(u.layout, why[0])
+                continue
+            for u in on_axis[1:]:
+                try:
+                    analysis.atoms.unify(on_axis[0].layout, u.layout)
+                except LayoutError as e:
+                    reason = f"weight '{source}' is shared by several nodes: {e}"
+                    analysis.atoms.freeze(on_axis[0].layout, reason)
+                    analysis.atoms.freeze(u.layout, reason)
+
+
 def analyze_model(model: onnx.ModelProto, shapes: dict[str, tuple]) -> Groups:
     view = GraphView(model, shapes)
     analysis = Analysis()
@@ -136,6 +192,7 @@ def analyze_model(model: onnx.ModelProto, shapes: dict[str, tuple]) -> Groups:
         except (LayoutError, ValueError, IndexError, KeyError, TypeError) as e:
             # A rule met a graph it does not understand: freeze, never guess.
             ctx.freeze_node(f"could not be analysed ({type(e).__name__}: {e})")
+    _couple_shared_weights(view, analysis)
     _freeze_interface(view, ctx, analysis)
     return _collect(model, view, analysis)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from google.protobuf.message import DecodeError
 
 from .errors import OnnxPruneError
 from .graph import infer_shapes
+from .walk import all_graphs, node_reads
 
 TWO_GB = 2**31 - 1
 
@@ -25,7 +27,11 @@ TWO_GB = 2**31 - 1
 class Loaded:
     model: onnx.ModelProto
     path: str | None
-    external_data: bool
+    external: frozenset = frozenset()  # initializers the input file stored as external data
+
+    @property
+    def external_data(self) -> bool:
+        return bool(self.external)
 
 
 def load(source, label: str | None = None) -> Loaded:
@@ -33,7 +39,7 @@ def load(source, label: str | None = None) -> Loaded:
     if isinstance(source, onnx.ModelProto):
         model = copy.deepcopy(source)
         toposort(model.graph)
-        return Loaded(model, None, False)
+        return Loaded(model, None)
     path = os.fspath(source)
     if not os.path.exists(path):
         raise OnnxPruneError(f"{path}: no such file")
@@ -45,7 +51,8 @@ def load(source, label: str | None = None) -> Loaded:
         raise OnnxPruneError(f"{path}: not a readable ONNX model ({type(e).__name__})") from None
     if not model.HasField("graph") or not model.graph.node:
         raise OnnxPruneError(f"{path}: not an ONNX model (no graph nodes)")
-    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    external = frozenset(t.name for g in all_graphs(model.graph) for t in g.initializer
+                         if t.data_location == onnx.TensorProto.EXTERNAL)
     if external:
         try:
             onnx.load_external_data_for_model(model, os.path.dirname(os.path.abspath(path)))
@@ -62,17 +69,9 @@ def toposort(graph: onnx.GraphProto) -> None:
     but the analysis walks producers first and the checker requires the order.
     Subgraph captures count as inputs of the node that owns the subgraph.
     """
-    from .graph import _captured_names
-
     nodes = list(graph.node)
     produced = {o: i for i, n in enumerate(nodes) for o in n.output if o}
-    needs = []
-    for n in nodes:
-        names = set(n.input)
-        for a in n.attribute:
-            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                names |= _captured_names(sub)
-        needs.append({produced[x] for x in names if x in produced})
+    needs = [{produced[x] for x in node_reads(n) if x in produced} for n in nodes]
     if all(all(j < i for j in deps) for i, deps in enumerate(needs)):
         return
     order, done, visiting = [], set(), set()
@@ -174,9 +173,44 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
+SMALL_TENSOR = 1024  # bytes: onnx's own threshold for external data
+
+
+def _mark_external(model: onnx.ModelProto, location: str, stored_external) -> None:
+    """Choose, per initializer, where its bytes go. A tensor the input stored
+    inline stays inline, and a small integer tensor (shape, axes, pads: what
+    shape inference must read) is always inline, because onnxruntime refuses
+    those as external data. Anything else the input stored externally stays
+    external; a new tensor goes external from ``SMALL_TENSOR`` bytes up."""
+    from onnx.external_data_helper import set_external_data
+
+    stored = set(stored_external)
+    for g in all_graphs(model.graph):
+        for t in g.initializer:
+            if not t.HasField("raw_data"):
+                continue
+            size = len(t.raw_data)
+            integer = t.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+            if t.name in stored:
+                external = not (integer and size < SMALL_TENSOR)
+            else:
+                external = size >= SMALL_TENSOR
+            if external:
+                set_external_data(t, location)
+
+
 def save(model: onnx.ModelProto, path, external_data: bool = False,
-         protect: set[str] = frozenset()) -> list[str]:
+         protect: set[str] = frozenset(), verify=None, stored_external=()) -> list[str]:
     """Write atomically; weights go to ``<name>.data`` beside it when asked or needed.
+
+    Both files are first written under their final names inside a private
+    temporary folder next to the target, so the model names its data file
+    correctly without a second serialisation. ``verify(path)`` (e.g. the full
+    checker and an onnxruntime session from the path) then runs on the files
+    as written; only when it passes are they moved into place. Any failure
+    leaves nothing behind. Small tensors (shape vectors, axes, scalars) stay
+    inline: onnxruntime refuses some of them as external data
+    (``_mark_external``).
 
     Returns the files written. ``protect`` lists files that must never be
     replaced (the input model and its external data).
@@ -184,38 +218,36 @@ def save(model: onnx.ModelProto, path, external_data: bool = False,
     path = check_writable(path, protect)
     folder = os.path.dirname(path)
     external_data = external_data or model.ByteSize() > TWO_GB
-    data_name = os.path.basename(path) + ".data"
+    name = os.path.basename(path)
+    data_name = name + ".data"
     data_path = os.path.join(folder, data_name)
     if external_data:
         check_writable(data_path, protect)
-    fd, tmp = tempfile.mkstemp(prefix=".onnxprune-", suffix=".onnx", dir=folder)
-    os.close(fd)
-    tmp_data = os.path.join(folder, os.path.basename(tmp) + ".data")
-    written = [path]
+    tmpdir = tempfile.mkdtemp(prefix=".onnxprune-", dir=folder)
+    tmp, tmp_data = os.path.join(tmpdir, name), os.path.join(tmpdir, data_name)
     try:
         if external_data:
             model = copy.deepcopy(model)
-            onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=os.path.basename(tmp_data), size_threshold=0)
-            # The model must name the final data file: rewrite locations, then save again.
-            for t in model.graph.initializer:
-                for entry in t.external_data:
-                    if entry.key == "location":
-                        entry.value = data_name
-            with open(tmp, "wb") as f:
-                f.write(model.SerializeToString())
-            if not os.path.exists(tmp_data):  # no tensor at all: an empty data file
+            _mark_external(model, data_name, stored_external)
+            onnx.save_model(model, tmp)  # writes the marked tensors next to it
+            if not os.path.exists(tmp_data):  # every tensor small: an empty data file
                 open(tmp_data, "wb").close()
-            os.chmod(tmp_data, _umask_mode())
-            os.replace(tmp_data, data_path)
-            written.append(data_path)
         else:
             onnx.save_model(model, tmp)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-        return written
-    except BaseException:
-        for leftover in (tmp, tmp_data):
-            if os.path.exists(leftover):
-                os.remove(leftover)
-        raise
+        if verify is not None:
+            verify(tmp)
+        written = []
+        try:
+            if external_data:
+                os.chmod(tmp_data, _umask_mode())
+                os.replace(tmp_data, data_path)
+                written.append(data_path)
+            os.chmod(tmp, _umask_mode())
+            os.replace(tmp, path)
+        except BaseException:
+            for done in written:
+                os.remove(done)
+            raise
+        return [path] + written
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)

@@ -19,7 +19,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .errors import InternalError
 from .graph import GraphView
+from .walk import read_names
 from .groups import Groups
 from .ops import Rewriter, rule_for
 
@@ -140,37 +142,50 @@ def _set_constant_value(node: onnx.NodeProto, value: np.ndarray) -> None:
     node.attribute.append(onnx.helper.make_attribute("value", numpy_helper.from_array(value)))
 
 
-def _apply_const_edits(rw: _Edits, model: onnx.ModelProto) -> None:
+def _is_weight(value: np.ndarray) -> bool:
+    """Float or quantized tensors are weights; small integer vectors (shapes,
+    axes, split sizes) are metadata that may be copied per reader."""
+    return value.dtype.kind in "fc" or value.dtype.itemsize == 1 or value.size > 64
+
+
+def _apply_const_edits(rw: _Edits, model: onnx.ModelProto, masked: bool) -> None:
+    """Write the new constant values. A constant is keyed by what is stored
+    (the initializer or Constant behind Identity chains, or a tensor folded
+    from constants); when every reader wants the same new value it is edited
+    in place (a folded one becomes one new initializer). Readers that disagree
+    get their own copies only for small metadata tensors: analysis couples the
+    readers of a shared weight, so a weight that would be copied is a bug."""
     view = rw.view
-    by_root: dict[str, list] = {}
+    by_source: dict[str, list] = {}
     for (index, slot), value in rw.const_edits.items():
-        node = view.nodes[index]
-        name = node.input[slot]
-        root = view.const_root(name)
-        if root == name:
-            by_root.setdefault(root, []).append((node, slot, value))
-        else:  # behind an Identity chain: give this reader its own constant
-            node.input[slot] = rw.new_const(f"{name}_pruned", value)
+        name = view.nodes[index].input[slot]
+        by_source.setdefault(view.const_root(name) or name, []).append((index, slot, value))
     inits = {t.name: t for t in model.graph.initializer}
-    for root, edits in by_root.items():
-        readers = view.consumers.get(root, [])
-        same = all(np.array_equal(v, edits[0][2]) and v.dtype == edits[0][2].dtype for _, _, v in edits)
-        everyone = len(readers) == len(edits) and root not in view.captured \
-            and root not in view.graph_outputs
-        if same and everyone:
-            value = np.ascontiguousarray(edits[0][2])
-            if root in inits:
-                inits[root].CopyFrom(numpy_helper.from_array(value, root))
+    for source, edits in by_source.items():
+        first = edits[0][2]
+        same = all(v.dtype == first.dtype and np.array_equal(v, first) for _, _, v in edits)
+        readers = {(i, k) for i, k, _ in view.readers(source)}
+        if same and readers == {(i, k) for i, k, _ in edits}:
+            value = np.ascontiguousarray(first)
+            if view.const_root(source) is None:  # folded: one new initializer for all
+                name = rw.new_const(f"{source}_pruned", value)
+                for index, slot, _ in edits:
+                    view.nodes[index].input[slot] = name
+            elif source in inits:
+                inits[source].CopyFrom(numpy_helper.from_array(value, source))
             else:
-                _set_constant_value(view.producer[root], value)
+                _set_constant_value(view.producer[source], value)
             continue
+        if not masked and any(_is_weight(v) for _, _, v in edits):
+            raise InternalError(f"weight '{source}' would be copied: its readers disagree on its "
+                                f"new value (a shared weight the analysis did not couple)")
         made: list[tuple[np.ndarray, str]] = []
-        for node, slot, value in edits:
+        for index, slot, value in edits:
             name = next((n for v, n in made if v.dtype == value.dtype and np.array_equal(v, value)), None)
             if name is None:
-                name = rw.new_const(f"{root}_pruned", value)
+                name = rw.new_const(f"{source}_pruned", value)
                 made.append((value, name))
-            node.input[slot] = name
+            view.nodes[index].input[slot] = name
 
 
 def _update_value_info(rw: _Edits, model: onnx.ModelProto) -> None:
@@ -199,13 +214,8 @@ def _drop_orphans(model: onnx.ModelProto, before: set[str]) -> None:
     """Remove nodes and initializers that were read before our edits and no longer are
     (constant chains a sliced weight now bypasses)."""
     g = model.graph
-    outputs = {o.name for o in g.output}
     while True:
-        read = {n for node in g.node for n in node.input} | outputs
-        for node in g.node:
-            for a in node.attribute:
-                if a.type == onnx.AttributeProto.GRAPH:
-                    read |= {n for sub in a.g.node for n in sub.input}
+        read = read_names(g)
         dead = [i for i, node in enumerate(g.node)
                 if not any(o in read for o in node.output)
                 and all(o in before for o in node.output if o)]
@@ -213,7 +223,7 @@ def _drop_orphans(model: onnx.ModelProto, before: set[str]) -> None:
             break
         for i in reversed(dead):
             del g.node[i]
-    read = {n for node in g.node for n in node.input} | outputs
+    read = read_names(g)
     keep = [t for t in g.initializer if t.name in read or t.name not in before]
     if len(keep) != len(g.initializer):
         del g.initializer[:]
@@ -234,8 +244,7 @@ def apply(groups: Groups, keep: dict[int, np.ndarray], masked: bool = False,
     the oracle pruned == masked holds with compensation too.
     """
     model = copy.deepcopy(groups.model)
-    read_before = {n for node in model.graph.node for n in node.input} | \
-        {o.name for o in model.graph.output}
+    read_before = read_names(model.graph)
     view = GraphView(model, groups.view.shapes)
     rw = _Edits(view, groups.analysis, keep, model,
                 compensation.weights if compensation is not None else None)
@@ -247,7 +256,7 @@ def apply(groups: Groups, keep: dict[int, np.ndarray], masked: bool = False,
             rule_for(node).rewrite(node, index, rw)
     if compensation is not None and compensation.biases:
         _add_biases(rw, compensation.biases, masked)
-    _apply_const_edits(rw, model)
+    _apply_const_edits(rw, model, masked)
     if rw.new_nodes:
         after = {}
         for index, node in rw.new_nodes:

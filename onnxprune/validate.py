@@ -153,6 +153,23 @@ def full_check(model: onnx.ModelProto) -> None:
         raise OnnxPruneError(f"the pruned model fails onnx.checker: {str(e).splitlines()[0]}") from None
 
 
+def check_written(path: str) -> None:
+    """The model as written: the full checker on the path (external data
+    included) and an onnxruntime session opened from the path."""
+    try:
+        onnx.checker.check_model(path, full_check=True)
+    except Exception as e:  # noqa: BLE001 - checker raises ValidationError or InferenceError
+        raise OnnxPruneError(f"the written model fails onnx.checker: {str(e).splitlines()[0]}") from None
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = 1
+    try:
+        ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises several unrelated types
+        raise OnnxPruneError(f"onnxruntime cannot load the written model: "
+                             f"{str(e).splitlines()[0]}") from None
+
+
 def validate(original, pruned, data=None, *, input_shapes: dict | None = None,
              samples: int = 8, latency_runs: int = 30, threads: int = 1,
              seed: int = 0) -> Validation:

@@ -11,6 +11,7 @@ import onnxruntime as ort
 import onnxprune
 from onnxprune.data import random_feeds
 from onnxprune.groups import Groups
+from onnxprune.invariants import violations
 from onnxprune.rewrite import apply
 
 
@@ -56,6 +57,7 @@ def check_exact(model: onnx.ModelProto | str, keep: dict | None = None, *, feeds
         pruned = apply(groups, k)
         masked = apply(groups, k, masked=True)
         onnx.checker.check_model(pruned, full_check=True)
+        assert not violations(groups.model, pruned), violations(groups.model, pruned)
         yp, ym = run(pruned, feeds), run(masked, feeds)
         assert [o.name for o in pruned.graph.output] == [o.name for o in groups.model.graph.output]
         for a, b, o in zip(yp, ym, original):

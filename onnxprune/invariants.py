@@ -1,0 +1,113 @@
+"""What every pruned model must satisfy before it is written.
+
+These are checked by the pipeline, not trusted to the reader's head: a
+violation is a bug (or an unsupported case) caught before a wrong file
+reaches the user.
+
+- no more parameters, and no more weight bytes per dtype, than the input;
+- every graph input and output keeps its name, dtype and shape, unless the
+  user allowed an interface change;
+- no initializer is left unused that the input used.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from .errors import InternalError
+from .walk import all_graphs, read_names
+
+_METADATA_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.BOOL,
+                   onnx.TensorProto.STRING}
+_SMALL = 64  # elements: integer vectors of this size are shapes and axes, not weights
+
+
+def _numel(dims) -> int:
+    return int(np.prod([int(d) for d in dims], dtype=np.int64)) if len(dims) else 1
+
+
+def _tensors(model: onnx.ModelProto):
+    for g in all_graphs(model.graph):
+        yield from g.initializer
+        for node in g.node:
+            if node.op_type == "Constant":
+                for a in node.attribute:
+                    if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+                        yield a.t
+
+
+def weight_bytes(model: onnx.ModelProto) -> dict[str, int]:
+    """Bytes of stored weights per dtype name. Small integer tensors (shape
+    vectors, axes, split sizes) are metadata, not weights, and are left out."""
+    out: dict[str, int] = {}
+    for t in _tensors(model):
+        n = _numel(t.dims)
+        if t.data_type in _METADATA_TYPES and n <= _SMALL:
+            continue
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type) \
+            if t.data_type != onnx.TensorProto.STRING else np.dtype(object)
+        name = onnx.TensorProto.DataType.Name(t.data_type).lower()
+        out[name] = out.get(name, 0) + n * max(1, dtype.itemsize)
+    return out
+
+
+def _signature(vi: onnx.ValueInfoProto):
+    t = vi.type.tensor_type if vi.type.HasField("tensor_type") else None
+    if t is None:
+        return (vi.type.WhichOneof("value"),)
+    dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                 for d in t.shape.dim) if t.HasField("shape") else None
+    return (onnx.TensorProto.DataType.Name(t.elem_type).lower(), dims)
+
+
+def _unused_initializers(model: onnx.ModelProto) -> set[str]:
+    g = model.graph
+    used = read_names(g) | {i.name for i in g.input}
+    return {t.name for t in g.initializer if t.name not in used}
+
+
+def violations(original: onnx.ModelProto, pruned: onnx.ModelProto, *,
+               allow_io_change: bool = False) -> list[str]:
+    """Every invariant the pruned model breaks, as readable sentences."""
+    from .costs import count_params
+
+    out = []
+    p0, p1 = count_params(original), count_params(pruned)
+    if p1 > p0:
+        out.append(f"the pruned model has more parameters than the input ({p1} > {p0})")
+    b0, b1 = weight_bytes(original), weight_bytes(pruned)
+    for dtype, size in sorted(b1.items()):
+        if size > b0.get(dtype, 0):
+            out.append(f"the pruned model stores more {dtype} weight bytes than the input "
+                       f"({size} > {b0.get(dtype, 0)})")
+    if not allow_io_change:
+        for kind in ("input", "output"):
+            inits = {t.name for t in original.graph.initializer}
+            before = [v for v in getattr(original.graph, kind) if v.name not in inits]
+            inits = {t.name for t in pruned.graph.initializer}
+            after = [v for v in getattr(pruned.graph, kind) if v.name not in inits]
+            if [v.name for v in before] != [v.name for v in after]:
+                out.append(f"graph {kind}s changed from {[v.name for v in before]} "
+                           f"to {[v.name for v in after]}")
+                continue
+            for a, b in zip(before, after):
+                if _signature(a) != _signature(b):
+                    out.append(f"graph {kind} '{a.name}' changed from {_signature(a)} "
+                               f"to {_signature(b)}")
+    unused = sorted(_unused_initializers(pruned) - _unused_initializers(original))
+    if unused:
+        more = f" (+{len(unused) - 3} more)" if len(unused) > 3 else ""
+        out.append(f"initializer(s) {', '.join(unused[:3])}{more} are no longer used")
+    return out
+
+
+def check(original: onnx.ModelProto, pruned: onnx.ModelProto, *,
+          allow_io_change: bool = False) -> None:
+    """Raise InternalError naming every broken invariant."""
+    found = violations(original, pruned, allow_io_change=allow_io_change)
+    if found:
+        raise InternalError("the pruned model breaks an invariant, so it was not written: "
+                            + "; ".join(found))
+
+
+__all__ = ["check", "violations", "weight_bytes"]
