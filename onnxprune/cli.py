@@ -13,14 +13,14 @@ import warnings
 import click
 from rich.console import Console
 
-from . import api
-from .errors import OnnxPruneError
+from . import api, pipeline
 from .calibration import RANDOM_WARNING
+from .errors import OnnxPruneError
 from .importance import ALL_CRITERIA, DATA_CRITERIA
-from .model import check_writable, external_files, parse_input_shapes, save
-from .report import print_groups, print_prune, print_validation
-from . import invariants
-from .validate import check_written
+from .model import check_writable, parse_input_shapes
+from .ops import entries
+from .pipeline import PruneConfig
+from .report import print_groups, print_ops, print_prune, print_validation
 from .validate import validate as run_validate
 
 
@@ -54,10 +54,7 @@ def _console(quiet: bool = False) -> Console:
 
 
 def _write_json(path: str, payload: dict) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
+    pipeline._write_json(path, payload)
 
 
 input_shape_opt = click.option("--input-shape", "input_shape", multiple=True, metavar="NAME:D1,D2,..",
@@ -79,10 +76,12 @@ def main(ctx, debug):
 @click.option("--json", "as_json", is_flag=True, help="Print the groups as JSON.")
 @click.option("--all", "show_all", is_flag=True, help="Also list groups that own no weights.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Freeze groups with a matching node or tensor name.")
+@click.option("--strict", is_flag=True, help="Fail on an internal error in an op rule.")
 @input_shape_opt
-def analyze(model, as_json, show_all, exclude, input_shape):
+def analyze(model, as_json, show_all, exclude, strict, input_shape):
     """List the channel groups of MODEL, what each couples, and why some are frozen."""
-    groups = api.analyze(model, input_shapes=parse_input_shapes(input_shape), exclude=exclude)
+    groups = api.analyze(model, input_shapes=parse_input_shapes(input_shape), exclude=exclude,
+                         strict=True if strict else None)
     if as_json:
         click.echo(json.dumps(groups.to_dict(), indent=2))
     else:
@@ -109,68 +108,60 @@ def analyze(model, as_json, show_all, exclude, input_shape):
 @click.option("--min-channels", type=int, default=1, show_default=True, help="Channels every group keeps at least.")
 @click.option("--round-to", type=int, default=1, show_default=True, help="Keep channel counts multiples of N.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Freeze groups with a matching node or tensor name (repeatable).")
+@click.option("--plan", "plan_path", type=click.Path(dir_okay=False), help="Replay a plan saved with --save-plan (skips scoring).")
+@click.option("--save-plan", type=click.Path(dir_okay=False), help="Write the plan (kept units per group id) as JSON.")
 @click.option("--masked-output", type=click.Path(dir_okay=False), help="Also write the full-size masked model.")
 @click.option("--data", type=click.Path(dir_okay=False), help="Validation inputs (.npz, one array per input; optional 'labels').")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the report as JSON.")
 @click.option("--no-validate", is_flag=True, help="Skip the onnxruntime comparison after pruning.")
+@click.option("--strict", is_flag=True, help="Fail on an internal error in an op rule instead of freezing its channels.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=1, show_default=True, help="onnxruntime threads for latency.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @input_shape_opt
 def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, compensate,
-          group_reduction, member_norm, macs_target, min_channels, round_to, exclude, masked_output, data,
-          report_path, no_validate, seed, threads, quiet, input_shape):
+          group_reduction, member_norm, macs_target, min_channels, round_to, exclude, plan_path,
+          save_plan, masked_output, data, report_path, no_validate, strict, seed, threads, quiet,
+          input_shape):
     """Prune MODEL and write the result to OUTPUT."""
-    protect = external_files(model) if os.path.exists(model) else set()
-    targets = [p for p in (output, masked_output, report_path) if p]
-    if len({os.path.abspath(p) for p in targets}) != len(targets):
-        raise OnnxPruneError("-o, --masked-output and --report must name different files")
-    for path in targets:
-        if api.same_file(model, path):
+    for path in (output, masked_output, report_path, save_plan):
+        if path and api.same_file(model, path):
             raise OnnxPruneError(f"{path}: output path is the input model; choose another path")
-        check_writable(path, protect)
-    shapes = parse_input_shapes(input_shape)
     console = _console(quiet)
     if calib is None and (criterion in DATA_CRITERIA or compensate not in (None, "none")):
         click.echo(f"onnxprune: warning: {RANDOM_WARNING}", err=True)
     if calib_samples is not None and calib_samples < 1 or calib_batch < 1:
         raise OnnxPruneError("--calib-samples and --calib-batch must be at least 1")
-    result = api.prune(model, ratio=ratio, criterion=criterion, min_channels=min_channels,
-                       round_to=round_to, exclude=exclude, input_shapes=shapes, seed=seed,
-                       calib=calib, calib_samples=calib_samples, calib_batch=calib_batch,
-                       compensate=compensate, reduction=group_reduction, member_norm=member_norm,
-                       macs_target=macs_target, progress=not quiet and sys.stderr.isatty())
-    validation = None
-    if not no_validate:
-        validation = run_validate(model, result.model, data, input_shapes=shapes, threads=threads)
-    payload = result.report.to_dict()
-    if validation is not None:
-        payload.update(validation.to_dict())
-    # Write everything or nothing: a later failure removes what was written.
-    written: list[str] = []
-    try:
-        written += save(result.model, output, external_data=result.groups.external_data,
-                        protect=protect, verify=check_written,
-                        stored_external=result.groups.external)
-        if masked_output:
-            masked = result.masked()
-            invariants.check(result.groups.model, masked)
-            written += save(masked, masked_output, external_data=result.groups.external_data,
-                            protect=protect, verify=check_written,
-                        stored_external=result.groups.external)
-        if report_path:
-            _write_json(report_path, payload)
-    except BaseException:
-        for path in written:
-            if os.path.exists(path):
-                os.remove(path)
-        raise
+    cfg = PruneConfig(
+        ratio=ratio, criterion=criterion, min_channels=min_channels, round_to=round_to,
+        exclude=tuple(exclude), input_shapes=parse_input_shapes(input_shape), seed=seed, calib=calib,
+        calib_samples=calib_samples, calib_batch=calib_batch, compensate=compensate,
+        group_reduction=group_reduction, normalize=member_norm, macs_target=macs_target,
+        plan=plan_path, strict=True if strict else None, validate=not no_validate, data=data,
+        threads=threads, progress=not quiet and sys.stderr.isatty(), output=output,
+        masked_output=masked_output, report=report_path, save_plan=save_plan)
+    result = pipeline.run(model, cfg)
     print_prune(result.report, console)
-    if validation is not None:
-        print_validation(validation, console)
-        for msg in validation.warnings:
+    if result.validation is not None:
+        print_validation(result.validation, console)
+        for msg in result.validation.warnings:
             click.echo(f"onnxprune: warning: {msg}", err=True)
+    for msg in result.report.internal_errors:
+        click.echo(f"onnxprune: warning: internal error in a rule (its channels were frozen): {msg}",
+                   err=True)
     console.print(f"wrote {output}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+def ops(as_json):
+    """List the op rules: domain, op, opset versions, and what channels do through it."""
+    rows = [{"domain": e.domain or "ai.onnx", "op": e.op, "versions": e.versions,
+             "rule": type(e.rule).__name__, "channels": e.rule.describe()} for e in entries()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        print_ops(rows, _console())
 
 
 @main.command()

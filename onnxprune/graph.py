@@ -21,6 +21,12 @@ _NO_FOLD = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "Rand
             "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
             "If", "Loop", "Scan"}
 _FOLD_LIMIT = 1 << 24  # elements: weights, not activations
+CACHE_ELEMENTS = 1 << 16  # stored constants up to this size stay cached as arrays
+
+
+def _foldable(node: onnx.NodeProto) -> bool:
+    return (node.domain in ("", "ai.onnx") and node.op_type not in _NO_FOLD and bool(node.input)
+            and not subgraphs(node))
 
 
 def _tensor_shape(vi: onnx.ValueInfoProto):
@@ -58,10 +64,13 @@ class GraphView:
         self.model = model
         self.graph = model.graph
         self.shapes = shapes
-        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+        self.opsets = {("" if o.domain in ("", "ai.onnx") else o.domain): int(o.version)
+                       for o in model.opset_import}
+        self.opset = self.opsets.get("", 0)
         self.initializers = {t.name: t for t in self.graph.initializer}
         self.graph_inputs = [i.name for i in self.graph.input]
         self.graph_outputs = [o.name for o in self.graph.output]
+        self._inputs = set(self.graph_inputs)
         self.producer: dict[str, onnx.NodeProto] = {}
         self.consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = defaultdict(list)
         self.nodes = list(self.graph.node)
@@ -78,7 +87,15 @@ class GraphView:
             for sub in subgraphs(node):
                 for name in captured_names(sub):
                     self.captured.setdefault(name, node.name)
-        self._const_cache: dict[str, np.ndarray | None] = {}
+        self._const_cache: dict[str, np.ndarray] = {}  # small constants only
+        self._fold_cache: dict[str, np.ndarray | None] = {}
+        # Tensors computed from constants only, found in one pass in graph
+        # order: only these are ever evaluated by ``_folded``.
+        self._foldable: set[str] = set()
+        for node in self.nodes:
+            if _foldable(node) and all(not i or self.const_root(i) is not None or i in self._foldable
+                                       for i in node.input):
+                self._foldable.update(o for o in node.output if o)
         self.index_of = {id(n): i for i, n in enumerate(self.nodes)}
 
     def const_chain(self, name: str) -> tuple[set[str], set[int]]:
@@ -124,9 +141,10 @@ class GraphView:
     # -- constants -----------------------------------------------------------
     def const_root(self, name: str) -> str | None:
         """The initializer or Constant-node output a tensor is, seen through Identity."""
-        seen = 0
-        while name and seen < 1000:
-            if name in self.initializers and name not in self.graph_inputs:
+        seen: set[str] = set()
+        while name and name not in seen:
+            seen.add(name)
+            if name in self.initializers and name not in self._inputs:
                 return name
             node = self.producer.get(name)
             if node is None:
@@ -136,34 +154,66 @@ class GraphView:
             if node.op_type != "Identity":
                 return None
             name = node.input[0]
-            seen += 1
         return None
 
+    def _stored(self, root: str) -> np.ndarray | None:
+        if root in self.initializers:
+            return numpy_helper.to_array(self.initializers[root])
+        return _constant_node_value(self.producer[root])
+
     def const(self, name: str) -> np.ndarray | None:
-        """The value of a tensor that does not depend on any graph input."""
-        if name in self._const_cache:
-            return self._const_cache[name]
-        self._const_cache[name] = None  # guards cycles
+        """The value of a tensor that does not depend on any graph input.
+
+        Stored weights are read on demand and cached only when small, so that
+        analysing a large model does not hold a second copy of its weights.
+        Values folded from constants (Cast, Sqrt...) are cached.
+        """
         root = self.const_root(name)
-        value = None
         if root is not None:
-            if root in self.initializers:
-                value = numpy_helper.to_array(self.initializers[root])
-            else:
-                value = _constant_node_value(self.producer[root])
-        elif name in self.producer:
-            value = self._fold(self.producer[name], name)
-        self._const_cache[name] = value
-        return value
+            value = self._const_cache.get(root)
+            if value is None:
+                value = self._stored(root)
+                if value is not None and value.size <= CACHE_ELEMENTS:
+                    self._const_cache[root] = value
+            return value
+        return self._folded(name)
+
+    def const_shape(self, name: str) -> tuple | None:
+        """The shape of a constant, without reading a stored weight's bytes."""
+        root = self.const_root(name)
+        if root is not None and root in self.initializers:
+            return tuple(int(d) for d in self.initializers[root].dims)
+        value = self.const(name)
+        return None if value is None else tuple(value.shape)
+
+    def _folded(self, name: str) -> np.ndarray | None:
+        """Fold a tensor computed from constants only. Iterative over the
+        producers, so a chain thousands of nodes deep needs no recursion."""
+        if name in self._fold_cache:
+            return self._fold_cache[name]
+        if name not in self._foldable:
+            return None
+        stack = [(name, None)]
+        while stack:
+            t, node = stack.pop()
+            if node is not None:  # every input is done: post-order
+                self._fold_cache[t] = self._fold(node, t)
+                continue
+            if t in self._fold_cache or self.const_root(t) is not None:
+                continue
+            node = self.producer.get(t)
+            if node is None or not _foldable(node):
+                self._fold_cache[t] = None
+                continue
+            self._fold_cache[t] = None  # a cycle guard until computed
+            stack.append((t, node))
+            stack.extend((i, None) for i in node.input if i)
+        return self._fold_cache.get(name)
 
     def _fold(self, node: onnx.NodeProto, name: str) -> np.ndarray | None:
         """Evaluate a node whose inputs are all constants (decomposed BatchNorm's
         Sqrt(var), Cast of fp16 weights...). Quantize/Dequantize stay symbolic:
         folding them would silently turn quantized weights into floats."""
-        if node.domain not in ("", "ai.onnx") or node.op_type in _NO_FOLD or not node.input \
-                or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                       for a in node.attribute):
-            return None
         values = [self.const(i) if i else None for i in node.input]
         if any(v is None for i, v in zip(node.input, values) if i):
             return None
@@ -190,13 +240,12 @@ class GraphView:
         return np.asarray(out)
 
     def is_const(self, name: str) -> bool:
-        return self.const(name) is not None
+        return self.const_root(name) is not None or self._folded(name) is not None
 
     # -- shapes and attributes ----------------------------------------------
     def shape(self, name: str):
         if self.is_const(name):
-            v = self.const(name)
-            return None if v is None else tuple(v.shape)
+            return self.const_shape(name)
         return self.shapes.get(name)
 
     def rank(self, name: str) -> int | None:

@@ -1,23 +1,36 @@
-"""Stage 2: find every group of coupled channels.
+"""Stage 2: find every group of coupled channels, and index them.
 
-Runs each node's rule (from the table in ``ops``) in topological order over a
-union-find of channel atoms, then freezes what must not change: dims that reach
-the graph's inputs or outputs, tensors read inside subgraphs, layouts the
-algebra cannot express. Knows no op by name.
+Runs each node's rule (from the registry in ``ops``) in topological order over
+a union-find of channel atoms, then freezes what must not change: dims that
+reach the graph's inputs or outputs, tensors read inside subgraphs, layouts
+the algebra cannot express, weights shared with a reader that cannot follow
+a slice. Knows no op by name.
+
+The result, ``Groups``, is an index: each group's weight slices ("members"),
+each linear consumer's activation dim, each tensor's layouts, all looked up by
+key, never rescanned. Later stages speak to it in stable group ids (the plan,
+the report, ``analyze --json`` and a saved plan file use the same ids) and
+never reach into the analysis internals.
 """
 from __future__ import annotations
 
 import fnmatch
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
-
 import onnx
 
 from .costs import count_macs, count_params
+from .errors import InternalError
 from .graph import GraphView
 from .layout import LayoutError
-from .ops import Analysis, Context, rule_for
+from .ops import Analysis, Context, LinearForm, WeightUse, rule_for
+
+
+def strict_default() -> bool:
+    """Strict mode (a rule that raises fails the run) is on in tests and with --strict."""
+    return os.environ.get("ONNXPRUNE_STRICT", "") not in ("", "0")
 
 
 @dataclass
@@ -30,7 +43,8 @@ class Group:
     width: int  # tensor positions one unit spans in its widest member (1 for plain channels)
     per_channel: int  # parameters attached to one unit
     members: list[str]  # node names, in graph order
-    tensors: list[str]
+    tensors: list[str]  # activation tensors the group lives on
+    weights: list[tuple[str, int]]  # (stored weight, axis) pairs it slices
     frozen: list[str]
     min_keep: int = 1
 
@@ -43,13 +57,25 @@ class Group:
         return not self.frozen
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "channels": self.channels, "width": self.width,
-                "params": self.params, "members": self.members, "frozen": self.frozen}
+        return {"id": self.id, "units": self.channels, "unit_width": self.width,
+                "channels": self.channels, "params": self.params,
+                "weights": [{"tensor": t, "axis": a} for t, a in self.weights],
+                "members": self.members, "frozen": self.frozen}
+
+
+@dataclass
+class WeightStatus:
+    """How one stored weight relates to the groups (for ``analyze`` accounting)."""
+
+    tensor: str
+    params: int
+    status: str  # "prunable", "frozen" or "none"
+    why: str = ""
 
 
 @dataclass
 class Groups:
-    """Result of analysis: the groups and everything the rewrite needs."""
+    """Result of analysis: the groups, and an index over what the later stages need."""
 
     groups: list[Group]
     params_total: int
@@ -59,7 +85,9 @@ class Groups:
     analysis: Analysis = field(repr=False)
     source_path: str | None = None
     external: frozenset = frozenset()  # initializers the input stored as external data
+    _index: dict = field(default_factory=dict, repr=False)
 
+    # -- basic lookups -----------------------------------------------------------
     @property
     def external_data(self) -> bool:
         return bool(self.external)
@@ -69,32 +97,184 @@ class Groups:
         return [g for g in self.groups if g.prunable]
 
     @property
+    def internal_errors(self) -> list[str]:
+        return self.analysis.internal_errors
+
+    def group(self, gid: int) -> Group:
+        return self.groups[gid]
+
+    def by_atom(self) -> dict[int, Group]:
+        return {g.atom: g for g in self.groups}
+
+    def uses(self, gid: int) -> list[WeightUse]:
+        """Every weight slice of a group, in graph order."""
+        return self._index["uses"].get(self.groups[gid].atom, [])
+
+    def consumers(self, gid: int) -> list[WeightUse]:
+        """The "in" slices: linear consumers that read the group's channels."""
+        return [u for u in self.uses(gid) if u.role == "in"]
+
+    def node(self, use: WeightUse) -> onnx.NodeProto:
+        return self.view.nodes[use.node]
+
+    def weight(self, use: WeightUse) -> np.ndarray:
+        """The (effective) constant value a slice reads."""
+        return self.view.const(self.view.nodes[use.node].input[use.input])
+
+    def weight_name(self, use: WeightUse) -> str:
+        name = self.view.nodes[use.node].input[use.input]
+        return self.view.const_root(name) or name
+
+    def linear(self, index: int) -> LinearForm | None:
+        """The linear form of node ``index`` (its rule's answer, cached)."""
+        cache = self._index.setdefault("linear", {})
+        if index not in cache:
+            node = self.view.nodes[index]
+            cache[index] = rule_for(node, self.view).linear(node, self.view)
+        return cache[index]
+
+    def activation(self, use: WeightUse) -> tuple[str, int] | None:
+        """The (tensor, axis) a linear consumer reads through this "in" slice."""
+        key = (use.node, use.input, use.axis)
+        return self._index["activation"].get(key)
+
+    def layouts_of(self, tensor: str) -> dict:
+        return dict(self.analysis.layouts.get(tensor, {}))
+
+    # -- index algebra -------------------------------------------------------------
+    def atom_keep(self, keep: dict) -> dict:
+        """Group id -> kept units, as the rewrite needs it (leaf atom -> indices)."""
+        return {self.groups[gid].atom: np.asarray(idx, dtype=np.int64) for gid, idx in keep.items()}
+
+    def positions(self, layout, keep: dict) -> np.ndarray:
+        """Positions along an axis that survive a plan (group id -> kept units)."""
+        return self.analysis.atoms.positions(layout, self.atom_keep(keep))
+
+    def kept_fraction(self, layout, atom_keep: dict) -> float:
+        atoms = self.analysis.atoms
+        full = atoms.layout_size(layout)
+        return atoms.new_size(layout, atom_keep) / full if full else 1.0
+
+    def unit_rows(self, gid: int, layout, values: np.ndarray) -> np.ndarray:
+        """Per-position values along an axis laid out by ``layout`` -> an array
+        (units, rest) holding, for each unit of the group, every value it owns
+        (the positions of its block, across every segment it appears in)."""
+        atoms = self.analysis.atoms
+        atom = self.groups[gid].atom
+        n = atoms.size[atom]
+        rows = np.asarray(values, dtype=np.float64)
+        rows = rows.reshape(rows.shape[0], -1)
+        start, parts = 0, []
+        for seg in self._resolved(layout):
+            size = seg.outer * atoms.size[seg.atom] * seg.inner
+            if seg.atom == atom:
+                block = rows[start:start + size].reshape(seg.outer, n, seg.inner, -1)
+                parts.append(np.moveaxis(block, 1, 0).reshape(n, -1))
+            start += size
+        return np.concatenate(parts, axis=1) if parts else np.zeros((n, 0))
+
+    def weight_rows(self, gid: int, use: WeightUse) -> np.ndarray:
+        """A member's weight as (units, everything else)."""
+        value = np.moveaxis(np.asarray(self.weight(use), dtype=np.float64), use.axis, 0)
+        return self.unit_rows(gid, use.layout, value.reshape(value.shape[0], -1))
+
+    def _resolved(self, layout):
+        cache = self._index.setdefault("resolved", {})
+        key = id(layout)
+        hit = cache.get(key)
+        if hit is None or hit[0] is not layout:
+            hit = cache[key] = (layout, self.analysis.atoms.resolve(layout))
+        return hit[1]
+
+    def macs_terms(self) -> list[tuple[int, list]]:
+        """(MACs, layouts) per costly node: its MACs scale with the kept
+        fraction of each layout (its output channels and its linear inputs)."""
+        if "macs_terms" not in self._index:
+            from .costs import node_macs
+
+            in_layouts: dict[int, list] = {}
+            for use in self.analysis.uses:
+                if use.role == "in":
+                    in_layouts.setdefault(use.node, []).append(use.layout)
+            terms = []
+            for i, node in enumerate(self.view.nodes):
+                macs = node_macs(self.view, node)
+                if macs:
+                    outs = list(self.analysis.layouts.get(node.output[0], {}).values()) if node.output else []
+                    terms.append((macs, outs + in_layouts.get(i, [])))
+            self._index["macs_terms"] = terms
+        return self._index["macs_terms"]
+
+    # -- accounting ----------------------------------------------------------------
+    @property
     def params_prunable(self) -> int:
         """Weight elements that some prunable group could remove, each counted once."""
+        return sum(w.params for w in self._weight_masks(prunable_only=True))
+
+    def _weight_masks(self, prunable_only: bool):
         atoms = self.analysis.atoms
-        open_atoms = {g.atom for g in self.prunable}
+        wanted = {g.atom for g in self.groups if g.prunable or not prunable_only}
         masks: dict[str, np.ndarray] = {}
         for use in self.analysis.uses:
             leaves = atoms.leaves(use.layout)
-            hit = leaves & open_atoms
+            hit = leaves & wanted
             if not hit:
                 continue
-            name = self.view.const_root(self.view.nodes[use.node].input[use.input])
-            value = self.view.const(name)
-            mask = masks.setdefault(name, np.zeros(value.shape, dtype=bool))
+            name = self.weight_name(use)
+            shape = self.view.const_shape(self.view.nodes[use.node].input[use.input])
+            mask = masks.setdefault(name, np.zeros(shape, dtype=bool))
+            if mask.shape != tuple(shape):
+                continue  # a folded value of another shape reads this weight
             for atom in hit:
                 pos = atoms.positions(use.layout, {a: np.zeros(0, np.int64) for a in leaves if a != atom})
                 idx = [slice(None)] * mask.ndim
                 idx[use.axis] = pos
                 mask[tuple(idx)] = True
-        return int(sum(m.sum() for m in masks.values()))
+        return [WeightStatus(n, int(m.sum()), "prunable") for n, m in masks.items()]
 
-    def by_atom(self) -> dict[int, Group]:
-        return {g.atom: g for g in self.groups}
+    def weight_status(self) -> list[WeightStatus]:
+        """Every float weight: in a prunable group, only in frozen groups (with the
+        first reason), or in no group (with why: its readers)."""
+        from .costs import _FLOAT_TYPES
+
+        view = self.view
+        by_weight: dict[str, list] = {}
+        for use in self.analysis.uses:
+            by_weight.setdefault(self.weight_name(use), []).append(use)
+        atom_group = self.by_atom()
+        out = []
+        stored = [(t.name, t.dims, t.data_type) for t in view.graph.initializer
+                  if t.name not in view.graph_inputs]
+        stored += [(n.output[0], a.t.dims, a.t.data_type) for n in view.nodes if n.op_type == "Constant"
+                   for a in n.attribute if a.name == "value"]
+        for name, dims, dtype in stored:
+            if dtype not in _FLOAT_TYPES:
+                continue
+            size = int(np.prod(dims, dtype=np.int64)) if len(dims) else 1
+            uses = by_weight.get(name, [])
+            groups = [atom_group.get(a) for u in uses for a in self.analysis.atoms.leaves(u.layout)]
+            groups = [g for g in groups if g is not None]
+            if any(g.prunable for g in groups):
+                out.append(WeightStatus(name, size, "prunable"))
+            elif groups:
+                out.append(WeightStatus(name, size, "frozen", groups[0].frozen[0]))
+            else:
+                readers = view.readers(name)
+                labels = sorted({label for _, _, label in readers})
+                why = ("read by " + ", ".join(labels[:2]) + (" ..." if len(labels) > 2 else "")
+                       + ", which slice no channel axis of it") if labels else "read by no node"
+                out.append(WeightStatus(name, size, "none", why))
+        return out
 
     def to_dict(self) -> dict:
+        status = self.weight_status()
+        per = {k: sum(w.params for w in status if w.status == k) for k in ("prunable", "frozen", "none")}
         return {"params_total": self.params_total, "params_prunable": self.params_prunable,
-                "macs": self.macs, "groups": [g.to_dict() for g in self.groups]}
+                "params_in_frozen_groups": per["frozen"], "params_in_no_group": per["none"],
+                "macs": self.macs, "internal_errors": list(self.internal_errors),
+                "groups": [g.to_dict() for g in self.groups],
+                "ungrouped": [{"tensor": w.tensor, "params": w.params, "why": w.why}
+                              for w in status if w.status == "none"]}
 
     def exclude(self, patterns) -> None:
         """Freeze groups with a member node or tensor matching any glob pattern."""
@@ -108,21 +288,19 @@ class Groups:
                     break
 
 
-def _freeze_interface(view: GraphView, ctx: Context, analysis: Analysis) -> None:
+# -- the analysis pass ---------------------------------------------------------------
+def _freeze_interface(view: GraphView, analysis: Analysis) -> None:
     atoms = analysis.atoms
-    by_tensor: dict[str, list] = {}
-    for (tensor, _), lay in analysis.layouts.items():
-        by_tensor.setdefault(tensor, []).append(lay)
     for name in view.graph_outputs:
-        for lay in by_tensor.get(name, []):
+        for lay in analysis.layouts.get(name, {}).values():
             atoms.freeze(lay, f"reaches graph output '{name}'")
     for name in view.graph_inputs:
-        for lay in by_tensor.get(name, []):
+        for lay in analysis.layouts.get(name, {}).values():
             atoms.freeze(lay, f"reaches graph input '{name}'")
     for name, node in view.captured.items():
-        for lay in by_tensor.get(name, []):
+        for lay in analysis.layouts.get(name, {}).values():
             atoms.freeze(lay, f"read inside a subgraph of node '{node}'")
-    for lay in list(analysis.layouts.values()) + [u.layout for u in analysis.uses]:
+    for lay in [lay for _, lay in analysis.items()] + [u.layout for u in analysis.uses]:
         try:
             atoms.resolve(lay)
         except LayoutError as e:
@@ -181,20 +359,52 @@ def _couple_shared_weights(view: GraphView, analysis: Analysis) -> None:
                     analysis.atoms.freeze(u.layout, reason)
 
 
-def analyze_model(model: onnx.ModelProto, shapes: dict[str, tuple]) -> Groups:
-    view = GraphView(model, shapes)
-    analysis = Analysis()
+def _run_rules(view: GraphView, analysis: Analysis, strict: bool) -> None:
     ctx = Context(view, analysis)
     for index, node in enumerate(view.nodes):
         ctx.node, ctx.index = node, index
+        rule = rule_for(node, view)
         try:
-            rule_for(node).analyze(node, ctx)
-        except (LayoutError, ValueError, IndexError, KeyError, TypeError) as e:
-            # A rule met a graph it does not understand: freeze, never guess.
-            ctx.freeze_node(f"could not be analysed ({type(e).__name__}: {e})")
+            rule.analyze(node, ctx)
+        except LayoutError as e:
+            # The algebra cannot express this graph: freeze, never guess.
+            ctx.freeze_node(f"could not be analysed ({e})")
+        except Exception as e:  # noqa: BLE001 - a bug in a rule
+            where = f"rule {type(rule).__name__} on node '{node.name}' ({node.op_type})"
+            if strict:
+                raise InternalError(f"internal error in {where}: {type(e).__name__}: {e}") from e
+            analysis.internal_errors.append(f"{where}: {type(e).__name__}: {e}")
+            ctx.freeze_node(f"internal error in {where}: {type(e).__name__}: {e}")
+
+
+def analyze_model(model: onnx.ModelProto, shapes: dict[str, tuple], strict: bool | None = None) -> Groups:
+    view = GraphView(model, shapes)
+    analysis = Analysis()
+    _run_rules(view, analysis, strict_default() if strict is None else strict)
     _couple_shared_weights(view, analysis)
-    _freeze_interface(view, ctx, analysis)
+    _freeze_interface(view, analysis)
     return _collect(model, view, analysis)
+
+
+def _activation_index(view: GraphView, analysis: Analysis) -> dict:
+    """For each "in" slice, the activation dim its node reads through it: the
+    node's non-constant input whose layout is the same channel space."""
+    atoms = analysis.atoms
+    out = {}
+    for use in analysis.uses:
+        if use.role != "in":
+            continue
+        node = view.nodes[use.node]
+        want = atoms.resolve(use.layout)
+        for k, name in enumerate(node.input):
+            if not name or k == use.input or view.is_const(name):
+                continue
+            found = next((ax for ax, lay in analysis.layouts.get(name, {}).items()
+                          if atoms.resolve(lay) == want), None)
+            if found is not None:
+                out[(use.node, use.input, use.axis)] = (name, found)
+                break
+    return out
 
 
 def _collect(model, view: GraphView, analysis: Analysis) -> Groups:
@@ -202,16 +412,21 @@ def _collect(model, view: GraphView, analysis: Analysis) -> Groups:
     per_channel: dict[int, int] = {}
     width: dict[int, int] = {}
     members: dict[int, list[int]] = {}
-    tensors: dict[int, list[str]] = {}
+    uses_of: dict[int, list] = {}
+    weights: dict[int, list] = {}
     for use in analysis.uses:
         node = view.nodes[use.node]
-        value = view.const(node.input[use.input])
-        rest = value.size // max(1, value.shape[use.axis])
+        shape = view.const_shape(node.input[use.input])
+        rest = int(np.prod(shape, dtype=np.int64)) // max(1, shape[use.axis])
+        name = view.const_root(node.input[use.input]) or node.input[use.input]
         for atom, count in atoms.per_index(use.layout).items():
             per_channel[atom] = per_channel.get(atom, 0) + rest * count
             width[atom] = max(width.get(atom, 1), count)
             members.setdefault(atom, []).append(use.node)
-    for (tensor, _), lay in analysis.layouts.items():
+            uses_of.setdefault(atom, []).append(use)
+            weights.setdefault(atom, []).append((name, use.axis))
+    tensors: dict[int, list[str]] = {}
+    for (tensor, _), lay in analysis.items():
         for atom, count in atoms.per_index(lay).items():
             if atom in per_channel:
                 tensors.setdefault(atom, []).append(tensor)
@@ -224,9 +439,11 @@ def _collect(model, view: GraphView, analysis: Analysis) -> Groups:
             id=gid, atom=atom, channels=atoms.size[atom], width=width.get(atom, 1),
             per_channel=per_channel[atom], members=names,
             tensors=list(dict.fromkeys(tensors.get(atom, []))),
+            weights=list(dict.fromkeys(weights[atom])),
             frozen=list(atoms.frozen(atom)), min_keep=atoms.min_keep.get(atom, 1)))
-    return Groups(
-        groups=groups, params_total=count_params(model), macs=count_macs(view), model=model, view=view, analysis=analysis)
+    index = {"uses": uses_of, "activation": _activation_index(view, analysis)}
+    return Groups(groups=groups, params_total=count_params(model), macs=count_macs(view),
+                  model=model, view=view, analysis=analysis, _index=index)
 
 
-__all__ = ["Group", "Groups", "analyze_model"]
+__all__ = ["Group", "Groups", "WeightStatus", "analyze_model", "strict_default"]

@@ -19,39 +19,22 @@ from .groups import Groups
 @dataclass
 class Scores:
     criterion: str
-    by_atom: dict = field(default_factory=dict)  # atom -> np.ndarray of shape (channels,)
+    by_group: dict = field(default_factory=dict)  # group id -> np.ndarray of shape (units,)
 
-    def __getitem__(self, atom: int) -> np.ndarray:
-        return self.by_atom[atom]
+    def __getitem__(self, gid: int) -> np.ndarray:
+        return self.by_group[gid]
 
 
-def _member_slices(groups: Groups, atom: int):
-    """Yield (use, array of shape (units, rest)) for each weight use touching ``atom``."""
-    a = groups.analysis
-    atoms = a.atoms
-    n = atoms.size[atom]
-    for use in a.uses:
-        if atom not in atoms.leaves(use.layout):
-            continue
-        value = groups.view.const(groups.view.nodes[use.node].input[use.input])
-        rows = np.moveaxis(np.asarray(value, dtype=np.float64), use.axis, 0)
-        rows = rows.reshape(rows.shape[0], -1)
-        start = 0
-        parts = []
-        for seg in atoms.resolve(use.layout):
-            size = atoms.seg_size(seg)
-            if seg.atom == atom:
-                block = rows[start:start + size].reshape(seg.outer, n, seg.inner, -1)
-                parts.append(np.moveaxis(block, 1, 0).reshape(n, -1))
-            start += size
-        if parts:
-            yield use, np.concatenate(parts, axis=1)
+def _member_slices(groups: Groups, gid: int):
+    """Yield (use, array of shape (units, rest)) for each weight slice of a group."""
+    for use in groups.uses(gid):
+        yield use, groups.weight_rows(gid, use)
 
 
 def _magnitude(p: int):
     def crit(groups, group):
         out = []
-        for use, sl in _member_slices(groups, group.atom):
+        for use, sl in _member_slices(groups, group.id):
             if p == 1:
                 out.append(np.abs(sl).sum(axis=1))
             else:
@@ -60,89 +43,61 @@ def _magnitude(p: int):
     return crit
 
 
-def activation_dim(groups: Groups, use) -> tuple[str, int] | None:
-    """The (tensor, axis) a linear consumer reads through this weight slice."""
-    a = groups.analysis
-    node = groups.view.nodes[use.node]
-    want = a.atoms.resolve(use.layout)
-    for k, name in enumerate(node.input):
-        if not name or k == use.input or groups.view.is_const(name):
-            continue
-        for (tensor, axis), lay in a.layouts.items():
-            if tensor == name and a.atoms.resolve(lay) == want:
-                return tensor, axis
-    return None
-
-
-def consumer_uses(groups: Groups, atom: int):
-    """The "in" weight uses (linear consumers) that read ``atom``."""
-    atoms = groups.analysis.atoms
-    return [u for u in groups.analysis.uses if u.role == "in" and atom in atoms.leaves(u.layout)]
-
-
-def _per_index(groups: Groups, layout, atom: int, values: np.ndarray, how: str = "mean") -> np.ndarray:
-    """Per-position values along an axis -> one value per index of ``atom``."""
-    atoms = groups.analysis.atoms
-    n = atoms.size[atom]
-    rows = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
-    start, parts = 0, []
-    for seg in atoms.resolve(layout):
-        size = atoms.seg_size(seg)
-        if seg.atom == atom:
-            block = rows[start:start + size].reshape(seg.outer, n, seg.inner, -1)
-            parts.append(np.moveaxis(block, 1, 0).reshape(n, -1))
-        start += size
-    joined = np.concatenate(parts, axis=1)
-    return joined.sum(axis=1) if how == "sum" else joined.mean(axis=1)
-
-
-def _out_axis(in_axis: int) -> int:
-    """Output-neuron axis of a linear weight given its input axis (Conv: 1 -> 0,
-    ConvTranspose/Gemm/MatMul (K, N): 0 -> 1)."""
-    return 0 if in_axis != 0 else 1
-
-
-def weight_matrix(value: np.ndarray, in_axis: int) -> np.ndarray:
-    """A linear weight as (inputs, outputs, kernel) whatever its layout."""
-    w = np.moveaxis(np.asarray(value, dtype=np.float64), [in_axis, _out_axis(in_axis)], [0, 1])
-    return w.reshape(w.shape[0], w.shape[1], -1)
-
-
-def _calibrated_consumers(groups: Groups, atom: int, cal):
-    """(use, stats of the input it reads, consumer node) for each linear
-    consumer of ``atom`` that calibration measured."""
-    for use in consumer_uses(groups, atom):
-        dim = activation_dim(groups, use)
+def _calibrated_consumers(groups: Groups, gid: int, cal):
+    """(use, stats of the input it reads, linear form) for each linear
+    consumer of a group that calibration measured."""
+    for use in groups.consumers(gid):
+        dim = groups.activation(use)
         st = cal.get(*dim) if dim else None
         if st is not None:
-            yield use, st, groups.view.nodes[use.node]
+            yield use, st, groups.linear(use.node)
+
+
+def _per_unit(groups: Groups, gid: int, use, values: np.ndarray, how: str = "mean") -> np.ndarray:
+    """Per-position values along a slice's axis -> one value per unit of the group."""
+    joined = groups.unit_rows(gid, use.layout, values)
+    return joined.sum(axis=1) if how == "sum" else joined.mean(axis=1)
 
 
 def _stat_criterion(stat: str):
     """mean_abs / act_l2 / apoz: statistics of the channel at each linear consumer."""
     def crit(groups, group, cal):
         out = []
-        for use, st, _ in _calibrated_consumers(groups, group.atom, cal):
+        for use, st, _ in _calibrated_consumers(groups, group.id, cal):
             values = {"mean_abs": st.mean_abs, "act_l2": st.rms, "apoz": 1.0 - st.apoz}[stat]
-            out.append(_per_index(groups, use.layout, group.atom, values))
+            out.append(_per_unit(groups, group.id, use, values))
         return out
     return crit
+
+
+def _consumer_matrix(groups: Groups, use, form) -> np.ndarray | None:
+    """The consumer's weight as (inputs, outputs, taps), when its rule gives a
+    linear form whose input axis is this slice's axis."""
+    if form is None or form.weight != use.input:
+        return None
+    w = groups.weight(use)
+    if form.in_axis % w.ndim != use.axis:
+        return None
+    return form.matrix(w)
 
 
 def _relief(groups, group, cal):
     """Neural Network Relief: a channel's share of each consumer neuron's mean
     |w x| contribution (bias included), summed over neurons and consumers."""
     out = []
-    for use, st, node in _calibrated_consumers(groups, group.atom, cal):
-        w = weight_matrix(groups.view.const(node.input[use.input]), use.axis)
+    for use, st, form in _calibrated_consumers(groups, group.id, cal):
+        w = _consumer_matrix(groups, use, form)
+        if w is None:
+            continue
         contrib = np.abs(w).sum(axis=2) * st.mean_abs[:, None]  # (inputs, outputs)
         total = contrib.sum(axis=0)
-        bias = groups.view.const(node.input[2]) if node.op_type in ("Conv", "ConvTranspose", "Gemm") \
-            and len(node.input) > 2 and node.input[2] else None
+        node = groups.node(use)
+        has_bias = form.bias is not None and len(node.input) > form.bias and node.input[form.bias]
+        bias = groups.view.const(node.input[form.bias]) if has_bias else None
         if bias is not None and np.asarray(bias).size == total.size:
-            total = total + np.abs(np.asarray(bias, dtype=np.float64).reshape(-1))
+            total = total + np.abs(np.asarray(bias, dtype=np.float64).reshape(-1) * form.bias_scale)
         share = contrib / np.where(total > 0, total, 1.0)[None, :]
-        out.append(_per_index(groups, use.layout, group.atom, share.sum(axis=1), "sum"))
+        out.append(_per_unit(groups, group.id, use, share.sum(axis=1), "sum"))
     return out
 
 
@@ -150,10 +105,12 @@ def _flap(groups, group, cal):
     """FLAP fluctuation: variance of the input channel x squared norm of the
     consumer's weight column."""
     out = []
-    for use, st, node in _calibrated_consumers(groups, group.atom, cal):
-        w = weight_matrix(groups.view.const(node.input[use.input]), use.axis)
+    for use, st, form in _calibrated_consumers(groups, group.id, cal):
+        w = _consumer_matrix(groups, use, form)
+        if w is None:
+            continue
         values = st.var * (w ** 2).sum(axis=(1, 2))
-        out.append(_per_index(groups, use.layout, group.atom, values, "sum"))
+        out.append(_per_unit(groups, group.id, use, values, "sum"))
     return out
 
 
@@ -161,7 +118,7 @@ def _fpgm(groups, group, cal=None):
     """FPGM redundancy: distance of each filter to the others (a proxy for the
     geometric median); filters close to the rest are redundant."""
     out = []
-    for use, sl in _member_slices(groups, group.atom):
+    for use, sl in _member_slices(groups, group.id):
         if use.role != "out" or sl.shape[1] < 2:
             continue
         sq = (sl ** 2).sum(axis=1)
@@ -171,11 +128,8 @@ def _fpgm(groups, group, cal=None):
 
 
 def _bn(groups, group):
-    out = []
-    for use, sl in _member_slices(groups, group.atom):
-        node = groups.view.nodes[use.node]
-        if node.op_type == "BatchNormalization" and use.input == 1:
-            out.append(np.abs(sl).mean(axis=1))
+    """|gamma| of the normalisation (or per-channel scale) slices of the group."""
+    out = [np.abs(sl).mean(axis=1) for use, sl in _member_slices(groups, group.id) if use.role == "scale"]
     return out or _magnitude(2)(groups, group)
 
 
@@ -219,7 +173,7 @@ def score(groups: Groups, criterion: str = "l2", *, calibration=None, member_nor
     scores = Scores(criterion)
     for group in groups.prunable:
         if criterion == "random":
-            scores.by_atom[group.atom] = rng.random(group.channels)
+            scores.by_group[group.id] = rng.random(group.channels)
             continue
         if criterion in DATA_CRITERIA:
             members = DATA_CRITERIA[criterion](groups, group, calibration) or \
@@ -228,21 +182,18 @@ def score(groups: Groups, criterion: str = "l2", *, calibration=None, member_nor
             members = CRITERIA[criterion](groups, group)
         vec = reduce([normalise(m, member_norm) for m in members], reduction) if members \
             else np.ones(group.channels)
-        scores.by_atom[group.atom] = vec
+        scores.by_group[group.id] = vec
     return scores
 
 
 def calibration_requests(groups: Groups, gram: bool = False) -> dict:
     """{(tensor, axis): need_gram} for every linear consumer of a prunable group."""
     requests: dict = {}
-    open_atoms = {g.atom for g in groups.prunable}
-    atoms = groups.analysis.atoms
-    for use in groups.analysis.uses:
-        if use.role != "in" or not (atoms.leaves(use.layout) & open_atoms):
-            continue
-        dim = activation_dim(groups, use)
-        if dim is not None:
-            requests[dim] = requests.get(dim, False) or gram
+    for g in groups.prunable:
+        for use in groups.consumers(g.id):
+            dim = groups.activation(use)
+            if dim is not None:
+                requests[dim] = requests.get(dim, False) or gram
     return requests
 
 

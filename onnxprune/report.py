@@ -81,3 +81,13 @@ def print_validation(v, console: Console) -> None:
         c.add_row("accuracy", f"{v.accuracy_before:.4f}", f"{v.accuracy_after:.4f}",
                   _ratio(v.accuracy_before, v.accuracy_after))
     console.print(c)
+
+
+def print_ops(rows: list[dict], console: Console) -> None:
+    t = Table(title="Op rules (ops not listed freeze the channels they touch)")
+    for col in ("domain", "op", "opsets", "channels through it"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["domain"], r["op"], r["versions"], r["channels"])
+    console.print(t)
+    console.print(f"{len(rows)} ops with a rule")

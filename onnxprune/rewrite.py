@@ -102,29 +102,31 @@ def _mask_weights(rw: _Edits) -> None:
             rw.set_const(index, slot, new)
 
 
-def _add_biases(rw: _Edits, biases: dict, masked: bool) -> None:
-    """Add compensation deltas to each consumer's bias (created when absent)."""
-    for index, (axis, delta) in biases.items():
+def _add_biases(rw: _Edits, groups: Groups, biases: dict, masked: bool) -> None:
+    """Add compensation deltas to each consumer's bias: into the bias input its
+    rule names (created when absent), or through an Add after it."""
+    for index, delta in biases.items():
         node = rw.view.nodes[index]
+        form = groups.linear(index)
         y = node.output[0]
-        lay = rw.layout(y, axis)
+        lay = rw.layout(y, form.y_axis)
         if not masked and lay is not None:
             delta = delta[rw.a.atoms.positions(lay, rw.keep)]
-        dtype = rw.value(index, 1).dtype  # the consumer's weight
-        if node.op_type in ("Conv", "ConvTranspose", "Gemm"):
-            beta = float(next((a.f for a in node.attribute if a.name == "beta"), 1.0)) \
-                if node.op_type == "Gemm" else 1.0
-            delta = delta / (beta or 1.0)
-            if len(node.input) > 2 and node.input[2]:
-                base = rw.const_edits.get((index, 2))
-                base = rw.value(index, 2) if base is None else base
-                rw.set_const(index, 2, (base + delta.astype(base.dtype)).astype(base.dtype))
+        dtype = rw.value(index, form.weight).dtype
+        if form.bias is not None:
+            delta = delta / (form.bias_scale or 1.0)
+            if len(node.input) > form.bias and node.input[form.bias]:
+                base = rw.const_edits.get((index, form.bias))
+                base = rw.value(index, form.bias) if base is None else base
+                new = (base.reshape(-1) + delta.astype(base.dtype)).astype(base.dtype)
+                rw.set_const(index, form.bias, new.reshape(base.shape))
             else:
-                while len(node.input) < 3:
+                while len(node.input) <= form.bias:
                     node.input.append("")
-                node.input[2] = rw.new_const(f"{node.name}_bias", delta.astype(dtype))
-        else:  # MatMul: an Add after it carries the bias
+                node.input[form.bias] = rw.new_const(f"{node.name}_bias", delta.astype(dtype))
+        else:  # no bias input: an Add after the node carries it
             rank = len(rw.view.shape(y) or ())
+            axis = form.y_axis
             shape = [1] * max(1, -axis if axis < 0 else rank - axis)
             shape[0] = -1
             bias = rw.new_const(f"{node.name}_bias", delta.astype(dtype).reshape(shape))
@@ -235,9 +237,10 @@ def _drop_orphans(model: onnx.ModelProto, before: set[str]) -> None:
         g.value_info.extend(infos)
 
 
-def apply(groups: Groups, keep: dict[int, np.ndarray], masked: bool = False,
+def apply(groups: Groups, keep: dict, masked: bool = False,
           compensation=None) -> onnx.ModelProto:
-    """A new model with the keep-sets applied (or, with ``masked``, zeroed).
+    """A new model with a plan's keep-sets (group id -> kept units) applied
+    (or, with ``masked``, the removed channels zeroed).
 
     ``compensation`` (from ``compensate.py``) replaces consumer weights before
     slicing and adds bias deltas; the masked model gets the same changes, so
@@ -246,16 +249,20 @@ def apply(groups: Groups, keep: dict[int, np.ndarray], masked: bool = False,
     model = copy.deepcopy(groups.model)
     read_before = read_names(model.graph)
     view = GraphView(model, groups.view.shapes)
-    rw = _Edits(view, groups.analysis, keep, model,
+    rw = _Edits(view, groups.analysis, groups.atom_keep(keep), model,
                 compensation.weights if compensation is not None else None)
     if masked:
         _mask_weights(rw)
     else:
         _slice_weights(rw)
         for index, node in enumerate(view.nodes):
-            rule_for(node).rewrite(node, index, rw)
+            try:
+                rule_for(node, view).rewrite(node, index, rw)
+            except Exception as e:  # noqa: BLE001 - a rewrite that raises is always a bug
+                raise InternalError(f"internal error in the rewrite of node '{node.name}' "
+                                    f"({node.op_type}): {type(e).__name__}: {e}") from e
     if compensation is not None and compensation.biases:
-        _add_biases(rw, compensation.biases, masked)
+        _add_biases(rw, groups, compensation.biases, masked)
     _apply_const_edits(rw, model, masked)
     if rw.new_nodes:
         after = {}

@@ -181,7 +181,7 @@ def groups_at(groups, tensor: str, axis: int = 1) -> list:
     rank = view.rank(tensor)
     if rank is not None and axis < 0:
         axis += rank
-    lay = a.layouts.get((tensor, axis))
+    lay = a.layout(tensor, axis)
     if lay is None:
         return []
     by_atom = groups.by_atom()
@@ -245,7 +245,7 @@ def assert_prunable(group) -> None:
 
 # -- looking at pruned models ------------------------------------------------------
 def pruned(groups, keep: dict) -> onnx.ModelProto:
-    return apply(groups, {a: np.asarray(v, dtype=np.int64) for a, v in keep.items()})
+    return apply(groups, {g: np.asarray(v, dtype=np.int64) for g, v in keep.items()})
 
 
 def node(model: onnx.ModelProto, name: str) -> onnx.NodeProto:
@@ -279,4 +279,6 @@ def input_value(model: onnx.ModelProto, node_name: str, slot: int) -> np.ndarray
 
 
 def keep_of(group, indices) -> dict:
-    return {group.atom: np.asarray(indices, dtype=np.int64)}
+    """A plan for one group: group id -> kept units."""
+    assert group.id is not None, f"{group} owns no weights: it is not a group a plan can name"
+    return {group.id: np.asarray(indices, dtype=np.int64)}

@@ -31,7 +31,7 @@ def random_keep(groups: Groups, rng: np.random.Generator, p_group: float = 0.7) 
             continue
         lo = max(1, g.min_keep)
         k = int(rng.integers(lo, g.channels + 1)) if g.channels > lo else g.channels
-        keep[g.atom] = np.sort(rng.choice(g.channels, k, replace=False))
+        keep[g.id] = np.sort(rng.choice(g.channels, k, replace=False))
     return keep
 
 
@@ -42,7 +42,7 @@ def check_exact(model: onnx.ModelProto | str, keep: dict | None = None, *, feeds
 
     Also asserts the pruned model passes the full checker, keeps output
     names/dtypes/shapes, and that the masked model has the original's shapes.
-    ``keep`` maps atom -> kept indices.
+    ``keep`` maps group id -> kept indices.
     """
     groups = onnxprune.analyze(model, input_shapes=input_shapes)
     rng = np.random.default_rng(seed)

@@ -91,12 +91,13 @@ def test_prune_returns_result_with_model_report_and_masked(model):
     np.testing.assert_allclose(yp, ym, rtol=1e-4, atol=1e-5)
 
 
-def test_prune_with_ratio_zero_keeps_outputs_identical(model):
-    result = onnxprune.prune(model, ratio=0.0)
-    x = F.inputs(3)
-    np.testing.assert_allclose(F.run(result.model, {"input": x})[0], F.run(model, {"input": x})[0],
-                               rtol=1e-5, atol=1e-6)
-    assert result.report.params["after"] == result.report.params["before"]
+def test_prune_that_removes_nothing_is_an_error_not_a_success(model):
+    # "A no-op is an error, never a success."
+    with pytest.raises(onnxprune.OnnxPruneError, match="removes no channel"):
+        onnxprune.prune(model, ratio=0.0)
+    gid = group_with(onnxprune.analyze(model), "conv1").id
+    with pytest.raises(onnxprune.OnnxPruneError, match="removes no channel"):
+        onnxprune.prune(model, keep={gid: list(range(F.C1))})
 
 
 def test_prune_keep_keeps_exactly_those_channels(model):

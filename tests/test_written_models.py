@@ -168,9 +168,9 @@ def test_invariants_name_initializers_left_unused():
 
 
 def test_prune_refuses_to_return_a_model_that_breaks_an_invariant(monkeypatch):
-    import onnxprune.api as api
+    import onnxprune.pipeline as pipeline
 
-    real = api.apply
+    real = pipeline.run_apply
 
     def grow(*a, **k):  # plant a bug: the rewrite adds a parameter
         m = real(*a, **k)
@@ -179,7 +179,7 @@ def test_prune_refuses_to_return_a_model_that_breaks_an_invariant(monkeypatch):
         m.graph.output.append(helper.make_tensor_value_info("planted_out", TensorProto.FLOAT, None))
         return m
 
-    monkeypatch.setattr(api, "apply", grow)
+    monkeypatch.setattr(pipeline, "run_apply", grow)
     with pytest.raises(OnnxPruneError, match="breaks an invariant"):
         onnxprune.prune(F.classifier(), ratio=0.5)
 

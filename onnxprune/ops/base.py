@@ -1,9 +1,16 @@
-"""What an op rule sees while analysing (Context) and while rewriting (Rewriter).
+"""What a rule is, and what it sees while analysing (Context) and rewriting (Rewriter).
 
-A rule answers three questions for its op family:
-1. which input/output dims are the same channel space (``ctx.set``/``ctx.unify``);
-2. which constant inputs are indexed by which dim (``ctx.weight``);
-3. what attribute or shape constant changes when a dim shrinks (``rewrite``).
+A rule answers, for its op family, everything the engine needs:
+
+1. ``analyze``: which input/output dims are the same channel space
+   (``ctx.set`` / ``ctx.unify``) and which constant inputs are indexed by
+   which dim (``ctx.weight``);
+2. ``rewrite``: what attribute or shape constant changes when a dim shrinks;
+3. ``macs``: its cost, from the shapes;
+4. ``linear``: its linear form ``y = W x (+ b)`` where it has one (what
+   masking, compensation and the activation criteria need).
+
+No module outside ``ops/`` names an op type: it asks the node's rule.
 """
 from __future__ import annotations
 
@@ -13,12 +20,15 @@ import numpy as np
 import onnx
 
 from ..graph import GraphView
-from ..layout import Atoms, Layout, LayoutError
+from ..layout import Atoms, Layout
+from .registry import domain_of, node_attr
 
 # Roles of a weight slice. "out": the slice produces the channel (a filter, its
 # bias); "in": a linear consumer reads the channel (the masked model zeroes
-# these); "param": a per-channel parameter of a channel-wise op (BN, PRelu...).
-ROLES = ("out", "in", "param")
+# these); "scale": a per-channel multiplier of a channel-wise op (BatchNorm's
+# gamma, a decomposed BN's Mul: what the ``bn`` criterion reads); "param": any
+# other per-channel parameter of a channel-wise op.
+ROLES = ("out", "in", "scale", "param")
 
 
 @dataclass
@@ -30,15 +40,62 @@ class WeightUse:
     role: str
 
 
+@dataclass(frozen=True)
+class LinearForm:
+    """``y = W x + b`` along one axis pair, whatever the op's layout.
+
+    ``weight``: the input slot holding W; ``in_axis`` / ``out_axis``: W's axes
+    indexed by input features and by output neurons (other W axes are kernel
+    taps); ``x``: the activation's input slot and ``x_axis`` its contracted
+    axis; ``y_axis``: the output axis holding the neurons; ``bias``: the input
+    slot where the op takes a per-neuron bias, present or not (None when it
+    takes none: compensation then adds an Add node); ``bias_scale``: what the
+    op multiplies its bias by (Gemm's beta).
+    ``dense``: every input feeds every output (False for grouped convs).
+    """
+
+    weight: int
+    in_axis: int
+    out_axis: int
+    x: int
+    x_axis: int
+    y_axis: int
+    bias: int | None = None
+    bias_scale: float = 1.0
+    dense: bool = True
+
+    def matrix(self, value: np.ndarray) -> np.ndarray:
+        """W as (inputs, outputs, kernel taps), float64."""
+        w = np.moveaxis(np.asarray(value, dtype=np.float64), [self.in_axis, self.out_axis], [0, 1])
+        return w.reshape(w.shape[0], w.shape[1], -1)
+
+    def from_matrix(self, m: np.ndarray, like: np.ndarray) -> np.ndarray:
+        """Inverse of ``matrix``: back to W's own layout and dtype."""
+        ndim = np.ndim(like)
+        in_axis, out_axis = self.in_axis % ndim, self.out_axis % ndim
+        moved = np.moveaxis(like, [in_axis, out_axis], [0, 1])
+        back = np.moveaxis(m.reshape(moved.shape), [0, 1], [in_axis, out_axis])
+        return back.astype(np.asarray(like).dtype)
+
+
 @dataclass
 class Analysis:
     """Everything a later stage needs from the analysis pass."""
 
     atoms: Atoms = field(default_factory=Atoms)
-    layouts: dict = field(default_factory=dict)  # (tensor, axis) -> Layout
-    origin: dict = field(default_factory=dict)  # (tensor, axis) -> node index that set it
+    layouts: dict = field(default_factory=dict)  # tensor -> {axis: Layout}
     uses: list = field(default_factory=list)  # [WeightUse]
     states: dict = field(default_factory=dict)  # node index -> rule data for rewrite
+    internal_errors: list = field(default_factory=list)  # "rule X on node Y: ..."
+
+    def layout(self, tensor: str, axis: int) -> Layout | None:
+        return self.layouts.get(tensor, {}).get(axis)
+
+    def items(self):
+        """((tensor, axis), layout) for every tracked dim."""
+        for tensor, axes in self.layouts.items():
+            for axis, lay in axes.items():
+                yield (tensor, axis), lay
 
 
 class Context:
@@ -49,9 +106,18 @@ class Context:
         self.node: onnx.NodeProto | None = None
         self.index = -1
 
-    # -- naming --------------------------------------------------------------
+    # -- naming and attributes -------------------------------------------------
     def where(self) -> str:
         return f"node '{self.node.name}' ({self.node.op_type})"
+
+    @property
+    def opset(self) -> int | None:
+        """The model's opset for the current node's domain."""
+        return self.view.opsets.get(domain_of(self.node))
+
+    def attr(self, name: str, default=None):
+        """The current node's attribute, else the schema default, else ``default``."""
+        return node_attr(self.node, name, self.opset, default)
 
     def _axis(self, tensor: str, axis: int) -> int | None:
         r = self.view.rank(tensor)
@@ -64,10 +130,10 @@ class Context:
     # -- layouts -------------------------------------------------------------
     def get(self, tensor: str, axis: int) -> Layout | None:
         ax = self._axis(tensor, axis)
-        return None if ax is None else self.a.layouts.get((tensor, ax))
+        return None if ax is None else self.a.layout(tensor, ax)
 
     def axes(self, tensor: str) -> dict[int, Layout]:
-        return {ax: lay for (t, ax), lay in self.a.layouts.items() if t == tensor}
+        return dict(self.a.layouts.get(tensor, {}))
 
     def set(self, tensor: str, axis: int, layout: Layout) -> None:
         ax = self._axis(tensor, axis)
@@ -80,12 +146,11 @@ class Context:
             self.atoms.freeze(layout, f"{self.where()}: channel count {self.atoms.layout_size(layout)} "
                                       f"does not match shape {size} of '{tensor}'")
             return
-        old = self.a.layouts.get((tensor, ax))
+        old = self.a.layout(tensor, ax)
         if old is not None:
             self.unify(old, layout)
             return
-        self.a.layouts[(tensor, ax)] = layout
-        self.a.origin[(tensor, ax)] = self.index
+        self.a.layouts.setdefault(tensor, {})[ax] = layout
 
     def origin_reason(self, tensor: str) -> str:
         if tensor in self.view.graph_inputs:
@@ -108,8 +173,7 @@ class Context:
         if size is None or ax is None:
             return None
         lay = self.atoms.plain(size, self.origin_reason(tensor))
-        self.a.layouts[(tensor, ax)] = lay
-        self.a.origin[(tensor, ax)] = self.index
+        self.a.layouts.setdefault(tensor, {})[ax] = lay
         return lay
 
     def fresh(self, tensor: str, axis: int, size: int | None = None) -> Layout | None:
@@ -124,6 +188,8 @@ class Context:
         return lay
 
     def unify(self, l1: Layout | None, l2: Layout | None) -> bool:
+        from ..layout import LayoutError
+
         if l1 is None or l2 is None:
             for lay in (l1, l2):
                 if lay is not None:
@@ -165,18 +231,18 @@ class Context:
     # -- weights -------------------------------------------------------------
     def weight(self, slot: int, axis: int, layout: Layout | None, role: str) -> bool:
         """Record that constant input ``slot`` is indexed by ``layout`` along ``axis``."""
-        assert role in ROLES
+        assert role in ROLES, role
         if layout is None or slot >= len(self.node.input) or not self.node.input[slot]:
             return False
         name = self.node.input[slot]
-        value = self.view.const(name)
-        if value is None:
+        shape = self.view.const_shape(name)
+        if shape is None:
             self.freeze(layout, f"input '{name}' is computed at run time; its channels stay unpruned")
             return False
         if axis < 0:
-            axis += value.ndim
-        if not 0 <= axis < value.ndim or value.shape[axis] != self.atoms.layout_size(layout):
-            self.freeze(layout, f"constant '{name}' of shape {list(value.shape)} does not match the channels")
+            axis += len(shape)
+        if not 0 <= axis < len(shape) or shape[axis] != self.atoms.layout_size(layout):
+            self.freeze(layout, f"constant '{name}' of shape {list(shape)} does not match the channels")
             return False
         self.a.uses.append(WeightUse(self.index, slot, axis, layout, role))
         return True
@@ -185,6 +251,11 @@ class Context:
         if slot >= len(self.node.input) or not self.node.input[slot]:
             return None
         return self.view.const(self.node.input[slot])
+
+    def const_shape(self, slot: int):
+        if slot >= len(self.node.input) or not self.node.input[slot]:
+            return None
+        return self.view.const_shape(self.node.input[slot])
 
     def state(self, **data) -> None:
         self.a.states.setdefault(self.index, {}).update(data)
@@ -196,26 +267,31 @@ class Rewriter:
     def __init__(self, view: GraphView, analysis: Analysis, keep: dict[int, np.ndarray]) -> None:
         self.view = view
         self.a = analysis
-        self.keep = keep
+        self.keep = keep  # leaf atom -> kept indices
         self.const_edits: dict[tuple[int, int], np.ndarray] = {}
+
+    def attr(self, node: onnx.NodeProto, name: str, default=None):
+        return node_attr(node, name, self.view.opsets.get(domain_of(node)), default)
 
     def layout(self, tensor: str, axis: int) -> Layout | None:
         r = self.view.rank(tensor)
         if r is not None and axis < 0:
             axis += r
-        return self.a.layouts.get((tensor, axis))
+        return self.a.layout(tensor, axis)
 
     def size(self, layout: Layout) -> int:
         return self.a.atoms.new_size(layout, self.keep)
+
+    def full_size(self, layout: Layout) -> int:
+        return self.a.atoms.layout_size(layout)
 
     def new_shape(self, tensor: str) -> tuple | None:
         shape = self.view.shape(tensor)
         if shape is None:
             return None
         out = list(shape)
-        for ax in range(len(out)):
-            lay = self.a.layouts.get((tensor, ax))
-            if lay is not None:
+        for ax, lay in self.a.layouts.get(tensor, {}).items():
+            if ax < len(out):
                 out[ax] = self.size(lay)
         return tuple(out)
 
@@ -228,11 +304,17 @@ class Rewriter:
     def set_const(self, index: int, slot: int, value: np.ndarray) -> None:
         self.const_edits[(index, slot)] = value
 
+    def new_const(self, hint: str, value: np.ndarray) -> str:  # pragma: no cover - see rewrite._Edits
+        raise NotImplementedError
+
 
 class Rule:
-    """Base class: one op family. Subclasses list their op types in ``ops``."""
+    """One op family. Register with ``@register(...)`` from ``ops.registry``."""
 
     ops: tuple[str, ...] = ()
+    domain: str = ""
+    # One line for ``onnxprune ops``: what channels do through this op.
+    summary: str = ""
 
     def analyze(self, node: onnx.NodeProto, ctx: Context) -> None:  # pragma: no cover
         raise NotImplementedError
@@ -240,11 +322,51 @@ class Rule:
     def rewrite(self, node: onnx.NodeProto, index: int, rw: Rewriter) -> None:
         """Change attributes / shape constants after dims shrink. Default: nothing."""
 
+    def macs(self, node: onnx.NodeProto, view: GraphView) -> int:
+        """Multiply-accumulates of one run (symbolic batch counts as 1). Default: 0."""
+        return 0
+
+    def linear(self, node: onnx.NodeProto, view: GraphView) -> LinearForm | None:
+        """The node's linear form, when it is a linear layer with a constant weight."""
+        return None
+
+    def describe(self) -> str:
+        return self.summary or (self.__doc__ or "").strip().splitlines()[0]
+
 
 class Unsupported(Rule):
-    """Any op not in the table: every channel it touches is frozen."""
+    """Any op with no rule: every channel it touches is frozen."""
 
     def analyze(self, node, ctx):
         if any(ctx.axes(n) for n in node.input if n and not ctx.view.is_const(n)):
-            domain = f"{node.domain}." if node.domain not in ("", "ai.onnx") else ""
-            ctx.freeze_node(f"op {domain}{node.op_type} is not supported; its channels are frozen")
+            domain = f"{node.domain}." if domain_of(node) else ""
+            ctx.freeze_node(f"op {domain}{node.op_type} has no rule (opset {ctx.opset}); "
+                            f"its channels are frozen")
+
+
+UNSUPPORTED = Unsupported()
+
+
+def rule_for(node: onnx.NodeProto, view: GraphView) -> Rule:
+    from .registry import lookup
+
+    return lookup(node.domain, node.op_type, view.opsets.get(domain_of(node))) or UNSUPPORTED
+
+
+def attr_of(node: onnx.NodeProto, view: GraphView, name: str, default=None):
+    """A node's attribute (schema default when absent), outside analysis."""
+    return node_attr(node, name, view.opsets.get(domain_of(node)), default)
+
+
+def numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def concrete(shape) -> list[int] | None:
+    """A shape with symbolic dims counted as 1 (the batch: MACs per sample)."""
+    if shape is None:
+        return None
+    return [d if isinstance(d, int) else 1 for d in shape]

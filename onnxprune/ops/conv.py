@@ -9,27 +9,30 @@ coarsened into g blocks) and rewrites ``group``. Depthwise is the case
 """
 from __future__ import annotations
 
-from ..graph import attr, set_attr
+from ..graph import set_attr
 from ..layout import Segment
-from .base import Rule
+from .base import LinearForm, Rule, attr_of, concrete, numel
+from .registry import register
 
 
+@register("Conv")
 class Conv(Rule):
-    ops = ("Conv",)
+    """Output channels are a new group; input channels are its linear input (whole groups when grouped)."""
+
     # ConvTranspose keeps W as (C_in, C_out/g, k...): the axes swap roles.
     in_axis, out_axis = 1, 0
 
     def analyze(self, node, ctx):
         x, y = node.input[0], node.output[0]
-        w = ctx.const(1)
+        w = ctx.const_shape(1)
         if w is None:
             ctx.freeze_node("weight is computed at run time; its channels stay unpruned")
             return
-        g = int(attr(node, "group", 1))
+        g = int(ctx.attr("group", 1))
         if self.in_axis == 1:
-            cin, cout = w.shape[1] * g, w.shape[0]
+            cin, cout = w[1] * g, w[0]
         else:
-            cin, cout = w.shape[0], w.shape[1] * g
+            cin, cout = w[0], w[1] * g
         lin = ctx.require(x, 1, cin)
         has_bias = len(node.input) > 2 and node.input[2]
         if g == 1:
@@ -55,14 +58,40 @@ class Conv(Rule):
                 ctx.freeze(lay, f"convolved along axis {ax}")
 
     def rewrite(self, node, index, rw):
-        g = int(attr(node, "group", 1))
+        g = int(rw.attr(node, "group", 1))
         if g == 1:
             return
         lin = rw.layout(node.input[0], 1)
         if lin is not None:
             set_attr(node, "group", rw.size(lin) // rw.state(index)["per_group"])
 
+    def macs(self, node, view):
+        w = view.const_shape(node.input[1]) if len(node.input) > 1 else None
+        out = concrete(view.shape(node.output[0]))
+        if w is None or out is None:
+            return 0
+        # Every output position of a Conv sums over (C_in/g) x kernel taps.
+        return numel(out) * numel(w[1:])
 
+    def linear(self, node, view):
+        if view.const_shape(node.input[1]) is None:
+            return None
+        g = int(attr_of(node, view, "group", 1))
+        return LinearForm(weight=1, in_axis=self.in_axis, out_axis=self.out_axis, x=0, x_axis=1,
+                          y_axis=1, bias=2, dense=g == 1)
+
+
+@register("ConvTranspose")
 class ConvTranspose(Conv):
-    ops = ("ConvTranspose",)
+    """Like Conv, with the weight laid out (C_in, C_out/g, k...)."""
+
     in_axis, out_axis = 0, 1
+
+    def macs(self, node, view):
+        w = view.const_shape(node.input[1]) if len(node.input) > 1 else None
+        x = concrete(view.shape(node.input[0]))
+        if w is None or x is None:
+            return 0
+        # Every input position is scattered into (C_out/g) x kernel taps.
+        return numel(x) * numel(w[1:])
+

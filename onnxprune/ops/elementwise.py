@@ -10,25 +10,26 @@ every other channel receives.
 from __future__ import annotations
 
 from .base import Rule
+from .registry import register
+
+UNARY = ("Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu",
+         "Celu", "Softplus", "Softsign", "Gelu", "Erf", "Mish", "Neg", "Abs", "Sqrt", "Exp",
+         "Log", "Cast", "CastLike", "Identity", "Reciprocal", "Floor", "Ceil", "Round", "Sign",
+         "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh",
+         "ThresholdedRelu", "Shrink", "IsNaN", "IsInf", "Not", "BitwiseNot")
 
 
+@register(*UNARY)
 class Unary(Rule):
     """y = f(x) element by element: every axis passes through."""
-
-    ops = ("Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu",
-           "Celu", "Softplus", "Softsign", "Gelu", "Erf", "Mish", "Neg", "Abs", "Sqrt", "Exp",
-           "Log", "Cast", "CastLike", "Identity", "Reciprocal", "Floor", "Ceil", "Round", "Sign",
-           "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh",
-           "ThresholdedRelu", "Shrink", "IsNaN", "IsInf", "Not")
 
     def analyze(self, node, ctx):
         ctx.passthrough(node.input[0], node.output[0])
 
 
+@register("Dropout")
 class Dropout(Rule):
     """Inference Dropout is Identity; its optional mask output has the same shape."""
-
-    ops = ("Dropout",)
 
     def analyze(self, node, ctx):
         for out in node.output:
@@ -36,10 +37,15 @@ class Dropout(Rule):
                 ctx.passthrough(node.input[0], out)
 
 
+@register("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu", "Where",
+          "Clip", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or",
+          "Xor", "Mod", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitShift")
 class Broadcast(Rule):
-    ops = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu", "Where",
-           "Clip", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or",
-           "Xor", "Mod", "BitwiseAnd", "BitwiseOr", "BitwiseXor")
+    """Operands of full size on an axis are one channel space; full-size constants are per-channel parameters."""
+
+    # A per-channel constant these ops multiply by is a scale (a decomposed
+    # BatchNorm's gamma): what the ``bn`` criterion reads.
+    scales = {"Mul": (0, 1)}
 
     def analyze(self, node, ctx):
         view = ctx.view
@@ -49,6 +55,7 @@ class Broadcast(Rule):
         if rank is None:
             ctx.freeze_node("output shape unknown")
             return
+        scale_slots = self.scales.get(node.op_type, ())
         for ax in range(rank):
             out_size = view.static(out, ax)
             layouts, untracked, consts = [], [], []
@@ -83,4 +90,4 @@ class Broadcast(Rule):
                 ctx.unify(base, other)
             ctx.set(out, ax, base)
             for k, a in consts:
-                ctx.weight(k, a, base, "param")
+                ctx.weight(k, a, base, "scale" if k in scale_slots else "param")

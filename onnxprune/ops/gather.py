@@ -7,12 +7,13 @@ run-time indices) produces a new channel space from the table's last axis.
 """
 from __future__ import annotations
 
-from ..graph import attr
 from .base import Rule
+from .registry import register
 
 
+@register("Gather")
 class Gather(Rule):
-    ops = ("Gather",)
+    """Other axes pass through; the gathered axis freezes; an embedding table makes a new group."""
 
     def analyze(self, node, ctx):
         data, idx, y = node.input[0], node.input[1], node.output[0]
@@ -20,11 +21,11 @@ class Gather(Rule):
         if rd is None or ri is None:
             ctx.freeze_node("shapes unknown")
             return
-        axis = int(attr(node, "axis", 0)) % rd
-        table = ctx.const(0)
+        axis = int(ctx.attr("axis", 0)) % rd
+        table = ctx.const_shape(0)
         if table is not None:
-            if table.ndim == 2 and axis == 0 and ctx.const(1) is None:
-                lout = ctx.fresh(y, -1, table.shape[1])
+            if len(table) == 2 and axis == 0 and ctx.const_shape(1) is None:
+                lout = ctx.fresh(y, -1, table[1])
                 ctx.weight(0, 1, lout, "out")
             return
         ctx.freeze_tensor(idx, "used as gather indices")

@@ -8,63 +8,86 @@ weight can mask; that axis freezes until a rule for it exists.
 """
 from __future__ import annotations
 
-from ..graph import attr
-from .base import Rule
+from .base import LinearForm, Rule, attr_of, concrete, numel
+from .registry import register
 
 
+@register("Gemm")
 class Gemm(Rule):
-    ops = ("Gemm",)
+    """Output features are a new group; the contracted input features are its linear input."""
 
     def analyze(self, node, ctx):
         a, y = node.input[0], node.output[0]
-        b = ctx.const(1)
-        ta, tb = int(attr(node, "transA", 0)), int(attr(node, "transB", 0))
-        if b is None or ctx.const(0) is not None or b.ndim != 2:
+        b = ctx.const_shape(1)
+        ta, tb = int(ctx.attr("transA", 0)), int(ctx.attr("transB", 0))
+        if b is None or ctx.const_shape(0) is not None or len(b) != 2:
             ctx.freeze_node("needs a constant weight B and an activation A")
             return
         k_axis, n_axis = (1, 0) if tb else (0, 1)
-        lin = ctx.require(a, 0 if ta else 1, b.shape[k_axis])
+        lin = ctx.require(a, 0 if ta else 1, b[k_axis])
         ctx.weight(1, k_axis, lin, "in")
-        n = b.shape[n_axis]
+        n = b[n_axis]
         lout = ctx.fresh(y, 1, n)
         ctx.weight(1, n_axis, lout, "out")
         if len(node.input) > 2 and node.input[2] and n > 1:
             c = node.input[2]
             if ctx.view.is_const(c):
-                cv = ctx.const(2)
-                if cv.ndim >= 1 and cv.shape[-1] == n:
-                    ctx.weight(2, cv.ndim - 1, lout, "out")
+                cv = ctx.const_shape(2)
+                if len(cv) >= 1 and cv[-1] == n:
+                    ctx.weight(2, len(cv) - 1, lout, "out")
             elif ctx.view.static(c, -1) == n:
                 ctx.unify(lout, ctx.require(c, -1))
         rows = ctx.get(a, 1 if ta else 0)
         if rows is not None:
             ctx.set(y, 0, rows)
 
+    def macs(self, node, view):
+        a, out = view.shape(node.input[0]), concrete(view.shape(node.output[0]))
+        if a is None or out is None or len(a) != 2:
+            return 0
+        k = a[0] if int(attr_of(node, view, "transA", 0)) else a[1]
+        return numel(out) * (k if isinstance(k, int) else 1)
 
+    def linear(self, node, view):
+        b = view.const_shape(node.input[1])
+        if b is None or len(b) != 2 or view.is_const(node.input[0]):
+            return None
+        tb = int(attr_of(node, view, "transB", 0))
+        if len(node.input) > 2 and node.input[2]:
+            c = view.const_shape(node.input[2])
+            n = b[0] if tb else b[1]
+            if c is None or not c or c[-1] != n or any(d != 1 for d in c[:-1]):
+                return None  # a bias that is not one value per neuron: nothing to fold into
+        return LinearForm(weight=1, in_axis=1 if tb else 0, out_axis=0 if tb else 1, x=0,
+                          x_axis=0 if int(attr_of(node, view, "transA", 0)) else 1, y_axis=1,
+                          bias=2, bias_scale=float(attr_of(node, view, "beta", 1.0)))
+
+
+@register("MatMul")
 class MatMul(Rule):
-    ops = ("MatMul",)
+    """With a constant operand: new output features fed by the contracted axis; batch axes pass through."""
 
     def analyze(self, node, ctx):
         a, b, y = node.input[0], node.input[1], node.output[0]
-        av, bv = ctx.const(0), ctx.const(1)
+        av, bv = ctx.const_shape(0), ctx.const_shape(1)
         view = ctx.view
         ra, rb, ry = view.rank(a), view.rank(b), view.rank(y)
         if ry is None or (av is None and ra is None) or (bv is None and rb is None):
             ctx.freeze_node("shapes unknown")
             return
-        if bv is not None and av is None and bv.ndim in (1, 2):
-            lin = ctx.require(a, -1, bv.shape[0])
+        if bv is not None and av is None and len(bv) in (1, 2):
+            lin = ctx.require(a, -1, bv[0])
             ctx.weight(1, 0, lin, "in")
-            if bv.ndim == 2:
-                lout = ctx.fresh(y, -1, bv.shape[1])
+            if len(bv) == 2:
+                lout = ctx.fresh(y, -1, bv[1])
                 ctx.weight(1, 1, lout, "out")
             for ax, lay in ctx.axes(a).items():
                 if ax < ra - 1:
                     ctx.set(y, ax + (ry - ra) if ra > 1 else ax, lay)
-        elif av is not None and bv is None and av.ndim == 2 and rb >= 2:
-            lin = ctx.require(b, -2, av.shape[1])
+        elif av is not None and bv is None and len(av) == 2 and rb >= 2:
+            lin = ctx.require(b, -2, av[1])
             ctx.weight(0, 1, lin, "in")
-            lout = ctx.fresh(y, -2, av.shape[0])
+            lout = ctx.fresh(y, -2, av[0])
             ctx.weight(0, 0, lout, "out")
             for ax, lay in ctx.axes(b).items():
                 if ax != rb - 2:
@@ -97,3 +120,18 @@ class MatMul(Rule):
                 ctx.set(y, ax, lays[0])
         else:
             ctx.freeze_node("constant operand of rank above 2")
+
+    def macs(self, node, view):
+        a, out = view.shape(node.input[0]), concrete(view.shape(node.output[0]))
+        if a is None or out is None or not a:
+            return 0
+        k = a[-1]
+        return numel(out) * (k if isinstance(k, int) else 1)
+
+    def linear(self, node, view):
+        a, b = view.const_shape(node.input[0]), view.const_shape(node.input[1])
+        if b is not None and a is None and len(b) == 2:
+            return LinearForm(weight=1, in_axis=0, out_axis=1, x=0, x_axis=-1, y_axis=-1)
+        if a is not None and b is None and len(a) == 2:
+            return LinearForm(weight=0, in_axis=1, out_axis=0, x=1, x_axis=-2, y_axis=-2)
+        return None

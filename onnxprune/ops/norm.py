@@ -4,27 +4,26 @@ GroupNorm) would compute different statistics after removal, so that axis
 freezes."""
 from __future__ import annotations
 
-from ..graph import attr
 from .base import Rule
+from .registry import register
 
 
+@register("BatchNormalization", "InstanceNormalization")
 class PerChannelNorm(Rule):
     """y[:, c] depends on x[:, c] and the c-th entry of each parameter."""
 
-    ops = ("BatchNormalization", "InstanceNormalization")
-
     def analyze(self, node, ctx):
         x, y = node.input[0], node.output[0]
-        scale = ctx.const(1)
-        size = None if scale is None else scale.shape[0]
+        scale = ctx.const_shape(1)
+        size = None if not scale else scale[0]
         lay = ctx.require(x, 1, size)
         params = range(1, len(node.input))
-        if any(ctx.const(k) is None for k in params if node.input[k]):
+        if any(ctx.const_shape(k) is None for k in params if node.input[k]):
             ctx.freeze(lay, "normalisation parameters computed at run time")
         else:
             for k in params:
                 if node.input[k]:
-                    ctx.weight(k, 0, lay, "param")
+                    ctx.weight(k, 0, lay, "scale" if k == 1 else "param")
         if any(o for o in node.output[1:]):
             ctx.freeze(lay, "training-mode statistics outputs are used")
         if node.op_type == "InstanceNormalization":
@@ -34,17 +33,16 @@ class PerChannelNorm(Rule):
         ctx.passthrough(x, y)
 
 
+@register("LayerNormalization", "LRN", "GroupNormalization", "MeanVarianceNormalization")
 class NormOverAxes(Rule):
     """Normalises over some axes; a channel axis among them freezes."""
 
-    ops = ("LayerNormalization", "LRN", "GroupNormalization", "MeanVarianceNormalization")
-
-    def normalized(self, node, rank):
+    def normalized(self, node, ctx, rank):
         if node.op_type == "LayerNormalization":
-            a = int(attr(node, "axis", -1))
+            a = int(ctx.attr("axis", -1))
             return set(range(a % rank, rank))
         if node.op_type == "MeanVarianceNormalization":
-            return {a % rank for a in attr(node, "axes", [0, 2, 3])}
+            return {a % rank for a in ctx.attr("axes", [0, 2, 3])}
         return {1}  # LRN and GroupNorm mix channels
 
     def analyze(self, node, ctx):
@@ -53,7 +51,7 @@ class NormOverAxes(Rule):
         if rank is None:
             ctx.freeze_node("input shape unknown")
             return
-        axes = self.normalized(node, rank)
+        axes = self.normalized(node, ctx, rank)
         for ax, lay in ctx.axes(x).items():
             if ax in axes:
                 ctx.freeze(lay, f"normalises over axis {ax}: removing channels changes the statistics")

@@ -4,15 +4,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..fold import known_ints, partial_value
-from ..graph import attr
 from .base import Rule
+from .registry import register
 
 
+@register("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
 class Pool(Rule):
     """N and C pass through; spatial axes change size and carry no channels."""
-
-    ops = ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool",
-           "GlobalLpPool")
 
     def analyze(self, node, ctx):
         x, y = node.input[0], node.output[0]
@@ -24,11 +22,10 @@ class Pool(Rule):
             ctx.freeze(ctx.get(x, 1), "MaxPool indices encode the channel position")
 
 
+@register("Resize", "Upsample")
 class Resize(Rule):
     """Axes whose size does not change pass through; a constant ``sizes``
     input names the channel count and is rewritten."""
-
-    ops = ("Resize", "Upsample")
 
     def analyze(self, node, ctx):
         x, y = node.input[0], node.output[0]
@@ -54,17 +51,16 @@ class Resize(Rule):
             return
         sizes = np.array(rw.view.const(node.input[slot]), dtype=np.int64).copy()
         rank = len(rw.view.shape(y))
-        axes = attr(node, "axes") or list(range(rank))
+        axes = rw.attr(node, "axes") or list(range(rank))
         new = rw.new_shape(y)
         for k, ax in enumerate(axes):
             sizes[k] = new[ax % rank]
         rw.set_const(index, slot, sizes)
 
 
+@register("Pad")
 class Pad(Rule):
     """Padding a channel axis would invent channels: only unpadded axes pass."""
-
-    ops = ("Pad",)
 
     def analyze(self, node, ctx):
         x, y = node.input[0], node.output[0]
@@ -72,8 +68,8 @@ class Pad(Rule):
         if not lays:
             return
         rank = ctx.view.rank(x)
-        if ctx.view.opset < 11:
-            pads = attr(node, "pads") or attr(node, "paddings")
+        if ctx.opset < 11:
+            pads = ctx.attr("pads") or ctx.attr("paddings")
             axes = list(range(rank))
         else:
             pads = known_ints(partial_value(ctx.view, node.input[1]))

@@ -4,24 +4,25 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..graph import attr
 from .base import Rule
+from .registry import register
 
 
+@register("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd", "ReduceL1",
+          "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "ArgMax", "ArgMin")
 class Reduce(Rule):
-    ops = ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd", "ReduceL1",
-           "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "ArgMax", "ArgMin")
+    """Axes not reduced pass through; a reduced channel axis freezes."""
 
     def reduced_axes(self, node, ctx, rank):
         if node.op_type in ("ArgMax", "ArgMin"):
-            return {int(attr(node, "axis", 0)) % rank}
-        axes = attr(node, "axes")
+            return {int(ctx.attr("axis", 0)) % rank}
+        axes = ctx.attr("axes")
         if axes is None and len(node.input) > 1 and node.input[1]:
             axes = ctx.const(1)
             if axes is None:
                 return None
         if axes is None or len(np.asarray(axes).reshape(-1)) == 0:
-            if int(attr(node, "noop_with_empty_axes", 0)):
+            if int(ctx.attr("noop_with_empty_axes", 0)):
                 return set()
             return set(range(rank))
         return {int(a) % rank for a in np.asarray(axes).reshape(-1)}
@@ -36,7 +37,7 @@ class Reduce(Rule):
         if axes is None:
             ctx.freeze_tensor(x, "reduction axes computed at run time")
             return
-        keep = int(attr(node, "keepdims", 1))
+        keep = int(ctx.attr("keepdims", 1))
         mapping, k = {}, 0
         for ax in range(rank):
             if ax in axes:
@@ -51,8 +52,9 @@ class Reduce(Rule):
         ctx.passthrough(x, y, mapping)
 
 
+@register("Softmax", "LogSoftmax", "Hardmax")
 class Softmax(Rule):
-    ops = ("Softmax", "LogSoftmax", "Hardmax")
+    """Axes not normalised over pass through; the normalised axis freezes."""
 
     def analyze(self, node, ctx):
         x = node.input[0]
@@ -60,10 +62,10 @@ class Softmax(Rule):
         if not lays:
             return
         rank = ctx.view.rank(x)
-        if ctx.view.opset >= 13:
-            over = {int(attr(node, "axis", -1)) % rank}
+        if ctx.opset >= 13:
+            over = {int(ctx.attr("axis", -1)) % rank}
         else:
-            over = set(range(int(attr(node, "axis", 1)) % rank, rank))
+            over = set(range(int(ctx.attr("axis", 1)) % rank, rank))
         for ax, lay in lays.items():
             if ax in over:
                 ctx.freeze(lay, f"{node.op_type} normalises over axis {ax}")

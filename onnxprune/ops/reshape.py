@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..fold import known_ints, partial_value
-from ..graph import attr
 from ..layout import LayoutError, Segment
 from .base import Rule
+from .registry import register
 
 
 def _prod(xs) -> int:
@@ -181,8 +181,9 @@ def reshape_layouts(ctx, x: str, y: str, outs=None) -> None:
             ctx.set(y, out_axes[k], lay)
 
 
+@register("Reshape")
 class Reshape(Rule):
-    ops = ("Reshape",)
+    """Channels follow the row-major index (flatten, unflatten, head split); the shape constant is rewritten."""
 
     def analyze(self, node, ctx):
         x, y = node.input[0], node.output[0]
@@ -193,7 +194,7 @@ class Reshape(Rule):
         if shape is None:
             ctx.freeze_tensor(x, "reshape to a shape computed at run time")
             return
-        allowzero = int(attr(node, "allowzero", 0))
+        allowzero = int(ctx.attr("allowzero", 0))
         outs = reshape_target(ctx.view.shape(x), ctx.view.shape(y), shape, bool(allowzero))
         if outs is not None and ctx.view.shape(y) is None:
             ctx.view.shapes[y] = outs  # what inference missed, rules downstream can use
@@ -220,14 +221,13 @@ class Reshape(Rule):
         rw.set_const(index, 1, shape)
 
 
+@register("Flatten", "Squeeze", "Unsqueeze")
 class ReshapeLike(Rule):
     """Flatten, Squeeze, Unsqueeze: the output shape follows from the input."""
 
-    ops = ("Flatten", "Squeeze", "Unsqueeze")
-
     def analyze(self, node, ctx):
         x = node.input[0]
-        if node.op_type == "Squeeze" and attr(node, "axes") is None and len(node.input) < 2:
+        if node.op_type == "Squeeze" and ctx.attr("axes") is None and len(node.input) < 2:
             # Without axes, Squeeze drops every size-1 axis: a channel axis
             # pruned down to one channel would vanish.
             for lay in ctx.axes(x).values():

@@ -7,12 +7,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..fold import known_ints, partial_value
-from ..graph import attr, set_attr
-from .base import Rule
+from ..graph import set_attr
+from .base import Rule, attr_of
+from .registry import register
 
 
+@register("Transpose")
 class Transpose(Rule):
-    ops = ("Transpose",)
+    """Axes are permuted; channels follow their axis."""
 
     def analyze(self, node, ctx):
         x = node.input[0]
@@ -20,7 +22,7 @@ class Transpose(Rule):
         if rank is None:
             ctx.freeze_node("input rank unknown")
             return
-        perm = attr(node, "perm") or list(range(rank))[::-1]
+        perm = ctx.attr("perm") or list(range(rank))[::-1]
         ctx.passthrough(x, node.output[0], {int(p): k for k, p in enumerate(perm)})
 
 
@@ -44,8 +46,9 @@ def _other_axes(ctx, node, out, axis) -> None:
         ctx.set(out, ax, base)
 
 
+@register("Concat")
 class Concat(Rule):
-    ops = ("Concat",)
+    """The concat axis is the operands' channel spaces end to end; other axes are shared."""
 
     def analyze(self, node, ctx):
         y = node.output[0]
@@ -54,7 +57,7 @@ class Concat(Rule):
         if rank is None:
             ctx.freeze_node("output rank unknown")
             return
-        axis = int(attr(node, "axis", 0)) % rank
+        axis = int(ctx.attr("axis", 0)) % rank
         _other_axes(ctx, node, y, axis)
         if not any(ctx.get(n, axis) for n in inputs):
             return
@@ -70,8 +73,9 @@ class Concat(Rule):
         ctx.set(y, axis, tuple(segments))
 
 
+@register("Split")
 class Split(Rule):
-    ops = ("Split",)
+    """Each output is a slice of the input's channel space; split sizes are rewritten."""
 
     def analyze(self, node, ctx):
         x = node.input[0]
@@ -80,7 +84,7 @@ class Split(Rule):
         if rank is None:
             ctx.freeze_node("input rank unknown")
             return
-        axis = int(attr(node, "axis", 0)) % rank
+        axis = int(ctx.attr("axis", 0)) % rank
         for o in outs:
             if o:
                 ctx.passthrough(x, o, {a: a for a in range(rank) if a != axis})
@@ -89,7 +93,7 @@ class Split(Rule):
             return
         sizes = [ctx.view.static(o, axis) if o else None for o in outs]
         if any(s is None for s in sizes):
-            split = ctx.const(1) if len(node.input) > 1 and node.input[1] else attr(node, "split")
+            split = ctx.const(1) if len(node.input) > 1 and node.input[1] else ctx.attr("split")
             if split is None:
                 ctx.freeze(lay, "split sizes unknown")
                 return
@@ -114,7 +118,7 @@ class Split(Rule):
         if not any(lay is not None and rw.size(lay) != rw.a.atoms.layout_size(lay) for lay in lays):
             return
         sizes = np.array([rw.size(lay) for lay in lays], dtype=np.int64)
-        if rw.view.opset >= 13:
+        if rw.view.opset >= 13:  # split sizes are an input from opset 13
             for i, a in enumerate(node.attribute):
                 if a.name == "num_outputs":
                     del node.attribute[i]
@@ -129,13 +133,14 @@ class Split(Rule):
             set_attr(node, "split", [int(s) for s in sizes])
 
 
+@register("Slice")
 class Slice(Rule):
-    ops = ("Slice",)
+    """A contiguous slice of a channel axis is a sub-space; its bounds are rewritten."""
 
     def _params(self, node, ctx_or_rw, view):
-        if view.opset < 10:
-            starts, ends = attr(node, "starts"), attr(node, "ends")
-            axes, steps = attr(node, "axes"), None
+        if view.opset < 10:  # bounds are attributes before opset 10
+            starts, ends = attr_of(node, view, "starts"), attr_of(node, view, "ends")
+            axes, steps = attr_of(node, view, "axes"), None
         else:
             def get(k):
                 if len(node.input) > k and node.input[k]:
@@ -211,12 +216,11 @@ class Slice(Rule):
             rw.set_const(index, 2, np.array(ends, dtype=dt))
 
 
+@register("Shape")
 class Shape(Rule):
     """Shape reads channel counts. Fine when every consumer only picks other
     axes (batch size, spatial size) with constant indices; otherwise the
     channel count would flow into run-time arithmetic we cannot follow."""
-
-    ops = ("Shape",)
 
     def analyze(self, node, ctx):
         x = node.input[0]
@@ -224,9 +228,9 @@ class Shape(Rule):
         if not lays:
             return
         rank = ctx.view.rank(x)
-        start = int(attr(node, "start", 0))
+        start = int(ctx.attr("start", 0))
         start = max(0, min(rank, start + rank if start < 0 else start))
-        end = attr(node, "end")
+        end = ctx.attr("end")
         end = rank if end is None else max(0, min(rank, int(end) + rank if int(end) < 0 else int(end)))
         read: set[int] = set()
         for consumer, slot in ctx.view.consumers.get(node.output[0], []):

@@ -1,0 +1,321 @@
+"""One pipeline of named stages, driven by one ``PruneConfig``:
+
+    load -> analyze -> calibrate -> score -> plan -> compensate -> apply -> check -> validate -> save
+
+The CLI and the Python API both call ``run`` (so they can never do different
+things), and each stage is a plain function from the previous stages' results
+to its own, so a later feature can call them one by one: re-calibrate after a
+step, score a sweep, replay a plan.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+
+import onnx
+
+from . import importance, invariants, model as modelio, planner
+from .calibration import Calibration
+from .calibration import calibrate as run_calibration
+from .compensate import MODES, Compensation
+from .compensate import compensate as run_compensation
+from .costs import count_macs, count_params
+from .errors import OnnxPruneError
+from .graph import GraphView
+from .groups import Groups, analyze_model
+from .planner import Plan
+from .rewrite import apply as run_apply
+from .validate import Validation, check_written, full_check
+from .validate import validate as run_validation
+
+
+@dataclass
+class PruneConfig:
+    """Everything a prune is asked to do (the CLI's flags, the API's keywords)."""
+
+    # what to remove
+    ratio: float = 0.3
+    macs_target: float | None = None
+    criterion: str = "l2"
+    group_reduction: str = "mean"
+    normalize: str = "mean"
+    min_channels: int = 1
+    round_to: int = 1
+    exclude: tuple = ()
+    keep: dict | None = None  # explicit plan: group id -> kept units
+    plan: str | None = None  # a saved plan file to replay
+    seed: int = 0
+    # data
+    calib: object = None
+    calib_samples: int | None = None
+    calib_batch: int = 16
+    compensate: str | None = None  # None: "bias" with calibration data, else "none"
+    input_shapes: dict | None = None
+    # checks
+    strict: bool | None = None  # None: the ONNXPRUNE_STRICT environment variable
+    check: bool = True
+    validate: bool = False
+    data: object = None
+    samples: int = 8
+    threads: int = 1
+    progress: bool = False
+    # outputs (written together, all or nothing)
+    output: str | None = None
+    masked_output: str | None = None
+    report: str | None = None
+    save_plan: str | None = None
+
+    def resolved_compensation(self) -> str:
+        mode = self.compensate
+        if mode is None:
+            mode = "bias" if self.calib is not None else "none"
+        if mode not in MODES:
+            raise OnnxPruneError(f"unknown compensation '{mode}' (choose from {', '.join(MODES)})")
+        return mode
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> PruneConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise TypeError(f"unknown prune option(s): {', '.join(unknown)}")
+        return cls(**kwargs)
+
+
+@dataclass
+class PruneReport:
+    criterion: str
+    ratio: float | None
+    params: dict
+    macs: dict
+    groups: list = field(default_factory=list)  # per group: id, channels, kept, members, frozen
+    compensate: str = "none"
+    calibration: dict | None = None  # samples, seconds, random, tensors
+    compensation_skipped: list = field(default_factory=list)
+    internal_errors: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class PruneResult:
+    model: onnx.ModelProto
+    report: PruneReport
+    groups: Groups = field(repr=False)
+    plan: Plan = field(repr=False)
+    compensation: Compensation | None = field(default=None, repr=False)
+    validation: Validation | None = None
+    config: PruneConfig = field(default_factory=PruneConfig, repr=False)
+    written: list = field(default_factory=list)
+
+    def masked(self) -> onnx.ModelProto:
+        """The full-size model with removed channels zeroed in every linear consumer
+        (and the same compensation): what the pruned model computes exactly."""
+        return run_apply(self.groups, self.plan.keep, masked=True, compensation=self.compensation)
+
+    def save(self, path, external_data: bool | None = None) -> list[str]:
+        """Write atomically, checked as written; never over the input model or its data."""
+        if external_data is None:
+            external_data = self.groups.external_data
+        return modelio.save(self.model, path, external_data=external_data,
+                            protect=modelio.external_files(self.groups.source_path),
+                            verify=check_written, stored_external=self.groups.external)
+
+    def to_dict(self) -> dict:
+        out = self.report.to_dict()
+        if self.validation is not None:
+            out.update(self.validation.to_dict())
+        return out
+
+
+# -- the stages ------------------------------------------------------------------------
+def preflight(source, cfg: PruneConfig) -> None:
+    """Refuse, before any work, outputs that collide with each other or with an input."""
+    targets = [p for p in (cfg.output, cfg.masked_output, cfg.report, cfg.save_plan) if p]
+    if len({os.path.abspath(p) for p in targets}) != len(targets):
+        raise OnnxPruneError("-o, --masked-output, --report and --save-plan must name different files")
+    if not targets:
+        return
+    protect = set()
+    if isinstance(source, (str, os.PathLike)) and os.path.exists(source):
+        protect = modelio.external_files(os.fspath(source))
+    for other in (cfg.calib, cfg.data, cfg.plan):
+        if isinstance(other, (str, os.PathLike)) and os.path.exists(other):
+            protect.add(os.path.realpath(other))
+    for path in targets:
+        modelio.check_writable(path, protect)
+
+
+def load(source, cfg: PruneConfig) -> modelio.Loaded:
+    return modelio.load(source)
+
+
+def analyze(loaded: modelio.Loaded, cfg: PruneConfig) -> Groups:
+    groups = analyze_model(loaded.model, modelio.shapes_of(loaded.model, cfg.input_shapes),
+                           strict=cfg.strict)
+    groups.exclude(cfg.exclude)
+    groups.source_path = loaded.path
+    groups.external = loaded.external
+    return groups
+
+
+def calibrate(groups: Groups, cfg: PruneConfig) -> Calibration | None:
+    """One onnxruntime pass over the calibration data, when a data criterion or
+    compensation needs it."""
+    mode = cfg.resolved_compensation()
+    if cfg.criterion not in importance.DATA_CRITERIA and mode == "none":
+        return None
+    if cfg.keep is not None or cfg.plan is not None:
+        if mode == "none":
+            return None
+    requests = importance.calibration_requests(groups, gram=mode == "lsq")
+    return run_calibration(groups.model, cfg.calib, requests, samples=cfg.calib_samples,
+                           batch=cfg.calib_batch, progress=cfg.progress)
+
+
+def score(groups: Groups, calibration: Calibration | None, cfg: PruneConfig):
+    if cfg.keep is not None or cfg.plan is not None:
+        return None
+    return importance.score(groups, cfg.criterion, calibration=calibration, member_norm=cfg.normalize,
+                            reduction=cfg.group_reduction, seed=cfg.seed)
+
+
+def plan(groups: Groups, scores, cfg: PruneConfig) -> Plan:
+    if cfg.plan is not None:
+        result = planner.load_plan(cfg.plan, groups)
+    elif cfg.keep is not None:
+        result = planner.plan_from_keep(groups, cfg.keep)
+    else:
+        if not groups.prunable:
+            reasons = sorted({r for g in groups.groups for r in g.frozen})
+            hint = f" ({reasons[0]}{'; ...' if len(reasons) > 1 else ''})" if reasons else ""
+            raise OnnxPruneError(f"nothing to prune: all {len(groups.groups)} channel groups are "
+                                 f"frozen{hint}; run 'onnxprune analyze' for the reasons")
+        if cfg.macs_target is not None:
+            result = planner.plan_macs(groups, scores, cfg.macs_target, min_channels=cfg.min_channels,
+                                       round_to=cfg.round_to)
+        else:
+            result = planner.plan_uniform(groups, scores, cfg.ratio, min_channels=cfg.min_channels,
+                                          round_to=cfg.round_to)
+    if result.removed == 0:
+        raise OnnxPruneError("the plan removes no channel (a no-op is not a prune): raise --ratio "
+                             "or --macs-target's reduction, or lower --min-channels / --round-to")
+    return result
+
+
+def compensate(groups: Groups, the_plan: Plan, calibration, cfg: PruneConfig) -> Compensation:
+    return run_compensation(groups, the_plan.keep, calibration, cfg.resolved_compensation())
+
+
+def apply(groups: Groups, the_plan: Plan, comp: Compensation | None) -> onnx.ModelProto:
+    return run_apply(groups, the_plan.keep, compensation=comp)
+
+
+def check(groups: Groups, pruned: onnx.ModelProto, cfg: PruneConfig) -> None:
+    """The invariants (never bigger, same interface, nothing orphaned), then the full checker."""
+    invariants.check(groups.model, pruned)
+    if cfg.check:
+        full_check(pruned)
+
+
+def report(groups: Groups, the_plan: Plan, pruned: onnx.ModelProto, calibration, comp,
+           cfg: PruneConfig) -> PruneReport:
+    after = GraphView(pruned, modelio.shapes_of(pruned, cfg.input_shapes))
+    explicit = cfg.keep is not None or cfg.plan is not None
+    return PruneReport(
+        criterion="explicit" if explicit else cfg.criterion,
+        ratio=the_plan.ratio if not explicit else None,
+        compensate=cfg.resolved_compensation(),
+        calibration=None if calibration is None else {
+            "samples": calibration.samples, "seconds": calibration.seconds,
+            "random": calibration.random, "tensors": len(calibration.stats)},
+        params={"before": groups.params_total, "after": count_params(pruned)},
+        macs={"before": groups.macs, "after": count_macs(after)},
+        groups=[{"id": g.id, "channels": g.channels,
+                 "kept": the_plan.kept.get(g.id, (g.channels, g.channels))[0],
+                 "members": g.members, "frozen": g.frozen} for g in groups.groups],
+        compensation_skipped=list(comp.skipped) if comp is not None else [],
+        internal_errors=list(groups.internal_errors))
+
+
+def validate(groups: Groups, pruned: onnx.ModelProto, cfg: PruneConfig) -> Validation | None:
+    if not cfg.validate:
+        return None
+    return run_validation(groups.model, pruned, cfg.data, input_shapes=cfg.input_shapes,
+                          samples=cfg.samples, threads=cfg.threads)
+
+
+def save(result: PruneResult, cfg: PruneConfig) -> list[str]:
+    """Write every requested output, or none of them: a later failure removes
+    what was already written. Models are checked as written, from disk."""
+    written: list[str] = []
+    protect = modelio.external_files(result.groups.source_path)
+    try:
+        if cfg.output:
+            written += modelio.save(result.model, cfg.output, external_data=result.groups.external_data,
+                                    protect=protect, verify=check_written,
+                                    stored_external=result.groups.external)
+        if cfg.masked_output:
+            masked = result.masked()
+            invariants.check(result.groups.model, masked)
+            written += modelio.save(masked, cfg.masked_output,
+                                    external_data=result.groups.external_data, protect=protect,
+                                    verify=check_written, stored_external=result.groups.external)
+        if cfg.save_plan:
+            _write_json(cfg.save_plan, result.plan.to_dict(result.groups))
+            written.append(os.path.abspath(cfg.save_plan))
+        if cfg.report:
+            _write_json(cfg.report, result.to_dict())
+            written.append(os.path.abspath(cfg.report))
+    except BaseException:
+        for path in written:
+            if os.path.exists(path):
+                os.remove(path)
+        raise
+    return written
+
+
+def _write_json(path, payload: dict) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(payload, f, indent=2, default=_json_default)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _json_default(x):
+    import numpy as np
+
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def run(source, cfg: PruneConfig) -> PruneResult:
+    """Every stage in order."""
+    preflight(source, cfg)
+    loaded = load(source, cfg)
+    groups = analyze(loaded, cfg)
+    calibration = calibrate(groups, cfg)
+    scores = score(groups, calibration, cfg)
+    the_plan = plan(groups, scores, cfg)
+    comp = compensate(groups, the_plan, calibration, cfg)
+    pruned = apply(groups, the_plan, comp)
+    check(groups, pruned, cfg)
+    result = PruneResult(pruned, report(groups, the_plan, pruned, calibration, comp, cfg), groups,
+                         the_plan, comp, config=cfg)
+    result.validation = validate(groups, pruned, cfg)
+    result.written = save(result, cfg)
+    return result
+
+
+__all__ = ["PruneConfig", "PruneReport", "PruneResult", "run", "preflight", "load", "analyze",
+           "calibrate", "score", "plan", "compensate", "apply", "check", "report", "validate", "save"]
