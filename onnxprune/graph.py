@@ -275,10 +275,55 @@ def set_attr(node: onnx.NodeProto, name: str, value) -> None:
     node.attribute.append(onnx.helper.make_attribute(name, value))
 
 
+SKELETON_BYTES = 4096  # constants above this size are replaced by typed inputs in a skeleton
+
+
+def _big(t: onnx.TensorProto) -> bool:
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        return True
+    n = 1
+    for d in t.dims:
+        n *= int(d)
+    return n * 4 > SKELETON_BYTES
+
+
+def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model without its large weights: every big initializer or Constant
+    becomes a graph input of the same type and shape. Shape inference and the
+    checker's graph checks need only that, so they run on a skeleton without
+    copying the weights (and past protobuf's 2 GB limit)."""
+    out = onnx.ModelProto()
+    for name in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
+        setattr(out, name, getattr(model, name))
+    out.opset_import.extend(model.opset_import)
+    out.functions.extend(model.functions)
+    g, sg = model.graph, out.graph
+    sg.name = g.name
+    inputs = {i.name for i in g.input}
+    sg.input.extend(g.input)
+    sg.output.extend(g.output)
+    sg.value_info.extend(g.value_info)
+    for t in g.initializer:
+        if not _big(t):
+            sg.initializer.append(t)
+        elif t.name not in inputs:
+            sg.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    for node in g.node:
+        value = next((a.t for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR),
+                     None) if node.op_type == "Constant" and node.domain in ("", "ai.onnx") else None
+        if value is not None and _big(value):
+            sg.input.append(onnx.helper.make_tensor_value_info(node.output[0], value.data_type,
+                                                               list(value.dims)))
+        else:
+            sg.node.append(node)
+    return out
+
+
 def infer_shapes(model: onnx.ModelProto) -> dict[str, tuple]:
-    """Static/symbolic shapes of every tensor ONNX shape inference can reach."""
+    """Static/symbolic shapes of every tensor ONNX shape inference can reach
+    (run on the model's skeleton: no copy of its weights)."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(skeleton(model), strict_mode=False, data_prop=True)
     except Exception:  # noqa: BLE001 - inference is best effort; unknown shapes freeze
         inferred = model
     shapes: dict[str, tuple] = {}

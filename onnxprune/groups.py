@@ -25,7 +25,7 @@ from .costs import count_macs, count_params
 from .errors import InternalError
 from .graph import GraphView
 from .layout import LayoutError
-from .ops import Analysis, Context, LinearForm, WeightUse, rule_for
+from .ops import UNSUPPORTED, Analysis, Context, LinearForm, WeightUse, rule_for
 
 
 def strict_default() -> bool:
@@ -85,6 +85,8 @@ class Groups:
     analysis: Analysis = field(repr=False)
     source_path: str | None = None
     external: frozenset = frozenset()  # initializers the input stored as external data
+    source_files: frozenset = frozenset()  # the input model file and its data files (never written)
+    consumed: bool = False  # the model was rewritten in place (``rewrite.apply(in_place=True)``)
     _index: dict = field(default_factory=dict, repr=False)
 
     # -- basic lookups -----------------------------------------------------------
@@ -162,7 +164,9 @@ class Groups:
         atoms = self.analysis.atoms
         atom = self.groups[gid].atom
         n = atoms.size[atom]
-        rows = np.asarray(values, dtype=np.float64)
+        rows = np.asarray(values)
+        if rows.dtype.kind != "f" or rows.dtype.itemsize < 4:
+            rows = rows.astype(np.float32)  # float16, bfloat16, integers: compute in float32
         rows = rows.reshape(rows.shape[0], -1)
         start, parts = 0, []
         for seg in self._resolved(layout):
@@ -174,8 +178,8 @@ class Groups:
         return np.concatenate(parts, axis=1) if parts else np.zeros((n, 0))
 
     def weight_rows(self, gid: int, use: WeightUse) -> np.ndarray:
-        """A member's weight as (units, everything else)."""
-        value = np.moveaxis(np.asarray(self.weight(use), dtype=np.float64), use.axis, 0)
+        """A member's weight as (units, everything else), in float32 or wider."""
+        value = np.moveaxis(np.asarray(self.weight(use)), use.axis, 0)
         return self.unit_rows(gid, use.layout, value.reshape(value.shape[0], -1))
 
     def _resolved(self, layout):
@@ -259,10 +263,17 @@ class Groups:
             elif groups:
                 out.append(WeightStatus(name, size, "frozen", groups[0].frozen[0]))
             else:
-                readers = view.readers(name)
-                labels = sorted({label for _, _, label in readers})
-                why = ("read by " + ", ".join(labels[:2]) + (" ..." if len(labels) > 2 else "")
-                       + ", which slice no channel axis of it") if labels else "read by no node"
+                kinds: dict[str, int] = {}
+                for index, _, label in view.readers(name):
+                    if index is None:
+                        kind = label
+                    else:
+                        reader = view.nodes[index]
+                        kind = reader.op_type if rule_for(reader, view) is not UNSUPPORTED \
+                            else f"{reader.op_type} (an op with no rule)"
+                    kinds[kind] = kinds.get(kind, 0) + 1
+                why = ("read by " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+                       + " with no channel axis through it") if kinds else "read by no node"
                 out.append(WeightStatus(name, size, "none", why))
         return out
 

@@ -36,9 +36,9 @@ def _magnitude(p: int):
         out = []
         for use, sl in _member_slices(groups, group.id):
             if p == 1:
-                out.append(np.abs(sl).sum(axis=1))
+                out.append(np.abs(sl).sum(axis=1, dtype=np.float64))
             else:
-                out.append(np.sqrt((sl ** 2).sum(axis=1)))
+                out.append(np.sqrt(np.einsum("ij,ij->i", sl, sl, dtype=np.float64)))
         return out
     return crit
 
@@ -121,6 +121,7 @@ def _fpgm(groups, group, cal=None):
     for use, sl in _member_slices(groups, group.id):
         if use.role != "out" or sl.shape[1] < 2:
             continue
+        sl = sl.astype(np.float64)  # distances cancel: keep the precision
         sq = (sl ** 2).sum(axis=1)
         d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * sl @ sl.T, 0.0)
         out.append(np.sqrt(d2).sum(axis=1))

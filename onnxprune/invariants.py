@@ -11,6 +11,8 @@ reaches the user.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
 
@@ -66,43 +68,56 @@ def _unused_initializers(model: onnx.ModelProto) -> set[str]:
     return {t.name for t in g.initializer if t.name not in used}
 
 
-def violations(original: onnx.ModelProto, pruned: onnx.ModelProto, *,
-               allow_io_change: bool = False) -> list[str]:
-    """Every invariant the pruned model breaks, as readable sentences."""
+@dataclass(frozen=True)
+class Summary:
+    """What the invariants compare, taken from a model (small: no weights)."""
+
+    params: int
+    bytes: dict
+    inputs: tuple
+    outputs: tuple
+    unused: frozenset
+
+
+def summarize(model: onnx.ModelProto) -> Summary:
     from .costs import count_params
 
+    inits = {t.name for t in model.graph.initializer}
+    io = {kind: tuple((v.name, _signature(v)) for v in getattr(model.graph, kind) if v.name not in inits)
+          for kind in ("input", "output")}
+    return Summary(count_params(model), weight_bytes(model), io["input"], io["output"],
+                   frozenset(_unused_initializers(model)))
+
+
+def violations(original, pruned: onnx.ModelProto, *, allow_io_change: bool = False) -> list[str]:
+    """Every invariant the pruned model breaks, as readable sentences.
+    ``original``: the input model or its ``summarize``."""
+    before = original if isinstance(original, Summary) else summarize(original)
+    after = summarize(pruned)
     out = []
-    p0, p1 = count_params(original), count_params(pruned)
-    if p1 > p0:
-        out.append(f"the pruned model has more parameters than the input ({p1} > {p0})")
-    b0, b1 = weight_bytes(original), weight_bytes(pruned)
-    for dtype, size in sorted(b1.items()):
-        if size > b0.get(dtype, 0):
+    if after.params > before.params:
+        out.append(f"the pruned model has more parameters than the input ({after.params} > {before.params})")
+    for dtype, size in sorted(after.bytes.items()):
+        if size > before.bytes.get(dtype, 0):
             out.append(f"the pruned model stores more {dtype} weight bytes than the input "
-                       f"({size} > {b0.get(dtype, 0)})")
+                       f"({size} > {before.bytes.get(dtype, 0)})")
     if not allow_io_change:
         for kind in ("input", "output"):
-            inits = {t.name for t in original.graph.initializer}
-            before = [v for v in getattr(original.graph, kind) if v.name not in inits]
-            inits = {t.name for t in pruned.graph.initializer}
-            after = [v for v in getattr(pruned.graph, kind) if v.name not in inits]
-            if [v.name for v in before] != [v.name for v in after]:
-                out.append(f"graph {kind}s changed from {[v.name for v in before]} "
-                           f"to {[v.name for v in after]}")
+            a, b = getattr(before, f"{kind}s"), getattr(after, f"{kind}s")
+            if [n for n, _ in a] != [n for n, _ in b]:
+                out.append(f"graph {kind}s changed from {[n for n, _ in a]} to {[n for n, _ in b]}")
                 continue
-            for a, b in zip(before, after):
-                if _signature(a) != _signature(b):
-                    out.append(f"graph {kind} '{a.name}' changed from {_signature(a)} "
-                               f"to {_signature(b)}")
-    unused = sorted(_unused_initializers(pruned) - _unused_initializers(original))
+            for (name, sa), (_, sb) in zip(a, b):
+                if sa != sb:
+                    out.append(f"graph {kind} '{name}' changed from {sa} to {sb}")
+    unused = sorted(after.unused - before.unused)
     if unused:
         more = f" (+{len(unused) - 3} more)" if len(unused) > 3 else ""
         out.append(f"initializer(s) {', '.join(unused[:3])}{more} are no longer used")
     return out
 
 
-def check(original: onnx.ModelProto, pruned: onnx.ModelProto, *,
-          allow_io_change: bool = False) -> None:
+def check(original, pruned: onnx.ModelProto, *, allow_io_change: bool = False) -> None:
     """Raise InternalError naming every broken invariant."""
     found = violations(original, pruned, allow_io_change=allow_io_change)
     if found:
@@ -110,4 +125,4 @@ def check(original: onnx.ModelProto, pruned: onnx.ModelProto, *,
                             + "; ".join(found))
 
 
-__all__ = ["check", "violations", "weight_bytes"]
+__all__ = ["Summary", "summarize", "check", "violations", "weight_bytes"]

@@ -28,6 +28,7 @@ class Loaded:
     model: onnx.ModelProto
     path: str | None
     external: frozenset = frozenset()  # initializers the input file stored as external data
+    files: frozenset = frozenset()  # real paths of the model file and its external-data files
 
     @property
     def external_data(self) -> bool:
@@ -53,13 +54,14 @@ def load(source, label: str | None = None) -> Loaded:
         raise OnnxPruneError(f"{path}: not an ONNX model (no graph nodes)")
     external = frozenset(t.name for g in all_graphs(model.graph) for t in g.initializer
                          if t.data_location == onnx.TensorProto.EXTERNAL)
+    files = external_files(path, model)
     if external:
         try:
             onnx.load_external_data_for_model(model, os.path.dirname(os.path.abspath(path)))
         except (OSError, ValueError) as e:
             raise OnnxPruneError(f"{path}: cannot read its external data ({e})") from None
     toposort(model.graph)
-    return Loaded(model, path, external)
+    return Loaded(model, path, external, frozenset(files))
 
 
 def toposort(graph: onnx.GraphProto) -> None:
@@ -147,7 +149,7 @@ def external_files(loaded_path: str | None, model: onnx.ModelProto | None = None
     except Exception:  # noqa: BLE001 - unreadable: nothing more to protect
         return out
     folder = os.path.dirname(os.path.abspath(loaded_path))
-    for t in proto.graph.initializer:
+    for t in (t for g in all_graphs(proto.graph) for t in g.initializer):
         for entry in t.external_data:
             if entry.key == "location":
                 out.add(os.path.realpath(os.path.join(folder, entry.value)))
@@ -165,6 +167,20 @@ def check_writable(path, protect: set[str] = frozenset()) -> str:
     if os.path.realpath(path) in protect:
         raise OnnxPruneError(f"{path}: would overwrite the input model or its data; choose another path")
     return path
+
+
+def _weight_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of the initializers, from their dims (no copy of their data)."""
+    total = 0
+    for g in all_graphs(model.graph):
+        for t in g.initializer:
+            if t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+                continue
+            n = 1
+            for d in t.dims:
+                n *= int(d)
+            total += n * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    return total
 
 
 def _umask_mode() -> int:
@@ -217,7 +233,7 @@ def save(model: onnx.ModelProto, path, external_data: bool = False,
     """
     path = check_writable(path, protect)
     folder = os.path.dirname(path)
-    external_data = external_data or model.ByteSize() > TWO_GB
+    external_data = external_data or _weight_bytes(model) > TWO_GB - (64 << 20)
     name = os.path.basename(path)
     data_name = name + ".data"
     data_path = os.path.join(folder, data_name)

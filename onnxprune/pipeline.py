@@ -109,18 +109,27 @@ class PruneResult:
     validation: Validation | None = None
     config: PruneConfig = field(default_factory=PruneConfig, repr=False)
     written: list = field(default_factory=list)
+    source: object = field(default=None, repr=False)  # the path or ModelProto pruned
+    summary: object = field(default=None, repr=False)  # invariants.summarize of the original
 
     def masked(self) -> onnx.ModelProto:
         """The full-size model with removed channels zeroed in every linear consumer
-        (and the same compensation): what the pruned model computes exactly."""
-        return run_apply(self.groups, self.plan.keep, masked=True, compensation=self.compensation)
+        (and the same compensation): what the pruned model computes exactly.
+
+        When the prune rewrote its copy of the model in place (no validation
+        asked), the source is analysed again: group ids are stable, so the
+        same plan applies."""
+        groups = self.groups
+        if groups.consumed:
+            groups = analyze(load(self.source, self.config), self.config)
+        return run_apply(groups, self.plan.keep, masked=True, compensation=self.compensation)
 
     def save(self, path, external_data: bool | None = None) -> list[str]:
         """Write atomically, checked as written; never over the input model or its data."""
         if external_data is None:
             external_data = self.groups.external_data
         return modelio.save(self.model, path, external_data=external_data,
-                            protect=modelio.external_files(self.groups.source_path),
+                            protect=set(self.groups.source_files),
                             verify=check_written, stored_external=self.groups.external)
 
     def to_dict(self) -> dict:
@@ -131,16 +140,18 @@ class PruneResult:
 
 
 # -- the stages ------------------------------------------------------------------------
-def preflight(source, cfg: PruneConfig) -> None:
-    """Refuse, before any work, outputs that collide with each other or with an input."""
+def preflight(source, cfg: PruneConfig, files=()) -> None:
+    """Refuse, before any work, outputs that collide with each other or with an
+    input: the model (and, once loaded, its external-data ``files``), the
+    calibration and validation data, a replayed plan."""
     targets = [p for p in (cfg.output, cfg.masked_output, cfg.report, cfg.save_plan) if p]
     if len({os.path.abspath(p) for p in targets}) != len(targets):
         raise OnnxPruneError("-o, --masked-output, --report and --save-plan must name different files")
     if not targets:
         return
-    protect = set()
+    protect = set(files)
     if isinstance(source, (str, os.PathLike)) and os.path.exists(source):
-        protect = modelio.external_files(os.fspath(source))
+        protect.add(os.path.realpath(source))
     for other in (cfg.calib, cfg.data, cfg.plan):
         if isinstance(other, (str, os.PathLike)) and os.path.exists(other):
             protect.add(os.path.realpath(other))
@@ -158,6 +169,7 @@ def analyze(loaded: modelio.Loaded, cfg: PruneConfig) -> Groups:
     groups.exclude(cfg.exclude)
     groups.source_path = loaded.path
     groups.external = loaded.external
+    groups.source_files = loaded.files
     return groups
 
 
@@ -209,14 +221,19 @@ def compensate(groups: Groups, the_plan: Plan, calibration, cfg: PruneConfig) ->
     return run_compensation(groups, the_plan.keep, calibration, cfg.resolved_compensation())
 
 
-def apply(groups: Groups, the_plan: Plan, comp: Compensation | None) -> onnx.ModelProto:
-    return run_apply(groups, the_plan.keep, compensation=comp)
+def apply(groups: Groups, the_plan: Plan, comp: Compensation | None, in_place: bool = False) -> onnx.ModelProto:
+    """The pruned model. ``in_place`` rewrites the loaded model itself, with no
+    second copy of the weights (when nothing later needs the original)."""
+    return run_apply(groups, the_plan.keep, compensation=comp, in_place=in_place)
 
 
-def check(groups: Groups, pruned: onnx.ModelProto, cfg: PruneConfig) -> None:
-    """The invariants (never bigger, same interface, nothing orphaned), then the full checker."""
-    invariants.check(groups.model, pruned)
-    if cfg.check:
+def check(original, pruned: onnx.ModelProto, cfg: PruneConfig) -> None:
+    """The invariants (never bigger, same interface, nothing orphaned) against
+    the original (a model or its ``invariants.summarize``), then the full
+    checker, here in memory unless the model will be written: ``save`` checks
+    it from disk, as written."""
+    invariants.check(original.model if isinstance(original, Groups) else original, pruned)
+    if cfg.check and not cfg.output:
         full_check(pruned)
 
 
@@ -251,7 +268,7 @@ def save(result: PruneResult, cfg: PruneConfig) -> list[str]:
     """Write every requested output, or none of them: a later failure removes
     what was already written. Models are checked as written, from disk."""
     written: list[str] = []
-    protect = modelio.external_files(result.groups.source_path)
+    protect = set(result.groups.source_files)
     try:
         if cfg.output:
             written += modelio.save(result.model, cfg.output, external_data=result.groups.external_data,
@@ -259,7 +276,7 @@ def save(result: PruneResult, cfg: PruneConfig) -> list[str]:
                                     stored_external=result.groups.external)
         if cfg.masked_output:
             masked = result.masked()
-            invariants.check(result.groups.model, masked)
+            invariants.check(result.summary, masked)
             written += modelio.save(masked, cfg.masked_output,
                                     external_data=result.groups.external_data, protect=protect,
                                     verify=check_written, stored_external=result.groups.external)
@@ -303,15 +320,20 @@ def run(source, cfg: PruneConfig) -> PruneResult:
     """Every stage in order."""
     preflight(source, cfg)
     loaded = load(source, cfg)
+    if loaded.external:
+        preflight(source, cfg, loaded.files)
     groups = analyze(loaded, cfg)
     calibration = calibrate(groups, cfg)
     scores = score(groups, calibration, cfg)
     the_plan = plan(groups, scores, cfg)
     comp = compensate(groups, the_plan, calibration, cfg)
-    pruned = apply(groups, the_plan, comp)
-    check(groups, pruned, cfg)
+    original = invariants.summarize(groups.model)
+    # Validation compares against the original: keep it. Otherwise rewrite the
+    # loaded copy in place (masked() re-derives the original from the source).
+    pruned = apply(groups, the_plan, comp, in_place=not cfg.validate)
+    check(original, pruned, cfg)
     result = PruneResult(pruned, report(groups, the_plan, pruned, calibration, comp, cfg), groups,
-                         the_plan, comp, config=cfg)
+                         the_plan, comp, config=cfg, source=source, summary=original)
     result.validation = validate(groups, pruned, cfg)
     result.written = save(result, cfg)
     return result

@@ -37,13 +37,26 @@ def groups_table(groups: Groups, show_all: bool = False, max_members: int = 4) -
     return t
 
 
-def print_groups(groups: Groups, console: Console, show_all: bool = False) -> None:
+def print_groups(groups: Groups, console: Console, show_all: bool = False, max_ungrouped: int = 5) -> None:
     console.print(groups_table(groups, show_all))
     n_open = len(groups.prunable)
+    status = groups.weight_status()
+    total = sum(w.params for w in status) or 1
+    share = {k: sum(w.params for w in status if w.status == k) / total
+             for k in ("prunable", "frozen", "none")}
     console.print(
         f"groups: {len(groups.groups)} ({n_open} prunable, {len(groups.groups) - n_open} frozen)   "
         f"params: {_num(groups.params_total)} total, {_num(groups.params_prunable)} prunable   "
         f"MACs: {_num(groups.macs)}")
+    console.print(f"weights: {share['prunable']:.1%} in prunable groups, {share['frozen']:.1%} only in "
+                  f"frozen groups, {share['none']:.1%} in no group")
+    ungrouped = sorted((w for w in status if w.status == "none" and w.params > 1), key=lambda w: -w.params)
+    for w in ungrouped[:max_ungrouped]:
+        console.print(f"  no group: {w.tensor} ({_num(w.params)} params): {w.why}")
+    if len(ungrouped) > max_ungrouped:
+        console.print(f"  ... and {len(ungrouped) - max_ungrouped} more weights in no group (--json lists all)")
+    for msg in groups.internal_errors:
+        console.print(f"[red]internal error[/] (channels frozen): {msg}")
 
 
 def print_prune(report, console: Console) -> None:

@@ -20,7 +20,7 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import InternalError
-from .graph import GraphView
+from .graph import GraphView, skeleton
 from .walk import read_names
 from .groups import Groups
 from .ops import Rewriter, rule_for
@@ -43,11 +43,22 @@ class _Edits(Rewriter):
         self.new_inits: list[onnx.TensorProto] = []
         self.overrides = overrides or {}  # (node, slot) -> full-size value (compensation)
         self.new_nodes: list[tuple[int, onnx.NodeProto]] = []  # (insert after index, node)
+        self.inits = {t.name: t for t in model.graph.initializer}
+        self.written: dict[tuple[int, int], np.ndarray] = {}  # (node, slot) -> value written
 
     def value(self, index: int, slot: int) -> np.ndarray:
+        """The original value of a node input (or its compensated replacement)."""
         if (index, slot) in self.overrides:
             return self.overrides[(index, slot)]
         return self.view.const(self.view.nodes[index].input[slot])
+
+    def current(self, index: int, slot: int) -> np.ndarray:
+        """A node input's value as rewritten so far."""
+        if (index, slot) in self.const_edits:
+            return self.const_edits[(index, slot)]
+        if (index, slot) in self.written:
+            return self.written[(index, slot)]
+        return self.value(index, slot)
 
     def unique_name(self, hint: str) -> str:
         name, k = hint, 1
@@ -62,44 +73,64 @@ class _Edits(Rewriter):
         return name
 
 
-def _slice_weights(rw: _Edits) -> None:
-    """Gather every use of one node input and apply its slices in turn."""
-    by_input: dict[tuple[int, int], list] = {}
-    for use in rw.a.uses:
-        by_input.setdefault((use.node, use.input), []).append(use)
-    for key in rw.overrides:
-        by_input.setdefault(key, [])
-    for (index, slot), uses in by_input.items():
-        value = rw.value(index, slot)
-        new = value
-        for use in uses:
-            pos = rw.a.atoms.positions(use.layout, rw.keep)
-            if len(pos) != new.shape[use.axis]:
-                new = np.take(new, pos, axis=use.axis)
-        if new is not value or (index, slot) in rw.overrides:
-            rw.set_const(index, slot, new)
+def _weight_edit(rw: _Edits, index: int, slot: int, uses: list, masked: bool):
+    """(signature, new value or None) of one reader's view of a weight: its
+    slices along each axis (or, masked, the removed "in" positions zeroed).
+    Readers with the same signature get the same value, computed once."""
+    steps = []
+    for use in uses:
+        pos = rw.a.atoms.positions(use.layout, rw.keep)
+        full = rw.a.atoms.layout_size(use.layout)
+        if len(pos) == full or (masked and use.role != "in"):
+            continue
+        steps.append((use.axis, np.setdiff1d(np.arange(full), pos) if masked else pos))
+    sig = [(axis, idx.tobytes()) for axis, idx in steps]
+    override = (index, slot) in rw.overrides
+    if not steps and not override:
+        return None, None
+    key = (tuple(sorted(sig)), (index, slot) if override else None)
+    return key, steps
 
 
-def _mask_weights(rw: _Edits) -> None:
-    """Zero removed channels in every linear consumer; shapes stay."""
-    by_input: dict[tuple[int, int], list] = {}
+def _apply_steps(value: np.ndarray, steps, masked: bool) -> np.ndarray:
+    if masked:
+        value = np.array(value, copy=True)
+        for axis, removed in steps:
+            idx = [slice(None)] * value.ndim
+            idx[axis] = removed
+            value[tuple(idx)] = 0
+        return value
+    for axis, pos in steps:
+        if len(pos) != value.shape[axis]:
+            value = np.take(value, pos, axis=axis)
+    return value
+
+
+def _rewrite_weights(rw: _Edits, masked: bool) -> None:
+    """Slice (or mask) every stored weight once, source by source, writing each
+    new value into the model at once: the old bytes are released as the new
+    ones arrive, so the rewrite never holds a second copy of the weights."""
+    view = rw.view
+    by_source: dict[str, dict] = {}
     for use in rw.a.uses:
-        if use.role == "in":
-            by_input.setdefault((use.node, use.input), []).append(use)
-    for key in rw.overrides:
-        by_input.setdefault(key, [])
-    for (index, slot), uses in by_input.items():
-        value = rw.value(index, slot)
-        new = value.copy()
-        for use in uses:
-            pos = rw.a.atoms.positions(use.layout, rw.keep)
-            removed = np.setdiff1d(np.arange(new.shape[use.axis]), pos)
-            if len(removed):
-                idx = [slice(None)] * new.ndim
-                idx[use.axis] = removed
-                new[tuple(idx)] = 0
-        if not np.array_equal(new, value) or (index, slot) in rw.overrides:
-            rw.set_const(index, slot, new)
+        name = view.nodes[use.node].input[use.input]
+        by_source.setdefault(view.const_root(name) or name, {}).setdefault((use.node, use.input), []).append(use)
+    for index, slot in rw.overrides:
+        name = view.nodes[index].input[slot]
+        by_source.setdefault(view.const_root(name) or name, {}).setdefault((index, slot), [])
+    for source, readers in by_source.items():
+        computed: dict = {}
+        edits = []
+        for (index, slot), uses in readers.items():
+            key, steps = _weight_edit(rw, index, slot, uses, masked)
+            if key is None:
+                continue
+            if key not in computed:
+                computed[key] = np.ascontiguousarray(_apply_steps(rw.value(index, slot), steps, masked))
+            edits.append((index, slot, computed[key]))
+        if edits:
+            _write_source(rw, source, edits, masked)
+        del computed, edits
 
 
 def _add_biases(rw: _Edits, groups: Groups, biases: dict, masked: bool) -> None:
@@ -116,8 +147,7 @@ def _add_biases(rw: _Edits, groups: Groups, biases: dict, masked: bool) -> None:
         if form.bias is not None:
             delta = delta / (form.bias_scale or 1.0)
             if len(node.input) > form.bias and node.input[form.bias]:
-                base = rw.const_edits.get((index, form.bias))
-                base = rw.value(index, form.bias) if base is None else base
+                base = rw.current(index, form.bias)
                 new = (base.reshape(-1) + delta.astype(base.dtype)).astype(base.dtype)
                 rw.set_const(index, form.bias, new.reshape(base.shape))
             else:
@@ -150,44 +180,54 @@ def _is_weight(value: np.ndarray) -> bool:
     return value.dtype.kind in "fc" or value.dtype.itemsize == 1 or value.size > 64
 
 
-def _apply_const_edits(rw: _Edits, model: onnx.ModelProto, masked: bool) -> None:
-    """Write the new constant values. A constant is keyed by what is stored
-    (the initializer or Constant behind Identity chains, or a tensor folded
-    from constants); when every reader wants the same new value it is edited
-    in place (a folded one becomes one new initializer). Readers that disagree
-    get their own copies only for small metadata tensors: analysis couples the
-    readers of a shared weight, so a weight that would be copied is a bug."""
+def _apply_const_edits(rw: _Edits, masked: bool) -> None:
+    """Write the rules' constant edits (shape vectors, split sizes, slice
+    bounds) and compensation biases, by source."""
     view = rw.view
     by_source: dict[str, list] = {}
     for (index, slot), value in rw.const_edits.items():
         name = view.nodes[index].input[slot]
         by_source.setdefault(view.const_root(name) or name, []).append((index, slot, value))
-    inits = {t.name: t for t in model.graph.initializer}
     for source, edits in by_source.items():
-        first = edits[0][2]
-        same = all(v.dtype == first.dtype and np.array_equal(v, first) for _, _, v in edits)
-        readers = {(i, k) for i, k, _ in view.readers(source)}
-        if same and readers == {(i, k) for i, k, _ in edits}:
-            value = np.ascontiguousarray(first)
-            if view.const_root(source) is None:  # folded: one new initializer for all
-                name = rw.new_const(f"{source}_pruned", value)
-                for index, slot, _ in edits:
-                    view.nodes[index].input[slot] = name
-            elif source in inits:
-                inits[source].CopyFrom(numpy_helper.from_array(value, source))
+        _write_source(rw, source, edits, masked)
+
+
+def _write_source(rw: _Edits, source: str, edits: list, masked: bool) -> None:
+    """Write new values of one stored constant. When every reader wants the
+    same value it is edited in place (a folded one becomes one new initializer
+    for all its readers). Readers that disagree get their own copies only for
+    small metadata tensors: analysis couples the readers of a shared weight,
+    so a weight that would be copied is a bug."""
+    view = rw.view
+    first = edits[0][2]
+    same = all(v is first or (v.dtype == first.dtype and np.array_equal(v, first)) for _, _, v in edits)
+    readers = {(i, k) for i, k, _ in view.readers(source)}
+    if same and readers == {(i, k) for i, k, _ in edits}:
+        value = np.ascontiguousarray(first)
+        if view.const_root(source) is None:  # folded: one new initializer for all
+            name = rw.new_const(f"{source}_pruned", value)
+            for index, slot, _ in edits:
+                view.nodes[index].input[slot] = name
+                rw.written[(index, slot)] = value
+        else:
+            if source in rw.inits:
+                rw.inits[source].CopyFrom(numpy_helper.from_array(value, source))
             else:
                 _set_constant_value(view.producer[source], value)
-            continue
-        if not masked and any(_is_weight(v) for _, _, v in edits):
-            raise InternalError(f"weight '{source}' would be copied: its readers disagree on its "
-                                f"new value (a shared weight the analysis did not couple)")
-        made: list[tuple[np.ndarray, str]] = []
-        for index, slot, value in edits:
-            name = next((n for v, n in made if v.dtype == value.dtype and np.array_equal(v, value)), None)
-            if name is None:
-                name = rw.new_const(f"{source}_pruned", value)
-                made.append((value, name))
-            view.nodes[index].input[slot] = name
+            for index, slot, _ in edits:
+                rw.written[(index, slot)] = value
+        return
+    if not masked and any(_is_weight(v) for _, _, v in edits):
+        raise InternalError(f"weight '{source}' would be copied: its readers disagree on its "
+                            f"new value (a shared weight the analysis did not couple)")
+    made: list[tuple[np.ndarray, str]] = []
+    for index, slot, value in edits:
+        name = next((n for v, n in made if v.dtype == value.dtype and np.array_equal(v, value)), None)
+        if name is None:
+            name = rw.new_const(f"{source}_pruned", value)
+            made.append((value, name))
+        view.nodes[index].input[slot] = name
+        rw.written[(index, slot)] = value
 
 
 def _update_value_info(rw: _Edits, model: onnx.ModelProto) -> None:
@@ -237,24 +277,30 @@ def _drop_orphans(model: onnx.ModelProto, before: set[str]) -> None:
         g.value_info.extend(infos)
 
 
-def apply(groups: Groups, keep: dict, masked: bool = False,
-          compensation=None) -> onnx.ModelProto:
+def apply(groups: Groups, keep: dict, masked: bool = False, compensation=None,
+          in_place: bool = False) -> onnx.ModelProto:
     """A new model with a plan's keep-sets (group id -> kept units) applied
     (or, with ``masked``, the removed channels zeroed).
 
     ``compensation`` (from ``compensate.py``) replaces consumer weights before
     slicing and adds bias deltas; the masked model gets the same changes, so
-    the oracle pruned == masked holds with compensation too.
+    the oracle pruned == masked holds with compensation too. ``in_place``
+    rewrites ``groups.model`` itself (no copy of the weights): the groups are
+    then consumed and cannot be applied again.
     """
-    model = copy.deepcopy(groups.model)
+    if getattr(groups, "consumed", False):
+        raise InternalError("these groups were already applied in place; analyse the model again")
+    if in_place:
+        model, view = groups.model, groups.view
+        groups.consumed = True
+    else:
+        model = copy.deepcopy(groups.model)
+        view = GraphView(model, groups.view.shapes)
     read_before = read_names(model.graph)
-    view = GraphView(model, groups.view.shapes)
     rw = _Edits(view, groups.analysis, groups.atom_keep(keep), model,
                 compensation.weights if compensation is not None else None)
-    if masked:
-        _mask_weights(rw)
-    else:
-        _slice_weights(rw)
+    _rewrite_weights(rw, masked)
+    if not masked:
         for index, node in enumerate(view.nodes):
             try:
                 rule_for(node, view).rewrite(node, index, rw)
@@ -263,7 +309,7 @@ def apply(groups: Groups, keep: dict, masked: bool = False,
                                     f"({node.op_type}): {type(e).__name__}: {e}") from e
     if compensation is not None and compensation.biases:
         _add_biases(rw, groups, compensation.biases, masked)
-    _apply_const_edits(rw, model, masked)
+    _apply_const_edits(rw, masked)
     if rw.new_nodes:
         after = {}
         for index, node in rw.new_nodes:
@@ -287,11 +333,11 @@ def _settle_value_info(model: onnx.ModelProto) -> None:
 
     Some converters leave entries that are only self-consistent as a whole (the
     float16 converter's, for one); after channels shrink, dropping them is safer
-    than shipping hints ONNX would reject. Models over 2 GB are left as they are.
+    than shipping hints ONNX would reject.
     """
-    if not model.graph.value_info or model.ByteSize() > 2**31 - 1:
+    if not model.graph.value_info:
         return
     try:
-        onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        onnx.shape_inference.infer_shapes(skeleton(model), strict_mode=True)
     except Exception:  # noqa: BLE001 - InferenceError, ValidationError
         del model.graph.value_info[:]

@@ -147,10 +147,26 @@ def check_interface(original: onnx.ModelProto, pruned: onnx.ModelProto) -> None:
 
 
 def full_check(model: onnx.ModelProto) -> None:
+    """The full checker on a model in memory: graph, types and strict shape
+    inference on its skeleton (no copy of the weights), then every stored
+    weight's byte count against its dims and dtype."""
+    from .graph import skeleton
+    from .walk import all_graphs
+
     try:
-        onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(skeleton(model), full_check=True)
     except Exception as e:  # noqa: BLE001 - checker raises ValidationError or InferenceError
         raise OnnxPruneError(f"the pruned model fails onnx.checker: {str(e).splitlines()[0]}") from None
+    for g in all_graphs(model.graph):
+        for t in g.initializer:
+            if not t.HasField("raw_data") or t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+                continue
+            n = int(np.prod(t.dims, dtype=np.int64)) if len(t.dims) else 1
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+            bits = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4}.get(t.data_type, itemsize * 8)
+            if len(t.raw_data) != (n * bits + 7) // 8:
+                raise OnnxPruneError(f"the pruned model fails onnx.checker: initializer '{t.name}' holds "
+                                     f"{len(t.raw_data)} bytes for dims {list(t.dims)}")
 
 
 def check_written(path: str) -> None:
@@ -163,6 +179,8 @@ def check_written(path: str) -> None:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.intra_op_num_threads = 1
+    # Loading is the check (types, shapes, kernels); optimising the graph is not.
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - onnxruntime raises several unrelated types

@@ -56,3 +56,16 @@ class NormOverAxes(Rule):
             if ax in axes:
                 ctx.freeze(lay, f"normalises over axis {ax}: removing channels changes the statistics")
         ctx.passthrough(x, node.output[0])
+        if node.op_type == "LayerNormalization":
+            # Scale and bias are per position of the normalised axes: they belong
+            # to those (frozen) channel spaces, so ``analyze`` accounts for them.
+            first = min(axes)
+            for slot in (1, 2):
+                shape = ctx.const_shape(slot)
+                if shape is None:
+                    continue
+                for k in range(len(shape)):
+                    ax = rank - len(shape) + k
+                    lay = ctx.get(x, ax) if ax >= first else None
+                    if lay is not None and shape[k] > 1:
+                        ctx.weight(slot, k, lay, "scale" if slot == 1 else "param")
