@@ -19,9 +19,11 @@ from .pipeline import PruneConfig, PruneReport, PruneResult
 _ALIASES = {"member_norm": "normalize", "reduction": "group_reduction"}
 
 
-def analyze(model, *, input_shapes: dict | None = None, exclude=(), strict: bool | None = None) -> Groups:
-    """Find every group of coupled channels. ``model``: a path or a ModelProto."""
-    cfg = PruneConfig(input_shapes=input_shapes, exclude=tuple(exclude), strict=strict)
+def analyze(model, *, input_shapes: dict | None = None, exclude=(), strict: bool | None = None,
+            data=None) -> Groups:
+    """Find every group of coupled channels. ``model``: a path or a ModelProto;
+    ``data`` (an .npz or a dict of arrays) fixes the shapes inference cannot."""
+    cfg = PruneConfig(input_shapes=input_shapes, exclude=tuple(exclude), strict=strict, data=data)
     return pipeline.analyze(pipeline.load(model, cfg), cfg)
 
 

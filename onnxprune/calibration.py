@@ -202,6 +202,21 @@ def load_data(source, model: onnx.ModelProto):
                              f"supported") from None
 
 
+def first_sample(source, model: onnx.ModelProto) -> dict | None:
+    """One sample (batch of 1) of a source that can be read again without side
+    effects (a file, folder, dict or list), for observing shapes; None for
+    generators, readers and user modules (reading them would consume them)."""
+    if source is None or (isinstance(source, (str, os.PathLike)) and ".py:" in os.fspath(source)):
+        return None
+    if not isinstance(source, (str, os.PathLike, dict, list, tuple)):
+        return None
+    data, _ = load_data(source, model)
+    names = [i.name for i in model_inputs(model)]
+    for batch in _batches(data, names, model, 1, 1):
+        return batch
+    return None
+
+
 def _guarded(samples):
     """Iterate user data; an exception raised by user code becomes a user error."""
     it = iter(samples)
@@ -260,28 +275,6 @@ def _batches(samples, names: list[str], model: onnx.ModelProto, batch: int, limi
 
 
 # -- the pass ----------------------------------------------------------------
-def _exposed(model: onnx.ModelProto, tensors: list[str]) -> tuple[onnx.ModelProto, list[str]]:
-    """A copy of the model with the requested tensors added as graph outputs."""
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    types = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.input)
-             + list(inferred.graph.output)}
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    outputs = {o.name for o in m.graph.output}
-    added = []
-    for t in tensors:
-        if t in outputs:
-            added.append(t)
-            continue
-        vi = types.get(t)
-        if vi is None or not vi.type.tensor_type.elem_type:
-            continue
-        out = onnx.helper.make_tensor_value_info(t, vi.type.tensor_type.elem_type, None)
-        m.graph.output.append(out)
-        added.append(t)
-    return m, added
-
-
 def _batch_size(model: onnx.ModelProto, wanted: int) -> int:
     for vi in model_inputs(model):
         dims = vi.type.tensor_type.shape.dim
@@ -293,22 +286,12 @@ def _batch_size(model: onnx.ModelProto, wanted: int) -> int:
 def calibrate(model: onnx.ModelProto, source, requests: dict, *, samples: int | None = None,
               batch: int = 16, progress: bool = False, threads: int | None = None) -> Calibration:
     """One onnxruntime pass; ``requests``: {(tensor, axis): need_gram}."""
-    import onnxruntime as ort
+    from .runtime import exposing
 
     t0 = time.perf_counter()
     data, is_random = load_data(source, model)
     tensors = sorted({t for t, _ in requests})
-    exposed, available = _exposed(model, tensors)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    try:
-        sess = ort.InferenceSession(exposed.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001
-        raise OnnxPruneError(f"onnxruntime cannot load the model: {str(e).splitlines()[0]}") from None
-    out_names = [o.name for o in sess.get_outputs()]
-    want = [t for t in available if t in out_names]
+    sess, want = exposing(model, tensors, threads=threads)
     names = [i.name for i in model_inputs(model)]
     cal = Calibration(random=is_random, setup_seconds=time.perf_counter() - t0)
     bar = None

@@ -317,19 +317,3 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
         else:
             sg.node.append(node)
     return out
-
-
-def infer_shapes(model: onnx.ModelProto) -> dict[str, tuple]:
-    """Static/symbolic shapes of every tensor ONNX shape inference can reach
-    (run on the model's skeleton: no copy of its weights)."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(skeleton(model), strict_mode=False, data_prop=True)
-    except Exception:  # noqa: BLE001 - inference is best effort; unknown shapes freeze
-        inferred = model
-    shapes: dict[str, tuple] = {}
-    g = inferred.graph
-    for vi in list(g.value_info) + list(g.input) + list(g.output):
-        s = _tensor_shape(vi)
-        if s is not None:
-            shapes[vi.name] = s
-    return shapes

@@ -87,6 +87,7 @@ class Groups:
     external: frozenset = frozenset()  # initializers the input stored as external data
     source_files: frozenset = frozenset()  # the input model file and its data files (never written)
     consumed: bool = False  # the model was rewritten in place (``rewrite.apply(in_place=True)``)
+    shape_info: object = None  # shapes.Shapes: how the shapes were found (probed, fixed batch, notes)
     _index: dict = field(default_factory=dict, repr=False)
 
     # -- basic lookups -----------------------------------------------------------
@@ -247,21 +248,19 @@ class Groups:
             by_weight.setdefault(self.weight_name(use), []).append(use)
         atom_group = self.by_atom()
         out = []
-        stored = [(t.name, t.dims, t.data_type) for t in view.graph.initializer
-                  if t.name not in view.graph_inputs]
-        stored += [(n.output[0], a.t.dims, a.t.data_type) for n in view.nodes if n.op_type == "Constant"
-                   for a in n.attribute if a.name == "value"]
-        for name, dims, dtype in stored:
+        for name, dims, dtype, where in _stored_weights(view):
             if dtype not in _FLOAT_TYPES:
                 continue
             size = int(np.prod(dims, dtype=np.int64)) if len(dims) else 1
-            uses = by_weight.get(name, [])
+            uses = by_weight.get(name, []) if where is None else []
             groups = [atom_group.get(a) for u in uses for a in self.analysis.atoms.leaves(u.layout)]
             groups = [g for g in groups if g is not None]
             if any(g.prunable for g in groups):
                 out.append(WeightStatus(name, size, "prunable"))
             elif groups:
                 out.append(WeightStatus(name, size, "frozen", groups[0].frozen[0]))
+            elif where is not None:
+                out.append(WeightStatus(name, size, "none", where))
             else:
                 kinds: dict[str, int] = {}
                 for index, _, label in view.readers(name):
@@ -281,6 +280,7 @@ class Groups:
         status = self.weight_status()
         per = {k: sum(w.params for w in status if w.status == k) for k in ("prunable", "frozen", "none")}
         return {"params_total": self.params_total, "params_prunable": self.params_prunable,
+                "params_in_prunable_groups": per["prunable"],
                 "params_in_frozen_groups": per["frozen"], "params_in_no_group": per["none"],
                 "macs": self.macs, "internal_errors": list(self.internal_errors),
                 "groups": [g.to_dict() for g in self.groups],
@@ -297,6 +297,32 @@ class Groups:
                     if reason not in g.frozen:
                         g.frozen.append(reason)
                     break
+
+
+def _stored_weights(view: GraphView):
+    """(name, dims, dtype, why not analysed or None) of every stored tensor the
+    parameter count counts: initializers and Constant values, subgraphs included."""
+    from .walk import all_graphs, subgraphs
+
+    inputs = set(view.graph_inputs)
+    for t in view.graph.initializer:
+        why = "also a graph input, so it can be replaced at run time" if t.name in inputs else None
+        yield t.name, t.dims, t.data_type, why
+    for node in view.nodes:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    yield node.output[0], a.t.dims, a.t.data_type, None
+        for sub in subgraphs(node):
+            for g in all_graphs(sub):
+                why = f"inside a subgraph of node '{node.name}' ({node.op_type})"
+                for t in g.initializer:
+                    yield t.name, t.dims, t.data_type, why
+                for n in g.node:
+                    if n.op_type == "Constant":
+                        for a in n.attribute:
+                            if a.name == "value":
+                                yield n.output[0], a.t.dims, a.t.data_type, why
 
 
 # -- the analysis pass ---------------------------------------------------------------

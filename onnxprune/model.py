@@ -17,7 +17,6 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from .errors import OnnxPruneError
-from .graph import infer_shapes
 from .walk import all_graphs, node_reads
 
 TWO_GB = 2**31 - 1
@@ -112,31 +111,6 @@ def parse_input_shapes(specs) -> dict[str, list[int]]:
         except ValueError:
             raise OnnxPruneError(f"--input-shape '{spec}': expected NAME:D1,D2,...") from None
     return out
-
-
-def with_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> onnx.ModelProto:
-    """A copy of the model whose named inputs have the given fixed dims."""
-    if not shapes:
-        return model
-    known = {i.name for i in model.graph.input}
-    for name in shapes:
-        if name not in known:
-            raise OnnxPruneError(f"--input-shape names '{name}', which is not a model input "
-                                 f"(inputs: {', '.join(sorted(known))})")
-    model = copy.deepcopy(model)
-    for inp in model.graph.input:
-        if inp.name in shapes:
-            dims = inp.type.tensor_type.shape.dim
-            if len(dims) != len(shapes[inp.name]):
-                raise OnnxPruneError(f"--input-shape {inp.name}: model input has rank {len(dims)}")
-            for d, v in zip(dims, shapes[inp.name]):
-                d.Clear()
-                d.dim_value = v
-    return model
-
-
-def shapes_of(model: onnx.ModelProto, input_shapes: dict | None = None) -> dict[str, tuple]:
-    return infer_shapes(with_input_shapes(model, input_shapes or {}))
 
 
 def external_files(loaded_path: str | None, model: onnx.ModelProto | None = None) -> set[str]:

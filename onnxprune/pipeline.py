@@ -13,6 +13,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 
+import numpy as np
 import onnx
 
 from . import importance, invariants, model as modelio, planner
@@ -25,6 +26,7 @@ from .errors import OnnxPruneError
 from .graph import GraphView
 from .groups import Groups, analyze_model
 from .planner import Plan
+from .shapes import shapes as shape_info
 from .rewrite import apply as run_apply
 from .validate import Validation, check_written, full_check
 from .validate import validate as run_validation
@@ -163,9 +165,24 @@ def load(source, cfg: PruneConfig) -> modelio.Loaded:
     return modelio.load(source)
 
 
+def sample(cfg: PruneConfig, model: onnx.ModelProto) -> dict | None:
+    """One input sample from the user's data (validation data first, then
+    calibration data), to take shapes from; None when there is none."""
+    from .calibration import first_sample
+    from .data import load_npz
+
+    if isinstance(cfg.data, (str, os.PathLike)):
+        feeds, _ = load_npz(cfg.data, model)
+        return {k: v[:1] for k, v in feeds.items()}
+    if isinstance(cfg.data, dict):
+        return {k: np.asarray(v)[:1] for k, v in cfg.data.items() if k != "labels"}
+    return first_sample(cfg.calib, model)
+
+
 def analyze(loaded: modelio.Loaded, cfg: PruneConfig) -> Groups:
-    groups = analyze_model(loaded.model, modelio.shapes_of(loaded.model, cfg.input_shapes),
-                           strict=cfg.strict)
+    info = shape_info(loaded.model, cfg.input_shapes, sample(cfg, loaded.model))
+    groups = analyze_model(loaded.model, info.dims, strict=cfg.strict)
+    groups.shape_info = info
     groups.exclude(cfg.exclude)
     groups.source_path = loaded.path
     groups.external = loaded.external
@@ -239,7 +256,8 @@ def check(original, pruned: onnx.ModelProto, cfg: PruneConfig) -> None:
 
 def report(groups: Groups, the_plan: Plan, pruned: onnx.ModelProto, calibration, comp,
            cfg: PruneConfig) -> PruneReport:
-    after = GraphView(pruned, modelio.shapes_of(pruned, cfg.input_shapes))
+    info = shape_info(pruned, cfg.input_shapes, sample(cfg, pruned))
+    after = GraphView(pruned, info.dims)
     explicit = cfg.keep is not None or cfg.plan is not None
     return PruneReport(
         criterion="explicit" if explicit else cfg.criterion,

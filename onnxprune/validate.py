@@ -14,13 +14,14 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from .costs import count_macs, count_params
 from .data import input_dims, load_npz, model_inputs, random_feeds
+from . import runtime
 from .errors import OnnxPruneError
 from .graph import GraphView
-from .model import load, shapes_of
+from .model import load
+from .shapes import shapes as shape_info
 
 
 @dataclass
@@ -75,16 +76,8 @@ class Validation:
         }
 
 
-def session(model: onnx.ModelProto, threads: int = 1) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    try:
-        return ort.InferenceSession(model.SerializeToString(), opts,
-                                    providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - onnxruntime raises several unrelated types
-        raise OnnxPruneError(f"onnxruntime cannot load the model: {str(e).splitlines()[0]}") from None
+def session(model: onnx.ModelProto, threads: int = 1):
+    return runtime.session(model, threads=threads)
 
 
 def _batch_size(model: onnx.ModelProto, fixed: dict | None) -> int | None:
@@ -176,16 +169,11 @@ def check_written(path: str) -> None:
         onnx.checker.check_model(path, full_check=True)
     except Exception as e:  # noqa: BLE001 - checker raises ValidationError or InferenceError
         raise OnnxPruneError(f"the written model fails onnx.checker: {str(e).splitlines()[0]}") from None
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = 1
-    # Loading is the check (types, shapes, kernels); optimising the graph is not.
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - onnxruntime raises several unrelated types
-        raise OnnxPruneError(f"onnxruntime cannot load the written model: "
-                             f"{str(e).splitlines()[0]}") from None
+        # Loading is the check (types, shapes, kernels); optimising the graph is not.
+        runtime.session(path, threads=1, optimize=False)
+    except OnnxPruneError as e:
+        raise OnnxPruneError(str(e).replace("the model", "the written model", 1)) from None
 
 
 def validate(original, pruned, data=None, *, input_shapes: dict | None = None,
@@ -232,7 +220,9 @@ def validate(original, pruned, data=None, *, input_shapes: dict | None = None,
             n = len(ya[cls])
             acc_a = float(np.mean(ya[cls].argmax(1) == labels[:n]))
             acc_b = float(np.mean(yb[cls].argmax(1) == labels[:n]))
-    va, vb = GraphView(a, shapes_of(a, input_shapes)), GraphView(b, shapes_of(b, input_shapes))
+    first = {k: v[:1] for k, v in feeds.items()}
+    va = GraphView(a, shape_info(a, input_shapes, first).dims)
+    vb = GraphView(b, shape_info(b, input_shapes, first).dims)
     one = {k: v[:batch or 1] for k, v in feeds.items()}
     lat_a = latency_ms(sa, one, latency_runs)
     lat_b = latency_ms(sb, one, latency_runs)

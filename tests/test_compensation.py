@@ -42,7 +42,7 @@ def prune_with(model, data: dict, keep_idx, mode: str, **kw):
     """(groups, compensation, pruned, masked) for one keep-set of the single prunable group."""
     groups = onnxprune.analyze(model)
     cal = calibrate(model, data, calibration_requests(groups, gram=mode == "lsq"))
-    keep = {the_group(groups).atom: np.asarray(keep_idx, dtype=np.int64)}
+    keep = {the_group(groups).id: np.asarray(keep_idx, dtype=np.int64)}
     comp = compensate(groups, keep, cal, mode, **kw)
     return groups, comp, apply(groups, keep, compensation=comp), \
         apply(groups, keep, masked=True, compensation=comp)
@@ -278,7 +278,7 @@ def test_lsq_never_does_worse_than_bias_on_the_calibration_data():
     model = relu_model()
     feeds = {"x": conv_data(32)}
     groups = onnxprune.analyze(model)
-    atom = the_group(groups).atom
+    atom = the_group(groups).id
     cal = calibrate(model, feeds, calibration_requests(groups, gram=True))
     rng = np.random.default_rng(0)
     checked = 0
@@ -307,7 +307,7 @@ def test_bias_beats_none_on_a_constant_channel():
 def test_compensate_none_and_no_calibration_change_nothing():
     model = relu_model()
     groups = onnxprune.analyze(model)
-    keep = {the_group(groups).atom: np.arange(4)}
+    keep = {the_group(groups).id: np.arange(4)}
     cal = calibrate(model, {"x": conv_data(8)}, calibration_requests(groups))
     for comp in (compensate(groups, keep, cal, "none"), compensate(groups, keep, None, "bias")):
         assert isinstance(comp, Compensation) and not comp
@@ -319,13 +319,13 @@ def test_unknown_compensation_mode_is_an_error():
     model = relu_model()
     groups = onnxprune.analyze(model)
     with pytest.raises(OnnxPruneError, match="compensation"):
-        compensate(groups, {the_group(groups).atom: np.arange(4)}, None, "ridge")
+        compensate(groups, {the_group(groups).id: np.arange(4)}, None, "ridge")
 
 
 def test_lsq_without_gram_statistics_is_skipped_with_a_reason():
     model = relu_model()
     groups = onnxprune.analyze(model)
-    keep = {the_group(groups).atom: np.arange(4)}
+    keep = {the_group(groups).id: np.arange(4)}
     cal = calibrate(model, {"x": conv_data(8)}, calibration_requests(groups, gram=False))
     comp = compensate(groups, keep, cal, "lsq")
     assert not comp and any("no calibration statistics" in s for s in comp.skipped)
@@ -334,7 +334,7 @@ def test_lsq_without_gram_statistics_is_skipped_with_a_reason():
 def test_keeping_every_channel_compensates_nothing():
     model = relu_model()
     groups = onnxprune.analyze(model)
-    keep = {the_group(groups).atom: np.arange(8)}
+    keep = {the_group(groups).id: np.arange(8)}
     cal = calibrate(model, {"x": conv_data(8)}, calibration_requests(groups, gram=True))
     for mode in ("bias", "lsq"):
         assert not compensate(groups, keep, cal, mode)

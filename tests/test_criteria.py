@@ -47,7 +47,7 @@ def scores_of(model, criterion: str, calibrated: bool = True, **kw) -> np.ndarra
     groups = onnxprune.analyze(model)
     assert len(groups.prunable) == 1
     cal = calibrate(model, {"x": data()}, calibration_requests(groups)) if calibrated else None
-    return score(groups, criterion, calibration=cal, **kw)[groups.prunable[0].atom]
+    return score(groups, criterion, calibration=cal, **kw)[groups.prunable[0].id]
 
 
 def lowest(s: np.ndarray) -> int:
@@ -137,7 +137,7 @@ def test_flap_is_variance_times_squared_consumer_column():
     model = build(wa, ba, wb, bb)
     groups = onnxprune.analyze(model)
     cal = calibrate(model, {"x": data()}, calibration_requests(groups))
-    s = score(groups, "flap", calibration=cal, member_norm="none")[groups.prunable[0].atom]
+    s = score(groups, "flap", calibration=cal, member_norm="none")[groups.prunable[0].id]
     st = cal.get("r", 1)
     expected = st.var * (wb.astype(np.float32).astype(np.float64) ** 2).sum(axis=(0, 2, 3))
     np.testing.assert_allclose(s, expected, rtol=1e-6)
@@ -234,7 +234,7 @@ def test_none_normalisation_of_mean_abs_is_the_calibration_mean_abs():
     model = two_consumers()
     groups = onnxprune.analyze(model)
     cal = calibrate(model, {"x": data()}, calibration_requests(groups))
-    s = score(groups, "mean_abs", calibration=cal, member_norm="none")[groups.prunable[0].atom]
+    s = score(groups, "mean_abs", calibration=cal, member_norm="none")[groups.prunable[0].id]
     np.testing.assert_allclose(s, cal.get("r", 1).mean_abs, rtol=1e-12)
 
 
@@ -278,7 +278,7 @@ def test_prune_api_data_criterion_without_calib_warns_random():
 def test_data_criterion_with_no_statistics_falls_back_to_l2(criterion):
     wa, ba, wb, bb = weights()
     groups = onnxprune.analyze(build(wa, ba, wb, bb))
-    atom = groups.prunable[0].atom
+    atom = groups.prunable[0].id
     np.testing.assert_allclose(score(groups, criterion, calibration=Calibration())[atom],
                                score(groups, "l2")[atom])
 
@@ -301,7 +301,7 @@ def two_groups() -> onnx.ModelProto:
 def test_only_the_group_without_statistics_falls_back_to_l2(criterion):
     model = two_groups()
     groups = onnxprune.analyze(model)
-    by_first = {g.members[0]: g.atom for g in groups.prunable}
+    by_first = {g.members[0]: g.id for g in groups.prunable}
     assert set(by_first) == {"A", "B"}
     requests = calibration_requests(groups)
     assert set(requests) == {("r1", 1), ("r2", 1)}

@@ -1,0 +1,54 @@
+"""Validation metrics on hand-made outputs: cosine, max error, top-1
+agreement and accuracy are what their definitions say."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxprune
+from onnxprune.validate import _fidelity
+
+
+def test_cosine_max_error_and_top1_of_hand_made_outputs():
+    a = np.array([[1.0, 0.0], [0.0, 1.0], [3.0, 4.0]], np.float32)
+    b = np.array([[1.0, 0.0], [1.0, 1.0], [4.0, 3.0]], np.float32)
+    f = _fidelity("y", a, b)
+    cos = np.array([1.0, 1 / np.sqrt(2), 24 / 25])
+    assert np.isclose(f.cosine_mean, cos.mean()) and np.isclose(f.cosine_min, cos.min())
+    assert np.isclose(f.max_abs_diff, 1.0)
+    assert np.isclose(f.top1_agreement, 1 / 3)  # argmax a = 0,1,1; b = 0,0,0
+
+
+def test_identical_outputs_are_exact_and_zero_vectors_count_as_equal():
+    a = np.array([[0.0, 0.0], [2.0, -1.0]], np.float32)
+    f = _fidelity("y", a, a.copy())
+    assert np.isclose(f.cosine_min, 1.0) and f.max_abs_diff == 0.0 and f.top1_agreement == 1.0
+
+
+def test_non_classifier_outputs_have_no_top1():
+    a = np.ones((3, 1), np.float32)
+    assert _fidelity("y", a, a).top1_agreement is None
+    assert _fidelity("y", np.ones((3, 4, 5), np.float32), np.ones((3, 4, 5), np.float32)).top1_agreement is None
+
+
+def _linear(w: np.ndarray) -> onnx.ModelProto:
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                          [numpy_helper.from_array(w.astype(np.float32), "w")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def test_validate_accuracy_and_agreement_on_models_with_known_answers():
+    x = np.eye(3, dtype=np.float32)[[0, 1, 2, 0]]  # one-hot inputs: argmax = the input's class
+    labels = np.array([0, 1, 2, 1])  # the last label is wrong for both models
+    swap = np.eye(3)[[1, 0, 2]]  # the second model swaps classes 0 and 1
+    v = onnxprune.validate(_linear(np.eye(3)), _linear(swap), data={"x": x, "labels": labels})
+    assert v.samples == 4 and not v.random_inputs
+    assert v.accuracy_before == 0.75  # right on samples 0, 1, 2
+    assert v.accuracy_after == 0.5  # predicts 1, 0, 2, 1: right on samples 2 and 3
+    assert v.top1_agreement == 0.25  # agree on sample 2 only
+    assert np.isclose(v.cosine_min, 0.0) and np.isclose(v.max_abs_diff, 1.0)
