@@ -137,8 +137,10 @@ def observe(model: onnx.ModelProto, feeds: dict, tensors: list[str]) -> dict:
     from .runtime import exposing
 
     sess, names = exposing(model, tensors, threads=None, optimize=False)
-    values = sess.run(names, feeds)
-    return {n: tuple(int(d) for d in v.shape) for n, v in zip(names, values)}
+    outputs = [o.name for o in sess.get_outputs()]
+    values = sess.run(None, feeds)  # the model's own outputs too: the whole graph must run
+    wanted = set(names)
+    return {n: tuple(int(d) for d in v.shape) for n, v in zip(outputs, values) if n in wanted}
 
 
 def shapes(model: onnx.ModelProto, input_shapes: dict | None = None, sample: dict | None = None,

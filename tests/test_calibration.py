@@ -452,3 +452,20 @@ def test_peak_memory_does_not_grow_with_the_number_of_samples():
     all_activations = 500 * 8 * 16 * 16 * 8
     assert large < 2 * small, (small, large)
     assert large < all_activations / 2, (small, large)
+
+
+def test_stats_count_exact_zeros_only_and_match_numpy_on_signed_values():
+    from onnxprune.calibration import ChannelStats
+
+    x = np.array([[[0.0, -1.0], [2.0, 0.0]], [[-3.0, 0.0], [0.0, 4.0]]], np.float32)  # (2, 2, 2)
+    st = ChannelStats(2, gram=True)
+    st.update(x, axis=1)
+    rows = np.moveaxis(x, 1, -1).reshape(-1, 2).astype(np.float64)
+    assert st.count == 4
+    np.testing.assert_array_equal(st.zeros, (rows == 0).sum(axis=0))
+    np.testing.assert_allclose(st.apoz, (rows == 0).mean(axis=0))
+    np.testing.assert_allclose(st.mean, rows.mean(axis=0))
+    np.testing.assert_allclose(st.mean_abs, np.abs(rows).mean(axis=0))
+    np.testing.assert_allclose(st.var, rows.var(axis=0))
+    np.testing.assert_allclose(st.rms, np.sqrt((rows ** 2).mean(axis=0)))
+    np.testing.assert_allclose(st.covariance(), np.cov(rows.T, bias=True))

@@ -389,5 +389,14 @@ def test_lsq_keeps_accuracy_at_half_the_macs_on_trained_models(name, floor):
     cal = calibrate(groups.model, {"input": x[:128]}, calibration_requests(groups, gram=True))
     plan = plan_macs(groups, score(groups, "act_l2", calibration=cal), 0.5)
     pruned = apply(groups, plan.keep, compensation=compensate(groups, plan.keep, cal, "lsq"))
+    plain = apply(groups, plan.keep)
     accuracy = float(np.mean(run(pruned, {"input": x[128:]})[0].argmax(1) == y[128:]))
+    without = float(np.mean(run(plain, {"input": x[128:]})[0].argmax(1) == y[128:]))
     assert accuracy >= floor, accuracy
+    assert accuracy >= without + 0.3, (accuracy, without)  # compensation is what keeps it
+    from onnxprune.costs import count_macs
+    from onnxprune.graph import GraphView
+    from onnxprune.shapes import shapes
+
+    macs = count_macs(GraphView(pruned, shapes(pruned).dims)) / groups.macs
+    assert 0.45 <= macs <= 0.55, macs

@@ -144,3 +144,15 @@ def test_pad_on_channel_axis_freezes(opset):
     y = g.conv(p, 8, 4, name="c2")
     groups = exact(g.build({"x": [1, 3, 5, 5]}, [y]))
     assert_frozen(group_at(groups, "c1"), "'pad'", "padded along a channel axis")
+
+
+@pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
+def test_pooling_over_an_axis_that_carries_channels_freezes_them(op):
+    # NHWC: the conv's channels sit on axis 3, and a 2-D pool windows over axes 2 and 3.
+    g = Graph()
+    a = g.add("Relu", [g.conv("x", 3, 6, name="c1")])
+    nhwc = g.add("Transpose", [a], perm=[0, 2, 3, 1])
+    p = g.add(op, [nhwc], name="pool", kernel_shape=[2, 2], strides=[2, 2])
+    y = g.add("Transpose", [p], perm=[0, 3, 1, 2])
+    groups = exact(g.build({"x": [1, 3, 4, 6]}, [g.conv(y, 3, 4, name="c2")]))
+    assert_frozen(group_at(groups, "c1"), "pooled along a channel axis")

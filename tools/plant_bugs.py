@@ -1,0 +1,174 @@
+"""Plant bugs in the core modules one at a time and check the test suite catches each.
+
+    python tools/plant_bugs.py [--jobs 2] [--only NAME ...] [--list]
+
+Each mutant replaces one snippet of one module (the snippet must occur exactly
+once) in a throwaway copy of the repository, then runs the suite there
+(``pytest -x -q``, strict mode on as in CI). A mutant is *killed* when the
+suite fails (or hangs past the timeout), and *survives* when it passes: a
+survivor is a behaviour no test pins down. The list holds the bugs issue 7
+saw survive (hard-coded top-1, relief without its bias term, no MACs-target
+search, no orphan removal, Conv MACs without the kernel) and one or more
+plausible slips per core module. Prints one line per mutant and a summary.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# name: (module path, original snippet, planted snippet)
+MUTANTS = {
+    # -- the five issue 7 found surviving ------------------------------------------------
+    "top1_hardcoded": ("onnxprune/validate.py", "top1 = float(np.mean(a.argmax(1) == b.argmax(1)))",
+                       "top1 = 1.0"),
+    "relief_no_bias": ("onnxprune/importance.py",
+                       "total = total + np.abs(np.asarray(bias, dtype=np.float64).reshape(-1) * form.bias_scale)",
+                       "total = total"),
+    "macs_search_off": ("onnxprune/planner.py", "if estimate_macs(groups, plan.keep) / full > target:",
+                        "if False:"),
+    "no_orphan_removal": ("onnxprune/rewrite.py", "    _drop_orphans(model, read_before)\n", "    pass\n"),
+    "conv_macs_no_kernel": ("onnxprune/ops/conv.py", "return numel(out) * numel(w[1:])",
+                            "return numel(out) * w[1]"),
+    # -- layout algebra ----------------------------------------------------------------------
+    "positions_transposed": ("onnxprune/layout.py", "out.append((base + (y * n + a) * seg.inner + s).reshape(-1))",
+                             "out.append((base + (a * seg.outer + y) * seg.inner + s).reshape(-1))"),
+    "new_size_ignores_keep": ("onnxprune/layout.py", "k = self.size[seg.atom] if kept is None else len(kept)",
+                              "k = self.size[seg.atom]"),
+    "coarsen_wrong_block": ("onnxprune/layout.py", "self._substitute(a, (Segment(b, 1, big // small),))",
+                            "self._substitute(a, (Segment(b, big // small, 1),))"),
+    # -- rules -------------------------------------------------------------------------------
+    "broadcast_param_not_sliced": ("onnxprune/ops/elementwise.py",
+                                   '                ctx.weight(k, a, base, "scale" if k in scale_slots else "param")\n',
+                                   "                pass\n"),
+    "grouped_conv_group_kept": ("onnxprune/ops/conv.py",
+                                'set_attr(node, "group", rw.size(lin) // rw.state(index)["per_group"])', "pass"),
+    "gemm_transb_ignored": ("onnxprune/ops/linear.py", "k_axis, n_axis = (1, 0) if tb else (0, 1)",
+                            "k_axis, n_axis = (0, 1)"),
+    "split_sizes_kept": ("onnxprune/ops/shape.py",
+                         "sizes = np.array([rw.size(lay) for lay in lays], dtype=np.int64)",
+                         "sizes = np.array([rw.full_size(lay) for lay in lays], dtype=np.int64)"),
+    "slice_bounds_kept": ("onnxprune/ops/shape.py", "starts[k], ends[k] = s, s + rw.size(kept)",
+                          "starts[k], ends[k] = starts[k], ends[k]"),
+    "concat_reversed": ("onnxprune/ops/shape.py", "        ctx.set(y, axis, tuple(segments))",
+                        "        ctx.set(y, axis, tuple(reversed(segments)))"),
+    "reshape_shape_kept": ("onnxprune/ops/reshape.py", "                shape[ax] = new[ax]", "                pass"),
+    "resize_sizes_kept": ("onnxprune/ops/pool.py", "            sizes[k] = new[ax % rank]", "            pass"),
+    "reduce_channel_not_frozen": ("onnxprune/ops/reduce.py",
+                                  'ctx.freeze(lay, f"reduced over axis {ax} (a channel axis)")', "pass"),
+    "softmax_channel_not_frozen": ("onnxprune/ops/reduce.py",
+                                   'ctx.freeze(lay, f"{node.op_type} normalises over axis {ax}")', "pass"),
+    "pool_spatial_passes": ("onnxprune/ops/pool.py", "            if ax >= 2:\n                ctx.freeze(lay, \"pooled",
+                            "            if ax >= 9:\n                ctx.freeze(lay, \"pooled"),
+    "layernorm_axis_not_frozen": ("onnxprune/ops/norm.py",
+                                  'ctx.freeze(lay, f"normalises over axis {ax}: removing channels changes the statistics")\n        ctx.passthrough(x, node.output[0])',
+                                  'pass\n        ctx.passthrough(x, node.output[0])'),
+    # -- groups ------------------------------------------------------------------------------
+    "outputs_not_frozen": ("onnxprune/groups.py", "atoms.freeze(lay, f\"reaches graph output '{name}'\")", "pass"),
+    "shared_weights_not_coupled": ("onnxprune/groups.py",
+                                   "                    analysis.atoms.unify(on_axis[0].layout, u.layout)", "                    pass"),
+    "const_root_stops_at_identity": ("onnxprune/graph.py", '            if node.op_type != "Identity":\n                return None',
+                                     "            return None"),
+    # -- scoring and planning ----------------------------------------------------------------------
+    "normalise_off": ("onnxprune/importance.py", 'scale = vec.mean() if how == "mean" else vec.max()',
+                      "scale = 1.0"),
+    "reduce_mean_is_sum": ("onnxprune/importance.py", 'return {"mean": stack.mean,', 'return {"mean": stack.sum,'),
+    "fpgm_max": ("onnxprune/importance.py", "out.append(np.sqrt(d2).sum(axis=1))", "out.append(np.sqrt(d2).max(axis=1))"),
+    "flap_mean_not_var": ("onnxprune/importance.py", "values = st.var * (w ** 2).sum(axis=(1, 2))",
+                          "values = st.mean * (w ** 2).sum(axis=(1, 2))"),
+    "apoz_inverted": ("onnxprune/importance.py", '"apoz": 1.0 - st.apoz}', '"apoz": st.apoz}'),
+    "round_to_ignored": ("onnxprune/planner.py", "if round_to > 1 and channels >= round_to:", "if False:"),
+    "min_channels_ignored": ("onnxprune/planner.py", "keep = max(keep, min(min_channels, channels))", "keep = max(keep, 1)"),
+    "estimate_ignores_inputs": ("onnxprune/groups.py", "terms.append((macs, outs + in_layouts.get(i, [])))",
+                                "terms.append((macs, outs))"),
+    # -- calibration and compensation ----------------------------------------------------------
+    "zeros_count_negatives": ("onnxprune/calibration.py", "self.zeros += np.count_nonzero(rows == 0, axis=0)",
+                              "self.zeros += np.count_nonzero(rows <= 0, axis=0)"),
+    "variance_wrong": ("onnxprune/calibration.py", "self.sumsq / max(self.count, 1) - self.mean ** 2",
+                       "self.sumsq / max(self.count, 1) - self.mean"),
+    "bias_comp_zero": ("onnxprune/compensate.py", "delta = st.mean[removed] @ w_removed.sum(axis=2)",
+                       "delta = 0 * st.mean[removed] @ w_removed.sum(axis=2)"),
+    "lsq_sign_flipped": ("onnxprune/compensate.py", "flat[kept] += coef.T @ w_removed.reshape(len(removed), -1)",
+                         "flat[kept] -= coef.T @ w_removed.reshape(len(removed), -1)"),
+    "lsq_never_exact": ("onnxprune/compensate.py", "exact = residual <= 1e-6 * np.maximum(var_r, 1e-30)",
+                        "exact = residual < 0"),
+    # -- rewrite, checks and files ------------------------------------------------------------
+    "mask_not_zeroed": ("onnxprune/rewrite.py", "            value[tuple(idx)] = 0", "            pass"),
+    "bias_delta_not_sliced": ("onnxprune/rewrite.py", "            delta = delta[rw.a.atoms.positions(lay, rw.keep)]",
+                              "            delta = delta[: rw.size(lay)]"),
+    "invariant_params_off": ("onnxprune/invariants.py", "    if after.params > before.params:", "    if False:"),
+    "save_not_verified": ("onnxprune/model.py", "        if verify is not None:\n            verify(tmp)",
+                          "        pass"),
+    "small_ints_external": ("onnxprune/model.py", "external = not (integer and size < SMALL_TENSOR)", "external = True"),
+    "accuracy_after_from_before": ("onnxprune/validate.py", "acc_b = float(np.mean(yb[cls].argmax(1) == labels[:n]))",
+                                   "acc_b = float(np.mean(ya[cls].argmax(1) == labels[:n]))"),
+    "user_error_exit_0": ("onnxprune/cli.py", "            click.echo(f\"onnxprune: {e}\", err=True)\n            ctx.exit(1)",
+                          "            click.echo(f\"onnxprune: {e}\", err=True)\n            ctx.exit(0)"),
+    "toposort_off": ("onnxprune/model.py", "    if all(all(j < i for j in deps) for i, deps in enumerate(needs)):\n        return",
+                     "    return"),
+    "count_params_skips_constants": ("onnxprune/costs.py", '            if node.op_type == "Constant":', "            if False:"),
+    "probe_batch_made_static": ("onnxprune/shapes.py",
+                                "new.append(prev if isinstance(prev, str) and not _unknown(prev) else batch_name)",
+                                "new.append(d)"),
+    "noop_prune_allowed": ("onnxprune/pipeline.py", "    if result.removed == 0:", "    if False:"),
+}
+
+
+def run_one(name: str, timeout: int) -> tuple[str, str, float]:
+    path, old, new = MUTANTS[name]
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="mutant-") as tmp:
+        repo = os.path.join(tmp, "repo")
+        shutil.copytree(ROOT, repo, ignore=shutil.ignore_patterns(".git", "__pycache__", ".hypothesis",
+                                                                   ".pytest_cache", ".cache", "*.egg-info"))
+        target = os.path.join(repo, path)
+        with open(target) as f:
+            text = f.read()
+        if text.count(old) != 1:
+            return name, f"BAD SNIPPET ({text.count(old)} matches)", 0.0
+        with open(target, "w") as f:
+            f.write(text.replace(old, new))
+        env = dict(os.environ, PYTHONPATH=repo, ONNXPRUNE_STRICT="1", PYTHONDONTWRITEBYTECODE="1")
+        try:
+            r = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"],
+                               cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+            verdict = "killed" if r.returncode else "SURVIVED"
+        except subprocess.TimeoutExpired:
+            verdict = "killed (timeout)"
+    return name, verdict, time.perf_counter() - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--only", nargs="*")
+    ap.add_argument("--list", action="store_true")
+    ap.add_argument("--timeout", type=int, default=600)
+    args = ap.parse_args()
+    names = [n for n in MUTANTS if not args.only or n in args.only]
+    if args.list:
+        print("\n".join(f"{n}: {MUTANTS[n][0]}" for n in names))
+        return 0
+    results = []
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for name, verdict, seconds in pool.map(lambda n: run_one(n, args.timeout), names):
+            results.append((name, verdict))
+            print(f"{name:32s} {verdict:18s} {seconds:6.0f} s", flush=True)
+    survived = [n for n, v in results if v == "SURVIVED"]
+    bad = [n for n, v in results if v.startswith("BAD")]
+    print(f"{len(results)} mutants: {len(results) - len(survived) - len(bad)} killed, "
+          f"{len(survived)} survived{', ' + str(len(bad)) + ' bad snippets' if bad else ''}")
+    if survived:
+        print("survivors: " + ", ".join(survived))
+    return 1 if survived or bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
