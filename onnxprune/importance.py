@@ -38,7 +38,7 @@ def _magnitude(p: int):
             if p == 1:
                 out.append(np.abs(sl).sum(axis=1, dtype=np.float64))
             else:
-                out.append(np.sqrt(np.einsum("ij,ij->i", sl, sl, dtype=np.float64)))
+                out.append(np.sqrt(np.einsum("ij,ij->i", sl, sl).astype(np.float64)))
         return out
     return crit
 

@@ -350,7 +350,12 @@ UNSUPPORTED = Unsupported()
 def rule_for(node: onnx.NodeProto, view: GraphView) -> Rule:
     from .registry import lookup
 
-    return lookup(node.domain, node.op_type, view.opsets.get(domain_of(node))) or UNSUPPORTED
+    key = (node.domain, node.op_type)
+    cache = view.__dict__.setdefault("_rules", {})
+    rule = cache.get(key)
+    if rule is None:
+        rule = cache[key] = lookup(node.domain, node.op_type, view.opsets.get(domain_of(node))) or UNSUPPORTED
+    return rule
 
 
 def attr_of(node: onnx.NodeProto, view: GraphView, name: str, default=None):
