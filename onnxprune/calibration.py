@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from .data import NP_TYPES, model_inputs, random_feeds
+from .data import check_array, model_inputs, random_feeds
 from .errors import OnnxPruneError
 
 RANDOM_WARNING = ("no calibration data: using random inputs. Data-driven criteria "
@@ -105,8 +105,8 @@ class Calibration:
 def _npz_samples(path: str, names: list[str]):
     try:
         data = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise OnnxPruneError(f"{path}: not a readable .npz file ({e})") from None
+    except (ValueError, OSError, EOFError) as e:
+        raise OnnxPruneError(f"{path}: not a readable .npz file ({e or type(e).__name__})") from None
     missing = [n for n in names if n not in data.files]
     if missing:
         raise OnnxPruneError(f"{path}: has no array named {', '.join(missing)} "
@@ -121,8 +121,8 @@ def _npy_samples(path: str, names: list[str]):
                              f"(inputs: {', '.join(names)}); use .npz")
     try:
         yield {names[0]: np.load(path, allow_pickle=False)}
-    except (ValueError, OSError) as e:
-        raise OnnxPruneError(f"{path}: not a readable .npy file ({e})") from None
+    except (ValueError, OSError, EOFError) as e:
+        raise OnnxPruneError(f"{path}: not a readable .npy file ({e or type(e).__name__})") from None
 
 
 def _folder_samples(path: str, names: list[str]):
@@ -239,7 +239,7 @@ def _batches(samples, names: list[str], model: onnx.ModelProto, batch: int, limi
         dims = vi.type.tensor_type.shape.dim
         if dims:
             fixed[vi.name] = len(dims)
-    dtypes = {vi.name: NP_TYPES.get(vi.type.tensor_type.elem_type) for vi in model_inputs(model)}
+    infos = {vi.name: vi for vi in model_inputs(model)}
     pending: dict[str, list] = {n: [] for n in names}
     have = seen = 0
     for item in _guarded(samples):
@@ -253,9 +253,8 @@ def _batches(samples, names: list[str], model: onnx.ModelProto, batch: int, limi
             a = np.asarray(item[n])
             if n in fixed and a.ndim == fixed[n] - 1:
                 a = a[None]  # a single sample without the sample axis
-            if dtypes.get(n) is not None and a.dtype != dtypes[n]:
-                a = a.astype(dtypes[n])  # as --data does: float64 arrays feed float32 inputs
-            arrays[n] = a
+            # As --data does: numbers, finite, the input's dims; float64 feeds float32.
+            arrays[n] = check_array(a, infos[n], "calibration data")
         count = len(next(iter(arrays.values())))
         if limit is not None:
             count = min(count, limit - seen)

@@ -1,7 +1,8 @@
-"""The ``onnxprune`` command: thin click wrappers over the Python API.
+"""The ``onnxprune`` command: thin click wrappers over the pipeline and the API.
 
-Every user error becomes one line ``onnxprune: ...`` on stderr and exit code 1
-(2 for bad usage); tracebacks only with ``--debug``.
+Every error becomes one line ``onnxprune: ...`` on stderr; exit codes are 0
+success, 1 a failed quality gate or internal error, 2 bad input or usage
+(``errors.py``). Tracebacks only with ``--debug``.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ class _Cli(click.Group):
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             click.echo(f"onnxprune: {e}", err=True)
-            ctx.exit(1)
+            ctx.exit(e.exit_code)
         except Exception as e:  # noqa: BLE001 - last resort, never a traceback without --debug
             if ctx.obj and ctx.obj.get("debug"):
                 raise
@@ -91,22 +92,22 @@ def analyze(model, as_json, show_all, exclude, strict, input_shape):
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Pruned model path.")
-@click.option("--ratio", type=float, default=0.3, show_default=True, help="Fraction of channels removed per group.")
+@click.option("--ratio", type=click.FloatRange(0, 1, max_open=True), default=0.3, show_default=True, help="Fraction of channels removed per group.")
 @click.option("--criterion", type=click.Choice(ALL_CRITERIA), default="l2", show_default=True,
               help="Weight criteria: l1, l2, bn, fpgm, random. Data criteria (need --calib): "
                    "mean_abs, apoz, act_l2, relief, flap.")
 @click.option("--calib", metavar="DATA", help="Calibration data: .npz, .npy, a folder of them, or module.py:function.")
-@click.option("--calib-samples", type=int, help="Use at most N calibration samples.")
-@click.option("--calib-batch", type=int, default=16, show_default=True, help="Samples per onnxruntime run.")
+@click.option("--calib-samples", type=click.IntRange(min=1), help="Use at most N calibration samples.")
+@click.option("--calib-batch", type=click.IntRange(min=1), default=16, show_default=True, help="Samples per onnxruntime run.")
 @click.option("--compensate", type=click.Choice(["none", "bias", "lsq"]),
               help="Fold removed channels into their consumers [default: bias with --calib, else none].")
 @click.option("--group-reduction", type=click.Choice(["mean", "sum", "max"]), default="mean", show_default=True,
               help="How member scores of a group combine.")
 @click.option("--normalize", "member_norm", type=click.Choice(["mean", "max", "none"]), default="mean",
               show_default=True, help="Per-member score normalisation before the reduction.")
-@click.option("--macs-target", type=float, help="Keep about this fraction of the MACs (finds the ratio; overrides --ratio).")
-@click.option("--min-channels", type=int, default=1, show_default=True, help="Channels every group keeps at least.")
-@click.option("--round-to", type=int, default=1, show_default=True, help="Keep channel counts multiples of N.")
+@click.option("--macs-target", type=click.FloatRange(0, 1, min_open=True), help="Keep about this fraction of the MACs (finds the ratio; overrides --ratio).")
+@click.option("--min-channels", type=click.IntRange(min=1), default=1, show_default=True, help="Channels every group keeps at least.")
+@click.option("--round-to", type=click.IntRange(min=1), default=1, show_default=True, help="Keep channel counts multiples of N.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Freeze groups with a matching node or tensor name (repeatable).")
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=False), help="Replay a plan saved with --save-plan (skips scoring).")
 @click.option("--save-plan", type=click.Path(dir_okay=False), help="Write the plan (kept units per group id) as JSON.")
@@ -115,8 +116,8 @@ def analyze(model, as_json, show_all, exclude, strict, input_shape):
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the report as JSON.")
 @click.option("--no-validate", is_flag=True, help="Skip the onnxruntime comparison after pruning.")
 @click.option("--strict", is_flag=True, help="Fail on an internal error in an op rule instead of freezing its channels.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--threads", type=int, default=1, show_default=True, help="onnxruntime threads for latency.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="onnxruntime threads for latency.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @input_shape_opt
 def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, compensate,
@@ -130,8 +131,6 @@ def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, co
     console = _console(quiet)
     if calib is None and (criterion in DATA_CRITERIA or compensate not in (None, "none")):
         click.echo(f"onnxprune: warning: {RANDOM_WARNING}", err=True)
-    if calib_samples is not None and calib_samples < 1 or calib_batch < 1:
-        raise OnnxPruneError("--calib-samples and --calib-batch must be at least 1")
     cfg = PruneConfig(
         ratio=ratio, criterion=criterion, min_channels=min_channels, round_to=round_to,
         exclude=tuple(exclude), input_shapes=parse_input_shapes(input_shape), seed=seed, calib=calib,
@@ -169,8 +168,8 @@ def ops(as_json):
 @click.argument("pruned", type=click.Path(dir_okay=False))
 @click.option("--data", type=click.Path(dir_okay=False), help="Inputs (.npz, one array per input; optional 'labels').")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the report as JSON.")
-@click.option("--samples", type=int, default=8, show_default=True, help="Random samples when no --data.")
-@click.option("--threads", type=int, default=1, show_default=True, help="onnxruntime threads for latency.")
+@click.option("--samples", type=click.IntRange(min=1), default=8, show_default=True, help="Random samples when no --data.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="onnxruntime threads for latency.")
 @click.option("-q", "--quiet", is_flag=True)
 @input_shape_opt
 def validate(original, pruned, data, report_path, samples, threads, quiet, input_shape):

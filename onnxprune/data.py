@@ -29,6 +29,36 @@ def input_dims(vi: onnx.ValueInfoProto, fixed: dict | None = None) -> list:
             for d in vi.type.tensor_type.shape.dim]
 
 
+def check_array(arr, vi: onnx.ValueInfoProto, where: str, fixed: dict | None = None) -> np.ndarray:
+    """One input array as data for ``vi``: numbers (cast to the input's dtype),
+    finite, the input's rank with a leading sample axis, and its static dims.
+    Anything else is a clear error naming ``where`` and the input."""
+    arr = np.asarray(arr)
+    name = vi.name
+    if arr.dtype.kind not in "biuf":
+        raise OnnxPruneError(f"{where}: array '{name}' holds {arr.dtype} values, not numbers")
+    dims = input_dims(vi, fixed)
+    if arr.ndim != len(dims) or arr.ndim == 0:
+        what = "a scalar" if arr.ndim == 0 else f"shape {list(arr.shape)}"
+        raise OnnxPruneError(f"{where}: array '{name}' is {what}; the model expects "
+                             f"{_show(dims)} (axis 0 = samples)")
+    if arr.shape[0] == 0:
+        raise OnnxPruneError(f"{where}: array '{name}' has no samples")
+    for k, (have, want) in enumerate(zip(arr.shape, dims)):
+        if k and isinstance(want, int) and want > 0 and have != want:
+            raise OnnxPruneError(f"{where}: array '{name}' has shape {list(arr.shape)}; the model "
+                                 f"expects {_show(dims)} (axis 0 = samples)")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        bad = "NaN" if np.isnan(arr).any() else "inf"
+        raise OnnxPruneError(f"{where}: array '{name}' holds {bad} values")
+    want = NP_TYPES.get(vi.type.tensor_type.elem_type)
+    return arr.astype(want) if want is not None and arr.dtype != want else arr
+
+
+def _show(dims) -> str:
+    return "[" + ", ".join(str(d) if d is not None else "?" for d in dims) + "]"
+
+
 def load_npz(path, model: onnx.ModelProto):
     """-> (feeds {name: array[N, ...]}, labels or None)."""
     path = os.fspath(path)
@@ -37,16 +67,14 @@ def load_npz(path, model: onnx.ModelProto):
     try:
         data = np.load(path, allow_pickle=False)
         arrays = {k: data[k] for k in data.files}
-    except (ValueError, OSError) as e:
-        raise OnnxPruneError(f"{path}: not a readable .npz file ({e})") from None
+    except (ValueError, OSError, EOFError) as e:
+        raise OnnxPruneError(f"{path}: not a readable .npz file ({e or type(e).__name__})") from None
     feeds = {}
     for vi in model_inputs(model):
         if vi.name not in arrays:
             raise OnnxPruneError(f"{path}: has no array named '{vi.name}' "
                                  f"(arrays: {', '.join(sorted(arrays))})")
-        want = NP_TYPES.get(vi.type.tensor_type.elem_type)
-        arr = arrays[vi.name]
-        feeds[vi.name] = arr.astype(want) if want is not None else arr
+        feeds[vi.name] = check_array(arrays[vi.name], vi, path)
     counts = {len(a) for a in feeds.values()}
     if len(counts) != 1:
         raise OnnxPruneError(f"{path}: inputs have different sample counts {sorted(counts)}")

@@ -287,11 +287,12 @@ def _big(t: onnx.TensorProto) -> bool:
     return n * 4 > SKELETON_BYTES
 
 
-def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+def skeleton(model: onnx.ModelProto, value_info: bool = True) -> onnx.ModelProto:
     """The model without its large weights: every big initializer or Constant
     becomes a graph input of the same type and shape. Shape inference and the
     checker's graph checks need only that, so they run on a skeleton without
-    copying the weights (and past protobuf's 2 GB limit)."""
+    copying the weights (and past protobuf's 2 GB limit). ``value_info``
+    False drops the shape hints (some converters leave stale ones)."""
     out = onnx.ModelProto()
     for name in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
         setattr(out, name, getattr(model, name))
@@ -302,7 +303,8 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     inputs = {i.name for i in g.input}
     sg.input.extend(g.input)
     sg.output.extend(g.output)
-    sg.value_info.extend(g.value_info)
+    if value_info:
+        sg.value_info.extend(g.value_info)
     for t in g.initializer:
         if not _big(t):
             sg.initializer.append(t)

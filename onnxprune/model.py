@@ -57,8 +57,9 @@ def load(source, label: str | None = None) -> Loaded:
     if external:
         try:
             onnx.load_external_data_for_model(model, os.path.dirname(os.path.abspath(path)))
-        except (OSError, ValueError) as e:
-            raise OnnxPruneError(f"{path}: cannot read its external data ({e})") from None
+        except Exception as e:  # noqa: BLE001 - OSError, ValueError, onnx's ValidationError
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise OnnxPruneError(f"{path}: cannot read its external data ({first})") from None
     toposort(model.graph)
     return Loaded(model, path, external, frozenset(files))
 

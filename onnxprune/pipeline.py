@@ -28,7 +28,7 @@ from .groups import Groups, analyze_model
 from .planner import Plan
 from .shapes import shapes as shape_info
 from .rewrite import apply as run_apply
-from .validate import Validation, check_written, full_check
+from .validate import Validation, check_input, check_written, full_check
 from .validate import validate as run_validation
 
 
@@ -162,7 +162,11 @@ def preflight(source, cfg: PruneConfig, files=()) -> None:
 
 
 def load(source, cfg: PruneConfig) -> modelio.Loaded:
-    return modelio.load(source)
+    """Read the model and check it first: a broken input is reported as the
+    input's fault, never blamed on the pruned model."""
+    loaded = modelio.load(source)
+    check_input(loaded.model, f"{loaded.path or 'the input model'}: input model")
+    return loaded
 
 
 def sample(cfg: PruneConfig, model: onnx.ModelProto) -> dict | None:

@@ -18,7 +18,7 @@ import onnx
 from .costs import count_macs, count_params
 from .data import input_dims, load_npz, model_inputs, random_feeds
 from . import runtime
-from .errors import OnnxPruneError
+from .errors import InternalError, OnnxPruneError
 from .graph import GraphView
 from .model import load
 from .shapes import shapes as shape_info
@@ -139,7 +139,8 @@ def check_interface(original: onnx.ModelProto, pruned: onnx.ModelProto) -> None:
         raise OnnxPruneError("the two models have different inputs")
 
 
-def full_check(model: onnx.ModelProto) -> None:
+def full_check(model: onnx.ModelProto, what: str = "the pruned model", error=InternalError,
+               hints: bool = True) -> None:
     """The full checker on a model in memory: graph, types and strict shape
     inference on its skeleton (no copy of the weights), then every stored
     weight's byte count against its dims and dtype."""
@@ -147,9 +148,9 @@ def full_check(model: onnx.ModelProto) -> None:
     from .walk import all_graphs
 
     try:
-        onnx.checker.check_model(skeleton(model), full_check=True)
+        onnx.checker.check_model(skeleton(model, value_info=hints), full_check=True)
     except Exception as e:  # noqa: BLE001 - checker raises ValidationError or InferenceError
-        raise OnnxPruneError(f"the pruned model fails onnx.checker: {str(e).splitlines()[0]}") from None
+        raise error(f"{what} fails onnx.checker: {str(e).splitlines()[0]}") from None
     for g in all_graphs(model.graph):
         for t in g.initializer:
             if not t.HasField("raw_data") or t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
@@ -158,8 +159,15 @@ def full_check(model: onnx.ModelProto) -> None:
             itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
             bits = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4}.get(t.data_type, itemsize * 8)
             if len(t.raw_data) != (n * bits + 7) // 8:
-                raise OnnxPruneError(f"the pruned model fails onnx.checker: initializer '{t.name}' holds "
-                                     f"{len(t.raw_data)} bytes for dims {list(t.dims)}")
+                raise error(f"{what} fails onnx.checker: initializer '{t.name}' holds "
+                            f"{len(t.raw_data)} bytes for dims {list(t.dims)}")
+
+
+def check_input(model: onnx.ModelProto, label: str = "input model") -> None:
+    """A broken input is reported as such, before any work (exit code 2).
+    Stale value_info hints are not held against it: they are hints, and the
+    rewrite drops the ones that no longer hold."""
+    full_check(model, what=label, error=OnnxPruneError, hints=False)
 
 
 def check_written(path: str) -> None:
@@ -168,12 +176,12 @@ def check_written(path: str) -> None:
     try:
         onnx.checker.check_model(path, full_check=True)
     except Exception as e:  # noqa: BLE001 - checker raises ValidationError or InferenceError
-        raise OnnxPruneError(f"the written model fails onnx.checker: {str(e).splitlines()[0]}") from None
+        raise InternalError(f"the written model fails onnx.checker: {str(e).splitlines()[0]}") from None
     try:
         # Loading is the check (types, shapes, kernels); optimising the graph is not.
         runtime.session(path, threads=1, optimize=False)
     except OnnxPruneError as e:
-        raise OnnxPruneError(str(e).replace("the model", "the written model", 1)) from None
+        raise InternalError(str(e).replace("the model", "the written model", 1)) from None
 
 
 def validate(original, pruned, data=None, *, input_shapes: dict | None = None,
@@ -198,14 +206,23 @@ def validate(original, pruned, data=None, *, input_shapes: dict | None = None,
         labels = None if data.get("labels") is None else np.asarray(data["labels"])
     else:
         feeds, labels = load_npz(data, a)
-    sa, sb = session(a, threads), session(b, threads)
     batch = _batch_size(a, input_shapes)
+    # The original first: if it fails on these inputs, the input (model or
+    # data) is at fault, not the prune.
     try:
-        ya, yb = run_batched(sa, feeds, batch), run_batched(sb, feeds, batch)
-    except OnnxPruneError:
-        raise
+        sa = session(a, threads)
+        ya = run_batched(sa, feeds, batch)
+    except OnnxPruneError as e:
+        raise OnnxPruneError(f"the original model fails in onnxruntime on these inputs: {e}") from None
     except Exception as e:  # noqa: BLE001 - onnxruntime run errors
-        raise OnnxPruneError(f"onnxruntime failed to run the models: {str(e).splitlines()[0]}") from None
+        raise OnnxPruneError(f"the original model fails in onnxruntime on these inputs: "
+                             f"{str(e).splitlines()[0]}") from None
+    try:
+        sb = session(b, threads)
+        yb = run_batched(sb, feeds, batch)
+    except Exception as e:  # noqa: BLE001 - onnxruntime run errors
+        raise InternalError(f"the pruned model fails in onnxruntime where the original runs: "
+                            f"{str(e).splitlines()[0]}") from None
     names = [o.name for o in sa.get_outputs()]
     outputs = []
     for name, oa, ob in zip(names, ya, yb):

@@ -35,8 +35,9 @@ def assert_ok(result):
 
 
 def assert_user_error(result, fragment: str | None = None) -> str:
-    """Exit != 0, handled (no crash), one ``onnxprune:`` line on stderr, no traceback."""
-    assert result.exit_code != 0, result.output
+    """Exit 2 (bad input or usage), handled (no crash), one ``onnxprune:`` line on
+    stderr, no traceback."""
+    assert result.exit_code == 2, result.output
     # A handled error ends in SystemExit; anything else escaped the CLI's error handling.
     assert isinstance(result.exception, SystemExit), repr(result.exception)
     assert "Traceback" not in result.output and "Traceback" not in result.stderr
@@ -349,6 +350,26 @@ def bad_files(tmp_path):
     (tmp_path / "text.onnx").write_text("this is not an onnx model\nat all\n")
     F.save(F.single_conv(), tmp_path, "single.onnx")
     np.savez(tmp_path / "noinput.npz", x=F.inputs(4), labels=np.zeros(4, np.int64))
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    (tmp_path / "empty.npz").write_bytes(b"")
+    good = F.classifier().SerializeToString()
+    (tmp_path / "truncated.onnx").write_bytes(good[: len(good) // 2])
+    broken = F.classifier()  # conv2 expects 8 input channels; give its weight 5
+    w = next(t for t in broken.graph.initializer if t.name == "conv2.weight")
+    w.CopyFrom(onnx.numpy_helper.from_array(np.ones((F.C2, 5, 3, 3), np.float32), "conv2.weight"))
+    (tmp_path / "inconsistent.onnx").write_bytes(broken.SerializeToString())
+    cyclic = F.classifier()  # relu1 reads relu2's output: a cycle
+    next(n for n in cyclic.graph.node if n.name == "relu1").input[0] = "r2"
+    (tmp_path / "cycle.onnx").write_bytes(cyclic.SerializeToString())
+    F.save_external(F.classifier(c1=16, c2=32), tmp_path, "external.onnx", location="gone.data")
+    os.remove(tmp_path / "gone.data")
+    x = F.inputs(4)
+    np.savez(tmp_path / "nan.npz", input=np.where(np.arange(x.size).reshape(x.shape) == 5, np.nan, x))
+    np.savez(tmp_path / "inf.npz", input=np.where(np.arange(x.size).reshape(x.shape) == 5, np.inf, x))
+    np.savez(tmp_path / "strings.npz", input=np.array(["a", "b"]))
+    np.savez(tmp_path / "scalar.npz", input=np.float32(1.0))
+    np.savez(tmp_path / "wrongshape.npz", input=np.zeros((4, 3, 5, 5), np.float32))
+    np.savez(tmp_path / "nosamples.npz", input=np.zeros((0, 3, 8, 8), np.float32))
     return tmp_path
 
 
@@ -357,8 +378,6 @@ BAD_PRUNE_CASES = {
     "random_bytes_model": (["prune", "{d}/random.onnx", "-o", "{d}/out.onnx"], "random.onnx"),
     "text_file_model": (["prune", "{d}/text.onnx", "-o", "{d}/out.onnx"], "text.onnx"),
     "all_groups_frozen": (["prune", "{d}/single.onnx", "-o", "{d}/out.onnx"], "nothing to prune"),
-    "ratio_above_one": (["prune", "{d}/model.onnx", "-o", "{d}/out.onnx", "--ratio", "1.5"], "--ratio"),
-    "ratio_negative": (["prune", "{d}/model.onnx", "-o", "{d}/out.onnx", "--ratio", "-0.1"], "--ratio"),
     "bad_input_shape": (["prune", "{d}/model.onnx", "-o", "{d}/out.onnx", "--input-shape", "bad"],
                         "--input-shape"),
     "input_shape_unknown_name": (["prune", "{d}/model.onnx", "-o", "{d}/out.onnx",
@@ -368,9 +387,42 @@ BAD_PRUNE_CASES = {
     "data_without_input_array": (["prune", "{d}/model.onnx", "-o", "{d}/out.onnx",
                                   "--data", "{d}/noinput.npz"], "'input'"),
     "output_folder_missing": (["prune", "{d}/model.onnx", "-o", "{d}/nodir/out.onnx"], "nodir"),
-    "min_channels_zero": (["prune", "{d}/model.onnx", "-o", "{d}/out.onnx", "--min-channels", "0"],
-                          "--min-channels"),
+    "empty_model": (["prune", "{d}/empty.onnx", "-o", "{d}/out.onnx"], "empty.onnx"),
+    "truncated_model": (["prune", "{d}/truncated.onnx", "-o", "{d}/out.onnx"], "truncated.onnx"),
+    "inconsistent_shapes": (["prune", "{d}/inconsistent.onnx", "-o", "{d}/out.onnx"], "original model fails"),
+    "cycle": (["prune", "{d}/cycle.onnx", "-o", "{d}/out.onnx"], "cycle"),
+    "missing_external_data": (["prune", "{d}/external.onnx", "-o", "{d}/out.onnx"], "external data"),
+    "nan_calib": (["prune", "{d}/model.onnx", "-o", "{d}/out.onnx", "--calib", "{d}/nan.npz"], "NaN"),
+    "inf_data": (["prune", "{d}/model.onnx", "-o", "{d}/out.onnx", "--data", "{d}/inf.npz"], "inf"),
+    "string_calib": (["prune", "{d}/model.onnx", "-o", "{d}/out.onnx", "--calib", "{d}/strings.npz"],
+                     "numbers"),
+    "scalar_data": (["prune", "{d}/model.onnx", "-o", "{d}/out.onnx", "--data", "{d}/scalar.npz"], "input"),
+    "wrong_shape_data": (["prune", "{d}/model.onnx", "-o", "{d}/out.onnx", "--data", "{d}/wrongshape.npz"],
+                         "shape"),
+    "empty_calib_file": (["prune", "{d}/model.onnx", "-o", "{d}/out.onnx", "--calib", "{d}/empty.npz"],
+                         "empty.npz"),
+    "no_samples": (["prune", "{d}/model.onnx", "-o", "{d}/out.onnx", "--data", "{d}/nosamples.npz"],
+                   "no samples"),
+    "report_is_the_data": (["prune", "{d}/model.onnx", "-o", "{d}/out.onnx", "--data", "{d}/noinput.npz",
+                            "--report", "{d}/noinput.npz"], "noinput.npz"),
+    "output_is_the_calib": (["prune", "{d}/model.onnx", "-o", "{d}/nan.npz", "--calib", "{d}/nan.npz"],
+                            "nan.npz"),
 }
+
+
+OUT_OF_RANGE = {"--ratio": ["1.5", "-0.1", "1"], "--macs-target": ["0", "1.2"], "--min-channels": ["0"],
+                "--round-to": ["0"], "--seed": ["-1"], "--calib-samples": ["0"], "--calib-batch": ["0"],
+                "--threads": ["0"]}
+
+
+@pytest.mark.parametrize("option,value", [(o, v) for o, vs in OUT_OF_RANGE.items() for v in vs])
+def test_out_of_range_options_are_usage_errors_from_the_cli_types(tmp_path, option, value):
+    model = F.save(F.classifier(), tmp_path)
+    before = listing(tmp_path)
+    result = cli("prune", model, "-o", tmp_path / "out.onnx", option, value)
+    assert result.exit_code == 2, result.output
+    assert option in result.output and "Traceback" not in result.output
+    assert listing(tmp_path) == before
 
 
 @pytest.mark.parametrize("case", sorted(BAD_PRUNE_CASES))
@@ -463,7 +515,7 @@ def test_real_process_shows_traceback_only_with_debug(bad_files):
     base = [sys.executable, "-m", "onnxprune.cli"]
     args = ["prune", os.fspath(bad_files / "text.onnx"), "-o", os.fspath(bad_files / "out.onnx")]
     plain = subprocess.run(base + args, capture_output=True, text=True, timeout=60)
-    assert plain.returncode == 1
+    assert plain.returncode == 2  # bad input
     assert "Traceback" not in plain.stderr + plain.stdout
     assert plain.stderr.startswith("onnxprune:") and len(plain.stderr.strip().splitlines()) == 1
     debug = subprocess.run(base + ["--debug"] + args, capture_output=True, text=True, timeout=60)
