@@ -32,12 +32,36 @@ def count_params(model: onnx.ModelProto) -> int:
     return total
 
 
-def node_macs(view: GraphView, node: onnx.NodeProto) -> int:
-    return int(rule_for(node, view).macs(node, view))
+def node_macs(view: GraphView, node: onnx.NodeProto) -> int | None:
+    m = rule_for(node, view).macs(node, view)
+    return None if m is None else int(m)
 
 
-def count_macs(view: GraphView) -> int:
-    return int(sum(node_macs(view, n) for n in view.nodes))
+def count_macs(view: GraphView) -> int | None:
+    """MACs per sample, or None when some costly node's shapes are unknown
+    (a symbolic sequence or spatial dim that neither data nor --input-shape fixed)."""
+    total = 0
+    for n in view.nodes:
+        m = node_macs(view, n)
+        if m is None:
+            return None
+        total += m
+    return total
 
 
-__all__ = ["count_params", "count_macs", "node_macs"]
+def unknown_dims(view: GraphView) -> dict[str, list[str]]:
+    """Input -> its symbolic dims other than the batch: what must be fixed
+    (by data or --input-shape) for MACs to be known."""
+    out: dict[str, list[str]] = {}
+    for name in view.graph_inputs:
+        shape = view.shapes.get(name)
+        if name in view.initializers or shape is None:
+            continue
+        syms = [str(d) for k, d in enumerate(shape)
+                if not isinstance(d, int) and not (k == 0 and d in view.batch_symbols)]
+        if syms:
+            out[name] = syms
+    return out
+
+
+__all__ = ["count_params", "count_macs", "node_macs", "unknown_dims"]

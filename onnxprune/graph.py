@@ -71,6 +71,14 @@ class GraphView:
         self.graph_inputs = [i.name for i in self.graph.input]
         self.graph_outputs = [o.name for o in self.graph.output]
         self._inputs = set(self.graph_inputs)
+        # Symbolic leading dims of the inputs: the batch. A tensor dim that is
+        # one of these counts as 1 in MACs (MACs per sample); any other
+        # symbolic dim leaves MACs unknown.
+        inits = set(self.initializers)
+        self.batch_symbols = {i.type.tensor_type.shape.dim[0].dim_param for i in self.graph.input
+                              if i.name not in inits and i.type.HasField("tensor_type")
+                              and len(i.type.tensor_type.shape.dim)
+                              and i.type.tensor_type.shape.dim[0].dim_param}
         self.producer: dict[str, onnx.NodeProto] = {}
         self.consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = defaultdict(list)
         self.nodes = list(self.graph.node)
@@ -247,6 +255,22 @@ class GraphView:
         if self.is_const(name):
             return self.const_shape(name)
         return self.shapes.get(name)
+
+    def sizes(self, name: str) -> list[int] | None:
+        """A tensor's dims as numbers for counting: the batch counts as 1; None
+        when any other dim is unknown or symbolic (sequence, spatial)."""
+        s = self.shape(name)
+        if s is None:
+            return None
+        out = []
+        for d in s:
+            if isinstance(d, int):
+                out.append(d)
+            elif d in self.batch_symbols:
+                out.append(1)
+            else:
+                return None
+        return out
 
     def rank(self, name: str) -> int | None:
         s = self.shape(name)

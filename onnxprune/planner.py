@@ -131,15 +131,33 @@ def plan_macs(groups: Groups, scores: Scores, target: float, *, min_channels: in
     """The uniform ratio whose plan keeps about ``target`` x the original MACs."""
     if not 0.0 < target <= 1.0:
         raise OnnxPruneError(f"--macs-target must be in (0, 1], got {target}")
-    full = groups.macs or 1
+    if groups.macs is None:
+        from .costs import unknown_dims
+
+        need = "; ".join(f"input '{n}' has the symbolic dim(s) {', '.join(d)}"
+                         for n, d in unknown_dims(groups.view).items()) or "some shapes are unknown"
+        raise OnnxPruneError(f"--macs-target needs the model's MACs, which are unknown: {need}. Give "
+                             f"--calib or --data (their shapes are used), or --input-shape NAME:D1,D2,...")
+    if not groups.macs:
+        raise OnnxPruneError("--macs-target is meaningless for this model: it has no multiply-"
+                             "accumulates (no Conv, Gemm or MatMul with a known cost)")
+    full = groups.macs
     lo, hi = 0.0, 0.99
     best = plan_uniform(groups, scores, 0.0, min_channels=min_channels, round_to=round_to)
+    best_frac = 1.0
     for _ in range(steps):
         mid = (lo + hi) / 2
         plan = plan_uniform(groups, scores, mid, min_channels=min_channels, round_to=round_to)
-        if estimate_macs(groups, plan.keep) / full > target:
+        frac = estimate_macs(groups, plan.keep) / full
+        if frac > target:
             lo = mid
         else:
-            hi, best = mid, plan
+            hi, best, best_frac = mid, plan, frac
+    if best_frac > target + 0.01:
+        floor = estimate_macs(groups, plan_uniform(groups, scores, 0.99, min_channels=min_channels,
+                                                   round_to=round_to).keep) / full
+        raise OnnxPruneError(f"--macs-target {target} cannot be met: pruning every prunable group as "
+                             f"far as it goes keeps {floor:.3f} of the MACs (frozen groups keep the "
+                             f"rest); ask for {floor:.2f} or more")
     best.ratio = hi
     return best

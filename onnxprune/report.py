@@ -7,7 +7,9 @@ from rich.table import Table
 from .groups import Groups
 
 
-def _num(n: int | float) -> str:
+def _num(n: int | float | None) -> str:
+    if n is None:
+        return "unknown"
     n = float(n)
     for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= div:
@@ -16,7 +18,7 @@ def _num(n: int | float) -> str:
 
 
 def _ratio(before, after) -> str:
-    return f"{after / before:.3f}" if before else "-"
+    return f"{after / before:.3f}" if before and after is not None else "-"
 
 
 def groups_table(groups: Groups, show_all: bool = False, max_members: int = 4) -> Table:
@@ -55,6 +57,12 @@ def print_groups(groups: Groups, console: Console, show_all: bool = False, max_u
         console.print(f"  no group: {w.tensor} ({_num(w.params)} params): {w.why}")
     if len(ungrouped) > max_ungrouped:
         console.print(f"  ... and {len(ungrouped) - max_ungrouped} more weights in no group (--json lists all)")
+    if groups.macs is None:
+        from .costs import unknown_dims
+
+        need = "; ".join(f"'{n}' has {', '.join(d)}" for n, d in unknown_dims(groups.view).items())
+        console.print(f"MACs unknown: {need or 'some shapes are unknown'} (pass --calib/--data, or "
+                      f"--input-shape NAME:D1,D2,...)")
     for msg in groups.internal_errors:
         console.print(f"[red]internal error[/] (channels frozen): {msg}")
 

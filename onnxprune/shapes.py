@@ -34,8 +34,20 @@ class Shapes:
     notes: list = field(default_factory=list)
 
 
-def _unknown(dim) -> bool:
-    return dim is None or (isinstance(dim, str) and dim.startswith("unk__"))
+def _unknown(dim, known: frozenset = frozenset()) -> bool:
+    """A dim inference did not determine: None, or a symbol it invented
+    (``unk__N``, ``Gemm225_dim_0``...) rather than one the model's inputs declare."""
+    return dim is None or (isinstance(dim, str) and dim not in known)
+
+
+def _declared(model: onnx.ModelProto) -> frozenset:
+    """The symbolic dims the model's inputs declare (output dims are derived
+    from them; exporters name those freely)."""
+    out = set()
+    for vi in model.graph.input:
+        if vi.type.HasField("tensor_type"):
+            out.update(d.dim_param for d in vi.type.tensor_type.shape.dim if d.dim_param)
+    return frozenset(out)
 
 
 def fix_inputs(model: onnx.ModelProto, input_shapes: dict) -> None:
@@ -50,6 +62,8 @@ def fix_inputs(model: onnx.ModelProto, input_shapes: dict) -> None:
             raise OnnxPruneError(f"--input-shape {name}: model input has rank {len(shape)}, "
                                  f"got {len(dims)} dims")
         for d, v in zip(shape, dims):
+            if v is None:
+                continue  # keep the model's own dim (a symbolic batch)
             if int(v) < 1:
                 raise OnnxPruneError(f"--input-shape {name}: dims must be positive, got {list(dims)}")
             d.Clear()
@@ -75,6 +89,7 @@ def inferred(model: onnx.ModelProto, input_shapes: dict | None = None) -> dict:
 def incomplete(model: onnx.ModelProto, dims: dict) -> list[str]:
     """Tensors nodes read or write whose shape inference left unknown."""
     consts = {t.name for t in model.graph.initializer}
+    known = _declared(model)
     out = []
     for node in model.graph.node:
         if node.op_type == "Constant":
@@ -83,7 +98,7 @@ def incomplete(model: onnx.ModelProto, dims: dict) -> list[str]:
             if not name or name in consts:
                 continue
             s = dims.get(name)
-            if s is None or any(_unknown(d) for d in s):
+            if s is None or any(_unknown(d, known) for d in s):
                 out.append(name)
     return list(dict.fromkeys(out))
 
@@ -124,7 +139,8 @@ def _batch_symbol(model: onnx.ModelProto, input_shapes: dict | None) -> str | No
     from .data import model_inputs
 
     for vi in model_inputs(model):
-        if vi.name in (input_shapes or {}):
+        given = (input_shapes or {}).get(vi.name)
+        if given is not None and given and given[0] is not None:
             continue
         dims = vi.type.tensor_type.shape.dim
         if dims and not dims[0].HasField("dim_value"):
@@ -143,10 +159,34 @@ def observe(model: onnx.ModelProto, feeds: dict, tensors: list[str]) -> dict:
     return {n: tuple(int(d) for d in v.shape) for n, v in zip(outputs, values) if n in wanted}
 
 
+def data_shapes(model: onnx.ModelProto, sample: dict | None, input_shapes: dict | None = None) -> dict:
+    """Input dims taken from the data: every dim of the sample except a
+    symbolic batch (kept symbolic); the user's ``--input-shape`` wins."""
+    from .data import model_inputs
+
+    out = dict(input_shapes or {})
+    if not sample:
+        return out
+    for vi in model_inputs(model):
+        if vi.name in out or vi.name not in sample:
+            continue
+        arr = np.asarray(sample[vi.name])
+        dims = vi.type.tensor_type.shape.dim
+        if arr.ndim != len(dims) or not dims:
+            continue
+        fixed = [None if k == 0 and not d.HasField("dim_value") else int(arr.shape[k])
+                 for k, d in enumerate(dims)]
+        if any(v is not None and not d.HasField("dim_value") for v, d in zip(fixed, dims)):
+            out[vi.name] = fixed
+    return out
+
+
 def shapes(model: onnx.ModelProto, input_shapes: dict | None = None, sample: dict | None = None,
            probe: bool = True) -> Shapes:
     """Every tensor's shape (see the module docstring). ``sample``: one input
-    sample (name -> array with a leading batch axis of 1)."""
+    sample (name -> array with a leading batch axis of 1); its dims fix the
+    inputs' symbolic dims other than the batch, unless ``input_shapes`` does."""
+    input_shapes = data_shapes(model, sample, input_shapes)
     dims = inferred(model, input_shapes)
     result = Shapes(dims)
     missing = incomplete(model, dims)
@@ -176,6 +216,7 @@ def shapes(model: onnx.ModelProto, input_shapes: dict | None = None, sample: dic
             result.fixed_batch = False
         except Exception:  # noqa: BLE001 - a graph that fixes batch 1 inside
             result.fixed_batch = True
+    known = _declared(model)
     for name, seen in one.items():
         old = dims.get(name)
         new = []
@@ -183,8 +224,8 @@ def shapes(model: onnx.ModelProto, input_shapes: dict | None = None, sample: dic
             prev = old[k] if old is not None and len(old) == len(seen) else None
             varies = two is not None and name in two and len(two[name]) == len(seen) and two[name][k] != d
             if varies:
-                new.append(prev if isinstance(prev, str) and not _unknown(prev) else batch_name)
-            elif isinstance(prev, int) or (isinstance(prev, str) and not _unknown(prev)):
+                new.append(prev if isinstance(prev, str) and not _unknown(prev, known) else batch_name)
+            elif isinstance(prev, int) or (isinstance(prev, str) and not _unknown(prev, known)):
                 new.append(prev)  # known to inference: a size, or a real symbolic dim
             else:
                 new.append(d)

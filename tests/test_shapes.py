@@ -60,3 +60,37 @@ def test_probed_shapes_drive_the_analysis_and_the_macs():
     assert_prunable(group_at(groups, "c1"))
     assert groups.macs == 6 * 12 * 8 * 27 + 4 * 12 * 8 * 54  # both convs over the padded 12x8 map
     assert onnxprune.analyze(model).macs == groups.macs
+
+
+def _seq_model():
+    """tokens (N, S) -> Gather(embedding) -> MatMul -> Relu -> MatMul: MACs grow with S."""
+    g = Graph()
+    e = g.add("Gather", [g.rand("table", (20, 8)), "ids"], name="embed")
+    h = g.add("Relu", [g.matmul(e, 8, 16, name="up")])
+    y = g.matmul(h, 16, 4, name="down")
+    return g.build({"ids": (["N", "S"], onnx.TensorProto.INT64)}, {y: ["N", "S", 4]})
+
+
+def test_a_symbolic_sequence_without_data_leaves_macs_unknown_and_macs_target_an_error():
+    import pytest
+
+    model = _seq_model()
+    assert onnxprune.analyze(model).macs is None
+    with pytest.raises(onnxprune.OnnxPruneError, match="input 'ids' has the symbolic dim.*S.*--input-shape"):
+        onnxprune.prune(model, macs_target=0.5)
+    ids = {"ids": np.zeros((1, 5), np.int64)}
+    assert onnxprune.analyze(model, data=ids).macs == 5 * (8 * 16 + 16 * 4)
+    assert onnxprune.analyze(model, input_shapes={"ids": [1, 7]}).macs == 7 * (8 * 16 + 16 * 4)
+
+
+def test_an_unreachable_or_meaningless_macs_target_is_an_error():
+    import pytest
+
+    ids = {"ids": np.zeros((1, 5), np.int64)}
+    # Only the 16 hidden units prune; the embedding output reaches no prunable consumer side.
+    with pytest.raises(onnxprune.OnnxPruneError, match="cannot be met.*keeps"):
+        onnxprune.prune(_seq_model(), macs_target=0.01, data=ids)
+    g = Graph()
+    y = g.add("Relu", [g.add("Mul", ["x", g.rand("s", (1, 4))])])
+    with pytest.raises(onnxprune.OnnxPruneError):
+        onnxprune.prune(g.build({"x": [1, 4]}, [y]), macs_target=0.5)

@@ -322,8 +322,9 @@ class Rule:
     def rewrite(self, node: onnx.NodeProto, index: int, rw: Rewriter) -> None:
         """Change attributes / shape constants after dims shrink. Default: nothing."""
 
-    def macs(self, node: onnx.NodeProto, view: GraphView) -> int:
-        """Multiply-accumulates of one run (symbolic batch counts as 1). Default: 0."""
+    def macs(self, node: onnx.NodeProto, view: GraphView) -> int | None:
+        """Multiply-accumulates per sample (the symbolic batch counts as 1);
+        None when a shape it needs is unknown. Default: 0."""
         return 0
 
     def linear(self, node: onnx.NodeProto, view: GraphView) -> LinearForm | None:
@@ -368,10 +369,3 @@ def numel(shape) -> int:
     for d in shape:
         n *= int(d)
     return n
-
-
-def concrete(shape) -> list[int] | None:
-    """A shape with symbolic dims counted as 1 (the batch: MACs per sample)."""
-    if shape is None:
-        return None
-    return [d if isinstance(d, int) else 1 for d in shape]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..graph import set_attr
 from ..layout import Segment
-from .base import LinearForm, Rule, attr_of, concrete, numel
+from .base import LinearForm, Rule, attr_of, numel
 from .registry import register
 
 
@@ -67,9 +67,11 @@ class Conv(Rule):
 
     def macs(self, node, view):
         w = view.const_shape(node.input[1]) if len(node.input) > 1 else None
-        out = concrete(view.shape(node.output[0]))
-        if w is None or out is None:
-            return 0
+        out = view.sizes(node.output[0])
+        if w is None:
+            return 0  # a weight computed at run time: the rule froze it, nothing to count
+        if out is None:
+            return None
         # Every output position of a Conv sums over (C_in/g) x kernel taps.
         return numel(out) * numel(w[1:])
 
@@ -89,9 +91,11 @@ class ConvTranspose(Conv):
 
     def macs(self, node, view):
         w = view.const_shape(node.input[1]) if len(node.input) > 1 else None
-        x = concrete(view.shape(node.input[0]))
-        if w is None or x is None:
+        x = view.sizes(node.input[0])
+        if w is None:
             return 0
+        if x is None:
+            return None
         # Every input position is scattered into (C_out/g) x kernel taps.
         return numel(x) * numel(w[1:])
 

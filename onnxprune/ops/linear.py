@@ -8,7 +8,7 @@ weight can mask; that axis freezes until a rule for it exists.
 """
 from __future__ import annotations
 
-from .base import LinearForm, Rule, attr_of, concrete, numel
+from .base import LinearForm, Rule, attr_of, numel
 from .registry import register
 
 
@@ -42,11 +42,10 @@ class Gemm(Rule):
             ctx.set(y, 0, rows)
 
     def macs(self, node, view):
-        a, out = view.shape(node.input[0]), concrete(view.shape(node.output[0]))
+        a, out = view.sizes(node.input[0]), view.sizes(node.output[0])
         if a is None or out is None or len(a) != 2:
-            return 0
-        k = a[0] if int(attr_of(node, view, "transA", 0)) else a[1]
-        return numel(out) * (k if isinstance(k, int) else 1)
+            return None
+        return numel(out) * (a[0] if int(attr_of(node, view, "transA", 0)) else a[1])
 
     def linear(self, node, view):
         b = view.const_shape(node.input[1])
@@ -122,11 +121,10 @@ class MatMul(Rule):
             ctx.freeze_node("constant operand of rank above 2")
 
     def macs(self, node, view):
-        a, out = view.shape(node.input[0]), concrete(view.shape(node.output[0]))
+        a, out = view.sizes(node.input[0]), view.sizes(node.output[0])
         if a is None or out is None or not a:
-            return 0
-        k = a[-1]
-        return numel(out) * (k if isinstance(k, int) else 1)
+            return None
+        return numel(out) * a[-1]
 
     def linear(self, node, view):
         a, b = view.const_shape(node.input[0]), view.const_shape(node.input[1])
