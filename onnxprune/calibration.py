@@ -96,6 +96,8 @@ class Calibration:
     seconds: float = 0.0  # the whole pass
     setup_seconds: float = 0.0  # of which: exposing tensors, creating the session
     random: bool = False
+    one_at_a_time: bool = False  # the model only runs with batch 1
+    notes: list = field(default_factory=list)
 
     def get(self, tensor: str, axis: int) -> ChannelStats | None:
         return self.stats.get((tensor, axis))
@@ -173,12 +175,12 @@ def _reader_samples(reader):
         yield item
 
 
-def load_data(source, model: onnx.ModelProto):
+def load_data(source, model: onnx.ModelProto, input_shapes: dict | None = None):
     """Any supported source -> (iterable of {input: array with sample axis}, is_random)."""
     names = [i.name for i in model_inputs(model)]
     if source is None:
         warnings.warn(RANDOM_WARNING, stacklevel=3)
-        return [random_feeds(model, 8)], True
+        return [random_feeds(model, 8, input_shapes)], True
     if isinstance(source, (str, os.PathLike)):
         spec = os.fspath(source)
         if os.path.isdir(spec):
@@ -215,6 +217,26 @@ def first_sample(source, model: onnx.ModelProto) -> dict | None:
     for batch in _batches(data, names, model, 1, 1):
         return batch
     return None
+
+
+def hold_out(source, model: onnx.ModelProto, fraction: float = 0.25, cap: int = 256):
+    """Split a re-readable calibration source into calibration and validation:
+    -> (calibration sample limit, held-out feeds {input: array}) or None when
+    the source cannot be read twice or has fewer than two samples. The
+    held-out samples are the last ones, and calibration stops before them."""
+    if source is None or (isinstance(source, (str, os.PathLike)) and ".py:" in os.fspath(source)):
+        return None
+    if not isinstance(source, (str, os.PathLike, dict, list, tuple)):
+        return None
+    data, _ = load_data(source, model)
+    names = [i.name for i in model_inputs(model)]
+    chunks = list(_batches(data, names, model, 64, None))
+    total = sum(len(next(iter(c.values()))) for c in chunks)
+    if total < 2:
+        return None
+    k = max(1, min(int(total * fraction), cap))
+    joined = {n: np.concatenate([c[n] for c in chunks]) for n in names}
+    return total - k, {n: v[total - k:] for n, v in joined.items()}
 
 
 def _guarded(samples):
@@ -283,12 +305,13 @@ def _batch_size(model: onnx.ModelProto, wanted: int) -> int:
 
 
 def calibrate(model: onnx.ModelProto, source, requests: dict, *, samples: int | None = None,
-              batch: int = 16, progress: bool = False, threads: int | None = None) -> Calibration:
+              batch: int = 16, progress: bool = False, threads: int | None = None,
+              input_shapes: dict | None = None) -> Calibration:
     """One onnxruntime pass; ``requests``: {(tensor, axis): need_gram}."""
     from .runtime import exposing
 
     t0 = time.perf_counter()
-    data, is_random = load_data(source, model)
+    data, is_random = load_data(source, model, input_shapes)
     tensors = sorted({t for t, _ in requests})
     sess, want = exposing(model, tensors, threads=threads)
     names = [i.name for i in model_inputs(model)]
@@ -300,22 +323,39 @@ def calibrate(model: onnx.ModelProto, source, requests: dict, *, samples: int | 
         bar = Progress(transient=True)
         task = bar.add_task("calibrating", total=samples)
         bar.start()
+    def run(feeds):
+        by_name = dict(zip(want, sess.run(want, feeds)))
+        for (tensor, axis), gram in requests.items():
+            x = by_name.get(tensor)
+            if x is None or x.ndim <= axis:
+                continue
+            st = cal.stats.get((tensor, axis))
+            if st is None:
+                st = cal.stats[(tensor, axis)] = ChannelStats(x.shape[axis], gram)
+            st.update(x, axis)
+
     try:
         for feeds in _batches(data, names, model, _batch_size(model, batch), samples):
-            try:
-                values = sess.run(want, feeds)
-            except Exception as e:  # noqa: BLE001 - onnxruntime raises many types
-                raise OnnxPruneError(f"calibration run failed: {str(e).splitlines()[0]}") from None
-            by_name = dict(zip(want, values))
-            for (tensor, axis), gram in requests.items():
-                x = by_name.get(tensor)
-                if x is None or x.ndim <= axis:
-                    continue
-                st = cal.stats.get((tensor, axis))
-                if st is None:
-                    st = cal.stats[(tensor, axis)] = ChannelStats(x.shape[axis], gram)
-                st.update(x, axis)
             n = len(next(iter(feeds.values())))
+            singles = [feeds] if not cal.one_at_a_time else \
+                [{k: v[i:i + 1] for k, v in feeds.items()} for i in range(n)]
+            for part in singles:
+                try:
+                    run(part)
+                except Exception as e:  # noqa: BLE001 - onnxruntime raises many types
+                    if cal.one_at_a_time or cal.samples or n == 1:
+                        raise OnnxPruneError(f"calibration run failed: {str(e).splitlines()[0]}") from None
+                    # A graph that fixes batch 1 inside (a Reshape to a literal 1):
+                    # fall back to one sample per run, and say so.
+                    cal.one_at_a_time = True
+                    cal.notes.append(f"the model does not run on batches of {n} (it fixes batch 1 "
+                                     f"inside); calibrated one sample at a time")
+                    for i in range(n):
+                        try:
+                            run({k: v[i:i + 1] for k, v in feeds.items()})
+                        except Exception as e2:  # noqa: BLE001
+                            raise OnnxPruneError(f"calibration run failed: "
+                                                 f"{str(e2).splitlines()[0]}") from None
             cal.samples += n
             if bar is not None:
                 bar.advance(task, n)

@@ -141,6 +141,8 @@ def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, co
         masked_output=masked_output, report=report_path, save_plan=save_plan)
     result = pipeline.run(model, cfg)
     print_prune(result.report, console)
+    for msg in result.report.notes:
+        click.echo(f"onnxprune: note: {msg}", err=True)
     if result.validation is not None:
         print_validation(result.validation, console)
         for msg in result.validation.warnings:

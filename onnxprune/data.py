@@ -84,16 +84,27 @@ def load_npz(path, model: onnx.ModelProto):
     return feeds, labels
 
 
-def random_feeds(model: onnx.ModelProto, samples: int, fixed: dict | None = None, seed: int = 0):
-    """Random inputs: symbolic leading dims become the sample axis, others 1."""
+def random_feeds(model: onnx.ModelProto, samples: int, fixed: dict | None = None, seed: int = 0,
+                 guess: bool = False):
+    """Random inputs with a leading sample axis. Every other dim must be known:
+    static in the model or given in ``fixed`` (``--input-shape``, or the dims
+    of the user's data). An unknown one is an error naming the input, unless
+    ``guess`` (tests only) sets it to 1."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for vi in model_inputs(model):
         dims = input_dims(vi, fixed)
+        own = input_dims(vi)
+        dims = [d if d is not None else (own[k] if k < len(own) else None) for k, d in enumerate(dims)]
         if not dims:
             raise OnnxPruneError(f"input '{vi.name}' is a scalar; give --data")
+        unknown = [str(d) for d in dims[1:] if not (isinstance(d, int) and d > 0)]
+        if unknown and not guess:
+            raise OnnxPruneError(f"random inputs need every dim but the batch: input '{vi.name}' has "
+                                 f"{', '.join(unknown)}; give --data (or --calib) or --input-shape "
+                                 f"{vi.name}:D1,D2,...")
         shape = [samples] + [d if isinstance(d, int) and d > 0 else 1 for d in dims[1:]]
-        if isinstance(dims[0], int) and dims[0] > 0 and not (fixed and vi.name in fixed):
+        if isinstance(dims[0], int) and dims[0] > 0 and not (fixed and vi.name in fixed and fixed[vi.name][0]):
             shape[0] = samples * dims[0]
         want = NP_TYPES.get(vi.type.tensor_type.elem_type, np.float32)
         if np.issubdtype(want, np.floating):

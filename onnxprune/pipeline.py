@@ -96,6 +96,7 @@ class PruneReport:
     calibration: dict | None = None  # samples, seconds, random, tensors
     compensation_skipped: list = field(default_factory=list)
     internal_errors: list = field(default_factory=list)
+    notes: list = field(default_factory=list)  # what the user should know about how it was done
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -204,8 +205,37 @@ def calibrate(groups: Groups, cfg: PruneConfig) -> Calibration | None:
         if mode == "none":
             return None
     requests = importance.calibration_requests(groups, gram=mode == "lsq")
+    batch = 1 if groups.shape_info is not None and groups.shape_info.fixed_batch else cfg.calib_batch
     return run_calibration(groups.model, cfg.calib, requests, samples=cfg.calib_samples,
-                           batch=cfg.calib_batch, progress=cfg.progress)
+                           batch=batch, progress=cfg.progress, input_shapes=_known_inputs(groups, cfg))
+
+
+def _known_inputs(groups: Groups, cfg: PruneConfig) -> dict:
+    """Input dims known from the user or the data (for random inputs)."""
+    from .shapes import data_shapes
+
+    return data_shapes(groups.model, sample(cfg, groups.model), cfg.input_shapes)
+
+
+def hold_out(groups: Groups, cfg: PruneConfig) -> tuple[PruneConfig, str | None]:
+    """Validation never reuses calibration samples: with --calib and no --data,
+    the last quarter of the calibration data (at most 256 samples) is held out
+    for validation, and calibration stops before it."""
+    from dataclasses import replace
+
+    from .calibration import hold_out as split
+
+    if not cfg.validate or cfg.data is not None or cfg.calib is None:
+        return cfg, None
+    parts = split(cfg.calib, groups.model)
+    if parts is None:
+        return cfg, None
+    limit, held = parts
+    n = len(next(iter(held.values())))
+    samples = limit if cfg.calib_samples is None else min(cfg.calib_samples, limit)
+    note = (f"validating on the last {n} calibration samples, held out of calibration "
+            f"(calibrating on {samples}); pass --data for a separate validation set")
+    return replace(cfg, data=held, calib_samples=samples), note
 
 
 def score(groups: Groups, calibration: Calibration | None, cfg: PruneConfig):
@@ -276,13 +306,15 @@ def report(groups: Groups, the_plan: Plan, pruned: onnx.ModelProto, calibration,
                  "kept": the_plan.kept.get(g.id, (g.channels, g.channels))[0],
                  "members": g.members, "frozen": g.frozen} for g in groups.groups],
         compensation_skipped=list(comp.skipped) if comp is not None else [],
-        internal_errors=list(groups.internal_errors))
+        internal_errors=list(groups.internal_errors),
+        notes=list(groups.shape_info.notes if groups.shape_info is not None else [])
+        + (list(calibration.notes) if calibration is not None else []))
 
 
 def validate(groups: Groups, pruned: onnx.ModelProto, cfg: PruneConfig) -> Validation | None:
     if not cfg.validate:
         return None
-    return run_validation(groups.model, pruned, cfg.data, input_shapes=cfg.input_shapes,
+    return run_validation(groups.model, pruned, cfg.data, input_shapes=_known_inputs(groups, cfg),
                           samples=cfg.samples, threads=cfg.threads)
 
 
@@ -345,18 +377,21 @@ def run(source, cfg: PruneConfig) -> PruneResult:
     if loaded.external:
         preflight(source, cfg, loaded.files)
     groups = analyze(loaded, cfg)
-    calibration = calibrate(groups, cfg)
-    scores = score(groups, calibration, cfg)
-    the_plan = plan(groups, scores, cfg)
-    comp = compensate(groups, the_plan, calibration, cfg)
+    run_cfg, held_note = hold_out(groups, cfg)
+    calibration = calibrate(groups, run_cfg)
+    scores = score(groups, calibration, run_cfg)
+    the_plan = plan(groups, scores, run_cfg)
+    comp = compensate(groups, the_plan, calibration, run_cfg)
     original = invariants.summarize(groups.model)
     # Validation compares against the original: keep it. Otherwise rewrite the
     # loaded copy in place (masked() re-derives the original from the source).
     pruned = apply(groups, the_plan, comp, in_place=not cfg.validate)
-    check(original, pruned, cfg)
-    result = PruneResult(pruned, report(groups, the_plan, pruned, calibration, comp, cfg), groups,
+    check(original, pruned, run_cfg)
+    result = PruneResult(pruned, report(groups, the_plan, pruned, calibration, comp, run_cfg), groups,
                          the_plan, comp, config=cfg, source=source, summary=original)
-    result.validation = validate(groups, pruned, cfg)
+    if held_note:
+        result.report.notes.append(held_note)
+    result.validation = validate(groups, pruned, run_cfg)
     result.written = save(result, cfg)
     return result
 

@@ -91,11 +91,21 @@ def _batch_size(model: onnx.ModelProto, fixed: dict | None) -> int | None:
 
 
 def run_batched(sess, feeds: dict, batch: int | None, chunk: int = 32) -> list[np.ndarray]:
+    """Run every sample, ``batch`` (the model's fixed leading dim) or ``chunk``
+    at a time; a model that only runs with batch 1 inside is run one by one."""
     n = len(next(iter(feeds.values())))
     step = batch or chunk
     outs: list[list[np.ndarray]] = []
     for start in range(0, n - (n % step if batch else 0), step):
-        res = sess.run(None, {k: v[start:start + step] for k, v in feeds.items()})
+        part = {k: v[start:start + step] for k, v in feeds.items()}
+        try:
+            res = sess.run(None, part)
+        except Exception:  # noqa: BLE001 - a graph that fixes batch 1 inside
+            if batch or len(next(iter(part.values()))) == 1:
+                raise
+            singles = [sess.run(None, {k: v[i:i + 1] for k, v in part.items()})
+                       for i in range(len(next(iter(part.values()))))]
+            res = [np.concatenate([r[j] for r in singles]) for j in range(len(singles[0]))]
         outs.append(res)
     if not outs:
         raise OnnxPruneError(f"need at least {step} samples for a model with fixed batch {step}")

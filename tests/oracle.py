@@ -50,7 +50,7 @@ def check_exact(model: onnx.ModelProto | str, keep: dict | None = None, *, feeds
         # Random inputs; a fixed leading dim is used as is (one sample-batch).
         fixed = any(d.HasField("dim_value") for i in groups.model.graph.input
                     for d in i.type.tensor_type.shape.dim[:1])
-        feeds = random_feeds(groups.model, 1 if fixed else 2, input_shapes, seed)
+        feeds = random_feeds(groups.model, 1 if fixed else 2, input_shapes, seed, guess=True)
     original = run(groups.model, feeds)
     for _ in range(trials if keep is None else 1):
         k = random_keep(groups, rng) if keep is None else keep

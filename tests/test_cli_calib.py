@@ -95,10 +95,15 @@ def test_relief_with_lsq_and_sample_limits_writes_the_report(tmp_path, model_pat
 
 def test_calib_defaults_to_bias_compensation(tmp_path, model_path, calib_path):
     rep = tmp_path / "r.json"
-    assert_ok(cli("prune", model_path, "-o", tmp_path / "p.onnx", "--criterion", "mean_abs",
-                  "--calib", calib_path, "--report", rep))
+    result = cli("prune", model_path, "-o", tmp_path / "p.onnx", "--criterion", "mean_abs",
+                 "--calib", calib_path, "--report", rep)
+    assert_ok(result)
     r = report(rep)
-    assert r["compensate"] == "bias" and r["calibration"]["samples"] == 32
+    assert r["compensate"] == "bias"
+    # Without --data, the last quarter of the calibration data is held out for validation.
+    assert r["calibration"]["samples"] == 24 and r["validation"]["samples"] == 8
+    assert not r["validation"]["random_inputs"]
+    assert "held out" in result.stderr and any("held out" in n for n in r["notes"])
 
 
 def test_weight_criterion_without_calib_does_not_calibrate(tmp_path, model_path):
@@ -185,6 +190,9 @@ def test_calib_folder_works(tmp_path, model_path):
     rep = tmp_path / "r.json"
     assert_ok(cli("prune", model_path, "-o", tmp_path / "p.onnx", "--criterion", "act_l2",
                   "--calib", folder, "--report", rep))
+    assert report(rep)["calibration"]["samples"] == 5  # one of six held out for validation
+    assert_ok(cli("prune", model_path, "-o", tmp_path / "p2.onnx", "--criterion", "act_l2",
+                  "--calib", folder, "--report", rep, "--no-validate"))
     assert report(rep)["calibration"]["samples"] == 6
 
 
