@@ -15,9 +15,11 @@ That one shape of map covers every coupling the op rules need:
 
 Two layouts that must be the same index space are *unified*: segment
 boundaries are aligned by splitting atoms (an atom becomes a concatenation of
-smaller atoms) and block sizes are matched by coarsening atoms (an atom of size
+smaller atoms), block sizes are matched by coarsening atoms (an atom of size
 ``n * r`` becomes ``(b, 1, r)``: pruning then removes whole blocks, as grouped
-convolutions and attention heads need). Where the two cannot be made the same,
+convolutions and attention heads need), and repeat counts by the same move
+on the outer index (``(b, r, 1)``: a space repeated r times over, as Tile and
+DepthToSpace make it). Where the two cannot be made the same,
 every atom involved is frozen with a reason; nothing is guessed.
 """
 from __future__ import annotations
@@ -206,10 +208,22 @@ class Atoms:
                 return False
             self.union(a, b)
             return True
-        if s1.outer != s2.outer:
-            raise LayoutError("channel blocks are interleaved differently")
         if a == b:
             raise LayoutError("a channel space would be coupled with a coarser view of itself")
+        if s1.outer != s2.outer:
+            if s1.inner != s2.inner:
+                raise LayoutError("channel blocks are interleaved differently")
+            # Same inner block: the space repeated fewer times is the other one
+            # repeated ``big // small`` times over (Tile, DepthToSpace DCR,
+            # channels-last flatten meeting a plain space).
+            if s1.outer < s2.outer:
+                a, b, small, big = a, b, s1.outer, s2.outer
+            else:
+                a, b, small, big = b, a, s2.outer, s1.outer
+            if big % small:
+                raise LayoutError("channel repeats do not divide")
+            self._substitute(a, (Segment(b, big // small, 1),))
+            return True
         if s1.inner < s2.inner:
             a, b, small, big = a, b, s1.inner, s2.inner
         else:

@@ -91,15 +91,24 @@ def schema_default(domain: str, op: str, version: int, name: str):
     return onnx.helper.get_attribute_value(a.default_value)
 
 
+def _text(value):
+    """String attributes come back from protobuf as bytes: give rules str."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, list) and value and isinstance(value[0], bytes):
+        return [v.decode("utf-8", "replace") for v in value]
+    return value
+
+
 def node_attr(node: onnx.NodeProto, name: str, version: int | None, default=None):
-    """A node's attribute, else the schema default, else ``default``."""
+    """A node's attribute, else the schema default, else ``default`` (strings as str)."""
     for a in node.attribute:
         if a.name == name:
-            return onnx.helper.get_attribute_value(a)
+            return _text(onnx.helper.get_attribute_value(a))
     if version:
         value = schema_default(domain_of(node), node.op_type, version, name)
         if value is not None:
-            return value
+            return _text(value)
     return default
 
 

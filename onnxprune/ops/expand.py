@@ -1,0 +1,91 @@
+"""Expand and Tile: repeat a tensor along some axes.
+
+Expand broadcasts size-1 axes to a target shape; an axis that keeps its size
+passes its channels through, and a constant target that names the channel
+count is rewritten (grouped-query attention's ``repeat_kv`` expands a new
+axis next to the K/V heads, which then merge by Reshape). Tile repeats whole
+axes: ``r`` copies of a channel space end to end are the same space repeated
+along an outer index, which the layout algebra expresses directly.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..fold import known_ints, partial_value
+from ..layout import Segment
+from .base import Rule
+from .registry import register
+
+
+@register("Expand")
+class Expand(Rule):
+    """Axes that keep their size pass through; a constant target naming a channel count is rewritten."""
+
+    def analyze(self, node, ctx):
+        x, y = node.input[0], node.output[0]
+        lays = ctx.axes(x)
+        if not lays:
+            return
+        rx, ry = ctx.view.rank(x), ctx.view.rank(y)
+        target = known_ints(partial_value(ctx.view, node.input[1]))
+        if rx is None or ry is None or target is None:
+            ctx.freeze_tensor(x, "expand to a shape computed at run time")
+            return
+        names = {}
+        for ax, lay in lays.items():
+            to = ax + (ry - rx)
+            k = to - (ry - len(target))
+            entry = target[k] if 0 <= k < len(target) else 1
+            if ctx.view.static(x, ax) != ctx.view.static(y, to):
+                ctx.freeze(lay, f"size of axis {ax} changes from '{x}' to '{y}'")
+                continue
+            if entry is None:
+                ctx.freeze(lay, "expand to a shape computed at run time names the channel count")
+                continue
+            ctx.set(y, to, lay)
+            if entry > 1:
+                names[k] = to  # the target states this channel count: rewrite it
+        if names:
+            if ctx.const(1) is None:
+                for k, to in names.items():
+                    ctx.freeze(ctx.get(y, to), "expand to a shape computed at run time names the channel count")
+                return
+            ctx.state(entries=names)
+
+    def rewrite(self, node, index, rw):
+        entries = rw.state(index).get("entries")
+        if not entries or not rw.changed(node.output[0]):
+            return
+        shape = np.array(rw.view.const(node.input[1]), dtype=np.int64).copy()
+        new = rw.new_shape(node.output[0])
+        for k, to in entries.items():
+            shape[k] = new[to]
+        rw.set_const(index, 1, shape)
+
+
+@register("Tile")
+class Tile(Rule):
+    """Repeated axes carry the same channels r times over (an outer index); repeats never change."""
+
+    def analyze(self, node, ctx):
+        x, y = node.input[0], node.output[0]
+        lays = ctx.axes(x)
+        if not lays:
+            return
+        reps = known_ints(partial_value(ctx.view, node.input[1]))
+        if reps is None or len(reps) != ctx.view.rank(x):
+            ctx.freeze_tensor(x, "tile repeats computed at run time")
+            return
+        for ax, lay in lays.items():
+            r = reps[ax]
+            if r is None:
+                ctx.freeze(lay, "tile repeats along a channel axis computed at run time")
+            elif r == 1:
+                ctx.set(y, ax, lay)
+            else:
+                resolved = ctx.atoms.resolve(lay)
+                if len(resolved) != 1:
+                    ctx.freeze(lay, "a concatenated channel space is tiled")
+                    continue
+                s = resolved[0]
+                ctx.set(y, ax, (Segment(s.atom, s.outer * r, s.inner),))
