@@ -98,6 +98,11 @@ def compensate(groups: Groups, keep: dict, calibration, mode: str = "bias",
                 continue
             if not form.dense:
                 continue  # channel-wise (grouped) consumers need no compensation
+            stored = groups.view.const_root(node.input[form.weight])
+            if stored is None:
+                comp.skipped.append(f"{node.name}: its weight is computed from stored constants "
+                                    f"(Cast, DequantizeLinear...), which compensation cannot rewrite")
+                continue
             shared = _shared(groups, node, form)
             if shared:
                 comp.skipped.append(f"{node.name}: '{shared}' is shared with other nodes")

@@ -17,7 +17,7 @@ from .walk import captured_names, subgraphs
 
 
 
-_NO_FOLD = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "RandomNormal",
+_NO_FOLD = {"QuantizeLinear", "DynamicQuantizeLinear", "RandomNormal",
             "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
             "If", "Loop", "Scan"}
 _FOLD_LIMIT = 1 << 24  # elements: weights, not activations
@@ -27,6 +27,19 @@ CACHE_ELEMENTS = 1 << 16  # stored constants up to this size stay cached as arra
 def _foldable(node: onnx.NodeProto) -> bool:
     return (node.domain in ("", "ai.onnx") and node.op_type not in _NO_FOLD and bool(node.input)
             and not subgraphs(node))
+
+
+def _dequantize(values: list, axis: int) -> np.ndarray:
+    """(x - zero_point) * scale, per tensor or per ``axis`` (every opset: the
+    reference evaluator only has the newest)."""
+    x, scale = values[0], np.asarray(values[1])
+    zp = values[2] if len(values) > 2 and values[2] is not None else np.zeros((), x.dtype)
+    zp = np.asarray(zp)
+    if scale.ndim == 1 and scale.size > 1 and x.ndim:
+        shape = [1] * x.ndim
+        shape[axis % x.ndim] = -1
+        scale, zp = scale.reshape(shape), zp.reshape(shape) if zp.size > 1 else zp
+    return ((x.astype(np.float32) - zp.astype(np.float32)) * scale).astype(scale.dtype)
 
 
 def _tensor_shape(vi: onnx.ValueInfoProto):
@@ -220,13 +233,17 @@ class GraphView:
 
     def _fold(self, node: onnx.NodeProto, name: str) -> np.ndarray | None:
         """Evaluate a node whose inputs are all constants (decomposed BatchNorm's
-        Sqrt(var), Cast of fp16 weights...). Quantize/Dequantize stay symbolic:
-        folding them would silently turn quantized weights into floats."""
+        Sqrt(var), Cast of fp16 weights, DequantizeLinear of int8 weights...).
+        The folded value is what the analysis and the criteria read; the
+        rewrite slices the stored constants behind it (``weights.trace``), so
+        an int8 weight stays int8. Quantize ops stay symbolic."""
         values = [self.const(i) if i else None for i in node.input]
         if any(v is None for i, v in zip(node.input, values) if i):
             return None
         if sum(v.size for v in values if v is not None) > _FOLD_LIMIT:
             return None
+        if node.op_type == "DequantizeLinear" and not attr(node, "block_size", 0):
+            return _dequantize(values, int(attr(node, "axis", 1)))
         try:
             from onnx.reference import ReferenceEvaluator
 

@@ -25,6 +25,7 @@ from .costs import count_macs, count_params
 from .errors import InternalError
 from .graph import GraphView
 from .layout import LayoutError
+from .weights import trace
 from .ops import UNSUPPORTED, Analysis, Context, LinearForm, WeightUse, rule_for
 
 
@@ -362,13 +363,16 @@ def _couple_shared_weights(view: GraphView, analysis: Analysis) -> None:
         stray = []
         if view.const_root(source) is None:  # folded: its constants must be private
             leaves, chain = view.const_chain(source)
-            folded = view.const(source)
-            narrow = [view.const(t) for t in leaves]
-            narrow = [v for v in narrow if v is not None and v.dtype.kind == folded.dtype.kind
-                      and v.dtype.itemsize < folded.dtype.itemsize]
-            if narrow:
-                stray.append(f"'{source}' is computed from {narrow[0].dtype} constants; sliced "
-                             f"here it would be stored as {folded.dtype}")
+            traced = all(trace(view, view.nodes[u.node].input[u.input], u.axis) is not None for u in uses)
+            if not traced:  # the folded value itself would be written: never wider than stored
+                folded = view.const(source)
+                narrow = [view.const(t) for t in leaves]
+                narrow = [v for v in narrow if v is not None and v.size > 1
+                          and v.dtype.itemsize < folded.dtype.itemsize]
+                if narrow:
+                    stray.append(f"'{source}' is computed from {narrow[0].dtype} constants through ops "
+                                 f"that cannot be sliced at the source; sliced here it would be "
+                                 f"stored as {folded.dtype}")
             for t in leaves | {o for i in chain for o in view.nodes[i].output}:
                 if t == source:
                     continue

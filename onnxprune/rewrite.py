@@ -22,6 +22,7 @@ from onnx import numpy_helper
 from .errors import InternalError
 from .graph import GraphView, skeleton
 from .walk import read_names
+from .weights import neutral, trace, zero_safe
 from .groups import Groups
 from .ops import Rewriter, rule_for
 
@@ -119,6 +120,12 @@ def _rewrite_weights(rw: _Edits, masked: bool) -> None:
         name = view.nodes[index].input[slot]
         by_source.setdefault(view.const_root(name) or name, {}).setdefault((index, slot), [])
     for source, readers in by_source.items():
+        if view.const_root(source) is None and not any(key in rw.overrides for key in readers):
+            traced = _traced_values(rw, source, readers, masked)
+            if traced is not None:  # sliced where stored; the chain recomputes from them
+                for stored, value in traced.items():
+                    _write_stored(rw, stored, value)
+                continue
         computed: dict = {}
         edits = []
         for (index, slot), uses in readers.items():
@@ -131,6 +138,57 @@ def _rewrite_weights(rw: _Edits, masked: bool) -> None:
         if edits:
             _write_source(rw, source, edits, masked)
         del computed, edits
+
+
+def _traced_values(rw: _Edits, source: str, readers: dict, masked: bool) -> dict | None:
+    """New values of the stored constants a folded weight is computed from
+    (``weights.trace``), or None when some slice cannot be traced to them (the
+    folded value is then written as a new initializer, if that is allowed)."""
+    view = rw.view
+    steps: dict[str, dict[int, np.ndarray]] = {}
+    for (index, slot), uses in readers.items():
+        name = view.nodes[index].input[slot]
+        for use in uses:
+            pos = rw.a.atoms.positions(use.layout, rw.keep)
+            full = rw.a.atoms.layout_size(use.layout)
+            if len(pos) == full or (masked and use.role != "in"):
+                continue
+            sources = trace(view, name, use.axis)
+            if sources is None:
+                return None
+            idx = np.setdiff1d(np.arange(full), pos) if masked else pos
+            for stored, axis in sources:
+                prev = steps.setdefault(stored, {}).get(axis)
+                if prev is not None and not np.array_equal(prev, idx):
+                    return None
+                steps[stored][axis] = idx
+    if masked and steps and not zero_safe(view, source):
+        return None
+    out = {}
+    for stored, axes in steps.items():
+        value = view.const(stored)
+        if masked:
+            value = np.array(value, copy=True)
+            fill = neutral(view, stored, view.readers(stored))
+            if fill is None:
+                return None
+            for axis, removed in axes.items():
+                idx = [slice(None)] * value.ndim
+                idx[axis] = removed
+                value[tuple(idx)] = fill[tuple(idx)]
+        else:
+            for axis, pos in axes.items():
+                value = np.take(value, pos, axis=axis)
+        out[stored] = np.ascontiguousarray(value)
+    return out
+
+
+def _write_stored(rw: _Edits, stored: str, value: np.ndarray) -> None:
+    """Replace a stored constant (initializer or Constant node) in place."""
+    if stored in rw.inits:
+        rw.inits[stored].CopyFrom(numpy_helper.from_array(value, stored))
+    else:
+        _set_constant_value(rw.view.producer[stored], value)
 
 
 def _add_biases(rw: _Edits, groups: Groups, biases: dict, masked: bool) -> None:
