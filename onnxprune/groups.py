@@ -241,7 +241,7 @@ class Groups:
     def weight_status(self) -> list[WeightStatus]:
         """Every float weight: in a prunable group, only in frozen groups (with the
         first reason), or in no group (with why: its readers)."""
-        from .costs import _FLOAT_TYPES
+        from .costs import _WEIGHT_TYPES
 
         view = self.view
         by_weight: dict[str, list] = {}
@@ -250,7 +250,7 @@ class Groups:
         atom_group = self.by_atom()
         out = []
         for name, dims, dtype, where in _stored_weights(view):
-            if dtype not in _FLOAT_TYPES:
+            if dtype not in _WEIGHT_TYPES:
                 continue
             size = int(np.prod(dims, dtype=np.int64)) if len(dims) else 1
             uses = by_weight.get(name, []) if where is None else []
