@@ -204,13 +204,17 @@ def load_data(source, model: onnx.ModelProto, input_shapes: dict | None = None):
                              f"supported") from None
 
 
+def _rereadable(source) -> bool:
+    """A file, folder, dict or list: reading it again has no side effect
+    (generators, readers and user modules would be consumed)."""
+    if isinstance(source, (str, os.PathLike)):
+        return ".py:" not in os.fspath(source)
+    return isinstance(source, (dict, list, tuple))
+
+
 def first_sample(source, model: onnx.ModelProto) -> dict | None:
-    """One sample (batch of 1) of a source that can be read again without side
-    effects (a file, folder, dict or list), for observing shapes; None for
-    generators, readers and user modules (reading them would consume them)."""
-    if source is None or (isinstance(source, (str, os.PathLike)) and ".py:" in os.fspath(source)):
-        return None
-    if not isinstance(source, (str, os.PathLike, dict, list, tuple)):
+    """One sample (batch of 1) of a re-readable source, for observing shapes."""
+    if not _rereadable(source):
         return None
     data, _ = load_data(source, model)
     names = [i.name for i in model_inputs(model)]
@@ -224,9 +228,7 @@ def hold_out(source, model: onnx.ModelProto, fraction: float = 0.25, cap: int = 
     -> (calibration sample limit, held-out feeds {input: array}) or None when
     the source cannot be read twice or has fewer than two samples. The
     held-out samples are the last ones, and calibration stops before them."""
-    if source is None or (isinstance(source, (str, os.PathLike)) and ".py:" in os.fspath(source)):
-        return None
-    if not isinstance(source, (str, os.PathLike, dict, list, tuple)):
+    if not _rereadable(source):
         return None
     data, _ = load_data(source, model)
     names = [i.name for i in model_inputs(model)]

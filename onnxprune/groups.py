@@ -305,25 +305,25 @@ def _stored_weights(view: GraphView):
     parameter count counts: initializers and Constant values, subgraphs included."""
     from .walk import all_graphs, subgraphs
 
+    def constants(nodes, why):
+        for n in nodes:
+            if n.op_type == "Constant":
+                for a in n.attribute:
+                    if a.name == "value":
+                        yield n.output[0], a.t.dims, a.t.data_type, why
+
     inputs = set(view.graph_inputs)
     for t in view.graph.initializer:
         why = "also a graph input, so it can be replaced at run time" if t.name in inputs else None
         yield t.name, t.dims, t.data_type, why
+    yield from constants(view.nodes, None)
     for node in view.nodes:
-        if node.op_type == "Constant":
-            for a in node.attribute:
-                if a.name == "value":
-                    yield node.output[0], a.t.dims, a.t.data_type, None
         for sub in subgraphs(node):
             for g in all_graphs(sub):
                 why = f"inside a subgraph of node '{node.name}' ({node.op_type})"
                 for t in g.initializer:
                     yield t.name, t.dims, t.data_type, why
-                for n in g.node:
-                    if n.op_type == "Constant":
-                        for a in n.attribute:
-                            if a.name == "value":
-                                yield n.output[0], a.t.dims, a.t.data_type, why
+                yield from constants(g.node, why)
 
 
 # -- the analysis pass ---------------------------------------------------------------

@@ -234,6 +234,15 @@ class Atoms:
         self._substitute(a, (Segment(b, 1, big // small),))
         return True
 
+    def repeated(self, layout: Layout, times: int) -> Layout | None:
+        """The same channel space repeated ``times`` times end to end (Tile,
+        SpaceToDepth); None for a concatenation, which cannot repeat as one."""
+        resolved = self.resolve(layout)
+        if len(resolved) != 1:
+            return None
+        s = resolved[0]
+        return (Segment(s.atom, s.outer * times, s.inner),)
+
     # -- index expansion -----------------------------------------------------
     def positions(self, layout: Layout, keep: dict[int, np.ndarray]) -> np.ndarray:
         """Positions along an axis that survive, given kept indices per leaf atom."""

@@ -53,9 +53,8 @@ class SpaceToDepth(Rule):
             elif ax == 0:
                 ctx.set(y, 0, lay)
             else:
-                resolved = ctx.atoms.resolve(lay)
-                if len(resolved) != 1:
+                rep = ctx.atoms.repeated(lay, b * b)
+                if rep is None:
                     ctx.freeze(lay, "a concatenated channel space is moved to depth")
-                    continue
-                s = resolved[0]
-                ctx.set(y, 1, (Segment(s.atom, s.outer * b * b, s.inner),))
+                else:
+                    ctx.set(y, 1, rep)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 
 from ..fold import known_ints, partial_value
-from ..layout import Segment
 from .base import Rule
 from .registry import register
 
@@ -83,9 +82,8 @@ class Tile(Rule):
             elif r == 1:
                 ctx.set(y, ax, lay)
             else:
-                resolved = ctx.atoms.resolve(lay)
-                if len(resolved) != 1:
+                rep = ctx.atoms.repeated(lay, r)
+                if rep is None:
                     ctx.freeze(lay, "a concatenated channel space is tiled")
-                    continue
-                s = resolved[0]
-                ctx.set(y, ax, (Segment(s.atom, s.outer * r, s.inner),))
+                else:
+                    ctx.set(y, ax, rep)
