@@ -33,6 +33,9 @@ RANDOM_WARNING = ("no calibration data: using random inputs. Data-driven criteri
                   "pass --calib with real inputs")
 
 
+MAX_GRAM_BYTES = 4 << 30  # one layer's X^T X: refused before allocating above this
+
+
 @dataclass
 class ChannelStats:
     """Streaming statistics of one tensor axis, per position along that axis."""
@@ -51,6 +54,11 @@ class ChannelStats:
             if getattr(self, name) is None:
                 setattr(self, name, np.zeros(self.size, dtype=np.float64))
         if self.gram and self.xtx is None:
+            need = self.size * self.size * 8
+            if need > MAX_GRAM_BYTES:
+                raise OnnxPruneError(f"least-squares compensation needs a {self.size} x {self.size} Gram "
+                                     f"matrix ({need / 2**30:.1f} GiB) for one layer; use "
+                                     f"--compensate bias or none")
             self.xtx = np.zeros((self.size, self.size), dtype=np.float64)
 
     def update(self, x: np.ndarray, axis: int) -> None:
@@ -151,14 +159,14 @@ def _callable_samples(spec: str):
             module_spec.loader.exec_module(module)
         finally:
             sys.path.pop(0)
-    except Exception as e:  # noqa: BLE001 - user code may raise anything
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - user code may raise anything, or exit
         raise OnnxPruneError(f"--calib {spec}: importing {path} failed: {type(e).__name__}: {e}") from None
     fn = getattr(module, func, None)
     if not callable(fn):
         raise OnnxPruneError(f"--calib {spec}: {path} has no function '{func}'")
     try:
         result = fn()
-    except Exception as e:  # noqa: BLE001 - user code may raise anything
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - user code may raise anything, or exit
         raise OnnxPruneError(f"--calib {spec}: {func}() raised {type(e).__name__}: {e}") from None
     try:
         return iter(result)
@@ -251,7 +259,7 @@ def _guarded(samples):
             return
         except OnnxPruneError:
             raise
-        except Exception as e:  # noqa: BLE001 - user generators may raise anything
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - user generators may raise anything, or exit
             raise OnnxPruneError(f"calibration data source raised {type(e).__name__}: {e}") from None
         yield item
 
@@ -282,6 +290,11 @@ def _batches(samples, names: list[str], model: onnx.ModelProto, batch: int, limi
         count = len(next(iter(arrays.values())))
         if limit is not None:
             count = min(count, limit - seen)
+        if have and any(arrays[n].shape[1:] != pending[n][0].shape[1:] for n in names):
+            # Samples of another size (a folder of images of different sizes):
+            # they cannot share a batch, so what is pending goes on its own.
+            yield {n: np.concatenate(pending[n]) for n in names}
+            pending, have = {n: [] for n in names}, 0
         for n in names:
             pending[n].append(arrays[n][:count])
         have += count

@@ -176,13 +176,15 @@ def ops(as_json):
 @input_shape_opt
 def validate(original, pruned, data, report_path, samples, threads, quiet, input_shape):
     """Compare PRUNED against ORIGINAL on the same inputs."""
+    if report_path:  # before any work: never over an input
+        protect = {os.path.realpath(p) for p in (original, pruned, data) if p and os.path.exists(p)}
+        check_writable(report_path, protect)
     v = run_validate(original, pruned, data, input_shapes=parse_input_shapes(input_shape),
                      samples=samples, threads=threads)
     print_validation(v, _console(quiet))
     for msg in v.warnings:
         click.echo(f"onnxprune: warning: {msg}", err=True)
     if report_path:
-        check_writable(report_path)
         _write_json(report_path, v.to_dict())
 
 

@@ -84,6 +84,9 @@ def load_npz(path, model: onnx.ModelProto):
     return feeds, labels
 
 
+MAX_RANDOM_BYTES = 2 << 30  # refused before allocating above this
+
+
 def random_feeds(model: onnx.ModelProto, samples: int, fixed: dict | None = None, seed: int = 0,
                  guess: bool = False):
     """Random inputs with a leading sample axis. Every other dim must be known:
@@ -107,6 +110,10 @@ def random_feeds(model: onnx.ModelProto, samples: int, fixed: dict | None = None
         if isinstance(dims[0], int) and dims[0] > 0 and not (fixed and vi.name in fixed and fixed[vi.name][0]):
             shape[0] = samples * dims[0]
         want = NP_TYPES.get(vi.type.tensor_type.elem_type, np.float32)
+        need = int(np.prod(shape, dtype=np.float64)) * np.dtype(want).itemsize
+        if need > MAX_RANDOM_BYTES:
+            raise OnnxPruneError(f"random inputs for '{vi.name}' of shape {shape} would take "
+                                 f"{need / 2**30:.1f} GiB; give --data or a smaller --input-shape")
         if np.issubdtype(want, np.floating):
             feeds[vi.name] = rng.standard_normal(shape).astype(want)
         elif want == np.bool_:

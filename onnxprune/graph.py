@@ -83,7 +83,10 @@ class GraphView:
         self.initializers = {t.name: t for t in self.graph.initializer}
         self.graph_inputs = [i.name for i in self.graph.input]
         self.graph_outputs = [o.name for o in self.graph.output]
-        self._inputs = set(self.graph_inputs)
+        # Before IR version 4 every initializer is also listed as a graph input
+        # (a default value, in practice a weight): only real inputs count then.
+        old_ir = 0 < model.ir_version < 4
+        self._inputs = {n for n in self.graph_inputs if not (old_ir and n in self.initializers)}
         # Symbolic leading dims of the inputs: the batch. A tensor dim that is
         # one of these counts as 1 in MACs (MACs per sample); any other
         # symbolic dim leaves MACs unknown.
@@ -161,21 +164,31 @@ class GraphView:
 
     # -- constants -----------------------------------------------------------
     def const_root(self, name: str) -> str | None:
-        """The initializer or Constant-node output a tensor is, seen through Identity."""
-        seen: set[str] = set()
-        while name and name not in seen:
-            seen.add(name)
+        """The initializer or Constant-node output a tensor is, seen through
+        Identity (memoised along the chain: linear even for long chains)."""
+        cache = self.__dict__.setdefault("_roots", {})
+        walked: list[str] = []
+        root = None
+        while name:
+            if name in cache:
+                root = cache[name]
+                break
+            if name in walked:  # a cycle: no root
+                break
+            walked.append(name)
             if name in self.initializers and name not in self._inputs:
-                return name
+                root = name
+                break
             node = self.producer.get(name)
-            if node is None:
-                return None
+            if node is None or node.op_type not in ("Constant", "Identity"):
+                break
             if node.op_type == "Constant":
-                return name
-            if node.op_type != "Identity":
-                return None
+                root = name
+                break
             name = node.input[0]
-        return None
+        for n in walked:
+            cache[n] = root
+        return root
 
     def _stored(self, root: str) -> np.ndarray | None:
         if root in self.initializers:

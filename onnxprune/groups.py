@@ -312,9 +312,9 @@ def _stored_weights(view: GraphView):
                     if a.name == "value":
                         yield n.output[0], a.t.dims, a.t.data_type, why
 
-    inputs = set(view.graph_inputs)
     for t in view.graph.initializer:
-        why = "also a graph input, so it can be replaced at run time" if t.name in inputs else None
+        why = "also a graph input, so it can be replaced at run time" \
+            if view.const_root(t.name) is None else None
         yield t.name, t.dims, t.data_type, why
     yield from constants(view.nodes, None)
     for node in view.nodes:

@@ -21,7 +21,7 @@ from onnx import numpy_helper
 
 from .errors import InternalError
 from .graph import GraphView, skeleton
-from .walk import read_names
+from .walk import node_reads, read_names
 from .weights import neutral, trace, zero_safe
 from .groups import Groups
 from .ops import Rewriter, rule_for
@@ -290,8 +290,17 @@ def _write_source(rw: _Edits, source: str, edits: list, masked: bool) -> None:
 
 def _update_value_info(rw: _Edits, model: onnx.ModelProto) -> None:
     """Shrink recorded shapes: tracked activations from their layouts,
-    initializers from their new values; Constant outputs are re-inferred."""
+    initializers from their new values (also where an old-IR model lists them
+    as graph inputs); Constant outputs are re-inferred."""
     inits = {t.name: t for t in model.graph.initializer}
+    for vi in model.graph.input:
+        t = inits.get(vi.name)
+        if t is not None and vi.type.HasField("tensor_type"):
+            shape = vi.type.tensor_type.shape
+            if len(shape.dim) == len(t.dims):
+                for d, v in zip(shape.dim, t.dims):
+                    d.Clear()
+                    d.dim_value = int(v)
     constants = {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
     keep = []
     for vi in model.graph.value_info:
@@ -314,16 +323,27 @@ def _drop_orphans(model: onnx.ModelProto, before: set[str]) -> None:
     """Remove nodes and initializers that were read before our edits and no longer are
     (constant chains a sliced weight now bypasses)."""
     g = model.graph
-    while True:
-        read = read_names(g)
-        dead = [i for i, node in enumerate(g.node)
-                if not any(o in read for o in node.output)
-                and all(o in before for o in node.output if o)]
-        if not dead:
-            break
-        for i in reversed(dead):
-            del g.node[i]
-    read = read_names(g)
+    nodes = list(g.node)
+    reads: dict[str, int] = {}
+    for node in nodes:
+        for name in node_reads(node):
+            reads[name] = reads.get(name, 0) + 1
+    for o in g.output:
+        reads[o.name] = reads.get(o.name, 0) + 1
+    # One pass from the end (consumers come after producers): a node nobody
+    # reads any more dies, and its inputs lose a reader.
+    alive = [True] * len(nodes)
+    for i in range(len(nodes) - 1, -1, -1):
+        outs = [o for o in nodes[i].output if o]
+        if any(reads.get(o, 0) for o in outs) or not all(o in before for o in outs):
+            continue
+        alive[i] = False
+        for name in node_reads(nodes[i]):
+            reads[name] -= 1
+    if not all(alive):
+        del g.node[:]
+        g.node.extend(n for n, keep_it in zip(nodes, alive) if keep_it)
+    read = {name for name, count in reads.items() if count > 0}
     keep = [t for t in g.initializer if t.name in read or t.name not in before]
     if len(keep) != len(g.initializer):
         del g.initializer[:]

@@ -66,3 +66,92 @@ def test_a_graph_that_fixes_batch_one_inside_calibrates_one_sample_at_a_time(tmp
     assert result.report.calibration["samples"] == 6  # two held out for validation
     assert result.validation.samples == 2
     assert result.report.params["after"] < result.report.params["before"]
+
+
+def _ir3_model():
+    """IR version 3 (opset 8): every initializer is also listed as a graph input."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.standard_normal((6, 3, 3, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((4, 6, 3, 3)).astype(np.float32), "w2")
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="c1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "w2"], ["y"], name="c2", pads=[1, 1, 1, 1])]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 5, 5]),
+              helper.make_tensor_value_info("w1", TensorProto.FLOAT, [6, 3, 3, 3]),
+              helper.make_tensor_value_info("w2", TensorProto.FLOAT, [4, 6, 3, 3])]
+    graph = helper.make_graph(nodes, "ir3", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT,
+                                                                                   [1, 4, 5, 5])], [w1, w2])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 8)])
+    model.ir_version = 3
+    return model
+
+
+def test_old_ir_initializers_listed_as_inputs_are_weights():
+    from graphs import assert_prunable, exact, group_at, input_value, keep_of, pruned
+
+    groups = exact(_ir3_model(), feeds={"x": np.ones((1, 3, 5, 5), np.float32)})
+    grp = group_at(groups, "a")
+    assert_prunable(grp)
+    m = pruned(groups, keep_of(grp, [0, 3]))
+    assert input_value(m, "c2", 1).shape == (4, 2, 3, 3)
+    w2 = next(i for i in m.graph.input if i.name == "w2")
+    assert [d.dim_value for d in w2.type.tensor_type.shape.dim] == [4, 2, 3, 3]
+    onnx.checker.check_model(m, full_check=True)
+
+
+def test_a_constant_chain_thousands_deep_needs_no_recursion():
+    g = Graph()
+    w = g.rand("w", (6, 3, 3, 3))
+    for _ in range(3000):
+        w = g.add("Identity", [w])
+    b = g.rand("b", (6,))
+    for _ in range(1500):
+        b = g.add("Add", [b, g.init("z", np.zeros(1, np.float32))])
+    a = g.add("Relu", [g.add("Conv", ["x", w, b], name="c1", pads=[1, 1, 1, 1])])
+    model = g.build({"x": [1, 3, 4, 4]}, [g.conv(a, 6, 4, name="c2")])
+    groups = onnxprune.analyze(model)
+    assert groups.prunable
+    result = onnxprune.prune(model, ratio=0.5)
+    assert result.report.params["after"] < result.report.params["before"]
+
+
+def test_a_calibration_folder_of_mixed_sizes_is_batched_by_size(tmp_path):
+    from onnxprune.calibration import calibrate
+    from onnxprune.importance import calibration_requests
+
+    model = _detector()
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate([(8, 8), (8, 8), (12, 16), (8, 8)]):
+        np.save(folder / f"{i}.npy", rng.standard_normal((3, h, w)).astype(np.float32))
+    groups = onnxprune.analyze(model, input_shapes={"images": [1, 3, 8, 8]})
+    cal = calibrate(model, os.fspath(folder), calibration_requests(groups), batch=4)
+    assert cal.samples == 4
+
+
+def test_a_calibration_module_that_exits_is_a_clear_error(tmp_path):
+    src = tmp_path / "calib.py"
+    src.write_text("import sys\ndef data():\n    sys.exit(3)\n")
+    path = _save(_detector(), tmp_path)
+    r = CliRunner().invoke(main, ["prune", path, "-o", os.fspath(tmp_path / "o.onnx"), "--calib",
+                                  f"{src}:data", "--input-shape", "images:1,3,8,8", "--criterion", "act_l2"])
+    assert r.exit_code == 2 and "SystemExit" in r.output
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_static_dims_that_would_need_terabytes_are_refused_before_allocating(tmp_path):
+    path = _save(_detector(), tmp_path)
+    r = CliRunner().invoke(main, ["prune", path, "-o", os.fspath(tmp_path / "o.onnx"),
+                                  "--input-shape", "images:1,3,400000,400000"])
+    assert r.exit_code == 2 and "GiB" in r.output
+
+
+def test_validate_report_cannot_overwrite_either_model(tmp_path):
+    path = _save(_detector(), tmp_path)
+    before = open(path, "rb").read()
+    r = CliRunner().invoke(main, ["validate", path, path, "--report", path,
+                                  "--input-shape", "images:1,3,8,8"])
+    assert r.exit_code == 2 and open(path, "rb").read() == before
