@@ -127,12 +127,19 @@ def _fidelity(name: str, a: np.ndarray, b: np.ndarray) -> OutputFidelity:
                           float(np.abs(a64 - b64).max()) if a64.size else 0.0, top1)
 
 
-def latency_ms(sess, feeds: dict, runs: int) -> float:
+def latency_ms(sess, feeds: dict, runs: int, budget_s: float = 3.0) -> float:
+    """Median latency of one sample: after warm-up, ``runs`` runs or as many as
+    fit in ``budget_s`` seconds (at least five), so a large model does not
+    spend minutes here."""
     one = {k: v[:1] if v.ndim else v for k, v in feeds.items()}
+    start = time.perf_counter()
     for _ in range(max(2, runs // 5)):
         sess.run(None, one)
-    times = []
-    for _ in range(runs):
+        if time.perf_counter() - start > budget_s / 3:
+            break
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < runs and (len(times) < 5 or time.perf_counter() - start < budget_s):
         t0 = time.perf_counter()
         sess.run(None, one)
         times.append((time.perf_counter() - t0) * 1e3)
