@@ -212,9 +212,7 @@ def calibrate(groups: Groups, cfg: PruneConfig) -> Calibration | None:
 
 def _known_inputs(groups: Groups, cfg: PruneConfig) -> dict:
     """Input dims known from the user or the data (for random inputs)."""
-    from .shapes import data_shapes
-
-    return data_shapes(groups.model, sample(cfg, groups.model), cfg.input_shapes)
+    return dict(groups.shape_info.inputs) if groups.shape_info is not None else dict(cfg.input_shapes or {})
 
 
 def hold_out(groups: Groups, cfg: PruneConfig) -> tuple[PruneConfig, str | None]:
@@ -290,7 +288,8 @@ def check(original, pruned: onnx.ModelProto, cfg: PruneConfig) -> None:
 
 def report(groups: Groups, the_plan: Plan, pruned: onnx.ModelProto, calibration, comp,
            cfg: PruneConfig) -> PruneReport:
-    info = shape_info(pruned, cfg.input_shapes, sample(cfg, pruned))
+    first = groups.shape_info.sample if groups.shape_info is not None else None
+    info = shape_info(pruned, cfg.input_shapes, first)
     after = GraphView(pruned, info.dims)
     explicit = cfg.keep is not None or cfg.plan is not None
     return PruneReport(

@@ -32,6 +32,8 @@ class Shapes:
     probed: bool = False  # observed in onnxruntime
     fixed_batch: bool | None = None  # True: the graph only runs with batch 1 (None: not probed)
     notes: list = field(default_factory=list)
+    inputs: dict = field(default_factory=dict)  # input dims fixed by the user or the data
+    sample: dict | None = field(default=None, repr=False)  # the sample they came from
 
 
 def _unknown(dim, known: frozenset = frozenset()) -> bool:
@@ -188,7 +190,7 @@ def shapes(model: onnx.ModelProto, input_shapes: dict | None = None, sample: dic
     inputs' symbolic dims other than the batch, unless ``input_shapes`` does."""
     input_shapes = data_shapes(model, sample, input_shapes)
     dims = inferred(model, input_shapes)
-    result = Shapes(dims)
+    result = Shapes(dims, inputs=input_shapes, sample=sample)
     missing = incomplete(model, dims)
     if not probe or not missing:
         return result

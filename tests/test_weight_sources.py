@@ -101,3 +101,21 @@ def test_dynamic_quantization_freezes_what_it_reads():
     y = g.add("Mul", [y, scale])
     groups = exact(g.build({"x": [2, 4]}, {y: [2, 3]}))
     assert_frozen(group_at(groups, "up", -1), "dynamic quantization takes one scale")
+
+
+def test_a_weight_behind_an_op_that_cannot_be_traced_is_folded_and_its_chain_removed():
+    # A Reshape of the stored weight cannot be sliced at the source: the folded
+    # value becomes one new initializer, and the bypassed chain (the Reshape
+    # and the stored tensor) is removed, not left behind unused.
+    g = Graph()
+    flat = g.rand("w_flat", (8 * 3 * 3 * 3,))
+    w = g.add("Reshape", [flat, g.ints("wshape", [8, 3, 3, 3])], name="unflatten")
+    a = g.add("Relu", [g.add("Conv", ["x", w], name="c1", pads=[1, 1, 1, 1])])
+    model = g.build({"x": [1, 3, 5, 5]}, [g.conv(a, 8, 4, name="c2")])
+    groups = exact(model, trials=3)
+    grp = group_at(groups, "c1")
+    assert_prunable(grp)
+    m = pruned(groups, keep_of(grp, [0, 7]))
+    assert not any(n.name == "unflatten" for n in m.graph.node)
+    assert {t.name for t in m.graph.initializer}.isdisjoint({"w_flat", "wshape"})
+    assert not violations(groups.model, m)
