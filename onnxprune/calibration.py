@@ -238,15 +238,24 @@ def hold_out(source, model: onnx.ModelProto, fraction: float = 0.25, cap: int = 
     held-out samples are the last ones, and calibration stops before them."""
     if not _rereadable(source):
         return None
-    data, _ = load_data(source, model)
     names = [i.name for i in model_inputs(model)]
-    chunks = list(_batches(data, names, model, 64, None))
-    total = sum(len(next(iter(c.values()))) for c in chunks)
+    total = sum(len(next(iter(c.values()))) for c in _batches(load_data(source, model)[0], names, model, 64, None))
     if total < 2:
         return None
     k = max(1, min(int(total * fraction), cap))
-    joined = {n: np.concatenate([c[n] for c in chunks]) for n in names}
-    return total - k, {n: v[total - k:] for n, v in joined.items()}
+    # A second pass keeps only the held-out tail: memory stays bounded by it.
+    seen, kept = 0, {n: [] for n in names}
+    for chunk in _batches(load_data(source, model)[0], names, model, 64, None):
+        n = len(next(iter(chunk.values())))
+        if seen + n > total - k:
+            start = max(0, total - k - seen)
+            for name in names:
+                kept[name].append(chunk[name][start:])
+        seen += n
+    try:
+        return total - k, {n: np.concatenate(v) for n, v in kept.items()}
+    except ValueError:  # held-out samples of different sizes cannot form one validation set
+        return None
 
 
 def _guarded(samples):

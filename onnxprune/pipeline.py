@@ -199,11 +199,9 @@ def calibrate(groups: Groups, cfg: PruneConfig) -> Calibration | None:
     """One onnxruntime pass over the calibration data, when a data criterion or
     compensation needs it."""
     mode = cfg.resolved_compensation()
-    if cfg.criterion not in importance.DATA_CRITERIA and mode == "none":
+    chosen = cfg.keep is not None or cfg.plan is not None  # no scoring: only compensation needs data
+    if mode == "none" and (chosen or cfg.criterion not in importance.DATA_CRITERIA):
         return None
-    if cfg.keep is not None or cfg.plan is not None:
-        if mode == "none":
-            return None
     requests = importance.calibration_requests(groups, gram=mode == "lsq")
     batch = 1 if groups.shape_info is not None and groups.shape_info.fixed_batch else cfg.calib_batch
     return run_calibration(groups.model, cfg.calib, requests, samples=cfg.calib_samples,
