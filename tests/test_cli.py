@@ -358,6 +358,9 @@ def bad_files(tmp_path):
     w = next(t for t in broken.graph.initializer if t.name == "conv2.weight")
     w.CopyFrom(onnx.numpy_helper.from_array(np.ones((F.C2, 5, 3, 3), np.float32), "conv2.weight"))
     (tmp_path / "inconsistent.onnx").write_bytes(broken.SerializeToString())
+    lying = F.classifier()  # declares 7 logits where the graph makes 10: the checker refuses it
+    lying.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 7
+    (tmp_path / "lying.onnx").write_bytes(lying.SerializeToString())
     cyclic = F.classifier()  # relu1 reads relu2's output: a cycle
     next(n for n in cyclic.graph.node if n.name == "relu1").input[0] = "r2"
     (tmp_path / "cycle.onnx").write_bytes(cyclic.SerializeToString())
@@ -391,6 +394,8 @@ BAD_PRUNE_CASES = {
     "truncated_model": (["prune", "{d}/truncated.onnx", "-o", "{d}/out.onnx"], "truncated.onnx"),
     "inconsistent_shapes": (["prune", "{d}/inconsistent.onnx", "-o", "{d}/out.onnx"], "original model fails"),
     "cycle": (["prune", "{d}/cycle.onnx", "-o", "{d}/out.onnx"], "cycle"),
+    "input_fails_checker": (["prune", "{d}/lying.onnx", "-o", "{d}/out.onnx", "--no-validate"],
+                            "input model fails onnx.checker"),
     "missing_external_data": (["prune", "{d}/external.onnx", "-o", "{d}/out.onnx"], "external data"),
     "nan_calib": (["prune", "{d}/model.onnx", "-o", "{d}/out.onnx", "--calib", "{d}/nan.npz"], "NaN"),
     "inf_data": (["prune", "{d}/model.onnx", "-o", "{d}/out.onnx", "--data", "{d}/inf.npz"], "inf"),
