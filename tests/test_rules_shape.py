@@ -565,3 +565,18 @@ def test_reshape_zero_entry_copying_the_channel_axis_keeps_it_prunable():
     np.testing.assert_array_equal(input_value(m, "reshape", 1), [0, 0, 16])
     assert input_value(m, "c2", 1).shape == (3, 2, 1)
     exact(model, keep_of(grp, [0, 3]))
+
+
+@pytest.mark.parametrize("via", ["Identity", "Cast"])
+def test_shape_read_through_identity_or_cast_of_another_axis_keeps_channels(via):
+    # Paddle and tf2onnx put an Identity (or a Cast) between Shape and the Slice
+    # or Gather that picks the batch size.
+    g = Graph()
+    a = g.add("Relu", [g.conv("x", 3, 6, name="c1")])
+    s = g.add("Shape", [a], name="shape")
+    s = g.add(via, [s]) if via == "Identity" else g.add("Cast", [s], to=7)
+    n = g.add("Gather", [s, g.ints("zero", 0)], axis=0)
+    flat_shape = g.add("Concat", [g.add("Unsqueeze", [n, g.ints("ax0", [0])]), g.ints("rest", [-1])], axis=0)
+    flat = g.add("Reshape", [a, flat_shape], name="flat")
+    groups = exact(g.build({"x": ["N", 3, 4, 4]}, [g.gemm(flat, 6 * 16, 3, name="fc")]))
+    assert_prunable(group_at(groups, "c1"))

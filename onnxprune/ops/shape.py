@@ -233,9 +233,20 @@ class Shape(Rule):
         end = ctx.attr("end")
         end = rank if end is None else max(0, min(rank, int(end) + rank if int(end) < 0 else int(end)))
         read: set[int] = set()
-        for consumer, slot in ctx.view.consumers.get(node.output[0], []):
-            axes = self._axes_read(consumer, slot, ctx, start, end)
-            read |= set(range(start, end)) if axes is None else axes
+        todo, seen = [node.output[0]], set()
+        while todo:  # the shape vector's readers, seen through Identity and Cast
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            if name in ctx.view.graph_outputs or name in ctx.view.captured:
+                read |= set(range(start, end))
+            for consumer, slot in ctx.view.consumers.get(name, []):
+                if consumer.op_type in ("Identity", "Cast") and slot == 0:
+                    todo.append(consumer.output[0])
+                    continue
+                axes = self._axes_read(consumer, slot, ctx, start, end)
+                read |= set(range(start, end)) if axes is None else axes
         for ax in read:
             if ax in lays:
                 ctx.freeze(lays[ax], f"its size is read by Shape node '{node.name}'")
