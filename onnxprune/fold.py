@@ -175,3 +175,36 @@ def known_ints(values: np.ndarray | None) -> list | None:
     for v in values.reshape(-1):
         out.append(None if v is None else int(v))
     return out
+
+
+def literal_source(view: GraphView, name: str, index: int, depth: int = 0):
+    """Where entry ``index`` of a shape vector built at run time is stated as a
+    literal: ``(reader node index, input slot, flat index)`` of the constant
+    that holds it, seen through Concat, Unsqueeze, Squeeze, Cast and Identity
+    (TorchScript's ``Concat(Shape(x)[:2], [heads], [head_dim])``). None when
+    the entry is not a literal, or when a tensor on the way has another reader
+    (rewriting it would change what that reader sees)."""
+    node = view.producer.get(name)
+    if node is None or depth > 32 or len(view.consumers.get(name, [])) != 1 \
+            or name in view.graph_outputs or name in view.captured:
+        return None
+    at = view.index_of[id(node)]
+    if node.op_type == "Concat" and int(attr(node, "axis", 0)) == 0:
+        offset = 0
+        for slot, part in enumerate(node.input):
+            value = partial_value(view, part)
+            if value is None:
+                return None
+            if index < offset + value.size:
+                local = index - offset
+                if view.const_root(part) is not None:
+                    return at, slot, local
+                return literal_source(view, part, local, depth + 1)
+            offset += value.size
+        return None
+    if node.op_type in ("Unsqueeze", "Squeeze", "Cast", "Identity", "Reshape", "Flatten"):
+        part = node.input[0]
+        if view.const_root(part) is not None:
+            return at, 0, index
+        return literal_source(view, part, index, depth + 1)
+    return None

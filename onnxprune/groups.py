@@ -360,6 +360,8 @@ def _couple_shared_weights(view: GraphView, analysis: Analysis) -> None:
         by_source.setdefault(view.const_root(name) or name, []).append(use)
     for source, uses in by_source.items():
         readers = view.readers(source)
+        if len(readers) > 1 and _uniform(view, source):
+            continue  # an exporter's deduplicated zeros (or ones): not a tie between layers
         stray = []
         if view.const_root(source) is None:  # folded: its constants must be private
             leaves, chain = view.const_chain(source)
@@ -398,6 +400,23 @@ def _couple_shared_weights(view: GraphView, analysis: Analysis) -> None:
                     reason = f"weight '{source}' is shared by several nodes: {e}"
                     analysis.atoms.freeze(on_axis[0].layout, reason)
                     analysis.atoms.freeze(u.layout, reason)
+
+
+UNIFORM_LIMIT = 1 << 16  # elements: a uniform constant this small may be copied per reader
+
+
+def _uniform(view: GraphView, name: str) -> bool:
+    """A small stored constant whose elements are all equal (exporters share one
+    zero bias among every layer that has one): readers may each get their own
+    slice of it, since the slices hold the same values. The invariants still
+    refuse a model that grows."""
+    if view.const_root(name) is None:
+        return False
+    shape = view.const_shape(name)
+    if shape is None or int(np.prod(shape, dtype=np.int64)) > UNIFORM_LIMIT:
+        return False
+    value = view.const(name)
+    return value.size > 1 and bool(np.all(value == value.reshape(-1)[0]))
 
 
 def _run_rules(view: GraphView, analysis: Analysis, strict: bool) -> None:

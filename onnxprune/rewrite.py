@@ -234,7 +234,12 @@ def _set_constant_value(node: onnx.NodeProto, value: np.ndarray) -> None:
 
 def _is_weight(value: np.ndarray) -> bool:
     """Float or quantized tensors are weights; small integer vectors (shapes,
-    axes, split sizes) are metadata that may be copied per reader."""
+    axes, split sizes) are metadata, and small uniform tensors (a shared zero
+    bias) hold no per-channel information: those may be copied per reader."""
+    from .groups import UNIFORM_LIMIT
+
+    if value.size <= UNIFORM_LIMIT and value.size and np.all(value == value.reshape(-1)[0]):
+        return False
     return value.dtype.kind in "fc" or value.dtype.itemsize == 1 or value.size > 64
 
 

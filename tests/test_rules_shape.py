@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import onnxprune
-from graphs import (Graph, assert_frozen, assert_prunable, attr, exact, group_at, groups_at,
+from graphs import (value, Graph, assert_frozen, assert_prunable, attr, exact, group_at, groups_at,
                     input_value, keep_of, pruned)
 
 INT_MAX = 2**63 - 1
@@ -580,3 +580,43 @@ def test_shape_read_through_identity_or_cast_of_another_axis_keeps_channels(via)
     flat = g.add("Reshape", [a, flat_shape], name="flat")
     groups = exact(g.build({"x": ["N", 3, 4, 4]}, [g.gemm(flat, 6 * 16, 3, name="fc")]))
     assert_prunable(group_at(groups, "c1"))
+
+
+def test_head_split_reshape_with_a_run_time_shape_rewrites_its_literal_head_count():
+    # TorchScript: Reshape(q, Concat(Shape(q)[0:2], [heads], [head_dim])): the head count
+    # is a literal inside a shape built at run time; it is rewritten where it is stated.
+    g = Graph()
+    q = g.matmul("x", 8, 12, name="q")  # (N, S, 12) = 3 heads of 4
+    s = g.add("Shape", [q], name="qshape")
+    bs = g.add("Slice", [s, g.ints("s0", [0]), g.ints("s2", [2])])
+    heads, dim = g.ints("heads", [3]), g.ints("dim", [4])
+    split = g.add("Reshape", [q, g.add("Concat", [bs, heads, dim], axis=0)], name="split")
+    t = g.add("Transpose", [split], perm=[0, 2, 1, 3])
+    back = g.add("Reshape", [g.add("Transpose", [g.add("Relu", [t])], perm=[0, 2, 1, 3]),
+                             g.add("Concat", [g.add("Slice", [g.add("Shape", [split], name="sshape"),
+                                                                g.ints("b0", [0]), g.ints("b2", [2])]),
+                                              g.ints("hidden", [12])], axis=0)], name="merge")
+    model = g.build({"x": [2, 5, 8]}, [g.matmul(back, 12, 3, name="out")])
+    groups = exact(model, trials=5)
+    grp = group_at(groups, "q", -1)
+    assert_prunable(grp)
+    assert (grp.channels, grp.width) == (3, 4)
+    m = pruned(groups, keep_of(grp, [0, 2]))
+    assert list(value(m, "heads")) == [2] and list(value(m, "hidden")) == [8]
+    assert list(value(m, "dim")) == [4]
+
+
+def test_a_shared_uniform_constant_does_not_tie_the_layers_that_read_it():
+    # Exporters deduplicate identical constants: every zero bias of a randomly
+    # initialised model becomes one initializer. That is no tie between layers.
+    g = Graph()
+    zero = g.init("zero_bias", np.zeros(6, np.float32))
+    a = g.add("Relu", [g.add("Add", [g.matmul("x", 4, 6, name="m1"), zero])])
+    b = g.add("Relu", [g.add("Add", [g.matmul(a, 6, 6, name="m2"), zero])])
+    groups = exact(g.build({"x": [2, 4]}, [g.matmul(b, 6, 3, name="m3")]), trials=4)
+    g1, g2 = group_at(groups, "m1", -1), group_at(groups, "m2", -1)
+    assert g1 is not g2
+    m = pruned(groups, {**keep_of(g1, [0, 1]), **keep_of(g2, [3, 4, 5])})
+    from onnxprune.invariants import violations
+
+    assert not violations(groups.model, m)

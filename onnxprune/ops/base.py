@@ -304,6 +304,12 @@ class Rewriter:
     def set_const(self, index: int, slot: int, value: np.ndarray) -> None:
         self.const_edits[(index, slot)] = value
 
+    def current(self, index: int, slot: int) -> np.ndarray:
+        """A node input's value with this rewrite's edits so far."""
+        if (index, slot) in self.const_edits:
+            return self.const_edits[(index, slot)]
+        return self.view.const(self.view.nodes[index].input[slot])
+
     def new_const(self, hint: str, value: np.ndarray) -> str:  # pragma: no cover - see rewrite._Edits
         raise NotImplementedError
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..fold import known_ints, partial_value
+from ..fold import known_ints, literal_source, partial_value
 from ..layout import LayoutError, Segment
 from .base import Rule
 from .registry import register
@@ -199,22 +199,39 @@ class Reshape(Rule):
         if outs is not None and ctx.view.shape(y) is None:
             ctx.view.shapes[y] = outs  # what inference missed, rules downstream can use
         reshape_layouts(ctx, x, y, outs)
+        literals = {}
         for ax, lay in ctx.axes(y).items():
             entry = shape[ax] if ax < len(shape) else None
             copied = ctx.get(x, ax)
             same = copied is not None and ctx.atoms.resolve(copied) == ctx.atoms.resolve(lay)
             if entry == 0 and not allowzero and not same:
                 ctx.freeze(lay, "reshape copies a channel size with 0")
-            elif entry is None or (entry > 0 and not const):
-                # A run-time shape names this channel count: we cannot rewrite it.
+            elif entry is not None and entry > 0 and not const:
+                # A run-time shape states this channel count as a literal
+                # (Concat(Shape(x)[:2], [heads], [dim])): rewrite it where it is stated.
+                src = literal_source(ctx.view, node.input[1], ax)
+                if src is None:
+                    ctx.freeze(lay, "reshape to a shape computed at run time names the channel count")
+                else:
+                    literals[ax] = src
+            elif entry is None:
                 ctx.freeze(lay, "reshape to a shape computed at run time names the channel count")
+        if literals:
+            ctx.state(literals=literals)
 
     def rewrite(self, node, index, rw):
         y = node.output[0]
-        if not rw.changed(y) or rw.view.const(node.input[1]) is None:
+        if not rw.changed(y):
+            return
+        new = rw.new_shape(y)
+        for ax, (reader, slot, flat) in rw.state(index).get("literals", {}).items():
+            if rw.layout(y, ax) is not None and new[ax] != rw.view.shape(y)[ax]:
+                value = np.array(rw.current(reader, slot), copy=True)
+                value.reshape(-1)[flat] = new[ax]
+                rw.set_const(reader, slot, value)
+        if rw.view.const(node.input[1]) is None:
             return
         shape = np.array(rw.view.const(node.input[1]), dtype=np.int64).copy()
-        new = rw.new_shape(y)
         for ax in range(len(shape)):
             if rw.layout(y, ax) is not None and shape[ax] > 0:
                 shape[ax] = new[ax]
