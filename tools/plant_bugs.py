@@ -145,6 +145,12 @@ MUTANTS = {
     "old_ir_inputs_not_weights": ("onnxprune/graph.py", "old_ir = 0 < model.ir_version < 4", "old_ir = False"),
     "unknown_macs_counted_as_zero": ("onnxprune/costs.py", "        if m is None:\n            return None",
                                      "        if m is None:\n            continue"),
+    "literal_not_rewritten": ("onnxprune/ops/reshape.py", "                value.reshape(-1)[flat] = new[ax]",
+                              "                pass"),
+    "literal_wrong_part": ("onnxprune/fold.py", "                local = index - offset", "                local = index"),
+    "uniform_copies_refused": ("onnxprune/groups.py",
+                               "        if len(readers) > 1 and _uniform(view, source):\n            continue",
+                               "        if False:\n            continue"),
 }
 
 
