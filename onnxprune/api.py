@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 
-from . import model as modelio
 from . import pipeline
 from .groups import Groups
 from .pipeline import PruneConfig, PruneReport, PruneResult
@@ -55,4 +54,4 @@ def same_file(a, b) -> bool:
         return os.path.abspath(a) == os.path.abspath(b)
 
 
-__all__ = ["analyze", "prune", "PruneConfig", "PruneReport", "PruneResult", "same_file", "modelio"]
+__all__ = ["analyze", "prune", "PruneConfig", "PruneReport", "PruneResult", "same_file"]

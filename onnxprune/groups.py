@@ -142,9 +142,6 @@ class Groups:
         key = (use.node, use.input, use.axis)
         return self._index["activation"].get(key)
 
-    def layouts_of(self, tensor: str) -> dict:
-        return dict(self.analysis.layouts.get(tensor, {}))
-
     # -- index algebra -------------------------------------------------------------
     def atom_keep(self, keep: dict) -> dict:
         """Group id -> kept units, as the rewrite needs it (leaf atom -> indices)."""

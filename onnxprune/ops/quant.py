@@ -34,7 +34,7 @@ class QuantizeDequantize(Rule):
         if scale is None or (len(node.input) > 2 and node.input[2] and ctx.const_shape(2) is None):
             ctx.freeze_tensor(x, "quantization parameters computed at run time")
             return
-        per_tensor = int(np.prod(scale)) <= 1 if scale is not None else True
+        per_tensor = int(np.prod(scale)) <= 1
         if ctx.attr("block_size", 0):
             ctx.freeze_tensor(x, "block-wise quantization along a channel axis")
             return
