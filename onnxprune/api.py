@@ -26,7 +26,7 @@ def analyze(model, *, input_shapes: dict | None = None, exclude=(), strict: bool
     return pipeline.analyze(pipeline.load(model, cfg), cfg)
 
 
-def prune(model, ratio: float = 0.3, criterion: str = "l2", *, config: PruneConfig | None = None,
+def prune(model, ratio: float = 0.3, criterion: str | None = None, *, config: PruneConfig | None = None,
           **options) -> PruneResult:
     """Remove channels from every prunable group and rewrite the model.
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from .data import check_array, model_inputs, random_feeds
+from .data import check_array, model_inputs, random_feeds, read_npy, read_npz
 from .errors import OnnxPruneError
 
 RANDOM_WARNING = ("no calibration data: using random inputs. Data-driven criteria "
@@ -33,7 +33,8 @@ RANDOM_WARNING = ("no calibration data: using random inputs. Data-driven criteri
                   "pass --calib with real inputs")
 
 
-MAX_GRAM_BYTES = 4 << 30  # one layer's X^T X: refused before allocating above this
+GRAM_ROWS = 8192  # rows of one batch that enter a Gram matrix, at most
+MAX_GRAM_BYTES = 1 << 30  # one layer's X^T X (about 11,500 channels): wider layers get none
 
 
 @dataclass
@@ -47,30 +48,56 @@ class ChannelStats:
     sumsq: np.ndarray = None
     abssum: np.ndarray = None
     zeros: np.ndarray = None
-    xtx: np.ndarray = None  # sum over rows of x x^T, when gram=True
+    xtx: np.ndarray = None  # sum over the Gram rows of x x^T, when gram=True
+    gram_count: int = 0  # rows in xtx (a strided subset of big batches: GRAM_ROWS)
+    gram_sum: np.ndarray = None  # their sum (the covariance's own mean)
 
     def __post_init__(self):
         for name in ("sum", "sumsq", "abssum", "zeros"):
             if getattr(self, name) is None:
                 setattr(self, name, np.zeros(self.size, dtype=np.float64))
         if self.gram and self.xtx is None:
-            need = self.size * self.size * 8
-            if need > MAX_GRAM_BYTES:
-                raise OnnxPruneError(f"least-squares compensation needs a {self.size} x {self.size} Gram "
-                                     f"matrix ({need / 2**30:.1f} GiB) for one layer; use "
-                                     f"--compensate bias or none")
-            self.xtx = np.zeros((self.size, self.size), dtype=np.float64)
+            if self.size * self.size * 8 > MAX_GRAM_BYTES:
+                self.gram = False  # too wide for a Gram matrix: its consumers fall back to bias
+            else:
+                self.xtx = np.zeros((self.size, self.size), dtype=np.float64)
+                self.gram_sum = np.zeros(self.size, dtype=np.float64)
 
     def update(self, x: np.ndarray, axis: int) -> None:
-        # Per-batch reductions in float32 (fast BLAS), accumulated in float64.
-        rows = np.moveaxis(np.asarray(x), axis, -1).reshape(-1, self.size).astype(np.float32)
-        self.count += rows.shape[0]
-        self.sum += rows.sum(0, dtype=np.float64)
-        self.sumsq += np.einsum("ij,ij->j", rows, rows, dtype=np.float64)
-        self.abssum += np.abs(rows).sum(0, dtype=np.float64)
-        self.zeros += np.count_nonzero(rows == 0, axis=0)
+        """Add a batch. Reductions run on the tensor as laid out (viewed as
+        (before, channels, after): no transposed copy), in float32 BLAS,
+        accumulated in float64."""
+        x = np.asarray(x)
+        if x.dtype != np.float32:
+            x = x.astype(np.float32)
+        axis %= max(x.ndim, 1)
+        before = int(np.prod(x.shape[:axis], dtype=np.int64))
+        x3 = x.reshape(before, self.size, -1)
+        self.count += before * x3.shape[2]
+        self.sum += x3.sum(axis=(0, 2), dtype=np.float64)
+        self.abssum += np.abs(x3).sum(axis=(0, 2), dtype=np.float64)
+        self.zeros += np.count_nonzero(x3 == 0, axis=(0, 2))
         if self.gram:
-            self.xtx += (rows.T @ rows).astype(np.float64)
+            # A Gram matrix costs rows x channels^2: past GRAM_ROWS rows a batch
+            # contributes an evenly strided subset (a covariance estimate needs
+            # thousands of rows, not millions of pixels).
+            rows = x3.shape[0] * x3.shape[2]
+            step = -(-rows // GRAM_ROWS)
+            if x3.shape[2] == 1:
+                part = x3[::step, :, 0]
+                g = part.T @ part
+                self.gram_sum += part.sum(axis=0, dtype=np.float64)
+                self.gram_count += part.shape[0]
+            else:
+                sub = x3[:, :, ::step] if x3.shape[2] >= step else x3[::step]
+                g = np.zeros((self.size, self.size), dtype=np.float32)
+                for part in sub:  # one GEMM per leading index: no transposed copy
+                    g += part @ part.T
+                self.gram_sum += sub.sum(axis=(0, 2), dtype=np.float64)
+                self.gram_count += sub.shape[0] * sub.shape[2]
+            self.xtx += g
+        # squares accumulated in float64: variances are differences of these
+        self.sumsq += np.einsum("icj,icj->c", x3, x3, dtype=np.float64)
 
     @property
     def mean(self) -> np.ndarray:
@@ -93,8 +120,9 @@ class ChannelStats:
         return self.zeros / max(self.count, 1)
 
     def covariance(self) -> np.ndarray:
-        m = self.mean
-        return self.xtx / max(self.count, 1) - np.outer(m, m)
+        n = max(self.gram_count, 1)
+        m = self.gram_sum / n
+        return self.xtx / n - np.outer(m, m)
 
 
 @dataclass
@@ -112,27 +140,28 @@ class Calibration:
 
 
 # -- data sources ----------------------------------------------------------
+class _FromFile(dict):
+    """A sample read from a file: errors about its arrays name the file."""
+
+    def __init__(self, arrays: dict, source: str):
+        super().__init__(arrays)
+        self.source = source
+
+
 def _npz_samples(path: str, names: list[str]):
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise OnnxPruneError(f"{path}: not a readable .npz file ({e or type(e).__name__})") from None
-    missing = [n for n in names if n not in data.files]
+    data = read_npz(path)
+    missing = [n for n in names if n not in data]
     if missing:
         raise OnnxPruneError(f"{path}: has no array named {', '.join(missing)} "
-                             f"(arrays: {', '.join(data.files)})")
-    arrays = {n: data[n] for n in names}
-    yield arrays
+                             f"(arrays: {', '.join(data)})")
+    yield _FromFile({n: data[n] for n in names}, path)
 
 
 def _npy_samples(path: str, names: list[str]):
     if len(names) != 1:
         raise OnnxPruneError(f"{path}: a .npy file can only feed a single-input model "
                              f"(inputs: {', '.join(names)}); use .npz")
-    try:
-        yield {names[0]: np.load(path, allow_pickle=False)}
-    except (ValueError, OSError, EOFError) as e:
-        raise OnnxPruneError(f"{path}: not a readable .npy file ({e or type(e).__name__})") from None
+    yield _FromFile({names[0]: read_npy(path)}, path)
 
 
 def _folder_samples(path: str, names: list[str]):
@@ -295,7 +324,7 @@ def _batches(samples, names: list[str], model: onnx.ModelProto, batch: int, limi
             if n in fixed and a.ndim == fixed[n] - 1:
                 a = a[None]  # a single sample without the sample axis
             # As --data does: numbers, finite, the input's dims; float64 feeds float32.
-            arrays[n] = check_array(a, infos[n], "calibration data")
+            arrays[n] = check_array(a, infos[n], getattr(item, "source", "calibration data"))
         count = len(next(iter(arrays.values())))
         if limit is not None:
             count = min(count, limit - seen)

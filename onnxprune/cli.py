@@ -17,7 +17,7 @@ from rich.console import Console
 from . import api, pipeline
 from .calibration import RANDOM_WARNING
 from .errors import OnnxPruneError
-from .importance import ALL_CRITERIA, DATA_CRITERIA
+from .importance import ALL_CRITERIA, DATA_CRITERIA, GRAM_CRITERIA
 from .model import check_writable, parse_input_shapes
 from .ops import entries
 from .pipeline import PruneConfig
@@ -25,8 +25,33 @@ from .report import print_groups, print_ops, print_prune, print_validation
 from .validate import validate as run_validate
 
 
+class _OneLineUsageError(click.UsageError):
+    """A usage error (a missing option, a value out of range) as one
+    ``onnxprune:`` line, like every other error, instead of click's usage block."""
+
+    def __init__(self, error: click.ClickException):
+        super().__init__(error.format_message(), getattr(error, "ctx", None))
+
+    def show(self, file=None) -> None:
+        hint = f" (see '{self.ctx.command_path} --help')" if self.ctx is not None else ""
+        click.echo(f"onnxprune: {self.format_message()}{hint}", err=True)
+
+
+def _one_line(error: click.ClickException) -> click.ClickException:
+    if isinstance(error, (_OneLineUsageError, click.exceptions.NoArgsIsHelpError)) \
+            or not isinstance(error, click.UsageError):
+        return error  # a bare group prints its help, as it should
+    return _OneLineUsageError(error)
+
+
 class _Cli(click.Group):
     """Turns exceptions into one-line errors unless --debug was given."""
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as e:  # the group's own options
+            raise _one_line(e) from None
 
     def invoke(self, ctx):
         try:
@@ -34,6 +59,8 @@ class _Cli(click.Group):
                 if "--debug" not in sys.argv[1:] and not (ctx.obj or {}).get("debug"):
                     warnings.simplefilter("ignore")
                 return super().invoke(ctx)
+        except click.UsageError as e:  # a command's options and arguments
+            raise _one_line(e) from None
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except OnnxPruneError as e:
@@ -55,7 +82,8 @@ def _console(quiet: bool = False) -> Console:
 
 
 def _write_json(path: str, payload: dict) -> None:
-    pipeline._write_json(path, payload)
+    with pipeline._writing(path):  # a full disk: one line, exit code 2
+        pipeline._write_json(path, payload)
 
 
 input_shape_opt = click.option("--input-shape", "input_shape", multiple=True, metavar="NAME:D1,D2,..",
@@ -93,21 +121,31 @@ def analyze(model, as_json, show_all, exclude, strict, input_shape):
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Pruned model path.")
 @click.option("--ratio", type=click.FloatRange(0, 1, max_open=True), default=0.3, show_default=True, help="Fraction of channels removed per group.")
-@click.option("--criterion", type=click.Choice(ALL_CRITERIA), default="l2", show_default=True,
-              help="Weight criteria: l1, l2, bn, fpgm, random. Data criteria (need --calib): "
-                   "mean_abs, apoz, act_l2, relief, flap.")
+@click.option("--criterion", type=click.Choice(ALL_CRITERIA),
+              help="[default: obs with --calib or --data, else l2] "
+                   "Weight criteria: l1, l2, bn, fpgm, random. Data criteria (need --calib): "
+                   "mean_abs, apoz, act_l2, relief, flap, and obs (the error left after least-"
+                   "squares compensation, chosen greedily).")
 @click.option("--calib", metavar="DATA", help="Calibration data: .npz, .npy, a folder of them, or module.py:function.")
 @click.option("--calib-samples", type=click.IntRange(min=1), help="Use at most N calibration samples.")
 @click.option("--calib-batch", type=click.IntRange(min=1), default=16, show_default=True, help="Samples per onnxruntime run.")
 @click.option("--compensate", type=click.Choice(["none", "bias", "lsq"]),
-              help="Fold removed channels into their consumers [default: bias with --calib, else none].")
+              help="Fold removed channels into their consumers [default: lsq with --calib or --data, "
+                   "else none].")
 @click.option("--group-reduction", type=click.Choice(["mean", "sum", "max"]), default="mean", show_default=True,
               help="How member scores of a group combine.")
 @click.option("--normalize", "member_norm", type=click.Choice(["mean", "max", "none"]), default="mean",
               show_default=True, help="Per-member score normalisation before the reduction.")
 @click.option("--macs-target", type=click.FloatRange(0, 1, min_open=True), help="Keep about this fraction of the MACs (finds the ratio; overrides --ratio).")
 @click.option("--min-channels", type=click.IntRange(min=1), default=1, show_default=True, help="Channels every group keeps at least.")
-@click.option("--round-to", type=click.IntRange(min=1), default=1, show_default=True, help="Keep channel counts multiples of N.")
+@click.option("--round-to", type=click.IntRange(min=1),
+              help="Keep channel counts multiples of N [default: 8 in groups of 32 or more; 1 turns "
+                   "rounding off].")
+@click.option("--allocate", type=click.Choice(["uniform", "global"]),
+              help="uniform: every group loses the same fraction; global: the same MACs budget, "
+                   "taken where removal costs least [default: global with the obs criterion, else uniform].")
+@click.option("--max-group-ratio", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.9,
+              show_default=True, help="With --allocate global: the most any one group may lose.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Freeze groups with a matching node or tensor name (repeatable).")
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=False), help="Replay a plan saved with --save-plan (skips scoring).")
 @click.option("--save-plan", type=click.Path(dir_okay=False), help="Write the plan (kept units per group id) as JSON.")
@@ -121,7 +159,8 @@ def analyze(model, as_json, show_all, exclude, strict, input_shape):
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @input_shape_opt
 def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, compensate,
-          group_reduction, member_norm, macs_target, min_channels, round_to, exclude, plan_path,
+          group_reduction, member_norm, macs_target, min_channels, round_to, allocate, max_group_ratio,
+          exclude, plan_path,
           save_plan, masked_output, data, report_path, no_validate, strict, seed, threads, quiet,
           input_shape):
     """Prune MODEL and write the result to OUTPUT."""
@@ -129,10 +168,12 @@ def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, co
         if path and api.same_file(model, path):
             raise OnnxPruneError(f"{path}: output path is the input model; choose another path")
     console = _console(quiet)
-    if calib is None and (criterion in DATA_CRITERIA or compensate not in (None, "none")):
+    if calib is None and data is None and (criterion in DATA_CRITERIA or criterion in GRAM_CRITERIA
+                                           or compensate not in (None, "none")):
         click.echo(f"onnxprune: warning: {RANDOM_WARNING}", err=True)
     cfg = PruneConfig(
         ratio=ratio, criterion=criterion, min_channels=min_channels, round_to=round_to,
+        allocate=allocate, max_group_ratio=max_group_ratio,
         exclude=tuple(exclude), input_shapes=parse_input_shapes(input_shape), seed=seed, calib=calib,
         calib_samples=calib_samples, calib_batch=calib_batch, compensate=compensate,
         group_reduction=group_reduction, normalize=member_norm, macs_target=macs_target,

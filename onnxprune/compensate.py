@@ -51,11 +51,14 @@ def _regress(cov: np.ndarray, kept: np.ndarray, removed: np.ndarray, ridge: floa
     ckk = cov[np.ix_(kept, kept)]
     crk = cov[np.ix_(removed, kept)]
     scale = np.trace(ckk) / max(len(kept), 1) + 1e-12
-    eye = np.eye(len(kept))
-    regular = np.linalg.solve(ckk + ridge * scale * eye, crk.T).T
-    # Truncated pseudo-inverse: near-null directions (dead or duplicate kept
-    # channels) are dropped instead of amplified.
-    tight = np.linalg.lstsq(ckk, crk.T, rcond=1e-6)[0].T
+    # One eigendecomposition serves both fits: the ridge solve, and the
+    # truncated pseudo-inverse, where near-null directions (dead or duplicate
+    # kept channels) are dropped instead of amplified.
+    lam, vec = np.linalg.eigh(ckk)
+    proj = crk @ vec  # (R, K) in the eigenbasis
+    regular = (proj / (lam + ridge * scale)) @ vec.T
+    keep = lam > 1e-6 * max(float(lam.max()), 1e-30)
+    tight = (proj[:, keep] / lam[keep]) @ vec[:, keep].T
     var_r = np.diag(cov)[removed]
     residual = var_r - 2 * np.einsum("rk,rk->r", tight, crk) + np.einsum("rk,kl,rl->r", tight, ckk, tight)
     exact = residual <= 1e-6 * np.maximum(var_r, 1e-30)
@@ -109,9 +112,14 @@ def compensate(groups: Groups, keep: dict, calibration, mode: str = "bias",
                 continue
             dim = groups.activation(use)
             st = calibration.get(*dim) if dim else None
-            if st is None or (mode == "lsq" and st.xtx is None):
+            if st is None:
                 comp.skipped.append(f"{node.name}: no calibration statistics for its input")
                 continue
+            how = mode
+            if mode == "lsq" and st.xtx is None:
+                how = "bias"
+                comp.skipped.append(f"{node.name}: no Gram matrix for its input ({st.size} channels; "
+                                    f"wider than calibration keeps one for): bias compensation only")
             kept = groups.positions(use.layout, keep)
             size = atoms.layout_size(use.layout)
             removed = np.setdiff1d(np.arange(size), kept)
@@ -121,7 +129,7 @@ def compensate(groups: Groups, keep: dict, calibration, mode: str = "bias",
             value = comp.weights.get(wkey, groups.weight(use))
             w = form.matrix(value)  # (inputs, outputs, taps)
             w_removed = w[removed]
-            if mode == "bias":
+            if how == "bias":
                 delta = st.mean[removed] @ w_removed.sum(axis=2)
             else:
                 cov, mean = st.covariance(), st.mean

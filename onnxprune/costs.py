@@ -6,7 +6,7 @@ import onnx
 
 from .graph import GraphView
 from .ops import rule_for
-from .walk import all_graphs
+from .walk import all_graphs, subgraphs
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
                 onnx.TensorProto.BFLOAT16}
@@ -43,16 +43,42 @@ def node_macs(view: GraphView, node: onnx.NodeProto) -> int | None:
     return None if m is None else int(m)
 
 
+def counted_nodes(view: GraphView) -> tuple[int, list[int]] | None:
+    """(MACs per sample, indices of the nodes they count), or None when some
+    counted node's shapes are unknown. The main graph's nodes count; of an
+    If's branches only the costlier (one runs per sample); a loop body is left
+    out (its trip count is data), as its owner's rule says
+    (``Rule.subgraph_cost``)."""
+    children: dict[tuple[int, int], list[int]] = {}
+    top = []
+    for i, n in enumerate(view.nodes):
+        scope = view.scope.get(id(n))
+        (top if scope is None else children.setdefault((id(scope[0]), scope[1]), [])).append(i)
+
+    def cost(indices):
+        total, counted = 0, []
+        for i in indices:
+            node = view.nodes[i]
+            m = node_macs(view, node)
+            if m is None:
+                return None
+            total, counted = total + m, counted + [i]
+            if rule_for(node, view).subgraph_cost == "max" and node.name not in view.opaque:
+                branches = [cost(children.get((id(node), k), [])) for k in range(len(subgraphs(node)))]
+                if any(b is None for b in branches):
+                    return None
+                best = max(branches, key=lambda b: b[0], default=(0, []))
+                total, counted = total + best[0], counted + best[1]
+        return total, counted
+
+    return cost(top)
+
+
 def count_macs(view: GraphView) -> int | None:
     """MACs per sample, or None when some costly node's shapes are unknown
     (a symbolic sequence or spatial dim that neither data nor --input-shape fixed)."""
-    total = 0
-    for n in view.nodes:
-        m = node_macs(view, n)
-        if m is None:
-            return None
-        total += m
-    return total
+    found = counted_nodes(view)
+    return None if found is None else found[0]
 
 
 def unknown_dims(view: GraphView) -> dict[str, list[str]]:
@@ -70,4 +96,4 @@ def unknown_dims(view: GraphView) -> dict[str, list[str]]:
     return out
 
 
-__all__ = ["count_params", "count_macs", "node_macs", "unknown_dims"]
+__all__ = ["count_params", "count_macs", "counted_nodes", "node_macs", "unknown_dims"]

@@ -36,7 +36,7 @@ def check_array(arr, vi: onnx.ValueInfoProto, where: str, fixed: dict | None = N
     arr = np.asarray(arr)
     name = vi.name
     if arr.dtype.kind not in "biuf":
-        raise OnnxPruneError(f"{where}: array '{name}' holds {arr.dtype} values, not numbers")
+        raise OnnxPruneError(f"{where}: array '{name}' holds {arr.dtype} values, not real numbers")
     dims = input_dims(vi, fixed)
     if arr.ndim != len(dims) or arr.ndim == 0:
         what = "a scalar" if arr.ndim == 0 else f"shape {list(arr.shape)}"
@@ -59,16 +59,68 @@ def _show(dims) -> str:
     return "[" + ", ".join(str(d) if d is not None else "?" for d in dims) + "]"
 
 
+_NPZ, _NPY = b"PK", b"\x93NUMPY"
+
+
+def _head(path: str, what: str) -> bytes:
+    """The first bytes of a data file, after the checks every data file gets."""
+    if not os.path.exists(path):
+        raise OnnxPruneError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise OnnxPruneError(f"{path}: is a folder, not {what}")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise OnnxPruneError(f"{path}: cannot read it ({e.strerror or type(e).__name__})") from None
+    if not head:
+        raise OnnxPruneError(f"{path}: is an empty file, not {what}")
+    if head[:1] == b"\x80":  # a pickle: never loaded, it could run code
+        raise OnnxPruneError(f"{path}: holds pickled Python objects, which onnxprune never loads "
+                             f"(unpickling can run code); save plain arrays with numpy.savez")
+    return head
+
+
+def read_npz(path) -> dict[str, np.ndarray]:
+    """Every array of an .npz archive. Never unpickles (allow_pickle=False):
+    object arrays and pickles are refused, like anything that is not an .npz."""
+    path = os.fspath(path)
+    head = _head(path, "an .npz archive")
+    if head.startswith(_NPY):
+        raise OnnxPruneError(f"{path}: is a single .npy array, not an .npz archive of arrays named "
+                             f"after the model's inputs (numpy.savez(path, input_name=array))")
+    if not head.startswith(_NPZ):
+        raise OnnxPruneError(f"{path}: not an .npz archive")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except Exception as e:  # noqa: BLE001 - ValueError, OSError, EOFError, zipfile.BadZipFile...
+        raise OnnxPruneError(f"{path}: not a readable .npz file "
+                             f"({_first_line(e)})") from None
+
+
+def read_npy(path) -> np.ndarray:
+    """The array of an .npy file (never unpickled)."""
+    path = os.fspath(path)
+    head = _head(path, "an .npy array")
+    if not head.startswith(_NPY):
+        raise OnnxPruneError(f"{path}: not an .npy array" +
+                             (" (an .npz archive: name it .npz)" if head.startswith(_NPZ) else ""))
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - ValueError, OSError, EOFError
+        raise OnnxPruneError(f"{path}: not a readable .npy file ({_first_line(e)})") from None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def load_npz(path, model: onnx.ModelProto):
     """-> (feeds {name: array[N, ...]}, labels or None)."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise OnnxPruneError(f"{path}: no such file")
-    try:
-        data = np.load(path, allow_pickle=False)
-        arrays = {k: data[k] for k in data.files}
-    except (ValueError, OSError, EOFError) as e:
-        raise OnnxPruneError(f"{path}: not a readable .npz file ({e or type(e).__name__})") from None
+    arrays = read_npz(path)
     feeds = {}
     for vi in model_inputs(model):
         if vi.name not in arrays:
@@ -79,8 +131,15 @@ def load_npz(path, model: onnx.ModelProto):
     if len(counts) != 1:
         raise OnnxPruneError(f"{path}: inputs have different sample counts {sorted(counts)}")
     labels = arrays.get("labels")
-    if labels is not None and len(labels) != counts.pop():
-        raise OnnxPruneError(f"{path}: 'labels' has {len(labels)} entries, inputs have more or fewer")
+    if labels is not None:
+        n = counts.pop()
+        whole = labels.dtype.kind in "iu" or (
+            labels.dtype.kind == "f" and bool(np.isfinite(labels).all() and (labels % 1 == 0).all()))
+        if labels.ndim != 1 or not whole:
+            raise OnnxPruneError(f"{path}: 'labels' must be one integer class index per sample "
+                                 f"(shape [{n}]), got {labels.dtype} of shape {list(labels.shape)}")
+        if len(labels) != n:
+            raise OnnxPruneError(f"{path}: 'labels' has {len(labels)} entries for {n} samples")
     return feeds, labels
 
 

@@ -159,9 +159,9 @@ def _evaluate(view: GraphView, name: str, depth: int) -> np.ndarray | None:
         shape = arg(0)
         if shape is None or any(v is None for v in shape.reshape(-1)):
             return None
-        from onnx import numpy_helper
+        from .tensors import to_array
         t = attr(node, "value")
-        fill = numpy_helper.to_array(t).reshape(-1)[0].item() if t is not None else 0.0
+        fill = to_array(t).reshape(-1)[0].item() if t is not None else 0.0
         n = int(np.prod([int(v) for v in shape.reshape(-1)]))
         return None if n > MAX_ELEMENTS else _arr([fill] * n).reshape([int(v) for v in shape.reshape(-1)])
     return None
@@ -186,7 +186,7 @@ def literal_source(view: GraphView, name: str, index: int, depth: int = 0):
     (rewriting it would change what that reader sees)."""
     node = view.producer.get(name)
     if node is None or depth > 32 or len(view.consumers.get(name, [])) != 1 \
-            or name in view.graph_outputs or name in view.captured:
+            or view.escapes(name):
         return None
     at = view.index_of[id(node)]
     if node.op_type == "Concat" and int(attr(node, "axis", 0)) == 0:

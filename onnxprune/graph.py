@@ -11,8 +11,8 @@ from collections import defaultdict
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
+from .tensors import to_array
 from .walk import captured_names, subgraphs
 
 
@@ -42,6 +42,22 @@ def _dequantize(values: list, axis: int) -> np.ndarray:
     return ((x.astype(np.float32) - zp.astype(np.float32)) * scale).astype(scale.dtype)
 
 
+def _defined_names(graph: onnx.GraphProto) -> list[str]:
+    """Every name a graph and its nested subgraphs define (with repeats)."""
+    from .walk import all_graphs
+
+    out = []
+    for g in all_graphs(graph):
+        out += [i.name for i in g.input] + [t.name for t in g.initializer]
+        out += [o for n in g.node for o in n.output if o]
+    return out
+
+
+def _chain(first, rest):
+    yield from first
+    yield from rest
+
+
 def _tensor_shape(vi: onnx.ValueInfoProto):
     t = vi.type
     if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
@@ -60,7 +76,7 @@ def _tensor_shape(vi: onnx.ValueInfoProto):
 def _constant_node_value(node: onnx.NodeProto):
     for attr in node.attribute:
         if attr.name == "value":
-            return numpy_helper.to_array(attr.t)
+            return to_array(attr.t)
         if attr.name == "value_float":
             return np.array(attr.f, dtype=np.float32)
         if attr.name == "value_floats":
@@ -97,20 +113,15 @@ class GraphView:
                               and i.type.tensor_type.shape.dim[0].dim_param}
         self.producer: dict[str, onnx.NodeProto] = {}
         self.consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = defaultdict(list)
-        self.nodes = list(self.graph.node)
-        self.captured: dict[str, str] = {}  # tensor -> node whose subgraph reads it
-        for i, node in enumerate(self.nodes):
-            if not node.name:
-                node.name = f"{node.op_type}_{i}"
+        self.captured: dict[str, str] = {}  # tensor -> node whose (unflattened) subgraph reads it
+        self._flatten()
+        for node in self.nodes:
             for out in node.output:
                 if out:
                     self.producer[out] = node
             for k, name in enumerate(node.input):
                 if name:
                     self.consumers[name].append((node, k))
-            for sub in subgraphs(node):
-                for name in captured_names(sub):
-                    self.captured.setdefault(name, node.name)
         self._const_cache: dict[str, np.ndarray] = {}  # small constants only
         self._fold_cache: dict[str, np.ndarray | None] = {}
         # Tensors computed from constants only, found in one pass in graph
@@ -121,6 +132,78 @@ class GraphView:
                                        for i in node.input):
                 self._foldable.update(o for o in node.output if o)
         self.index_of = {id(n): i for i, n in enumerate(self.nodes)}
+
+    def _flatten(self) -> None:
+        """One node list over the main graph and its subgraphs.
+
+        A subgraph's nodes come just before the node that owns it (they read
+        only what is computed before that node, and it reads their outputs),
+        so rules see a branch's network like any other: groups that live
+        inside an If branch or a Loop body are found, and a weight read inside
+        a branch is an ordinary reader. ``scope`` tells, per node, the owner
+        and which of its subgraphs holds it. A subgraph's formal inputs
+        (``sub_inputs``) and outputs (``sub_outputs``) are boundaries that the
+        owner's rule alone may couple (an If's outputs are its branches'
+        outputs). A subgraph that reuses a name defined elsewhere (sibling
+        branches may) stays opaque: what it reads from outside is
+        ``captured``, and freezes."""
+        g = self.graph
+        self.nodes: list[onnx.NodeProto] = []
+        self.scope: dict[int, tuple[onnx.NodeProto, int] | None] = {}
+        self.sub_inputs: dict[str, onnx.NodeProto] = {}
+        self.sub_outputs: dict[str, onnx.NodeProto] = {}
+        self.opaque: dict[str, str] = {}  # owner node name -> why its subgraphs are not analysed
+        self.graphs: list[onnx.GraphProto] = [g]  # the graphs whose nodes are in ``nodes``
+        defined = {i.name for i in g.input} | {t.name for t in g.initializer}
+        defined |= {o for n in g.node for o in n.output if o}
+        stack = [(iter(g.node), None)]
+        while stack:
+            it, owner = stack[-1]
+            node = next(it, None)
+            if node is None:
+                stack.pop()
+                continue
+            if isinstance(node, tuple):  # (owner node, its scope) after its subgraphs
+                self._add(*node)
+                continue
+            subs = subgraphs(node)
+            if not subs:
+                self._add(node, owner)
+                continue
+            names = [_defined_names(sub) for sub in subs]
+            local = [n for ns in names for n in ns]
+            if len(set(local)) != len(local) or defined & set(local):
+                self._add(node, owner)
+                clash = sorted((defined & set(local)) or {n for n in local if local.count(n) > 1})
+                self.opaque[node.name] = f"it reuses the name '{clash[0]}', defined in another scope"
+                for sub in subs:
+                    for name in captured_names(sub):
+                        self.captured.setdefault(name, node.name)
+                continue
+            defined.update(local)
+            # after the subgraphs' nodes: the owner itself
+            stack[-1] = (_chain([(node, owner)], it), owner)
+            for k in range(len(subs) - 1, -1, -1):
+                sub = subs[k]
+                self.graphs.append(sub)
+                for t in sub.initializer:
+                    self.initializers[t.name] = t
+                for vi in sub.input:
+                    self.sub_inputs.setdefault(vi.name, node)
+                for vi in sub.output:
+                    self.sub_outputs.setdefault(vi.name, node)
+                stack.append((iter(sub.node), (node, k)))
+
+    def _add(self, node: onnx.NodeProto, scope) -> None:
+        if not node.name:
+            node.name = f"{node.op_type}_{len(self.nodes)}"
+        self.scope[id(node)] = scope
+        self.nodes.append(node)
+
+    def escapes(self, name: str) -> bool:
+        """Read by something no rewrite reaches: a graph output, an opaque
+        subgraph, or the owner of the subgraph it is an output of."""
+        return name in self.graph_outputs or name in self.captured or name in self.sub_outputs
 
     def const_chain(self, name: str) -> tuple[set[str], set[int]]:
         """For a tensor folded from constants: the constants it is computed from
@@ -155,6 +238,8 @@ class GraphView:
                 out.append((None, -1, f"graph output '{t}'"))
             if t in self.captured:
                 out.append((None, -1, f"a subgraph of node '{self.captured[t]}'"))
+            if t in self.sub_outputs:
+                out.append((None, -1, f"node '{self.sub_outputs[t].name}' as a subgraph output"))
             for node, k in self.consumers.get(t, []):
                 if node.op_type == "Identity":
                     todo.append(node.output[0])
@@ -192,7 +277,7 @@ class GraphView:
 
     def _stored(self, root: str) -> np.ndarray | None:
         if root in self.initializers:
-            return numpy_helper.to_array(self.initializers[root])
+            return to_array(self.initializers[root])  # lazy external data: read on demand
         return _constant_node_value(self.producer[root])
 
     def const(self, name: str) -> np.ndarray | None:

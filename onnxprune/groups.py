@@ -193,14 +193,16 @@ class Groups:
         """(MACs, layouts) per costly node: its MACs scale with the kept
         fraction of each layout (its output channels and its linear inputs)."""
         if "macs_terms" not in self._index:
-            from .costs import node_macs
+            from .costs import counted_nodes, node_macs
 
             in_layouts: dict[int, list] = {}
             for use in self.analysis.uses:
                 if use.role == "in":
                     in_layouts.setdefault(use.node, []).append(use.layout)
             terms = []
-            for i, node in enumerate(self.view.nodes):
+            found = counted_nodes(self.view)
+            for i in (found[1] if found is not None else range(len(self.view.nodes))):
+                node = self.view.nodes[i]
                 macs = node_macs(self.view, node)
                 if macs:
                     outs = list(self.analysis.layouts.get(node.output[0], {}).values()) if node.output else []
@@ -299,7 +301,8 @@ class Groups:
 
 def _stored_weights(view: GraphView):
     """(name, dims, dtype, why not analysed or None) of every stored tensor the
-    parameter count counts: initializers and Constant values, subgraphs included."""
+    parameter count counts: initializers and Constant values, subgraphs included
+    (those of an opaque subgraph with why)."""
     from .walk import all_graphs, subgraphs
 
     def constants(nodes, why):
@@ -309,15 +312,18 @@ def _stored_weights(view: GraphView):
                     if a.name == "value":
                         yield n.output[0], a.t.dims, a.t.data_type, why
 
-    for t in view.graph.initializer:
+    for t in view.initializers.values():
         why = "also a graph input, so it can be replaced at run time" \
             if view.const_root(t.name) is None else None
         yield t.name, t.dims, t.data_type, why
     yield from constants(view.nodes, None)
     for node in view.nodes:
+        if node.name not in view.opaque:
+            continue
         for sub in subgraphs(node):
             for g in all_graphs(sub):
-                why = f"inside a subgraph of node '{node.name}' ({node.op_type})"
+                why = (f"inside a subgraph of node '{node.name}' ({node.op_type}), which is not "
+                       f"analysed ({view.opaque[node.name]})")
                 for t in g.initializer:
                     yield t.name, t.dims, t.data_type, why
                 yield from constants(g.node, why)
@@ -334,7 +340,15 @@ def _freeze_interface(view: GraphView, analysis: Analysis) -> None:
             atoms.freeze(lay, f"reaches graph input '{name}'")
     for name, node in view.captured.items():
         for lay in analysis.layouts.get(name, {}).values():
-            atoms.freeze(lay, f"read inside a subgraph of node '{node}'")
+            atoms.freeze(lay, f"read inside a subgraph of node '{node}', which is not analysed "
+                              f"({view.opaque.get(node, 'opaque')})")
+    for name, owner in view.sub_inputs.items():
+        for lay in analysis.layouts.get(name, {}).values():
+            atoms.freeze(lay, f"an input of a subgraph of node '{owner.name}' ({owner.op_type})")
+    for name, owner in view.sub_outputs.items():
+        if not rule_for(owner, view).couples_subgraph_outputs:
+            for lay in analysis.layouts.get(name, {}).values():
+                atoms.freeze(lay, f"an output of a subgraph of node '{owner.name}' ({owner.op_type})")
     for lay in [lay for _, lay in analysis.items()] + [u.layout for u in analysis.uses]:
         try:
             atoms.resolve(lay)
@@ -372,11 +386,12 @@ def _couple_shared_weights(view: GraphView, analysis: Analysis) -> None:
                     stray.append(f"'{source}' is computed from {narrow[0].dtype} constants through ops "
                                  f"that cannot be sliced at the source; sliced here it would be "
                                  f"stored as {folded.dtype}")
+            own = {(index, slot) for index, slot, _ in readers}  # the weight's readers, seen through Identity
             for t in leaves | {o for i in chain for o in view.nodes[i].output}:
                 if t == source:
                     continue
-                for index, _, label in view.readers(t):
-                    if index not in chain:
+                for index, slot, label in view.readers(t):
+                    if index not in chain and (index, slot) not in own:
                         stray.append(f"'{source}' is computed from constant '{t}', "
                                      f"which {label} also reads")
         for axis in sorted({u.axis for u in uses}):

@@ -20,9 +20,26 @@ from .groups import Groups
 class Scores:
     criterion: str
     by_group: dict = field(default_factory=dict)  # group id -> np.ndarray of shape (units,)
+    # Removal order and the marginal cost of each removal (non-decreasing),
+    # when the criterion measures them itself (``obs``); otherwise derived
+    # from the scores (``removal``).
+    orders: dict = field(default_factory=dict)
+    costs: dict = field(default_factory=dict)
 
     def __getitem__(self, gid: int) -> np.ndarray:
         return self.by_group[gid]
+
+    def removal(self, gid: int) -> tuple[np.ndarray, np.ndarray]:
+        """(units in removal order, cost of each removal): lowest score first,
+        each costing its share of the group's total score, so that groups of
+        different sizes and scales compare (``planner.plan_global``)."""
+        if gid in self.orders:
+            return self.orders[gid], self.costs[gid]
+        s = np.asarray(self.by_group[gid], dtype=np.float64)
+        s = s - min(0.0, float(s.min()))
+        order = np.argsort(s, kind="stable")
+        cost = s[order] / max(float(s.sum()), 1e-30)
+        return order, np.maximum.accumulate(cost)
 
 
 def _member_slices(groups: Groups, gid: int):
@@ -128,6 +145,24 @@ def _fpgm(groups, group, cal=None):
     return out or _magnitude(2)(groups, group)
 
 
+OBS_MAX_CHANNELS = 4096  # wider consumers: the greedy's cubic cost is not worth it; scores decide
+
+
+def _obs_consumers(groups: Groups, group, cal) -> list:
+    """(weight (positions, outputs, taps), covariance, unit blocks) of each
+    dense consumer with a measured Gram matrix (``reconstruct.obs_order``)."""
+    out = []
+    for use, st, form in _calibrated_consumers(groups, group.id, cal):
+        if st.xtx is None or form is None or not form.dense or st.size > OBS_MAX_CHANNELS:
+            continue
+        w = _consumer_matrix(groups, use, form)
+        if w is None or w.shape[0] != st.size:
+            continue
+        blocks = groups.unit_rows(group.id, use.layout, np.arange(st.size, dtype=np.float64)[:, None])
+        out.append((w, st.covariance(), blocks.astype(np.int64)))
+    return out
+
+
 def _bn(groups, group):
     """|gamma| of the normalisation (or per-channel scale) slices of the group."""
     out = [np.abs(sl).mean(axis=1) for use, sl in _member_slices(groups, group.id) if use.role == "scale"]
@@ -138,7 +173,9 @@ def _bn(groups, group):
 CRITERIA = {"l1": _magnitude(1), "l2": _magnitude(2), "bn": _bn, "fpgm": _fpgm}
 DATA_CRITERIA = {"mean_abs": _stat_criterion("mean_abs"), "act_l2": _stat_criterion("act_l2"),
                  "apoz": _stat_criterion("apoz"), "relief": _relief, "flap": _flap}
-ALL_CRITERIA = sorted(CRITERIA) + sorted(DATA_CRITERIA) + ["random"]
+# Criteria that need the Gram matrix of each consumer's input (calibrated like --compensate lsq).
+GRAM_CRITERIA = ("obs",)
+ALL_CRITERIA = sorted(CRITERIA) + sorted(DATA_CRITERIA) + list(GRAM_CRITERIA) + ["random"]
 NORMALISATIONS = ("mean", "max", "none")
 REDUCTIONS = ("mean", "sum", "max")
 
@@ -164,7 +201,7 @@ def score(groups: Groups, criterion: str = "l2", *, calibration=None, member_nor
     """
     if criterion not in ALL_CRITERIA:
         raise OnnxPruneError(f"unknown criterion '{criterion}' (choose from {', '.join(ALL_CRITERIA)})")
-    if criterion in DATA_CRITERIA and calibration is None:
+    if (criterion in DATA_CRITERIA or criterion in GRAM_CRITERIA) and calibration is None:
         raise OnnxPruneError(f"criterion '{criterion}' needs calibration data")
     if reduction not in REDUCTIONS:
         raise OnnxPruneError(f"unknown group reduction '{reduction}' (choose from {', '.join(REDUCTIONS)})")
@@ -176,7 +213,20 @@ def score(groups: Groups, criterion: str = "l2", *, calibration=None, member_nor
         if criterion == "random":
             scores.by_group[group.id] = rng.random(group.channels)
             continue
-        if criterion in DATA_CRITERIA:
+        if criterion == "obs":
+            consumers = _obs_consumers(groups, group, calibration)
+            if consumers:
+                from .reconstruct import obs_order
+
+                order, costs = obs_order(consumers, group.channels)
+                full = np.concatenate([order, np.setdiff1d(np.arange(group.channels), order)])
+                rank = np.empty(group.channels)
+                rank[full] = np.arange(group.channels)  # removed first = lowest score
+                scores.by_group[group.id] = rank
+                scores.orders[group.id], scores.costs[group.id] = order, costs
+                continue
+            members = CRITERIA["l2"](groups, group)  # no measured dense consumer: weights decide
+        elif criterion in DATA_CRITERIA:
             members = DATA_CRITERIA[criterion](groups, group, calibration) or \
                 CRITERIA["l2"](groups, group)
         else:
@@ -188,7 +238,8 @@ def score(groups: Groups, criterion: str = "l2", *, calibration=None, member_nor
 
 
 def calibration_requests(groups: Groups, gram: bool = False) -> dict:
-    """{(tensor, axis): need_gram} for every linear consumer of a prunable group."""
+    """{(tensor, axis): need_gram} for every linear consumer of a prunable group
+    (the Gram matrix for ``--compensate lsq`` and the ``obs`` criterion)."""
     requests: dict = {}
     for g in groups.prunable:
         for use in groups.consumers(g.id):
@@ -198,4 +249,4 @@ def calibration_requests(groups: Groups, gram: bool = False) -> dict:
     return requests
 
 
-__all__ = ["Scores", "score", "CRITERIA", "DATA_CRITERIA", "ALL_CRITERIA", "calibration_requests"]
+__all__ = ["Scores", "score", "CRITERIA", "DATA_CRITERIA", "GRAM_CRITERIA", "ALL_CRITERIA", "calibration_requests"]

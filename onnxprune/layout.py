@@ -91,10 +91,9 @@ class Atoms:
             if len(sub) == 1:
                 b = sub[0]
                 out.append(Segment(b.atom, seg.outer * b.outer, b.inner * seg.inner))
-            elif seg.outer == 1:
-                out.extend(Segment(b.atom, b.outer, b.inner * seg.inner) for b in sub)
-            else:
-                raise LayoutError("a split channel space is repeated along an outer axis")
+            else:  # a split space, repeated ``outer`` times: the pieces, in order, each time
+                for _ in range(seg.outer):
+                    out.extend(Segment(b.atom, b.outer, b.inner * seg.inner) for b in sub)
         return tuple(out)
 
     def leaves(self, layout_or_atom) -> set[int]:

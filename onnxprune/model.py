@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import onnx
 from google.protobuf.message import DecodeError
 
+from . import tensors
 from .errors import OnnxPruneError
 from .walk import all_graphs, node_reads
 
@@ -35,7 +36,9 @@ class Loaded:
 
 
 def load(source, label: str | None = None) -> Loaded:
-    """A path or a ModelProto -> a private copy of the model with all weights in memory."""
+    """A path or a ModelProto -> a private copy of the model. Weights the file
+    stores inline are in memory; large external ones stay in their files,
+    memory-mapped per tensor when read (``tensors.to_array``)."""
     if isinstance(source, onnx.ModelProto):
         model = copy.deepcopy(source)
         toposort(model.graph)
@@ -54,14 +57,21 @@ def load(source, label: str | None = None) -> Loaded:
     external = frozenset(t.name for g in all_graphs(model.graph) for t in g.initializer
                          if t.data_location == onnx.TensorProto.EXTERNAL)
     files = external_files(path, model)
-    if external:
+    if external or _attribute_external(model):
+        # Large weights stay in their files, read per tensor on demand (tensors.py).
         try:
-            onnx.load_external_data_for_model(model, os.path.dirname(os.path.abspath(path)))
-        except Exception as e:  # noqa: BLE001 - OSError, ValueError, onnx's ValidationError
+            tensors.open_external(model, os.path.dirname(os.path.abspath(path)), path)
+        except (OSError, ValueError) as e:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise OnnxPruneError(f"{path}: cannot read its external data ({first})") from None
     toposort(model.graph)
     return Loaded(model, path, external, frozenset(files))
+
+
+def _attribute_external(model: onnx.ModelProto) -> bool:
+    """A Constant node's value stored as external data (rare: onnx can write them)."""
+    return any(a.type == onnx.AttributeProto.TENSOR and a.t.data_location == onnx.TensorProto.EXTERNAL
+               for g in all_graphs(model.graph) for n in g.node for a in n.attribute)
 
 
 def toposort(graph: onnx.GraphProto) -> None:
@@ -167,27 +177,55 @@ def _umask_mode() -> int:
 SMALL_TENSOR = 1024  # bytes: onnx's own threshold for external data
 
 
-def _mark_external(model: onnx.ModelProto, location: str, stored_external) -> None:
-    """Choose, per initializer, where its bytes go. A tensor the input stored
-    inline stays inline, and a small integer tensor (shape, axes, pads: what
-    shape inference must read) is always inline, because onnxruntime refuses
-    those as external data. Anything else the input stored externally stays
+def _goes_external(t: onnx.TensorProto, stored: set) -> bool:
+    """Where an initializer's bytes go. A tensor the input stored inline
+    stays inline, and a small integer tensor (shape, axes, pads: what shape
+    inference must read) is always inline, because onnxruntime refuses those
+    as external data. Anything else the input stored externally stays
     external; a new tensor goes external from ``SMALL_TENSOR`` bytes up."""
-    from onnx.external_data_helper import set_external_data
+    lazy = tensors.is_lazy(t)
+    if not lazy and not t.HasField("raw_data"):
+        return False
+    size = tensors.stored_bytes(t)
+    integer = t.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+    if lazy or t.name in stored:
+        return not (integer and size < SMALL_TENSOR)
+    return size >= SMALL_TENSOR
 
+
+def _write_external(model: onnx.ModelProto, path: str, data_name: str, stored_external) -> None:
+    """Write ``model`` to ``path`` and its large weights to ``data_name``
+    beside it, streaming: each tensor's bytes go to the data file one at a
+    time (a lazy one copied from its own file in chunks), then the small
+    proto that names them. Nothing is copied whole, not even the proto."""
     stored = set(stored_external)
-    for g in all_graphs(model.graph):
-        for t in g.initializer:
-            if not t.HasField("raw_data"):
-                continue
-            size = len(t.raw_data)
-            integer = t.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
-            if t.name in stored:
-                external = not (integer and size < SMALL_TENSOR)
+    out = tensors.shell(model)  # everything but the main graph's weights
+    with open(os.path.join(os.path.dirname(path), data_name), "wb") as f:
+        for t in model.graph.initializer:
+            if _goes_external(t, stored):
+                out.graph.initializer.append(tensors.write_external(t, f, data_name))
             else:
-                external = size >= SMALL_TENSOR
-            if external:
-                set_external_data(t, location)
+                out.graph.initializer.append(tensors.inline(t) if tensors.is_lazy(t) else t)
+        for g in list(all_graphs(out.graph))[1:]:  # subgraphs: the shell's own copies
+            for t in g.initializer:
+                if _goes_external(t, stored):
+                    t.CopyFrom(tensors.write_external(t, f, data_name))
+                elif tensors.is_lazy(t):
+                    t.CopyFrom(tensors.inline(t))
+    with open(path, "wb") as f:
+        f.write(out.SerializeToString())
+
+
+def _inline_all(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of a model with lazy tensors read into it (saved without external data)."""
+    out = tensors.shell(model)
+    out.graph.initializer.extend(tensors.inline(t) if tensors.is_lazy(t) else t
+                                 for t in model.graph.initializer)
+    for g in list(all_graphs(out.graph))[1:]:
+        for t in g.initializer:
+            if tensors.is_lazy(t):
+                t.CopyFrom(tensors.inline(t))
+    return out
 
 
 def save(model: onnx.ModelProto, path, external_data: bool = False,
@@ -201,7 +239,8 @@ def save(model: onnx.ModelProto, path, external_data: bool = False,
     as written; only when it passes are they moved into place. Any failure
     leaves nothing behind. Small tensors (shape vectors, axes, scalars) stay
     inline: onnxruntime refuses some of them as external data
-    (``_mark_external``).
+    (``_goes_external``). External data is written tensor by tensor
+    (``_write_external``): neither the weights nor the proto are copied whole.
 
     Returns the files written. ``protect`` lists files that must never be
     replaced (the input model and its external data).
@@ -218,13 +257,9 @@ def save(model: onnx.ModelProto, path, external_data: bool = False,
     tmp, tmp_data = os.path.join(tmpdir, name), os.path.join(tmpdir, data_name)
     try:
         if external_data:
-            model = copy.deepcopy(model)
-            _mark_external(model, data_name, stored_external)
-            onnx.save_model(model, tmp)  # writes the marked tensors next to it
-            if not os.path.exists(tmp_data):  # every tensor small: an empty data file
-                open(tmp_data, "wb").close()
+            _write_external(model, tmp, data_name, stored_external)
         else:
-            onnx.save_model(model, tmp)
+            onnx.save_model(_inline_all(model) if tensors.has_lazy(model) else model, tmp)
         if verify is not None:
             verify(tmp)
         written = []

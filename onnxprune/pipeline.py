@@ -2,6 +2,9 @@
 
     load -> analyze -> calibrate -> score -> plan -> compensate -> apply -> check -> validate -> save
 
+(validation's ``reference`` run of the original comes just before ``apply``,
+which then rewrites the loaded model in place: no copy of the weights).
+
 The CLI and the Python API both call ``run`` (so they can never do different
 things), and each stage is a plain function from the previous stages' results
 to its own, so a later feature can call them one by one: re-calibrate after a
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -29,7 +33,12 @@ from .planner import Plan
 from .shapes import shapes as shape_info
 from .rewrite import apply as run_apply
 from .validate import Validation, check_input, check_written, full_check
-from .validate import validate as run_validation
+from .validate import Reference
+from .validate import compare as run_compare
+from .validate import reference as run_reference
+
+
+AUTO_ROUND = (8, 32)  # (multiple, from this many units up): the default rounding
 
 
 @dataclass
@@ -39,11 +48,14 @@ class PruneConfig:
     # what to remove
     ratio: float = 0.3
     macs_target: float | None = None
-    criterion: str = "l2"
+    criterion: str | None = None  # None: "obs" with calibration data, else "l2" (``resolved``)
     group_reduction: str = "mean"
     normalize: str = "mean"
     min_channels: int = 1
-    round_to: int = 1
+    round_to: int | None = None  # None: multiples of 8 in groups of 32+ units (AUTO_ROUND)
+    allocate: str | None = None  # None: "global" with a criterion that measures its costs (obs), else "uniform"  # how a budget is spread over groups (planner.ALLOCATIONS)
+    max_group_ratio: float = 0.9  # with allocate="global": no group loses more than this
+    calibrate_from_data: bool = True  # --data without --calib: calibrate on its first part
     exclude: tuple = ()
     keep: dict | None = None  # explicit plan: group id -> kept units
     plan: str | None = None  # a saved plan file to replay
@@ -68,10 +80,35 @@ class PruneConfig:
     report: str | None = None
     save_plan: str | None = None
 
+    def rounding(self) -> dict:
+        """How kept counts are rounded: ``--round-to N`` rounds every group of
+        N units or more; by default, multiples of 8 in groups of 32 units or
+        more (onnxruntime's blocked conv and GEMM kernels want multiples of 8:
+        odd counts ran up to 1.9x slower than the unpruned model in
+        benchmarks/fidelity.py; groups under 32 units stay exact)."""
+        if self.round_to is None:
+            return {"round_to": AUTO_ROUND[0], "round_from": AUTO_ROUND[1]}
+        return {"round_to": self.round_to, "round_from": None}
+
+    def resolved(self) -> PruneConfig:
+        """The defaults that depend on the data, filled in. With calibration
+        data: the ``obs`` criterion (channels chosen by the error left after
+        least-squares compensation) and ``lsq`` compensation; without: ``l2``
+        and none (measured in benchmarks/fidelity.py)."""
+        from dataclasses import replace
+
+        data = self.calib is not None
+        criterion = self.criterion or ("obs" if data else "l2")
+        # Global allocation compares costs across groups: only a criterion that
+        # measures them (the error left after compensation) makes them
+        # comparable; normalised scores sent some models to chance.
+        allocate = self.allocate or ("global" if criterion in importance.GRAM_CRITERIA else "uniform")
+        return replace(self, criterion=criterion, compensate=self.resolved_compensation(), allocate=allocate)
+
     def resolved_compensation(self) -> str:
         mode = self.compensate
         if mode is None:
-            mode = "bias" if self.calib is not None else "none"
+            mode = "lsq" if self.calib is not None else "none"
         if mode not in MODES:
             raise OnnxPruneError(f"unknown compensation '{mode}' (choose from {', '.join(MODES)})")
         return mode
@@ -119,9 +156,8 @@ class PruneResult:
         """The full-size model with removed channels zeroed in every linear consumer
         (and the same compensation): what the pruned model computes exactly.
 
-        When the prune rewrote its copy of the model in place (no validation
-        asked), the source is analysed again: group ids are stable, so the
-        same plan applies."""
+        The prune rewrote its copy of the model in place, so the source is
+        analysed again: group ids are stable, so the same plan applies."""
         groups = self.groups
         if groups.consumed:
             groups = analyze(load(self.source, self.config), self.config)
@@ -131,9 +167,10 @@ class PruneResult:
         """Write atomically, checked as written; never over the input model or its data."""
         if external_data is None:
             external_data = self.groups.external_data
-        return modelio.save(self.model, path, external_data=external_data,
-                            protect=set(self.groups.source_files),
-                            verify=check_written, stored_external=self.groups.external)
+        with _writing(path):
+            return modelio.save(self.model, path, external_data=external_data,
+                                protect=set(self.groups.source_files),
+                                verify=check_written, stored_external=self.groups.external)
 
     def to_dict(self) -> dict:
         out = self.report.to_dict()
@@ -200,9 +237,11 @@ def calibrate(groups: Groups, cfg: PruneConfig) -> Calibration | None:
     compensation needs it."""
     mode = cfg.resolved_compensation()
     chosen = cfg.keep is not None or cfg.plan is not None  # no scoring: only compensation needs data
-    if mode == "none" and (chosen or cfg.criterion not in importance.DATA_CRITERIA):
+    data_criterion = cfg.criterion in importance.DATA_CRITERIA or cfg.criterion in importance.GRAM_CRITERIA
+    if mode == "none" and (chosen or not data_criterion):
         return None
-    requests = importance.calibration_requests(groups, gram=mode == "lsq")
+    gram = mode == "lsq" or (not chosen and cfg.criterion in importance.GRAM_CRITERIA)
+    requests = importance.calibration_requests(groups, gram=gram)
     batch = 1 if groups.shape_info is not None and groups.shape_info.fixed_batch else cfg.calib_batch
     return run_calibration(groups.model, cfg.calib, requests, samples=cfg.calib_samples,
                            batch=batch, progress=cfg.progress, input_shapes=_known_inputs(groups, cfg))
@@ -214,13 +253,33 @@ def _known_inputs(groups: Groups, cfg: PruneConfig) -> dict:
 
 
 def hold_out(groups: Groups, cfg: PruneConfig) -> tuple[PruneConfig, str | None]:
-    """Validation never reuses calibration samples: with --calib and no --data,
+    """Validation never reuses calibration samples. With --calib and no --data,
     the last quarter of the calibration data (at most 256 samples) is held out
-    for validation, and calibration stops before it."""
+    for validation, and calibration stops before it. With --data and no
+    --calib, the data serves both: its first part calibrates (data beats no
+    data: see ``resolved_compensation``), its last quarter validates, labels
+    included."""
     from dataclasses import replace
 
     from .calibration import hold_out as split
 
+    if cfg.calib is None and cfg.data is not None and cfg.calibrate_from_data \
+            and isinstance(cfg.data, (str, os.PathLike)):
+        from .data import load_npz
+
+        feeds, labels = load_npz(cfg.data, groups.model)
+        total = len(next(iter(feeds.values())))
+        if not cfg.validate:
+            return replace(cfg, calib=feeds), "calibrating on --data"
+        if total >= 4:
+            k = max(1, min(total // 4, 256))
+            calib = {n: a[:total - k] for n, a in feeds.items()}
+            held = {n: a[total - k:] for n, a in feeds.items()}
+            if labels is not None:
+                held["labels"] = labels[total - k:]
+            note = (f"calibrating on the first {total - k} samples of --data and validating on "
+                    f"the last {k}, held out; pass --calib for a separate calibration set")
+            return replace(cfg, calib=calib, data=held), note
     if not cfg.validate or cfg.data is not None or cfg.calib is None:
         return cfg, None
     parts = split(cfg.calib, groups.model)
@@ -252,12 +311,9 @@ def plan(groups: Groups, scores, cfg: PruneConfig) -> Plan:
             hint = f" ({reasons[0]}{'; ...' if len(reasons) > 1 else ''})" if reasons else ""
             raise OnnxPruneError(f"nothing to prune: all {len(groups.groups)} channel groups are "
                                  f"frozen{hint}; run 'onnxprune analyze' for the reasons")
-        if cfg.macs_target is not None:
-            result = planner.plan_macs(groups, scores, cfg.macs_target, min_channels=cfg.min_channels,
-                                       round_to=cfg.round_to)
-        else:
-            result = planner.plan_uniform(groups, scores, cfg.ratio, min_channels=cfg.min_channels,
-                                          round_to=cfg.round_to)
+        result = planner.plan_budget(groups, scores, ratio=cfg.ratio, macs_target=cfg.macs_target,
+                                     allocate=cfg.allocate, min_channels=cfg.min_channels,
+                                     max_group_ratio=cfg.max_group_ratio, **cfg.rounding())
     if result.removed == 0:
         raise OnnxPruneError("the plan removes no channel (a no-op is not a prune): raise --ratio "
                              "or --macs-target's reduction, or lower --min-channels / --round-to")
@@ -308,48 +364,96 @@ def report(groups: Groups, the_plan: Plan, pruned: onnx.ModelProto, calibration,
         + (list(calibration.notes) if calibration is not None else []))
 
 
-def validate(groups: Groups, pruned: onnx.ModelProto, cfg: PruneConfig) -> Validation | None:
+def reference(groups: Groups, cfg: PruneConfig) -> Reference | None:
+    """Validation's first half: the original model runs on the validation
+    inputs now, before ``apply`` rewrites it in place (so it is never copied)."""
     if not cfg.validate:
         return None
-    return run_validation(groups.model, pruned, cfg.data, input_shapes=_known_inputs(groups, cfg),
-                          samples=cfg.samples, threads=cfg.threads)
+    if groups.consumed:
+        raise OnnxPruneError("internal: the original model was already rewritten in place")
+    return run_reference(groups.model, cfg.data, input_shapes=_known_inputs(groups, cfg),
+                         samples=cfg.samples, threads=cfg.threads)
 
 
-def save(result: PruneResult, cfg: PruneConfig) -> list[str]:
+def validate(groups: Groups, pruned: onnx.ModelProto, cfg: PruneConfig,
+             ref: Reference | None = None) -> Validation | None:
+    """Compare the pruned model with the original's ``reference`` (taken
+    here when not given: the original must then still be unmodified)."""
+    if not cfg.validate:
+        return None
+    return run_compare(ref if ref is not None else reference(groups, cfg), pruned)
+
+
+def _validated(result: PruneResult, ref: Reference):
+    """A ``verify`` for ``model.save`` that also validates the model from the
+    files as written: onnxruntime maps its weights from disk rather than
+    holding a second copy of them next to the one in memory."""
+    def verify(path: str) -> None:
+        check_written(path)
+        result.validation = run_compare(ref, modelio.load(path).model)
+    return verify
+
+
+@contextmanager
+def _writing(path):
+    """A failed write (a full disk, no permission, a read-only folder) is the
+    environment's fault, not the input's or a bug: one line naming the file
+    and the reason (exit code 2). The writer has already removed its partial
+    files."""
+    try:
+        yield
+    except OSError as e:
+        reason = e.strerror or str(e) or type(e).__name__
+        raise OnnxPruneError(f"cannot write {os.fspath(path)}: {reason}") from e
+
+
+def save(result: PruneResult, cfg: PruneConfig, ref: Reference | None = None) -> list[str]:
     """Write every requested output, or none of them: a later failure removes
-    what was already written. Models are checked as written, from disk."""
+    what was already written. Models are checked as written, from disk; with
+    a validation ``ref``, the output is also validated from disk before it is
+    moved into place."""
     written: list[str] = []
     protect = set(result.groups.source_files)
     try:
         if cfg.output:
-            written += modelio.save(result.model, cfg.output, external_data=result.groups.external_data,
-                                    protect=protect, verify=check_written,
-                                    stored_external=result.groups.external)
+            verify = check_written if ref is None else _validated(result, ref)
+            with _writing(cfg.output):
+                written += modelio.save(result.model, cfg.output,
+                                        external_data=result.groups.external_data, protect=protect,
+                                        verify=verify, stored_external=result.groups.external)
         if cfg.masked_output:
             masked = result.masked()
             invariants.check(result.summary, masked)
-            written += modelio.save(masked, cfg.masked_output,
-                                    external_data=result.groups.external_data, protect=protect,
-                                    verify=check_written, stored_external=result.groups.external)
+            with _writing(cfg.masked_output):
+                written += modelio.save(masked, cfg.masked_output,
+                                        external_data=result.groups.external_data, protect=protect,
+                                        verify=check_written, stored_external=result.groups.external)
         if cfg.save_plan:
-            _write_json(cfg.save_plan, result.plan.to_dict(result.groups))
+            with _writing(cfg.save_plan):
+                _write_json(cfg.save_plan, result.plan.to_dict(result.groups))
             written.append(os.path.abspath(cfg.save_plan))
         if cfg.report:
-            _write_json(cfg.report, result.to_dict())
+            with _writing(cfg.report):
+                _write_json(cfg.report, result.to_dict())
             written.append(os.path.abspath(cfg.report))
     except BaseException:
         for path in written:
-            if os.path.exists(path):
+            try:
                 os.remove(path)
+            except FileNotFoundError:
+                pass
         raise
     return written
 
 
 def _write_json(path, payload: dict) -> None:
+    """Atomically: a temporary file beside ``path``, then a rename. The JSON is
+    built first, so an unserialisable value never leaves a half-written file."""
+    text = json.dumps(payload, indent=2, default=_json_default)
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         with open(tmp, "w") as f:
-            json.dump(payload, f, indent=2, default=_json_default)
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -375,23 +479,33 @@ def run(source, cfg: PruneConfig) -> PruneResult:
         preflight(source, cfg, loaded.files)
     groups = analyze(loaded, cfg)
     run_cfg, held_note = hold_out(groups, cfg)
+    run_cfg = run_cfg.resolved()
     calibration = calibrate(groups, run_cfg)
     scores = score(groups, calibration, run_cfg)
     the_plan = plan(groups, scores, run_cfg)
     comp = compensate(groups, the_plan, calibration, run_cfg)
     original = invariants.summarize(groups.model)
-    # Validation compares against the original: keep it. Otherwise rewrite the
-    # loaded copy in place (masked() re-derives the original from the source).
-    pruned = apply(groups, the_plan, comp, in_place=not cfg.validate)
+    # The original's half of validation runs first; then the loaded model is
+    # rewritten in place, never copied (masked() re-derives the original from
+    # the source).
+    ref = reference(groups, run_cfg)
+    pruned = apply(groups, the_plan, comp, in_place=True)
     check(original, pruned, run_cfg)
     result = PruneResult(pruned, report(groups, the_plan, pruned, calibration, comp, run_cfg), groups,
                          the_plan, comp, config=cfg, source=source, summary=original)
     if held_note:
         result.report.notes.append(held_note)
-    result.validation = validate(groups, pruned, run_cfg)
-    result.written = save(result, cfg)
+    result.report.notes.extend(the_plan.notes)
+    # A model with external data (possibly GBs) is validated from its output
+    # files as written, inside save: onnxruntime then maps the weights from
+    # disk instead of holding a copy of those in memory.
+    deferred = ref is not None and bool(cfg.output) and groups.external_data
+    if ref is not None and not deferred:
+        result.validation = validate(groups, pruned, run_cfg, ref)
+    result.written = save(result, cfg, ref if deferred else None)
     return result
 
 
 __all__ = ["PruneConfig", "PruneReport", "PruneResult", "run", "preflight", "load", "analyze",
-           "calibrate", "score", "plan", "compensate", "apply", "check", "report", "validate", "save"]
+           "calibrate", "score", "plan", "compensate", "reference", "apply", "check", "report", "validate",
+           "save"]

@@ -23,6 +23,7 @@ class Plan:
     keep: dict = field(default_factory=dict)  # group id -> sorted np.ndarray of kept units
     kept: dict = field(default_factory=dict)  # group id -> (kept, units)
     ratio: float | None = None  # the uniform ratio used, when there was one
+    notes: list = field(default_factory=list)  # what the planner could not do as asked
 
     @property
     def removed(self) -> int:
@@ -42,16 +43,22 @@ class Plan:
             json.dump(self.to_dict(groups), f, indent=1)
 
 
-def n_keep(channels: int, ratio: float, min_channels: int, round_to: int) -> int:
+def _rounds(channels: int, round_to: int, round_from: int | None) -> bool:
+    """Whether a group's kept count is rounded: from ``round_from`` units up
+    (default: any group of at least ``round_to``)."""
+    return round_to > 1 and channels >= max(round_to, round_from or 0)
+
+
+def n_keep(channels: int, ratio: float, min_channels: int, round_to: int, round_from: int | None = None) -> int:
     keep = channels - int(round(ratio * channels))
-    if round_to > 1 and channels >= round_to:
+    if _rounds(channels, round_to, round_from):
         keep = max(round_to, int(round(keep / round_to)) * round_to)
     keep = max(keep, min(min_channels, channels))
     return min(keep, channels)
 
 
 def plan_uniform(groups: Groups, scores: Scores, ratio: float, *, min_channels: int = 1,
-                 round_to: int = 1) -> Plan:
+                 round_to: int = 1, round_from: int | None = None) -> Plan:
     """Remove ``round(ratio * channels)`` lowest-scoring units from every prunable group."""
     if not 0.0 <= ratio < 1.0:
         raise OnnxPruneError(f"--ratio must be in [0, 1), got {ratio}")
@@ -59,7 +66,7 @@ def plan_uniform(groups: Groups, scores: Scores, ratio: float, *, min_channels: 
         raise OnnxPruneError("--min-channels and --round-to must be at least 1")
     plan = Plan(ratio=ratio)
     for g in groups.prunable:
-        k = n_keep(g.channels, ratio, max(min_channels, g.min_keep), round_to)
+        k = n_keep(g.channels, ratio, max(min_channels, g.min_keep), round_to, round_from)
         order = np.argsort(-scores[g.id], kind="stable")
         plan.keep[g.id] = np.sort(order[:k])
         plan.kept[g.id] = (k, g.channels)
@@ -126,9 +133,8 @@ def estimate_macs(groups: Groups, keep: dict) -> int:
     return int(round(total))
 
 
-def plan_macs(groups: Groups, scores: Scores, target: float, *, min_channels: int = 1,
-              round_to: int = 1, steps: int = 30) -> Plan:
-    """The uniform ratio whose plan keeps about ``target`` x the original MACs."""
+def _check_macs_known(groups: Groups, target: float) -> None:
+    """A MACs target needs known, non-zero MACs: otherwise it is an error, never a silent no-op."""
     if not 0.0 < target <= 1.0:
         raise OnnxPruneError(f"--macs-target must be in (0, 1], got {target}")
     if groups.macs is None:
@@ -141,23 +147,144 @@ def plan_macs(groups: Groups, scores: Scores, target: float, *, min_channels: in
     if not groups.macs:
         raise OnnxPruneError("--macs-target is meaningless for this model: it has no multiply-"
                              "accumulates (no Conv, Gemm or MatMul with a known cost)")
+
+
+def plan_macs(groups: Groups, scores: Scores, target: float, *, min_channels: int = 1,
+              round_to: int = 1, round_from: int | None = None, steps: int = 30) -> Plan:
+    """The uniform ratio whose plan keeps about ``target`` x the original MACs."""
+    _check_macs_known(groups, target)
     full = groups.macs
     lo, hi = 0.0, 0.99
-    best = plan_uniform(groups, scores, 0.0, min_channels=min_channels, round_to=round_to)
+    opts = dict(min_channels=min_channels, round_to=round_to, round_from=round_from)
+    best = plan_uniform(groups, scores, 0.0, **opts)
     best_frac = 1.0
     for _ in range(steps):
         mid = (lo + hi) / 2
-        plan = plan_uniform(groups, scores, mid, min_channels=min_channels, round_to=round_to)
+        plan = plan_uniform(groups, scores, mid, **opts)
         frac = estimate_macs(groups, plan.keep) / full
         if frac > target:
             lo = mid
         else:
             hi, best, best_frac = mid, plan, frac
     if best_frac > target + 0.01:
-        floor = estimate_macs(groups, plan_uniform(groups, scores, 0.99, min_channels=min_channels,
-                                                   round_to=round_to).keep) / full
+        floor = estimate_macs(groups, plan_uniform(groups, scores, 0.99, **opts).keep) / full
         raise OnnxPruneError(f"--macs-target {target} cannot be met: pruning every prunable group as "
                              f"far as it goes keeps {floor:.3f} of the MACs (frozen groups keep the "
                              f"rest); ask for {floor:.2f} or more")
     best.ratio = hi
     return best
+
+
+ALLOCATIONS = ("uniform", "global")
+
+
+def _unit_macs(groups: Groups, gid: int, full: int) -> float:
+    """MACs one unit of a group costs (removing half of it, divided)."""
+    g = groups.group(gid)
+    half = g.channels // 2
+    if half == 0:
+        return 0.0
+    kept = estimate_macs(groups, {gid: np.arange(g.channels - half)})
+    return max(0.0, (full - kept) / half)
+
+
+def plan_global(groups: Groups, scores: Scores, target: float, *, min_channels: int = 1,
+                round_to: int = 1, round_from: int | None = None, max_group_ratio: float = 0.9,
+                best_effort: bool = False) -> Plan:
+    """Keep about ``target`` x the MACs, removing units where they cost least
+    across all groups.
+
+    Each group removes units in its criterion's order (``Scores.removal``);
+    the k-th removal costs ``cost_k / macs_per_unit``: the damage it adds
+    (a normalised score, or the measured reconstruction error for ``obs``)
+    per MAC it saves. One threshold over those prices, found by bisection,
+    decides how far every group goes; ``max_group_ratio`` caps any group
+    (no layer is emptied because it looked cheap) and ``min_channels`` /
+    ``round_to`` floor and round what each keeps. An unreachable target is an
+    error, or with ``best_effort`` the deepest plan, with a note."""
+    if not 0.0 < target <= 1.0:
+        raise OnnxPruneError(f"the MACs target must be in (0, 1], got {target}")
+    if not 0.0 < max_group_ratio < 1.0:
+        raise OnnxPruneError(f"--max-group-ratio must be in (0, 1), got {max_group_ratio}")
+    full = groups.macs
+    prices: dict[int, np.ndarray] = {}
+    orders: dict[int, np.ndarray] = {}
+    caps: dict[int, int] = {}
+    for g in groups.prunable:
+        order, cost = scores.removal(g.id)
+        floor = max(min_channels, g.min_keep, 1)
+        cap = min(len(order), g.channels - min(floor, g.channels), int(np.floor(max_group_ratio * g.channels)))
+        per_unit = _unit_macs(groups, g.id, full)
+        if cap <= 0 or per_unit <= 0:
+            continue
+        orders[g.id], caps[g.id] = order, cap
+        prices[g.id] = np.asarray(cost[:cap], dtype=np.float64) / per_unit
+
+    def plan_at(threshold: float) -> Plan:
+        plan = Plan()
+        for g in groups.prunable:
+            if g.id not in prices:
+                plan.keep[g.id] = np.arange(g.channels)
+                plan.kept[g.id] = (g.channels, g.channels)
+                continue
+            n = int(np.searchsorted(prices[g.id], threshold, side="right"))
+            keep = g.channels - n
+            if _rounds(g.channels, round_to, round_from) and n:
+                keep = max(round_to, int(np.ceil(keep / round_to)) * round_to)
+            keep = min(g.channels, max(keep, g.channels - caps[g.id]))
+            removed = orders[g.id][:g.channels - keep]
+            plan.keep[g.id] = np.setdiff1d(np.arange(g.channels), removed)
+            plan.kept[g.id] = (keep, g.channels)
+        return plan
+
+    levels = np.unique(np.concatenate(list(prices.values()))) if prices else np.zeros(0)
+    if not len(levels):
+        raise OnnxPruneError("no prunable group has a MACs cost to reduce")
+    lo, hi = -1, len(levels) - 1  # plan_at(levels[hi]) goes as far as the caps allow
+    deepest = plan_at(levels[hi])
+    if estimate_macs(groups, deepest.keep) / full > target + 0.01:
+        floor = estimate_macs(groups, deepest.keep) / full
+        if best_effort:
+            deepest.notes.append(f"kept {floor:.3f} of the MACs, not {target:.3f}: --max-group-ratio "
+                                 f"{max_group_ratio}, --min-channels and --round-to stop it there")
+            return deepest
+        raise OnnxPruneError(f"the MACs target {target} cannot be met: every prunable group pruned as "
+                             f"far as --max-group-ratio {max_group_ratio} allows keeps {floor:.3f} of "
+                             f"the MACs; ask for {floor:.2f} or more, or raise --max-group-ratio")
+    while hi - lo > 1:  # the smallest threshold whose plan meets the target
+        mid = (lo + hi) // 2
+        if estimate_macs(groups, plan_at(levels[mid]).keep) / full <= target:
+            hi = mid
+        else:
+            lo = mid
+    return plan_at(levels[hi])
+
+
+def plan_budget(groups: Groups, scores: Scores, *, ratio: float | None, macs_target: float | None,
+                allocate: str = "uniform", min_channels: int = 1, round_to: int = 1,
+                round_from: int | None = None, max_group_ratio: float = 0.9) -> Plan:
+    """The plan for a ratio or a MACs target under an allocation. ``global``
+    with a ratio spends the MACs the uniform ratio would save, but where
+    removal costs least."""
+    if allocate not in ALLOCATIONS:
+        raise OnnxPruneError(f"unknown allocation '{allocate}' (choose from {', '.join(ALLOCATIONS)})")
+    opts = dict(min_channels=min_channels, round_to=round_to, round_from=round_from)
+    if allocate == "uniform":
+        if macs_target is not None:
+            return plan_macs(groups, scores, macs_target, **opts)
+        return plan_uniform(groups, scores, ratio, **opts)
+    best_effort = macs_target is None
+    if macs_target is None:
+        if not groups.macs:  # no MACs to allocate by: the uniform ratio it is
+            return plan_uniform(groups, scores, ratio, **opts)
+        # the budget of the plain ratio (unrounded: rounding is the allocation's business)
+        uniform = plan_uniform(groups, scores, ratio, min_channels=min_channels, round_to=1)
+        macs_target = estimate_macs(groups, uniform.keep) / groups.macs
+        if macs_target >= 1.0:
+            return plan_uniform(groups, scores, ratio, **opts)
+    else:
+        _check_macs_known(groups, macs_target)
+    plan = plan_global(groups, scores, macs_target, max_group_ratio=max_group_ratio,
+                       best_effort=best_effort, **opts)
+    plan.ratio = ratio
+    return plan

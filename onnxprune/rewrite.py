@@ -21,18 +21,23 @@ from onnx import numpy_helper
 
 from .errors import InternalError
 from .graph import GraphView, skeleton
-from .walk import node_reads, read_names
+from .tensors import to_array
+from .walk import all_graphs, node_reads, read_names
 from .weights import neutral, trace, zero_safe
 from .groups import Groups
 from .ops import Rewriter, rule_for
 
 
+_KEEP_BYTES = 1 << 20  # a written weight above this is not also kept as an array
+
+
 def _all_names(model: onnx.ModelProto) -> set[str]:
-    g = model.graph
-    names = {t.name for t in g.initializer} | {i.name for i in g.input} | {o.name for o in g.output}
-    for node in g.node:
-        names.update(node.input)
-        names.update(node.output)
+    names = set()
+    for g in all_graphs(model.graph):
+        names |= {t.name for t in g.initializer} | {i.name for i in g.input} | {o.name for o in g.output}
+        for node in g.node:
+            names.update(node.input)
+            names.update(node.output)
     return names
 
 
@@ -44,7 +49,7 @@ class _Edits(Rewriter):
         self.new_inits: list[onnx.TensorProto] = []
         self.overrides = overrides or {}  # (node, slot) -> full-size value (compensation)
         self.new_nodes: list[tuple[int, onnx.NodeProto]] = []  # (insert after index, node)
-        self.inits = {t.name: t for t in model.graph.initializer}
+        self.inits = {t.name: t for g in all_graphs(model.graph) for t in g.initializer}
         self.written: dict[tuple[int, int], np.ndarray] = {}  # (node, slot) -> value written
 
     def value(self, index: int, slot: int) -> np.ndarray:
@@ -58,7 +63,8 @@ class _Edits(Rewriter):
         if (index, slot) in self.const_edits:
             return self.const_edits[(index, slot)]
         if (index, slot) in self.written:
-            return self.written[(index, slot)]
+            value = self.written[(index, slot)]
+            return to_array(value) if isinstance(value, onnx.TensorProto) else value
         return self.value(index, slot)
 
     def unique_name(self, hint: str) -> str:
@@ -275,6 +281,8 @@ def _write_source(rw: _Edits, source: str, edits: list, masked: bool) -> None:
         else:
             if source in rw.inits:
                 rw.inits[source].CopyFrom(numpy_helper.from_array(value, source))
+                if value.nbytes > _KEEP_BYTES:  # read back from the proto if asked: never held twice
+                    value = rw.inits[source]
             else:
                 _set_constant_value(view.producer[source], value)
             for index, slot, _ in edits:
@@ -293,12 +301,13 @@ def _write_source(rw: _Edits, source: str, edits: list, masked: bool) -> None:
         rw.written[(index, slot)] = value
 
 
-def _update_value_info(rw: _Edits, model: onnx.ModelProto) -> None:
-    """Shrink recorded shapes: tracked activations from their layouts,
-    initializers from their new values (also where an old-IR model lists them
-    as graph inputs); Constant outputs are re-inferred."""
-    inits = {t.name: t for t in model.graph.initializer}
-    for vi in model.graph.input:
+def _update_value_info(rw: _Edits, g: onnx.GraphProto, main: bool = True) -> None:
+    """Shrink recorded shapes of one graph: tracked activations from their
+    layouts, initializers from their new values (also where an old-IR model
+    lists them as graph inputs), a subgraph's declared outputs (an If branch's
+    channels shrink with the If's); Constant outputs are re-inferred."""
+    inits = {t.name: t for t in g.initializer}
+    for vi in g.input:
         t = inits.get(vi.name)
         if t is not None and vi.type.HasField("tensor_type"):
             shape = vi.type.tensor_type.shape
@@ -306,12 +315,9 @@ def _update_value_info(rw: _Edits, model: onnx.ModelProto) -> None:
                 for d, v in zip(shape.dim, t.dims):
                     d.Clear()
                     d.dim_value = int(v)
-    constants = {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
-    keep = []
-    for vi in model.graph.value_info:
-        if vi.name in constants:
-            continue
-        keep.append(vi)
+    constants = {n.output[0] for n in g.node if n.op_type == "Constant"}
+    infos = [vi for vi in g.value_info if vi.name not in constants]
+    for vi in infos + ([] if main else list(g.output)):
         if not vi.type.HasField("tensor_type"):
             continue
         new = list(inits[vi.name].dims) if vi.name in inits else rw.new_shape(vi.name)
@@ -320,14 +326,14 @@ def _update_value_info(rw: _Edits, model: onnx.ModelProto) -> None:
         for ax, d in enumerate(vi.type.tensor_type.shape.dim):
             if ax < len(new) and d.HasField("dim_value") and isinstance(new[ax], int):
                 d.dim_value = new[ax]
-    del model.graph.value_info[:]
-    model.graph.value_info.extend(keep)
+    if len(infos) != len(g.value_info):
+        del g.value_info[:]
+        g.value_info.extend(infos)
 
 
-def _drop_orphans(model: onnx.ModelProto, before: set[str]) -> None:
-    """Remove nodes and initializers that were read before our edits and no longer are
-    (constant chains a sliced weight now bypasses)."""
-    g = model.graph
+def _drop_orphans(g: onnx.GraphProto, before: set[str]) -> None:
+    """Remove nodes and initializers of one graph that were read before our
+    edits and no longer are (constant chains a sliced weight now bypasses)."""
     nodes = list(g.node)
     reads: dict[str, int] = {}
     for node in nodes:
@@ -379,7 +385,7 @@ def apply(groups: Groups, keep: dict, masked: bool = False, compensation=None,
     else:
         model = copy.deepcopy(groups.model)
         view = GraphView(model, groups.view.shapes)
-    read_before = read_names(model.graph)
+    read_before = set().union(*(read_names(g) for g in all_graphs(model.graph)))
     rw = _Edits(view, groups.analysis, groups.atom_keep(keep), model,
                 compensation.weights if compensation is not None else None)
     _rewrite_weights(rw, masked)
@@ -393,22 +399,39 @@ def apply(groups: Groups, keep: dict, masked: bool = False, compensation=None,
     if compensation is not None and compensation.biases:
         _add_biases(rw, groups, compensation.biases, masked)
     _apply_const_edits(rw, masked)
-    if rw.new_nodes:
-        after = {}
-        for index, node in rw.new_nodes:
-            after.setdefault(index, []).append(node)
-        ordered = []
-        for index, node in enumerate(view.nodes):
-            ordered.append(node)
-            ordered.extend(after.get(index, []))
-        del model.graph.node[:]
-        model.graph.node.extend(ordered)
-    model.graph.initializer.extend(rw.new_inits)
     if not masked:
-        _update_value_info(rw, model)
-    _drop_orphans(model, read_before)
+        for g in view.graphs:  # opaque subgraphs keep theirs: nothing in them changed
+            _update_value_info(rw, g, main=g is model.graph)
+    if rw.new_nodes:  # last: node lists are rebuilt, so the view's node objects go stale
+        _insert_nodes(model, view, rw.new_nodes)
+    model.graph.initializer.extend(rw.new_inits)  # subgraphs read them from the outer scope
+    for g in reversed(list(all_graphs(model.graph))):  # inner graphs first: their reads count outside
+        _drop_orphans(g, read_before)
     _settle_value_info(model)
     return model
+
+
+def _insert_nodes(model: onnx.ModelProto, view: GraphView, new_nodes: list) -> None:
+    """Put each new node right after the node it follows, in that node's own
+    graph (the main graph or a subgraph)."""
+    after: dict[int, list] = {}
+    for index, node in new_nodes:
+        after.setdefault(id(view.nodes[index]), []).append(node)
+    placed = 0
+    # Inner graphs first: rebuilding a graph's node list copies its nodes,
+    # subgraphs included, so an outer graph goes after what it holds.
+    for g in reversed(list(all_graphs(model.graph))):
+        if not any(id(n) in after for n in g.node):
+            continue
+        ordered = []
+        for node in g.node:
+            ordered.append(node)
+            ordered.extend(after.get(id(node), []))
+            placed += len(after.get(id(node), []))
+        del g.node[:]
+        g.node.extend(ordered)
+    if placed != len(new_nodes):
+        raise InternalError(f"{len(new_nodes) - placed} new node(s) found no place in the graph")
 
 
 def _settle_value_info(model: onnx.ModelProto) -> None:
@@ -418,9 +441,10 @@ def _settle_value_info(model: onnx.ModelProto) -> None:
     float16 converter's, for one); after channels shrink, dropping them is safer
     than shipping hints ONNX would reject.
     """
-    if not model.graph.value_info:
+    if not any(g.value_info for g in all_graphs(model.graph)):
         return
     try:
         onnx.shape_inference.infer_shapes(skeleton(model), strict_mode=True)
     except Exception:  # noqa: BLE001 - InferenceError, ValidationError
-        del model.graph.value_info[:]
+        for g in all_graphs(model.graph):
+            del g.value_info[:]

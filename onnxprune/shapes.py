@@ -22,8 +22,10 @@ import onnx
 
 from .errors import OnnxPruneError
 from .graph import _tensor_shape, skeleton
+from .tensors import is_lazy
+from .walk import all_graphs
 
-_MAX_PROBE_BYTES = 2**31 - (64 << 20)  # onnxruntime takes the model as one protobuf
+_MAX_PROBE_BYTES = 2**31 - (64 << 20)  # onnxruntime takes the in-memory weights as one protobuf
 
 
 @dataclass
@@ -80,11 +82,11 @@ def inferred(model: onnx.ModelProto, input_shapes: dict | None = None) -> dict:
     except Exception:  # noqa: BLE001 - inference is best effort; unknown shapes freeze
         out = skel
     dims: dict = {}
-    g = out.graph
-    for vi in list(g.value_info) + list(g.input) + list(g.output):
-        s = _tensor_shape(vi)
-        if s is not None:
-            dims[vi.name] = s
+    for g in all_graphs(out.graph):  # subgraphs too: their networks are analysed
+        for vi in list(g.value_info) + list(g.input) + list(g.output):
+            s = _tensor_shape(vi)
+            if s is not None:
+                dims.setdefault(vi.name, s)
     return dims
 
 
@@ -194,7 +196,8 @@ def shapes(model: onnx.ModelProto, input_shapes: dict | None = None, sample: dic
     missing = incomplete(model, dims)
     if not probe or not missing:
         return result
-    size = sum(int(np.prod(t.dims, dtype=np.int64)) * 4 for t in model.graph.initializer)
+    # Weights still in their files (tensors.py) are mapped by onnxruntime, not serialised.
+    size = sum(int(np.prod(t.dims, dtype=np.int64)) * 4 for t in model.graph.initializer if not is_lazy(t))
     if size > _MAX_PROBE_BYTES:
         result.notes.append("shapes not observed: the model is over 2 GB")
         return result

@@ -7,6 +7,7 @@ params, MACs, size and latency with identical session settings.
 """
 from __future__ import annotations
 
+import os
 import statistics
 import time
 import warnings
@@ -146,14 +147,21 @@ def latency_ms(sess, feeds: dict, runs: int, budget_s: float = 3.0) -> float:
     return float(statistics.median(times))
 
 
-def check_interface(original: onnx.ModelProto, pruned: onnx.ModelProto) -> None:
-    def sig(m):
-        return [(o.name, o.type.tensor_type.elem_type, len(o.type.tensor_type.shape.dim))
-                for o in m.graph.output]
-    if sig(original) != sig(pruned):
+def _interface(m: onnx.ModelProto) -> tuple:
+    """(outputs' names, dtypes and ranks; inputs' names)."""
+    return ([(o.name, o.type.tensor_type.elem_type, len(o.type.tensor_type.shape.dim))
+             for o in m.graph.output], [i.name for i in model_inputs(m)])
+
+
+def _same_interface(original: tuple, pruned: tuple) -> None:
+    if original[0] != pruned[0]:
         raise OnnxPruneError("the two models have different outputs (names, dtypes or ranks)")
-    if [i.name for i in model_inputs(original)] != [i.name for i in model_inputs(pruned)]:
+    if original[1] != pruned[1]:
         raise OnnxPruneError("the two models have different inputs")
+
+
+def check_interface(original: onnx.ModelProto, pruned: onnx.ModelProto) -> None:
+    _same_interface(_interface(original), _interface(pruned))
 
 
 def full_check(model: onnx.ModelProto, what: str = "the pruned model", error=InternalError,
@@ -167,7 +175,7 @@ def full_check(model: onnx.ModelProto, what: str = "the pruned model", error=Int
     try:
         onnx.checker.check_model(skeleton(model, value_info=hints), full_check=True)
     except Exception as e:  # noqa: BLE001 - checker raises ValidationError or InferenceError
-        raise error(f"{what} fails onnx.checker: {str(e).splitlines()[0]}") from None
+        raise error(f"{what} fails onnx.checker: {_one_line(e)}") from None
     for g in all_graphs(model.graph):
         for t in g.initializer:
             if not t.HasField("raw_data") or t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
@@ -178,6 +186,12 @@ def full_check(model: onnx.ModelProto, what: str = "the pruned model", error=Int
             if len(t.raw_data) != (n * bits + 7) // 8:
                 raise error(f"{what} fails onnx.checker: initializer '{t.name}' holds "
                             f"{len(t.raw_data)} bytes for dims {list(t.dims)}")
+
+
+def _one_line(e: Exception, limit: int = 300) -> str:
+    """The checker's message on one line (it spreads a node over several)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def check_input(model: onnx.ModelProto, label: str = "input model") -> None:
@@ -204,15 +218,57 @@ def check_written(path: str) -> None:
 def validate(original, pruned, data=None, *, input_shapes: dict | None = None,
              samples: int = 8, latency_runs: int = 30, threads: int = 1,
              seed: int = 0) -> Validation:
-    """Compare two models (paths or ModelProtos) on the same inputs."""
+    """Compare two models (paths or ModelProtos) on the same inputs.
+
+    A model given as a path is the user's file: one the checker refuses, or
+    a pruned one that fails in onnxruntime, is bad input (exit code 2). A
+    pruned ModelProto is the pipeline's own result: its failure is a bug."""
     a, b = load(original).model, load(pruned).model
+    user_pruned = isinstance(pruned, (str, os.PathLike))
+    if isinstance(original, (str, os.PathLike)):
+        check_input(a, f"{os.fspath(original)}: original model")
+    if user_pruned:
+        check_input(b, f"{os.fspath(pruned)}: pruned model")
     check_interface(a, b)
+    ref = reference(a, data, input_shapes=input_shapes, samples=samples, latency_runs=latency_runs,
+                    threads=threads, seed=seed)
+    del a
+    return compare(ref, b, label=os.fspath(pruned) if user_pruned else None)
+
+
+@dataclass
+class Reference:
+    """The original model's half of a validation: the inputs, its outputs,
+    latency and costs, kept without the model. Taking it first lets the
+    pipeline rewrite the original in place (no copy of the weights), and no
+    two onnxruntime sessions are ever alive at once: a model of several GB is
+    never in memory twice."""
+    feeds: dict
+    labels: np.ndarray | None
+    batch: int | None
+    names: list
+    outputs: list
+    latency_ms: float
+    params: int
+    macs: int | None
+    size_bytes: int
+    interface: tuple
+    random_inputs: bool
+    notes: list
+    input_shapes: dict | None
+    latency_runs: int
+    threads: int
+
+
+def reference(a: onnx.ModelProto, data=None, *, input_shapes: dict | None = None, samples: int = 8,
+              latency_runs: int = 30, threads: int = 1, seed: int = 0) -> Reference:
+    """Run the original model (loaded, not copied) on the validation inputs."""
     notes: list[str] = []
     labels = None
     if data is None:
         feeds = random_feeds(a, samples, input_shapes, seed)
         msg = "no --data given: comparing on random inputs (fidelity on real data may differ)"
-        warnings.warn(msg, stacklevel=2)
+        warnings.warn(msg, stacklevel=3)
         notes.append(msg)
     elif isinstance(data, dict):
         names = [i.name for i in model_inputs(a)]
@@ -234,37 +290,65 @@ def validate(original, pruned, data=None, *, input_shapes: dict | None = None,
     except Exception as e:  # noqa: BLE001 - onnxruntime run errors
         raise OnnxPruneError(f"the original model fails in onnxruntime on these inputs: "
                              f"{str(e).splitlines()[0]}") from None
+    names = [o.name for o in sa.get_outputs()]
+    lat_a = latency_ms(sa, {k: v[:batch or 1] for k, v in feeds.items()}, latency_runs)
+    del sa  # before the pruned model's session
+    first = {k: v[:1] for k, v in feeds.items()}
+    va = GraphView(a, shape_info(a, input_shapes, first).dims)
+    return Reference(feeds=feeds, labels=labels, batch=batch, names=names, outputs=ya, latency_ms=lat_a,
+                     params=count_params(a), macs=count_macs(va), size_bytes=_model_bytes(a),
+                     interface=_interface(a), random_inputs=data is None, notes=notes,
+                     input_shapes=input_shapes, latency_runs=latency_runs, threads=threads)
+
+
+def compare(ref: Reference, b: onnx.ModelProto, label: str | None = None) -> Validation:
+    """Run the pruned model on the reference's inputs and compare. ``label``:
+    the pruned model is the user's file of that name (its failure is bad
+    input, not a bug)."""
+    _same_interface(ref.interface, _interface(b))
+    feeds, batch = ref.feeds, ref.batch
     try:
-        sb = session(b, threads)
+        sb = session(b, ref.threads)
         yb = run_batched(sb, feeds, batch)
     except Exception as e:  # noqa: BLE001 - onnxruntime run errors
+        if label is not None:
+            raise OnnxPruneError(f"{label}: the pruned model fails in onnxruntime where "
+                                 f"the original runs: {str(e).splitlines()[0]}") from None
         raise InternalError(f"the pruned model fails in onnxruntime where the original runs: "
                             f"{str(e).splitlines()[0]}") from None
-    names = [o.name for o in sa.get_outputs()]
+    ya = ref.outputs
     outputs = []
-    for name, oa, ob in zip(names, ya, yb):
+    for name, oa, ob in zip(ref.names, ya, yb):
         if oa.shape != ob.shape or oa.dtype != ob.dtype:
             raise OnnxPruneError(f"output '{name}': shape/dtype {oa.shape}/{oa.dtype} became "
                                  f"{ob.shape}/{ob.dtype}")
         outputs.append(_fidelity(name, oa, ob))
     acc_a = acc_b = None
+    labels = ref.labels
     if labels is not None:
         cls = next((i for i, o in enumerate(outputs) if o.top1_agreement is not None), None)
         if cls is not None:
             n = len(ya[cls])
             acc_a = float(np.mean(ya[cls].argmax(1) == labels[:n]))
             acc_b = float(np.mean(yb[cls].argmax(1) == labels[:n]))
+    lat_b = latency_ms(sb, {k: v[:batch or 1] for k, v in feeds.items()}, ref.latency_runs)
+    del sb
     first = {k: v[:1] for k, v in feeds.items()}
-    va = GraphView(a, shape_info(a, input_shapes, first).dims)
-    vb = GraphView(b, shape_info(b, input_shapes, first).dims)
-    one = {k: v[:batch or 1] for k, v in feeds.items()}
-    lat_a = latency_ms(sa, one, latency_runs)
-    lat_b = latency_ms(sb, one, latency_runs)
+    vb = GraphView(b, shape_info(b, ref.input_shapes, first).dims)
     return Validation(
-        samples=len(ya[0]) if ya and ya[0].ndim else 0, random_inputs=data is None,
+        samples=len(ya[0]) if ya and ya[0].ndim else 0, random_inputs=ref.random_inputs,
         outputs=outputs,
-        params={"before": count_params(a), "after": count_params(b)},
-        macs={"before": count_macs(va), "after": count_macs(vb)},
-        size_bytes={"before": a.ByteSize(), "after": b.ByteSize()},
-        latency_ms={"before": lat_a, "after": lat_b},
-        accuracy_before=acc_a, accuracy_after=acc_b, warnings=notes)
+        params={"before": ref.params, "after": count_params(b)},
+        macs={"before": ref.macs, "after": count_macs(vb)},
+        size_bytes={"before": ref.size_bytes, "after": _model_bytes(b)},
+        latency_ms={"before": ref.latency_ms, "after": lat_b},
+        accuracy_before=acc_a, accuracy_after=acc_b, warnings=list(ref.notes))
+
+
+def _model_bytes(model: onnx.ModelProto) -> int:
+    """The proto's size plus the external data it still reads from files."""
+    from .tensors import is_lazy, stored_bytes
+    from .walk import all_graphs
+
+    return model.ByteSize() + sum(stored_bytes(t) for g in all_graphs(model.graph)
+                                  for t in g.initializer if is_lazy(t))

@@ -469,3 +469,24 @@ def test_stats_count_exact_zeros_only_and_match_numpy_on_signed_values():
     np.testing.assert_allclose(st.var, rows.var(axis=0))
     np.testing.assert_allclose(st.rms, np.sqrt((rows ** 2).mean(axis=0)))
     np.testing.assert_allclose(st.covariance(), np.cov(rows.T, bias=True))
+
+
+def test_a_big_batch_enters_the_gram_matrix_as_a_strided_subset_with_its_own_mean():
+    """Past GRAM_ROWS rows per batch the Gram matrix takes every k-th position:
+    its covariance stays close to the full one (at a fraction of the cost),
+    and small batches are still exact."""
+    from onnxprune.calibration import GRAM_ROWS, ChannelStats
+
+    rng = np.random.default_rng(0)
+    mix = rng.standard_normal((6, 6))
+    x = np.einsum("nchw,cd->ndhw", rng.standard_normal((4, 6, 96, 96)), mix).astype(np.float32) + 2.0
+    st = ChannelStats(6, gram=True)
+    st.update(x, 1)
+    assert st.gram_count <= GRAM_ROWS + 4 * 96 and st.count == 4 * 96 * 96
+    rows = np.moveaxis(x, 1, -1).reshape(-1, 6).astype(np.float64)
+    full = np.cov(rows.T, bias=True)
+    np.testing.assert_allclose(st.covariance(), full, rtol=0.1, atol=0.1 * np.abs(full).max())
+    small = ChannelStats(6, gram=True)
+    small.update(x[:1, :, :8, :8], 1)
+    sub = np.moveaxis(x[:1, :, :8, :8], 1, -1).reshape(-1, 6).astype(np.float64)
+    np.testing.assert_allclose(small.covariance(), np.cov(sub.T, bias=True), rtol=1e-4, atol=1e-5)

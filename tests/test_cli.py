@@ -140,7 +140,7 @@ def test_prune_writes_checked_smaller_model_with_same_interface(tmp_path, model_
 
 
 def test_prune_report_has_params_macs_validation_latency_groups(tmp_path, model_path):
-    rep = prune_report(tmp_path, model_path, "--ratio", "0.5")
+    rep = prune_report(tmp_path, model_path, "--ratio", "0.5", "--allocate", "uniform", "--round-to", "1")
     assert rep["params"]["before"] > rep["params"]["after"] > 0
     assert rep["macs"]["before"] > rep["macs"]["after"] > 0
     assert REPORT_VALIDATION_KEYS <= rep["validation"].keys()
@@ -170,11 +170,12 @@ def test_prune_with_data_reports_accuracy_before_and_after(tmp_path, model_path,
     assert isinstance(v["accuracy_before"], float) and isinstance(v["accuracy_after"], float)
     assert 0.0 <= v["accuracy_before"] <= 1.0 and 0.0 <= v["accuracy_after"] <= 1.0
     assert v["random_inputs"] is False
-    assert v["samples"] == 16
+    # --data alone: its first 12 samples calibrate, its last 4 (held out) validate
+    assert v["samples"] == 4 and rep["calibration"]["samples"] == 12
     # Accuracy before is the original model's, computed here independently.
     d = np.load(data_path)
-    (logits,) = F.run(onnx.load(model_path), {"input": d["input"]})
-    assert v["accuracy_before"] == pytest.approx(float(np.mean(logits.argmax(1) == d["labels"])))
+    (logits,) = F.run(onnx.load(model_path), {"input": d["input"][12:]})
+    assert v["accuracy_before"] == pytest.approx(float(np.mean(logits.argmax(1) == d["labels"][12:])))
 
 
 def test_prune_with_data_does_not_warn_about_random_inputs(tmp_path, model_path, data_path):

@@ -93,13 +93,13 @@ def test_relief_with_lsq_and_sample_limits_writes_the_report(tmp_path, model_pat
     assert r["params"]["after"] < r["params"]["before"]
 
 
-def test_calib_defaults_to_bias_compensation(tmp_path, model_path, calib_path):
+def test_calib_defaults_to_least_squares_compensation(tmp_path, model_path, calib_path):
     rep = tmp_path / "r.json"
     result = cli("prune", model_path, "-o", tmp_path / "p.onnx", "--criterion", "mean_abs",
                  "--calib", calib_path, "--report", rep)
     assert_ok(result)
     r = report(rep)
-    assert r["compensate"] == "bias"
+    assert r["compensate"] == "lsq"
     # Without --data, the last quarter of the calibration data is held out for validation.
     assert r["calibration"]["samples"] == 24 and r["validation"]["samples"] == 8
     assert not r["validation"]["random_inputs"]
@@ -165,7 +165,7 @@ def test_calib_module_function_works(tmp_path, model_path, module_path):
     assert_ok(result)
     assert "no calibration data" not in result.stderr
     r = report(rep)
-    assert r["calibration"]["samples"] == 12 and r["compensate"] == "bias"
+    assert r["calibration"]["samples"] == 12 and r["compensate"] == "lsq"
     onnx.checker.check_model(onnx.load(os.fspath(out)), full_check=True)
 
 

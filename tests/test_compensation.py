@@ -322,13 +322,17 @@ def test_unknown_compensation_mode_is_an_error():
         compensate(groups, {the_group(groups).id: np.arange(4)}, None, "ridge")
 
 
-def test_lsq_without_gram_statistics_is_skipped_with_a_reason():
+def test_lsq_without_gram_statistics_falls_back_to_bias_with_a_reason():
     model = relu_model()
     groups = onnxprune.analyze(model)
     keep = {the_group(groups).id: np.arange(4)}
     cal = calibrate(model, {"x": conv_data(8)}, calibration_requests(groups, gram=False))
     comp = compensate(groups, keep, cal, "lsq")
-    assert not comp and any("no calibration statistics" in s for s in comp.skipped)
+    bias = compensate(groups, keep, cal, "bias")
+    assert not comp.weights and comp.biases.keys() == bias.biases.keys()
+    for k in comp.biases:
+        np.testing.assert_allclose(comp.biases[k], bias.biases[k])
+    assert any("bias compensation only" in s for s in comp.skipped)
 
 
 def test_keeping_every_channel_compensates_nothing():

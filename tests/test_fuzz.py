@@ -2,20 +2,35 @@
 random plans, the pruned model passes the full checker and the invariants,
 runs in onnxruntime, and computes what the masked model computes; groups
 that cannot prune are frozen with a reason. Strict mode is on, so a rule that
-raises fails here. ``benchmarks/fuzz.py`` runs the same property for longer."""
+raises fails here. ``benchmarks/fuzz.py`` runs the same property for longer.
+
+The second property draws only the exporter blocks (RNN / GRU / LSTM,
+quantized, float16 and chained weights, Constant nodes, Gemm and 3-D MatMul),
+so every CI run exercises them whatever the first one draws."""
 from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fuzz_graphs import random_model
+from fuzz_graphs import EXPORTER_BLOCKS, as_written, random_model
 from graphs import exact
+
+
+def _check(data, **kw):
+    model = random_model(data.draw, st, **kw)
+    with as_written():
+        groups = exact(model, trials=2, seed=data.draw(st.integers(0, 2**16)))
+    for g in groups.groups:
+        assert g.prunable or all(r for r in g.frozen)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_random_graphs_prune_exactly_or_freeze_with_a_reason(data):
-    model = random_model(data.draw, st)
-    groups = exact(model, trials=2, seed=data.draw(st.integers(0, 2**16)))
-    for g in groups.groups:
-        assert g.prunable or all(r for r in g.frozen)
+    _check(data)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_exporter_blocks_prune_exactly_or_freeze_with_a_reason(data):
+    _check(data, max_blocks=4, blocks=EXPORTER_BLOCKS)

@@ -321,6 +321,13 @@ class Rule:
     domain: str = ""
     # One line for ``onnxprune ops``: what channels do through this op.
     summary: str = ""
+    # Ops with subgraphs: True when ``analyze`` relates the subgraphs' outputs
+    # to the node's (an If's outputs are its branches'); otherwise they freeze.
+    couples_subgraph_outputs: bool = False
+    # How the cost of the subgraphs counts in the node's MACs: "max" (one
+    # branch runs: the costlier counts), or "none" (a loop body: its trip count
+    # is data, so it is left out of MACs per sample).
+    subgraph_cost: str = "none"
 
     def analyze(self, node: onnx.NodeProto, ctx: Context) -> None:  # pragma: no cover
         raise NotImplementedError

@@ -5,11 +5,14 @@ size they copy from a channel tensor reaches them through Shape, whose rule
 freezes that channel count."""
 from __future__ import annotations
 
+import numpy as np
+
+from ..fold import literal_source
 from .base import Rule
 from .registry import register
 
 
-@register("Range", "ConstantOfShape", "RandomNormal", "RandomUniform", "Size")
+@register("Range", "RandomNormal", "RandomUniform", "Size")
 class Generate(Rule):
     """Makes a tensor from shape values: no channel flows through it."""
 
@@ -25,3 +28,41 @@ class Like(Rule):
 
     def analyze(self, node, ctx):
         ctx.freeze_tensor(node.input[0], f"{node.op_type} copies its shape into a new tensor")
+
+
+@register("ConstantOfShape")
+class ConstantOfShape(Rule):
+    """One value everywhere: an axis sized by a literal of its shape vector takes its readers' channels (the literal is rewritten)."""
+
+    def analyze(self, node, ctx):
+        # torch exports an RNN's zero initial state as
+        # ConstantOfShape(Concat([layers], [batch], [hidden])): any subset of a
+        # constant tensor is the same constant, so an axis whose size is stated
+        # as a literal can follow whatever channels its readers have, as long
+        # as the literal is rewritten with them.
+        shape, y = node.input[0], node.output[0]
+        if ctx.axes(shape):
+            ctx.freeze_tensor(shape, "its values become the ConstantOfShape output's shape")
+        rank = ctx.view.rank(y)
+        literals = {}
+        for ax in range(rank or 0):
+            size = ctx.view.static(y, ax)
+            if size is None or size < 2:
+                continue
+            src = literal_source(ctx.view, shape, ax)
+            if src is not None:
+                ctx.fresh(y, ax, size)
+                literals[ax] = src
+        if literals:
+            ctx.state(literals=literals)
+
+    def rewrite(self, node, index, rw):
+        y = node.output[0]
+        if not rw.changed(y):
+            return
+        new = rw.new_shape(y)
+        for ax, (reader, slot, flat) in rw.state(index).get("literals", {}).items():
+            if new[ax] != rw.view.shape(y)[ax]:
+                value = np.array(rw.current(reader, slot), copy=True)
+                value.reshape(-1)[flat] = new[ax]
+                rw.set_const(reader, slot, value)

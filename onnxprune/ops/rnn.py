@@ -6,7 +6,10 @@ units repeated once per gate: W and R rows ``(h, G)``, the biases ``(h, 2G)``,
 LSTM peepholes ``(h, 3)``; R's columns read the hidden state ("in"), and the
 initial and final states and Y carry it. Removing a hidden unit removes its
 row in every gate and its column in R, so the kept units compute exactly what
-they computed before; ``hidden_size`` is rewritten.
+they computed before; ``hidden_size`` is rewritten. Batch positions run
+independently: one prunes with its ``sequence_lens`` entry and its rows of
+the initial states. The sequence axis freezes (the recurrence carries each
+step into the next).
 """
 from __future__ import annotations
 
@@ -42,15 +45,33 @@ class Recurrent(Rule):
         # Input side: the features of X are W's linear input.
         lin = ctx.require(x, 2, w[2])
         ctx.weight(1, 2, lin, "in")
-        # Hidden side: one new space, repeated once per gate in the packed weights.
+        # Hidden side: one new space, repeated once per gate in the packed weights
+        # (as one segment per gate, not one repeated segment: a later Split or
+        # Slice of the hidden features splits the space under every gate).
         h = ctx.atoms.new(hidden)
-        per_gate = (Segment(h, gates, 1),)
+        per_gate = (Segment(h),) * gates
         ctx.weight(1, 1, per_gate, "out")
         ctx.weight(2, 1, per_gate, "out")
         ctx.weight(2, 2, (Segment(h),), "in")
         if len(node.input) > 3 and node.input[3]:
-            ctx.weight(3, 1, (Segment(h, 2 * gates, 1),), "out")
+            ctx.weight(3, 1, (Segment(h),) * (2 * gates), "out")
+        # The batch: each sequence runs on its own, so a batch position prunes
+        # with its length and its initial states (constants sliced, run-time
+        # tensors coupled).
         states = [5] + ([6] if node.op_type == "LSTM" else [])
+        batch_of = [(slot, ax["s_batch"]) for slot in states] + [(4, 0)]
+        batch_of = [(slot, axis) for slot, axis in batch_of if len(node.input) > slot and node.input[slot]]
+        batch = ctx.get(x, ax["x_batch"])
+        if batch is None and any(ctx.get(node.input[slot], axis) is not None for slot, axis in batch_of
+                                 if not ctx.view.is_const(node.input[slot])):
+            batch = ctx.require(x, ax["x_batch"])
+        if batch is not None:
+            for slot, axis in batch_of:
+                name = node.input[slot]
+                if ctx.view.is_const(name):
+                    ctx.weight(slot, axis, batch, "param")
+                else:
+                    ctx.unify(batch, ctx.require(name, axis))
         for slot in states:
             if len(node.input) > slot and node.input[slot]:
                 name = node.input[slot]
@@ -59,17 +80,21 @@ class Recurrent(Rule):
                 else:
                     ctx.unify(ctx.require(name, ax["s_hidden"], hidden), (Segment(h),))
         if node.op_type == "LSTM" and len(node.input) > 7 and node.input[7]:
-            ctx.weight(7, 1, (Segment(h, 3, 1),), "param")
+            ctx.weight(7, 1, (Segment(h),) * 3, "param")
         outs = list(node.output) + [""] * 3
         if outs[0]:
             ctx.set(outs[0], ax["y_hidden"], (Segment(h),))
         for out in outs[1:3]:
             if out:
                 ctx.set(out, ax["s_hidden"], (Segment(h),))
-        # Sequence and batch axes pass from X to Y and the states.
+        # Sequence and batch axes pass from X to Y and the states. A step of
+        # the sequence cannot go: the recurrence carries it into every later step.
         for axis, lay in ctx.axes(x).items():
-            if axis == ax["x_seq"] and outs[0]:
-                ctx.set(outs[0], ax["y_seq"], lay)
+            if axis == ax["x_seq"]:
+                ctx.freeze(lay, "the recurrence runs along the sequence axis: removing a step "
+                                "changes every later step")
+                if outs[0]:
+                    ctx.set(outs[0], ax["y_seq"], lay)
             elif axis == ax["x_batch"]:
                 if outs[0]:
                     ctx.set(outs[0], ax["y_batch"], lay)

@@ -239,7 +239,7 @@ class Shape(Rule):
             if name in seen:
                 continue
             seen.add(name)
-            if name in ctx.view.graph_outputs or name in ctx.view.captured:
+            if ctx.view.escapes(name):
                 read |= set(range(start, end))
             for consumer, slot in ctx.view.consumers.get(name, []):
                 if consumer.op_type in ("Identity", "Cast") and slot == 0:

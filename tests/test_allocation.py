@@ -1,0 +1,102 @@
+"""Global allocation (planner.plan_global) and the budget rules: a MACs target
+is met where removal costs least, no group exceeds --max-group-ratio, rounding
+holds, an unreachable target is an error (a ratio's budget is best effort,
+with a note), and on the sample ResNet global beats uniform at equal MACs."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import onnxprune
+from graphs import Graph
+from onnxprune.errors import OnnxPruneError
+from onnxprune.importance import Scores, score
+from onnxprune.planner import estimate_macs, plan_budget, plan_global, plan_uniform
+from oracle import run
+
+ROOT = os.path.join(os.path.dirname(__file__), os.pardir, "models")
+
+
+def two_layer_mlp():
+    """x(8) -> A (8->32) -> Relu -> B (32->32) -> Relu -> C (32->4): two groups of 32."""
+    g = Graph(seed=3)
+    a = g.add("Relu", [g.gemm("x", 8, 32, name="A")])
+    b = g.add("Relu", [g.gemm(a, 32, 32, name="B")])
+    y = g.gemm(b, 32, 4, name="C")
+    return g.build({"x": ["N", 8]}, [y])
+
+
+def planted_scores(groups, cheap_gid):
+    """The group ``cheap_gid`` has many near-worthless units; the other none."""
+    s = Scores("planted")
+    for g in groups.prunable:
+        v = np.ones(g.channels)
+        if g.id == cheap_gid:
+            v[: g.channels * 3 // 4] = 1e-6
+        s.by_group[g.id] = v
+    return s
+
+
+def test_global_takes_the_budget_from_the_cheap_group():
+    groups = onnxprune.analyze(two_layer_mlp())
+    cheap, other = [g.id for g in groups.prunable]
+    plan = plan_global(groups, planted_scores(groups, cheap), 0.7, round_to=1)
+    assert estimate_macs(groups, plan.keep) / groups.macs <= 0.7
+    assert plan.kept[cheap][0] < plan.kept[other][0]
+    removed = np.setdiff1d(np.arange(32), plan.keep[cheap])
+    assert removed.max() < 24  # only the planted worthless units went
+
+
+def test_no_group_loses_more_than_the_cap():
+    groups = onnxprune.analyze(two_layer_mlp())
+    cheap = groups.prunable[0].id
+    plan = plan_global(groups, planted_scores(groups, cheap), 0.4, round_to=1, max_group_ratio=0.5)
+    for gid, (kept, units) in plan.kept.items():
+        assert kept >= units * 0.5
+
+
+def test_rounding_keeps_multiples_and_the_target_holds():
+    groups = onnxprune.analyze(two_layer_mlp())
+    s = score(groups, "l2")
+    plan = plan_global(groups, s, 0.6, round_to=8)
+    assert all(k % 8 == 0 for k, _ in plan.kept.values())
+    assert estimate_macs(groups, plan.keep) / groups.macs <= 0.6 + 1e-9
+
+
+def test_an_unreachable_target_is_an_error_and_a_ratio_budget_is_best_effort():
+    groups = onnxprune.analyze(two_layer_mlp())
+    s = score(groups, "l2")
+    with pytest.raises(OnnxPruneError, match="cannot be met"):
+        plan_global(groups, s, 0.05, round_to=1, max_group_ratio=0.5)
+    plan = plan_budget(groups, s, ratio=0.9, macs_target=None, allocate="global", max_group_ratio=0.5)
+    assert plan.notes and "not" in plan.notes[0]
+    assert plan.removed > 0
+
+
+def test_global_with_a_ratio_spends_the_uniform_budget():
+    groups = onnxprune.analyze(two_layer_mlp())
+    s = score(groups, "l2")
+    uniform = plan_uniform(groups, s, 0.3)
+    plan = plan_budget(groups, s, ratio=0.3, macs_target=None, allocate="global")
+    assert estimate_macs(groups, plan.keep) <= estimate_macs(groups, uniform.keep) * 1.01
+
+
+def test_unknown_allocation_is_an_error():
+    groups = onnxprune.analyze(two_layer_mlp())
+    with pytest.raises(OnnxPruneError, match="unknown allocation"):
+        plan_budget(groups, score(groups, "l2"), ratio=0.3, macs_target=None, allocate="greedy")
+
+
+def test_global_beats_uniform_at_equal_macs_on_the_sample_resnet():
+    d = np.load(os.path.join(ROOT, "resnet_mnist_data.npz"))
+    calib, x, labels = {"input": d["input"][:192]}, d["input"][192:], d["labels"][192:]
+    acc = {}
+    for allocate in ("uniform", "global"):
+        r = onnxprune.prune(os.path.join(ROOT, "resnet_mnist.onnx"), criterion="obs", macs_target=0.4,
+                            calib=calib, compensate="lsq", allocate=allocate, round_to=1)
+        assert r.report.macs["after"] <= 0.41 * r.report.macs["before"]
+        (y,) = run(r.model, {"input": x})
+        acc[allocate] = float(np.mean(y.argmax(1) == labels))
+    assert acc["global"] > acc["uniform"], acc

@@ -1,0 +1,184 @@
+"""Control flow: networks inside If branches and Loop bodies are analysed
+and pruned; an If's outputs are one group with both branches' outputs; a
+loop's carried values freeze; a subgraph that reuses an outer name stays
+opaque, with its reason. Every prune is checked by the oracle on both branches."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto as T
+from onnx import helper as h
+from onnx import numpy_helper
+
+from graphs import assert_frozen, assert_prunable, group_at
+from oracle import check_exact, run
+from onnxprune.costs import count_macs
+from onnxprune.groups import analyze_model
+from onnxprune.rewrite import apply
+from onnxprune.shapes import shapes
+
+RNG = np.random.default_rng(0)
+
+
+def _w(name, *shape):
+    return numpy_helper.from_array(RNG.standard_normal(shape).astype(np.float32), name)
+
+
+def _mlp(prefix: str, x: str, sizes: list[int], out: str, inits: list) -> list[onnx.NodeProto]:
+    """MatMul+Add(+Relu) layers ``sizes[0] -> ... -> sizes[-1]`` writing ``out``;
+    the weights go to ``inits`` (a subgraph's own or the main graph's)."""
+    nodes, cur = [], x
+    for k in range(len(sizes) - 1):
+        w, b = f"{prefix}_w{k}", f"{prefix}_b{k}"
+        inits += [_w(w, sizes[k], sizes[k + 1]), _w(b, sizes[k + 1])]
+        mm, add = f"{prefix}_mm{k}", f"{prefix}_h{k}" if k < len(sizes) - 2 else out
+        nodes.append(h.make_node("MatMul", [cur, w], [mm], name=mm))
+        last = k == len(sizes) - 2
+        pre = add if last else f"{prefix}_pre{k}"
+        nodes.append(h.make_node("Add", [mm, b], [pre], name=f"{prefix}_add{k}"))
+        if not last:
+            nodes.append(h.make_node("Relu", [pre], [add], name=f"{prefix}_relu{k}"))
+        cur = add
+    return nodes
+
+
+def if_model(weights_outside: bool = False) -> onnx.ModelProto:
+    """x -> If(cond){then: MLP 8->16->12, else: MLP 8->10->12} -> head 12->3.
+
+    The whole network but the head sits in the branches (a verifier model, a
+    runtime switch between two networks)."""
+    main_inits: list = []
+    branches = []
+    for name, hidden in (("then", 16), ("else", 10)):
+        own: list = []
+        nodes = _mlp(name, "x", [8, hidden, 12], f"{name}_y", main_inits if weights_outside else own)
+        branches.append(h.make_graph(nodes, name, [], [h.make_tensor_value_info(f"{name}_y", T.FLOAT, ["n", 12])],
+                                     initializer=own))
+    nodes = [h.make_node("If", ["cond"], ["feat"], name="switch", then_branch=branches[0],
+                         else_branch=branches[1])]
+    nodes += _mlp("head", "feat", [12, 3], "y", main_inits)
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, ["n", 8]),
+                                  h.make_tensor_value_info("cond", T.BOOL, [])],
+                     [h.make_tensor_value_info("y", T.FLOAT, ["n", 3])], initializer=main_inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+
+
+def _analyse(model):
+    return analyze_model(model, shapes(model).dims, strict=True)
+
+
+def _feeds(cond: bool):
+    return {"x": RNG.standard_normal((3, 8)).astype(np.float32), "cond": np.array(cond)}
+
+
+@pytest.mark.parametrize("weights_outside", [False, True])
+def test_networks_inside_if_branches_are_groups_and_prune_exactly_on_both_branches(weights_outside):
+    model = if_model(weights_outside)
+    groups = _analyse(model)
+    then_hidden = group_at(groups, "then_h0", 1)
+    else_hidden = group_at(groups, "else_h0", 1)
+    joined = group_at(groups, "feat", 1)
+    for g in (then_hidden, else_hidden, joined):
+        assert_prunable(g)
+    assert then_hidden.channels == 16 and else_hidden.channels == 10
+    # one group across both branches' outputs and the If's output
+    assert joined is group_at(groups, "then_y", 1) is group_at(groups, "else_y", 1)
+    assert {"then_mm1", "else_mm1", "head_mm0"} <= set(joined.members)
+    for cond in (True, False):
+        check_exact(model, feeds=_feeds(cond), trials=4, seed=int(cond))
+
+
+def test_a_pruned_if_model_shrinks_every_branch_and_declares_its_new_shapes():
+    model = if_model()
+    groups = _analyse(model)
+    keep = {g.id: np.arange(g.channels // 2) for g in groups.prunable}
+    pruned = apply(groups, keep)
+    onnx.checker.check_model(pruned, full_check=True)
+    branch = {a.name: a.g for a in pruned.graph.node[0].attribute}
+    then, other = branch["then_branch"], branch["else_branch"]
+    assert [d.dim_value for d in then.output[0].type.tensor_type.shape.dim][1] == 6
+    assert [d.dim_value for d in other.output[0].type.tensor_type.shape.dim][1] == 6
+    widths = {t.name: list(t.dims) for t in then.initializer}
+    assert widths["then_w0"] == [8, 8] and widths["then_w1"] == [8, 6]
+    for cond in (True, False):
+        assert run(pruned, _feeds(cond))[0].shape == (3, 3)
+
+
+def test_if_macs_count_the_costlier_branch_once():
+    groups = _analyse(if_model())
+    # then: 8*16 + 16*12 = 320, else: 8*10 + 10*12 = 200; head 12*3 = 36
+    assert count_macs(groups.view) == 320 + 36
+
+
+def test_sibling_branches_that_reuse_a_name_stay_opaque_with_the_reason():
+    model = if_model()
+    other = next(a.g for a in model.graph.node[0].attribute if a.name == "else_branch")
+    for node in other.node:  # rename else's hidden tensor to then's
+        node.input[:] = ["then_h0" if n == "else_h0" else n for n in node.input]
+        node.output[:] = ["then_h0" if n == "else_h0" else n for n in node.output]
+    onnx.checker.check_model(model, full_check=True)  # legal ONNX
+    groups = _analyse(model)
+    assert "switch" in groups.view.opaque
+    assert_frozen(group_at(groups, "feat", 1), "not analysed", "reuses the name 'then_h0'")
+    check_exact(model, feeds=_feeds(True), trials=2)
+
+
+def loop_model() -> onnx.ModelProto:
+    """A Loop whose body applies a residual MLP 6->20->6 to the carried state."""
+    body_inits: list = []
+    nodes = _mlp("body", "s_in", [6, 20, 6], "delta", body_inits)
+    nodes.append(h.make_node("Add", ["s_in", "delta"], ["s_out"], name="body_res"))
+    nodes.append(h.make_node("Identity", ["c_in"], ["c_out"], name="body_cond"))
+    body = h.make_graph(nodes, "body",
+                        [h.make_tensor_value_info("i", T.INT64, []), h.make_tensor_value_info("c_in", T.BOOL, []),
+                         h.make_tensor_value_info("s_in", T.FLOAT, ["n", 6])],
+                        [h.make_tensor_value_info("c_out", T.BOOL, []),
+                         h.make_tensor_value_info("s_out", T.FLOAT, ["n", 6])], initializer=body_inits)
+    main_inits = [numpy_helper.from_array(np.array(3, np.int64), "trips"),
+                  numpy_helper.from_array(np.array(True), "go")]
+    g = h.make_graph([h.make_node("Loop", ["trips", "go", "x"], ["y"], name="loop", body=body)], "g",
+                     [h.make_tensor_value_info("x", T.FLOAT, ["n", 6])],
+                     [h.make_tensor_value_info("y", T.FLOAT, ["n", 6])], initializer=main_inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+
+
+def test_a_loop_body_prunes_inside_and_freezes_its_carried_state():
+    model = loop_model()
+    groups = _analyse(model)
+    assert_prunable(group_at(groups, "body_h0", 1))
+    assert_frozen(group_at(groups, "s_in", 1), "subgraph of node 'loop'")
+    feeds = {"x": RNG.standard_normal((2, 6)).astype(np.float32)}
+    check_exact(model, feeds=feeds, trials=4)
+    # a loop body's MACs are data (its trip count): left out of MACs per sample
+    assert count_macs(groups.view) == 0
+
+
+def test_bias_nodes_for_consumers_inside_branches_land_in_their_branch():
+    """A compensation bias for a consumer with no bias input inside a branch
+    (its MatMul) is an Add node in that branch, and the oracle holds."""
+    from onnxprune.compensate import Compensation
+
+    model = if_model()
+    for a in model.graph.node[0].attribute:  # drop the branches' last biases
+        g = a.g
+        last = next(n for n in g.node if n.name.endswith("_add1"))
+        next(n for n in g.node if n.name.endswith("_mm1")).output[0] = last.output[0]
+        g.node.remove(last)
+        keep = [t for t in g.initializer if not t.name.endswith("_b1")]
+        del g.initializer[:]
+        g.initializer.extend(keep)
+    groups = _analyse(model)
+    names = [n.name for n in groups.view.nodes]
+    comp = Compensation("bias", biases={names.index(f"{b}_mm1"): RNG.standard_normal(12).astype(np.float32)
+                                        for b in ("then", "else")})
+    keep = {g.id: np.arange(g.channels - 2) for g in groups.prunable}
+    pruned = apply(groups, keep, compensation=comp)
+    masked = apply(groups, keep, masked=True, compensation=comp)
+    onnx.checker.check_model(pruned, full_check=True)
+    branch = {a.name: a.g for a in pruned.graph.node[0].attribute}
+    for name in ("then_branch", "else_branch"):
+        assert [n.op_type for n in branch[name].node][-1] == "Add", name
+    for cond in (True, False):
+        feeds = _feeds(cond)
+        np.testing.assert_allclose(run(pruned, feeds)[0], run(masked, feeds)[0], rtol=1e-4, atol=1e-4)
