@@ -12,8 +12,11 @@ building it needs one layer in memory, not the model.
 
 Each run is ``onnxprune prune big.onnx -o out.onnx --ratio R --report r.json``
 in a subprocess under ``/usr/bin/time -v``: ``default`` validates on random
-inputs, ``data`` validates on an ``.npz`` given with ``--data``,
-``no-validate`` skips validation. Printed per run: channel groups found and
+inputs, ``data`` validates on an ``.npz`` given with ``--data`` (``l2``, no
+compensation), ``no-validate`` skips validation. ``data-calib`` (not run
+unless named) is ``--data`` with the CLI's defaults for data: it also
+calibrates on it (``obs`` criterion and ``lsq`` compensation, whose Gram
+matrices alone are 512 MiB per 8192-wide layer). Printed per run: channel groups found and
 prunable (goal: ``layers - 1``), model size, peak RSS of the process, the
 ratio peak / size (goal: at most 1.5), wall time and the output's size. The
 generated and written files are removed at the end unless ``--keep``.
@@ -135,7 +138,7 @@ def main(argv=None) -> int:
     p.add_argument("--layers", type=int, default=12)
     p.add_argument("--ratio", type=float, default=0.25)
     p.add_argument("--runs", default="no-validate,default,data",
-                   help="comma-separated: default, data, no-validate")
+                   help="comma-separated: default, data, no-validate, data-calib")
     p.add_argument("--keep", action="store_true", help="keep the generated model in benchmarks/.cache/")
     args = p.parse_args(argv)
     folder = os.path.join(CACHE, f"h{args.hidden}-l{args.layers}")
@@ -146,15 +149,15 @@ def main(argv=None) -> int:
         print(f"built {model} in {time.perf_counter() - t0:.0f} s")
     size = _size(model)
     print(f"model: {args.layers} MatMul layers of {args.hidden} (float32), {_gib(size)} on disk, "
-          f"{args.layers - 1} prunable hidden sizes expected")
+          f"{args.layers - 1} prunable hidden sizes expected", flush=True)
     status = 0
     try:
         for name in args.runs.split(","):
             extra = {"default": [], "no-validate": ["--no-validate"]}.get(name)
-            if name == "data":
+            if name in ("data", "data-calib"):
                 data = os.path.join(folder, "data.npz")
                 np.savez(data, x=np.random.default_rng(1).standard_normal((8, args.hidden)).astype(np.float32))
-                extra = ["--data", data]
+                extra = ["--data", data] + (["--criterion", "l2", "--compensate", "none"] if name == "data" else [])
             if extra is None:
                 raise SystemExit(f"unknown run '{name}'")
             r = run(model, name, args.ratio, args.hidden, extra)
@@ -164,7 +167,7 @@ def main(argv=None) -> int:
                   f"model {_gib(size)}  peak RSS {_gib(r['peak_rss'] or 0)}  peak/size {ratio:.2f} "
                   f"(goal <= 1.5)  wall {r['wall_s']:.0f} s  output "
                   f"{_gib(r['output_size']) if r['output_size'] else '-'}"
-                  + (f"  cosine_min {r['cosine_min']:.4f}" if "cosine_min" in r else ""))
+                  + (f"  cosine_min {r['cosine_min']:.4f}" if "cosine_min" in r else ""), flush=True)
             if "error" in r:
                 print(f"    {r['error']}")
             if r["exit"] != 0 or ratio > 1.5 or r.get("prunable") != args.layers - 1:

@@ -1,14 +1,16 @@
 """Long fuzz run: random graphs from the op table, random plans, the exactness
 oracle (pruned == masked), the full checker and the invariants.
 
-    python benchmarks/fuzz.py [--examples 2000] [--max-blocks 12] [--blocks exporter]
+    python benchmarks/fuzz.py [--examples 2000] [--max-blocks 12] [--blocks exporter|control]
 
 Prints how many graphs were tried, how many groups were prunable or frozen,
 how many graphs held each block kind (and each variant drawn inside the
 blocks: weight sources, RNN directions and read-outs...), and the first
 failure (with its hypothesis reproduction) if there is one. ``--blocks
 exporter`` draws only the exporter blocks (RNNs, quantized and chained
-weights, Gemm / 3-D MatMul).
+weights, Gemm / 3-D MatMul); ``--blocks control`` only the control blocks
+(networks inside If branches and Loop bodies), each If model checked on
+feeds that take each branch.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ os.environ.setdefault("ONNXPRUNE_STRICT", "1")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from fuzz_graphs import BLOCKS, EXPORTER_BLOCKS, as_written, random_model  # noqa: E402
+from fuzz_graphs import BLOCKS, CONTROL_BLOCKS, EXPORTER_BLOCKS, as_written, feed_sets, random_model  # noqa: E402
 from graphs import exact  # noqa: E402
 
 
@@ -34,9 +36,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--examples", type=int, default=2000)
     ap.add_argument("--max-blocks", type=int, default=10)
-    ap.add_argument("--blocks", choices=("all", "exporter"), default="all")
+    ap.add_argument("--blocks", choices=("all", "exporter", "control"), default="all")
     args = ap.parse_args()
-    blocks = BLOCKS if args.blocks == "all" else EXPORTER_BLOCKS
+    blocks = {"all": BLOCKS, "exporter": EXPORTER_BLOCKS, "control": CONTROL_BLOCKS}[args.blocks]
     stats = {"graphs": 0, "prunable": 0, "frozen": 0, "nodes": 0}
     kinds: collections.Counter = collections.Counter()  # graphs holding each block / variant
     t0 = time.perf_counter()
@@ -48,8 +50,10 @@ def main() -> int:
         tags: list[str] = []
         model = random_model(data.draw, st, args.max_blocks, blocks=blocks, tags=tags)
         kinds.update(set(tags))
+        seed = data.draw(st.integers(0, 2**16))
         with as_written():
-            groups = exact(model, trials=2, seed=data.draw(st.integers(0, 2**16)))
+            for feeds in feed_sets(model):  # the same plans on inputs that take each branch
+                groups = exact(model, trials=2, seed=seed, feeds=feeds)
         stats["graphs"] += 1
         stats["nodes"] += len(model.graph.node)
         stats["prunable"] += len(groups.prunable)

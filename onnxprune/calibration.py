@@ -14,12 +14,15 @@ by the number of samples.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import importlib.util
 import os
 import sys
+import threading
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,6 +38,25 @@ RANDOM_WARNING = ("no calibration data: using random inputs. Data-driven criteri
 
 GRAM_ROWS = 8192  # rows of one batch that enter a Gram matrix, at most
 MAX_GRAM_BYTES = 1 << 30  # one layer's X^T X (about 11,500 channels): wider layers get none
+BLOCK = 1 << 16  # float32 elements (256 KiB) reduced at a time: all statistics of a block are taken while it is in cache
+GRAM_CHUNK = 1 << 21  # elements (8 MiB) of the channels-first copy one Gram product reads, at most
+LONG_ROW = 512  # rows shorter than this are reduced from a channels-first copy
+
+_local = threading.local()
+
+
+def _scratch(name: str, n: int, dtype) -> np.ndarray:
+    """A reusable buffer of this thread (no allocation per batch and tensor)."""
+    bufs = _local.__dict__.setdefault("bufs", {})
+    buf = bufs.get(name)
+    if buf is None or buf.size < n or buf.dtype != dtype:
+        buf = bufs[name] = np.empty(max(n, 1), dtype)
+    return buf[:n]
+
+
+def release_scratch() -> None:
+    """Drop this thread's buffers (calibration holds them only while it runs)."""
+    _local.__dict__.pop("bufs", None)
 
 
 @dataclass
@@ -64,40 +86,57 @@ class ChannelStats:
                 self.gram_sum = np.zeros(self.size, dtype=np.float64)
 
     def update(self, x: np.ndarray, axis: int) -> None:
-        """Add a batch. Reductions run on the tensor as laid out (viewed as
-        (before, channels, after): no transposed copy), in float32 BLAS,
-        accumulated in float64."""
+        """Add a batch, viewed as (before, channels, after). Sums are float32
+        partial sums (pairwise along one contiguous row, or of at most 255
+        rows) accumulated in float64; every statistic of a block (``BLOCK``)
+        is taken while it is in cache. Long rows are reduced in place. Short
+        rows (``after`` < ``LONG_ROW``), and batches whose rows all enter the
+        Gram matrix, are first copied channels-first in chunks: long rows
+        reduce faster, and the same copy is the operand of one SYRK
+        (X X^T) per chunk, not of one GEMM per leading index."""
         x = np.asarray(x)
         if x.dtype != np.float32:
             x = x.astype(np.float32)
         axis %= max(x.ndim, 1)
         before = int(np.prod(x.shape[:axis], dtype=np.int64))
         x3 = x.reshape(before, self.size, -1)
-        self.count += before * x3.shape[2]
-        self.sum += x3.sum(axis=(0, 2), dtype=np.float64)
-        self.abssum += np.abs(x3).sum(axis=(0, 2), dtype=np.float64)
-        self.zeros += np.count_nonzero(x3 == 0, axis=(0, 2))
-        if self.gram:
-            # A Gram matrix costs rows x channels^2: past GRAM_ROWS rows a batch
-            # contributes an evenly strided subset (a covariance estimate needs
-            # thousands of rows, not millions of pixels).
-            rows = x3.shape[0] * x3.shape[2]
-            step = -(-rows // GRAM_ROWS)
-            if x3.shape[2] == 1:
-                part = x3[::step, :, 0]
-                g = part.T @ part
-                self.gram_sum += part.sum(axis=0, dtype=np.float64)
+        before, c, after = x3.shape
+        rows = before * after
+        self.count += rows
+        # A Gram matrix costs rows x channels^2: past GRAM_ROWS rows a batch
+        # contributes an evenly strided subset (a covariance estimate needs
+        # thousands of rows, not millions of pixels).
+        step = -(-rows // GRAM_ROWS) if self.gram else 0
+        if after == 1:
+            x2 = x3[:, :, 0]
+            moments = _row_moments(x2)
+            if self.gram:
+                part = x2[::step]
+                self.xtx += part.T @ part  # one SYRK (numpy sees X^T X)
+                self.gram_sum += moments[0] if step == 1 else part.sum(axis=0, dtype=np.float64)
                 self.gram_count += part.shape[0]
-            else:
-                sub = x3[:, :, ::step] if x3.shape[2] >= step else x3[::step]
-                g = np.zeros((self.size, self.size), dtype=np.float32)
-                for part in sub:  # one GEMM per leading index: no transposed copy
-                    g += part @ part.T
-                self.gram_sum += sub.sum(axis=(0, 2), dtype=np.float64)
-                self.gram_count += sub.shape[0] * sub.shape[2]
-            self.xtx += g
-        # squares accumulated in float64: variances are differences of these
-        self.sumsq += np.einsum("icj,icj->c", x3, x3, dtype=np.float64)
+        elif after < LONG_ROW or step == 1:
+            moments = _zero_moments(c)
+            for m in _channels_first(x3, GRAM_CHUNK if step == 1 else BLOCK * 4):
+                _accumulate(moments, _plane_moments(m[None]))
+                if step == 1:
+                    self.xtx += m @ m.T
+            if step == 1:
+                self.gram_sum += moments[0]
+                self.gram_count += rows
+        else:
+            moments = _plane_moments(x3)
+        if step > 1 and after > 1:
+            sub = x3[:, :, ::step] if after >= step else x3[::step]
+            for m in _channels_first(sub, GRAM_CHUNK):
+                self.xtx += m @ m.T
+                self.gram_sum += m.sum(axis=1)
+            self.gram_count += sub.shape[0] * sub.shape[2]
+        s, q, a, z = moments
+        self.sum += s
+        self.sumsq += q
+        self.abssum += a
+        self.zeros += z
 
     @property
     def mean(self) -> np.ndarray:
@@ -125,6 +164,69 @@ class ChannelStats:
         return self.xtx / n - np.outer(m, m)
 
 
+def _row_moments(x2: np.ndarray):
+    """Per-column (sum, sum of squares, abs sum, zero count) of (rows,
+    columns), float64: float32 sums of at most 255 rows at a time."""
+    rows, c = x2.shape
+    r = max(1, min(255, BLOCK // max(c, 1), rows))
+    t = _scratch("f32", r * c, np.float32).reshape(r, c)
+    zb = _scratch("bool", r * c, np.bool_).reshape(r, c)
+    s, q, a = (np.zeros(c, np.float64) for _ in range(3))
+    z = np.zeros(c, np.int64)
+    for i in range(0, rows, r):
+        blk = x2[i:i + r]
+        k = blk.shape[0]
+        tt, bb = t[:k], zb[:k]
+        ps = blk.sum(axis=0)
+        s += ps
+        np.multiply(blk, blk, out=tt)
+        q += tt.sum(axis=0)
+        low = blk.min()
+        if low >= 0:  # non-negative (after a Relu, say): |x| = x; none are zero when all > 0
+            a += ps
+            if low > 0:
+                continue
+        else:
+            np.abs(blk, out=tt)
+            a += tt.sum(axis=0)
+        np.equal(blk, 0, out=bb)
+        z += bb.view(np.uint8).sum(axis=0, dtype=np.uint8)
+    return s, q, a, z
+
+
+def _plane_moments(x3: np.ndarray):
+    """Per-channel (sum, sum of squares, abs sum, zero count) of (before,
+    channels, after), float64: float32 pairwise sums along each contiguous row
+    of ``after`` values, then float64 over the rows."""
+    before, c, after = x3.shape
+    x2 = x3.reshape(before * c, after)
+    n = x2.shape[0]
+    r = max(1, min(BLOCK // after, n))
+    t = _scratch("f32", r * after, np.float32).reshape(r, after)
+    zb = _scratch("bool", r * after, np.bool_).reshape(r, after)
+    rs, rq, ra = (np.empty(n, np.float32) for _ in range(3))
+    rz = np.zeros(n, np.uint32)
+    for i in range(0, n, r):
+        blk = x2[i:i + r]
+        k = blk.shape[0]
+        tt, bb = t[:k], zb[:k]
+        blk.sum(axis=1, out=rs[i:i + k])
+        np.multiply(blk, blk, out=tt)
+        tt.sum(axis=1, out=rq[i:i + k])
+        low = blk.min()
+        if low >= 0:  # non-negative (after a Relu, say): |x| = x; none are zero when all > 0
+            ra[i:i + k] = rs[i:i + k]
+            if low > 0:
+                continue
+        else:
+            np.abs(blk, out=tt)
+            tt.sum(axis=1, out=ra[i:i + k])
+        np.equal(blk, 0, out=bb)
+        bb.view(np.uint8).sum(axis=1, dtype=np.uint32, out=rz[i:i + k])
+    return tuple(v.reshape(before, c).sum(axis=0, dtype=np.float64) for v in (rs, rq, ra)) + \
+        (rz.reshape(before, c).sum(axis=0, dtype=np.int64),)
+
+
 @dataclass
 class Calibration:
     stats: dict = field(default_factory=dict)  # (tensor, axis) -> ChannelStats
@@ -134,6 +236,11 @@ class Calibration:
     random: bool = False
     one_at_a_time: bool = False  # the model only runs with batch 1
     notes: list = field(default_factory=list)
+    runs: int = 0  # onnxruntime runs (one per batch, or per sample when one_at_a_time)
+    run_seconds: float = 0.0  # of ``seconds``: inside onnxruntime
+    stats_seconds: float = 0.0  # taking the statistics (on the worker thread when overlapped)
+    wait_seconds: float = 0.0  # waiting for that worker: the statistics' cost not hidden by onnxruntime
+    overlapped: bool = True  # statistics taken beside onnxruntime's next run
 
     def get(self, tensor: str, axis: int) -> ChannelStats | None:
         return self.stats.get((tensor, axis))
@@ -338,14 +445,15 @@ def _batches(samples, names: list[str], model: onnx.ModelProto, batch: int, limi
         have += count
         seen += count
         while have >= batch:
-            joined = {n: np.concatenate(pending[n]) for n in names}
+            # One array (a whole .npz or dict) is sliced, not copied again for every batch.
+            joined = {n: p[0] if len(p) == 1 else np.concatenate(p) for n, p in pending.items()}
             yield {n: v[:batch] for n, v in joined.items()}
             pending = {n: [v[batch:]] for n, v in joined.items()}
             have -= batch
         if limit is not None and seen >= limit:
             break
     if have:
-        yield {n: np.concatenate(pending[n]) for n in names}
+        yield {n: p[0] if len(p) == 1 else np.concatenate(p) for n, p in pending.items()}
 
 
 # -- the pass ----------------------------------------------------------------
@@ -357,65 +465,206 @@ def _batch_size(model: onnx.ModelProto, wanted: int) -> int:
     return wanted
 
 
+def _zero_moments(c: int):
+    return (np.zeros(c, np.float64), np.zeros(c, np.float64), np.zeros(c, np.float64), np.zeros(c, np.int64))
+
+
+def _accumulate(total, part) -> None:
+    for t, p in zip(total, part):
+        t += p
+
+
+def _channels_first(x3: np.ndarray, chunk: int):
+    """(before, channels, after) as contiguous (channels, rows) copies of at
+    most ``chunk`` elements (whole leading indices, or column ranges of one),
+    in one reused buffer: each is valid until the next is made."""
+    n, c, w = x3.shape
+    if c * w <= chunk:
+        per = max(1, chunk // (c * w))
+        pieces = (x3[i:i + per].transpose(1, 0, 2) for i in range(0, n, per))
+    else:
+        cols = max(1, chunk // c)
+        pieces = (x3[i, :, j:j + cols][:, None, :] for i in range(n) for j in range(0, w, cols))
+    for piece in pieces:
+        m = _scratch("channels_first", piece.size, np.float32).reshape(piece.shape)
+        np.copyto(m, piece)
+        yield m.reshape(c, -1)
+
+
+class _RunFailed(Exception):
+    """onnxruntime failed on a batch (as opposed to the statistics failing)."""
+
+
+def _can_limit_blas() -> bool:
+    return importlib.util.find_spec("threadpoolctl") is not None
+
+
+def _one_blas_thread():
+    """Hold BLAS to one thread meanwhile (threadpoolctl; where it is not
+    installed, nothing). The Gram products run beside onnxruntime's own
+    threads: more BLAS threads on top of those only oversubscribe the cores,
+    and a small product then costs many times its single-thread time."""
+    if not _can_limit_blas():
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _known_count(source, model: onnx.ModelProto) -> int | None:
+    """Samples in an in-memory source (for the progress bar), else None."""
+    ranks = {vi.name: len(vi.type.tensor_type.shape.dim) for vi in model_inputs(model)}
+
+    def count(item) -> int | None:
+        if not isinstance(item, dict) or not item:
+            return None
+        name, value = next(iter(item.items()))
+        shape = np.shape(value)
+        return shape[0] if shape and len(shape) == ranks.get(name, -1) else 1
+
+    if isinstance(source, dict):
+        return count(source)
+    if isinstance(source, (list, tuple)):
+        counts = [count(i) for i in source]
+        return None if any(c is None for c in counts) else sum(counts)
+    return None
+
+
+def _progress_bar(total: int | None):
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = [TextColumn("calibrating"), BarColumn(),
+               TextColumn("{task.completed}" + (f"/{total}" if total else "") + " samples"),
+               TimeElapsedColumn()]
+    if total:
+        columns.append(TimeRemainingColumn())
+    return Progress(*columns, console=Console(stderr=True), transient=True)
+
+
 def calibrate(model: onnx.ModelProto, source, requests: dict, *, samples: int | None = None,
               batch: int = 16, progress: bool = False, threads: int | None = None,
-              input_shapes: dict | None = None) -> Calibration:
-    """One onnxruntime pass; ``requests``: {(tensor, axis): need_gram}."""
-    from .runtime import exposing
+              input_shapes: dict | None = None, overlap: bool | None = None,
+              spinning: bool = False) -> Calibration:
+    """One onnxruntime pass; ``requests``: {(tensor, axis): need_gram}.
+
+    One session returns the requested tensors beside the model's outputs
+    (model inputs are read from the feeds), written into the arrays of the
+    run before last (``runtime.Fetcher``). With ``overlap`` (the default where
+    threadpoolctl can hold BLAS to one thread) the statistics of a batch are
+    taken on a worker thread while onnxruntime runs the next one (both
+    release the GIL): two batches of those tensors are alive at once.
+    Without it they are taken in turn on this thread, and ``stats_seconds``
+    is their whole cost. The session's idle threads do not spin (``spinning``):
+    they would take the cores from the statistics. ``progress``: a bar on
+    stderr."""
+    from .runtime import Fetcher, exposing
 
     t0 = time.perf_counter()
     data, is_random = load_data(source, model, input_shapes)
-    tensors = sorted({t for t, _ in requests})
-    sess, want = exposing(model, tensors, threads=threads)
     names = [i.name for i in model_inputs(model)]
-    cal = Calibration(random=is_random, setup_seconds=time.perf_counter() - t0)
-    bar = None
-    if progress:
-        from rich.progress import Progress
+    tensors = sorted({t for t, _ in requests} - set(names))
+    sess, want = exposing(model, tensors, threads=threads, spinning=spinning)
+    # Without threadpoolctl BLAS keeps its threads: then no overlap.
+    overlap = _can_limit_blas() if overlap is None else overlap
+    cal = Calibration(random=is_random, setup_seconds=time.perf_counter() - t0, overlapped=overlap)
+    available = set(want) | set(names)
+    jobs = [(tensor, axis, gram) for (tensor, axis), gram in requests.items() if tensor in available]
 
-        bar = Progress(transient=True)
-        task = bar.add_task("calibrating", total=samples)
-        bar.start()
-    def run(feeds):
-        by_name = dict(zip(want, sess.run(want, feeds)))
-        for (tensor, axis), gram in requests.items():
-            x = by_name.get(tensor)
+    def accumulate(outputs: list, feeds: dict) -> None:
+        t = time.perf_counter()
+        by_name = dict(feeds)
+        by_name.update(zip(want, outputs))
+        del outputs, feeds
+        for tensor, axis, gram in jobs:
+            x = by_name[tensor]
             if x is None or x.ndim <= axis:
                 continue
             st = cal.stats.get((tensor, axis))
             if st is None:
                 st = cal.stats[(tensor, axis)] = ChannelStats(x.shape[axis], gram)
             st.update(x, axis)
+        cal.stats_seconds += time.perf_counter() - t
 
+    fetch = Fetcher(sess, want)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="onnxprune-calibration") if overlap else None
+    pending = None  # (input signature, outputs, future) of the batch on the worker
+
+    def settle() -> None:
+        """Wait for the worker's batch (its errors surface here), then hand
+        its arrays back for the next run to write into."""
+        nonlocal pending
+        if pending is not None:
+            t = time.perf_counter()
+            sig, outputs, future = pending
+            pending = None
+            future.result()
+            cal.wait_seconds += time.perf_counter() - t
+            fetch.recycle(sig, outputs)
+
+    def run(feeds) -> None:
+        nonlocal pending
+        sig = fetch.signature(feeds)
+        t = time.perf_counter()
+        try:
+            outputs = fetch.run(feeds)
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises many types
+            raise _RunFailed(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+        finally:
+            cal.run_seconds += time.perf_counter() - t
+            cal.runs += 1
+        if pool is None:
+            accumulate(outputs, feeds)
+            fetch.recycle(sig, outputs)
+            return
+        settle()
+        pending = (sig, outputs, pool.submit(accumulate, outputs, feeds))
+
+    bar = None
+    if progress:
+        known = _known_count(source, model)
+        total = samples if known is None else (known if samples is None else min(samples, known))
+        bar = _progress_bar(total)
+        task = bar.add_task("calibrating", total=total)
+        bar.start()
+    single_seconds, failed_batch = 0.0, 0
     try:
-        for feeds in _batches(data, names, model, _batch_size(model, batch), samples):
-            n = len(next(iter(feeds.values())))
-            singles = [feeds] if not cal.one_at_a_time else \
-                [{k: v[i:i + 1] for k, v in feeds.items()} for i in range(n)]
-            for part in singles:
-                try:
-                    run(part)
-                except Exception as e:  # noqa: BLE001 - onnxruntime raises many types
-                    if cal.one_at_a_time or cal.samples or n == 1:
-                        raise OnnxPruneError(f"calibration run failed: {str(e).splitlines()[0]}") from None
-                    # A graph that fixes batch 1 inside (a Reshape to a literal 1):
-                    # fall back to one sample per run, and say so.
-                    cal.one_at_a_time = True
-                    cal.notes.append(f"the model does not run on batches of {n} (it fixes batch 1 "
-                                     f"inside); calibrated one sample at a time")
+        with _one_blas_thread():
+            for feeds in _batches(data, names, model, _batch_size(model, batch), samples):
+                n = len(next(iter(feeds.values())))
+                if not cal.one_at_a_time:
+                    try:
+                        run(feeds)
+                    except _RunFailed as e:
+                        if cal.samples or n == 1:
+                            raise OnnxPruneError(f"calibration run failed: {e}") from None
+                        # A graph that fixes batch 1 inside (a Reshape to a literal 1):
+                        # fall back to one sample per run, and say so.
+                        cal.one_at_a_time, failed_batch = True, n
+                if cal.one_at_a_time:
+                    t = time.perf_counter()
                     for i in range(n):
                         try:
                             run({k: v[i:i + 1] for k, v in feeds.items()})
-                        except Exception as e2:  # noqa: BLE001
-                            raise OnnxPruneError(f"calibration run failed: "
-                                                 f"{str(e2).splitlines()[0]}") from None
-            cal.samples += n
-            if bar is not None:
-                bar.advance(task, n)
+                        except _RunFailed as e:
+                            raise OnnxPruneError(f"calibration run failed: {e}") from None
+                    single_seconds += time.perf_counter() - t
+                cal.samples += n
+                if bar is not None:
+                    bar.advance(task, n)
+            settle()
     finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         if bar is not None:
             bar.stop()
+        release_scratch()
     if cal.samples == 0:
         raise OnnxPruneError("calibration data yielded no samples")
     cal.seconds = time.perf_counter() - t0
+    if cal.one_at_a_time:
+        # Its own cost: one run per sample, instead of one per batch.
+        cal.notes.append(f"the model does not run on batches of {failed_batch} (it fixes "
+                         f"batch 1 inside); calibrated one sample at a time ({cal.samples} runs, "
+                         f"{single_seconds:.2f} s)")
     return cal

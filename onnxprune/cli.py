@@ -168,8 +168,7 @@ def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, co
         if path and api.same_file(model, path):
             raise OnnxPruneError(f"{path}: output path is the input model; choose another path")
     console = _console(quiet)
-    if calib is None and data is None and (criterion in DATA_CRITERIA or criterion in GRAM_CRITERIA
-                                           or compensate not in (None, "none")):
+    if calib is None and data is None and (criterion in DATA_CRITERIA or criterion in GRAM_CRITERIA):
         click.echo(f"onnxprune: warning: {RANDOM_WARNING}", err=True)
     cfg = PruneConfig(
         ratio=ratio, criterion=criterion, min_channels=min_channels, round_to=round_to,
@@ -181,7 +180,7 @@ def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, co
         threads=threads, progress=not quiet and sys.stderr.isatty(), output=output,
         masked_output=masked_output, report=report_path, save_plan=save_plan)
     result = pipeline.run(model, cfg)
-    print_prune(result.report, console)
+    print_prune(result.report, console, costs=result.validation is None)
     for msg in result.report.notes:
         click.echo(f"onnxprune: note: {msg}", err=True)
     if result.validation is not None:

@@ -34,6 +34,7 @@ class Compensation:
     weights: dict = field(default_factory=dict)  # (node index, slot) -> np.ndarray
     biases: dict = field(default_factory=dict)  # node index -> np.ndarray (one value per neuron)
     skipped: list = field(default_factory=list)  # readable reasons
+    notes: list = field(default_factory=list)  # where its statistics came from, when not from data
 
     def __bool__(self) -> bool:
         return bool(self.weights or self.biases)

@@ -146,11 +146,13 @@ def _fpgm(groups, group, cal=None):
 
 
 OBS_MAX_CHANNELS = 4096  # wider consumers: the greedy's cubic cost is not worth it; scores decide
+OBS_MAX_WORK = 2e10  # consumers x channels^3 of one group's greedy (~20 s): past it, scores decide
 
 
 def _obs_consumers(groups: Groups, group, cal) -> list:
     """(weight (positions, outputs, taps), covariance, unit blocks) of each
-    dense consumer with a measured Gram matrix (``reconstruct.obs_order``)."""
+    dense consumer with a measured Gram matrix (``reconstruct.obs_order``);
+    none when the greedy would cost more than ``OBS_MAX_WORK``."""
     out = []
     for use, st, form in _calibrated_consumers(groups, group.id, cal):
         if st.xtx is None or form is None or not form.dense or st.size > OBS_MAX_CHANNELS:
@@ -160,6 +162,8 @@ def _obs_consumers(groups: Groups, group, cal) -> list:
             continue
         blocks = groups.unit_rows(group.id, use.layout, np.arange(st.size, dtype=np.float64)[:, None])
         out.append((w, st.covariance(), blocks.astype(np.int64)))
+    if sum(float(c[1].shape[0]) ** 3 for c in out) > OBS_MAX_WORK:
+        return []  # a wide group read by many layers (a transformer's hidden size): too costly
     return out
 
 
@@ -237,15 +241,32 @@ def score(groups: Groups, criterion: str = "l2", *, calibration=None, member_nor
     return scores
 
 
+GRAM_BUDGET = 1 << 30  # bytes of Gram matrices one calibration holds, all layers together
+
+
 def calibration_requests(groups: Groups, gram: bool = False) -> dict:
     """{(tensor, axis): need_gram} for every linear consumer of a prunable group
-    (the Gram matrix for ``--compensate lsq`` and the ``obs`` criterion)."""
+    (the Gram matrix for ``--compensate lsq`` and the ``obs`` criterion).
+
+    Gram matrices are granted narrowest first while their float64 bytes fit
+    ``GRAM_BUDGET``: a model with many wide layers (a 3 GB MLP of 8192-wide
+    layers would need 5.5 GB of them) calibrates in bounded memory, and its
+    widest consumers fall back to bias compensation and weight scores."""
     requests: dict = {}
+    sizes: dict = {}
     for g in groups.prunable:
         for use in groups.consumers(g.id):
             dim = groups.activation(use)
             if dim is not None:
                 requests[dim] = requests.get(dim, False) or gram
+                sizes[dim] = groups.analysis.atoms.layout_size(use.layout)
+    spent = 0
+    for dim in sorted((d for d, want in requests.items() if want), key=lambda d: (sizes[d], d)):
+        need = 8 * sizes[dim] ** 2
+        if spent + need > GRAM_BUDGET:
+            requests[dim] = False
+        else:
+            spent += need
     return requests
 
 

@@ -48,6 +48,8 @@ def load(source, label: str | None = None) -> Loaded:
         raise OnnxPruneError(f"{path}: no such file")
     if os.path.isdir(path):
         raise OnnxPruneError(f"{path}: is a folder, not an ONNX model")
+    if os.path.getsize(path) == 0:
+        raise OnnxPruneError(f"{path}: empty file, not an ONNX model")
     try:
         model = onnx.load(path, load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, OSError) as e:
@@ -64,7 +66,10 @@ def load(source, label: str | None = None) -> Loaded:
         except (OSError, ValueError) as e:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise OnnxPruneError(f"{path}: cannot read its external data ({first})") from None
-    toposort(model.graph)
+    try:
+        toposort(model.graph)
+    except OnnxPruneError as e:
+        raise OnnxPruneError(f"{path}: {e}") from None
     return Loaded(model, path, external, frozenset(files))
 
 
@@ -82,7 +87,15 @@ def toposort(graph: onnx.GraphProto) -> None:
     Subgraph captures count as inputs of the node that owns the subgraph.
     """
     nodes = list(graph.node)
-    produced = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    produced: dict[str, int] = {}
+    for i, n in enumerate(nodes):
+        for o in n.output:
+            if o and o in produced:
+                first = nodes[produced[o]].name or nodes[produced[o]].op_type
+                raise OnnxPruneError(f"tensor '{o}' is written by two nodes ('{first}' and "
+                                     f"'{n.name or n.op_type}'): not a valid ONNX graph")
+            if o:
+                produced[o] = i
     needs = [{produced[x] for x in node_reads(n) if x in produced} for n in nodes]
     if all(all(j < i for j in deps) for i, deps in enumerate(needs)):
         return

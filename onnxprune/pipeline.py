@@ -134,6 +134,7 @@ class PruneReport:
     compensation_skipped: list = field(default_factory=list)
     internal_errors: list = field(default_factory=list)
     notes: list = field(default_factory=list)  # what the user should know about how it was done
+    allocate: str = "uniform"  # how the budget was spread over the groups
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -238,8 +239,8 @@ def calibrate(groups: Groups, cfg: PruneConfig) -> Calibration | None:
     mode = cfg.resolved_compensation()
     chosen = cfg.keep is not None or cfg.plan is not None  # no scoring: only compensation needs data
     data_criterion = cfg.criterion in importance.DATA_CRITERIA or cfg.criterion in importance.GRAM_CRITERIA
-    if mode == "none" and (chosen or not data_criterion):
-        return None
+    if (mode == "none" or cfg.calib is None) and (chosen or not data_criterion):
+        return None  # compensation without data uses what the model states (``compensate``), not noise
     gram = mode == "lsq" or (not chosen and cfg.criterion in importance.GRAM_CRITERIA)
     requests = importance.calibration_requests(groups, gram=gram)
     batch = 1 if groups.shape_info is not None and groups.shape_info.fixed_batch else cfg.calib_batch
@@ -321,7 +322,18 @@ def plan(groups: Groups, scores, cfg: PruneConfig) -> Plan:
 
 
 def compensate(groups: Groups, the_plan: Plan, calibration, cfg: PruneConfig) -> Compensation:
-    return run_compensation(groups, the_plan.keep, calibration, cfg.resolved_compensation())
+    mode = cfg.resolved_compensation()
+    if calibration is None and mode == "bias" and cfg.calib is None:
+        # no data: the channel means the model states (BatchNorm statistics)
+        from .datafree import moment_statistics
+
+        calibration = moment_statistics(groups, importance.calibration_requests(groups))
+        comp = run_compensation(groups, the_plan.keep, calibration, mode)
+        comp.notes.extend(calibration.notes if calibration is not None else
+                          ["no data and no BatchNorm statistics to compensate from: nothing was "
+                           "compensated (pass --calib or --data)"])
+        return comp
+    return run_compensation(groups, the_plan.keep, calibration, mode)
 
 
 def apply(groups: Groups, the_plan: Plan, comp: Compensation | None, in_place: bool = False) -> onnx.ModelProto:
@@ -350,6 +362,7 @@ def report(groups: Groups, the_plan: Plan, pruned: onnx.ModelProto, calibration,
         criterion="explicit" if explicit else cfg.criterion,
         ratio=the_plan.ratio if not explicit else None,
         compensate=cfg.resolved_compensation(),
+        allocate="explicit" if explicit else (cfg.allocate or "uniform"),
         calibration=None if calibration is None else {
             "samples": calibration.samples, "seconds": calibration.seconds,
             "random": calibration.random, "tensors": len(calibration.stats)},
@@ -423,7 +436,9 @@ def save(result: PruneResult, cfg: PruneConfig, ref: Reference | None = None) ->
                                         verify=verify, stored_external=result.groups.external)
         if cfg.masked_output:
             masked = result.masked()
-            invariants.check(result.summary, masked)
+            added = sum(int(np.size(b)) for b in result.compensation.biases.values()) \
+                if result.compensation is not None else 0
+            invariants.check(result.summary, masked, slack=added)
             with _writing(cfg.masked_output):
                 written += modelio.save(masked, cfg.masked_output,
                                         external_data=result.groups.external_data, protect=protect,
@@ -496,6 +511,7 @@ def run(source, cfg: PruneConfig) -> PruneResult:
     if held_note:
         result.report.notes.append(held_note)
     result.report.notes.extend(the_plan.notes)
+    result.report.notes.extend(comp.notes)
     # A model with external data (possibly GBs) is validated from its output
     # files as written, inside save: onnxruntime then maps the weights from
     # disk instead of holding a copy of those in memory.

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 RIDGE = 1e-3  # as compensate.lsq: x mean variance on the diagonal
-STEP = 0.04  # fraction of the group's units removed per greedy step (at least one)
+STEP = 0.02  # fraction of the group's units removed per greedy step (at least one)
 
 
 class _Consumer:

@@ -67,14 +67,22 @@ def print_groups(groups: Groups, console: Console, show_all: bool = False, max_u
         console.print(f"[red]internal error[/] (channels frozen): {msg}")
 
 
-def print_prune(report, console: Console) -> None:
-    t = Table(title=f"Pruned ({report.criterion}, ratio {report.ratio}, compensation {report.compensate})")
-    for col in ("", "before", "after", "ratio"):
-        t.add_column(col, justify="right")
-    for key in ("params", "macs"):
-        d = getattr(report, key)
-        t.add_row(key, _num(d["before"]), _num(d["after"]), _ratio(d["before"], d["after"]))
-    console.print(t)
+def print_prune(report, console: Console, costs: bool = True) -> None:
+    """How the prune was done; the params/MACs table only when ``costs``
+    (validation prints them in its Cost table, once)."""
+    how = (f"criterion {report.criterion}, {report.allocate} allocation"
+           + (f" (budget of ratio {report.ratio:g})" if report.ratio is not None else "")
+           + f", compensation {report.compensate}")
+    if costs:
+        t = Table(title=f"Pruned ({how})")
+        for col in ("", "before", "after", "ratio"):
+            t.add_column(col, justify="right")
+        for key in ("params", "macs"):
+            d = getattr(report, key)
+            t.add_row(key, _num(d["before"]), _num(d["after"]), _ratio(d["before"], d["after"]))
+        console.print(t)
+    else:
+        console.print(f"pruned: {how}")
     changed = [g for g in report.groups if g["kept"] != g["channels"]]
     console.print(f"channels removed in {len(changed)} of {len(report.groups)} groups")
     if report.calibration:

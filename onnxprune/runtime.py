@@ -8,6 +8,7 @@ onnxruntime maps them from their files (``serialised``).
 """
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
 from .errors import OnnxPruneError
@@ -28,9 +29,11 @@ def serialised(model: onnx.ModelProto) -> tuple[bytes, str | None]:
 
 
 def session(model: onnx.ModelProto | bytes | str, threads: int | None = 1, optimize: bool = True,
-            folder: str | None = None):
+            folder: str | None = None, spinning: bool = True):
     """A CPU session on a ModelProto, its serialised bytes (with the
-    ``folder`` of its external data) or a path."""
+    ``folder`` of its external data) or a path. ``spinning=False``: idle
+    intra-op threads block at once instead of spinning for more work (they
+    leave the cores to other threads of the process, at some wake-up cost)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -40,6 +43,8 @@ def session(model: onnx.ModelProto | bytes | str, threads: int | None = 1, optim
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         # A session to load or probe the model, not to time it: packing MatMul
@@ -72,7 +77,8 @@ def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
     return out
 
 
-def exposing(model: onnx.ModelProto, tensors, threads: int | None = None, optimize: bool = True):
+def exposing(model: onnx.ModelProto, tensors, threads: int | None = None, optimize: bool = True,
+             spinning: bool = True):
     """(session, exposed names): a session whose outputs are the model's own
     outputs followed by ``tensors`` (those that can be typed)."""
     types = tensor_types(model)
@@ -89,7 +95,57 @@ def exposing(model: onnx.ModelProto, tensors, threads: int | None = None, optimi
     finally:
         for _ in added:
             model.graph.output.pop()
-    sess = session(data, threads=threads, optimize=optimize, folder=folder)
+    sess = session(data, threads=threads, optimize=optimize, folder=folder, spinning=spinning)
     del data
     names = {o.name for o in sess.get_outputs()}
     return sess, [t for t in dict.fromkeys(tensors) if t in names]
+
+
+class Fetcher:
+    """``sess.run(names, feeds)``, but into arrays of an earlier run with the
+    same input shapes that the caller has handed back (``recycle``), through
+    an IO binding: a run that returns many intermediate tensors otherwise
+    allocates and first-touches all of them every time, which costs more than
+    the copy-free views numpy gets of them save. A run the binding cannot
+    serve (other input shapes, outputs whose shapes depend on the data) is a
+    plain ``run``; after one failed bound run, every run is."""
+
+    def __init__(self, sess, names: list[str], keep: int = 2):
+        self.sess, self.names, self.keep = sess, list(names), keep
+        self.spare: list = []  # (input signature, arrays) free for reuse
+        self.bound = True
+
+    @staticmethod
+    def signature(feeds: dict) -> tuple:
+        return tuple(sorted((k, v.shape, v.dtype.str) for k, v in feeds.items()))
+
+    def run(self, feeds: dict) -> list:
+        import onnxruntime as ort
+
+        sig = self.signature(feeds)
+        arrays = None
+        if self.bound:
+            for i, (s, a) in enumerate(self.spare):
+                if s == sig:
+                    arrays = self.spare.pop(i)[1]
+                    break
+        if arrays is not None:
+            io = self.sess.io_binding()
+            try:
+                for k, v in feeds.items():
+                    io.bind_ortvalue_input(k, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v)))
+                for name, a in zip(self.names, arrays):
+                    io.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(a))
+                self.sess.run_with_iobinding(io)
+                return arrays
+            except Exception:  # noqa: BLE001 - then plainly, from now on
+                self.bound = False
+        return self.sess.run(self.names, feeds)
+
+    def recycle(self, feeds_signature: tuple, arrays: list) -> None:
+        """Hand back the arrays of a run with these inputs: the next run with
+        the same input shapes writes into them."""
+        if self.bound and all(isinstance(a, np.ndarray) and a.flags.c_contiguous and a.flags.writeable
+                              for a in arrays):
+            self.spare.append((feeds_signature, arrays))
+            del self.spare[:-self.keep]

@@ -277,8 +277,11 @@ def reference(a: onnx.ModelProto, data=None, *, input_shapes: dict | None = None
             raise OnnxPruneError(f"data has no array for input(s) {', '.join(missing)}")
         feeds = {k: np.asarray(data[k]) for k in names}
         labels = None if data.get("labels") is None else np.asarray(data["labels"])
-    else:
+    elif isinstance(data, (str, os.PathLike)):
         feeds, labels = load_npz(data, a)
+    else:
+        raise OnnxPruneError(f"validation data must be an .npz path or a dict of arrays (one per input, "
+                             f"axis 0 = samples), not {type(data).__name__}")
     batch = _batch_size(a, input_shapes)
     # The original first: if it fails on these inputs, the input (model or
     # data) is at fault, not the prune.

@@ -9,9 +9,20 @@ what real exporters write: RNN / GRU / LSTM layers read back to a feature
 axis as PyTorch does, weights stored as int8 / uint8 behind DequantizeLinear,
 float16 behind Cast, behind Transpose / Reshape / Unsqueeze chains or in
 Constant nodes, QuantizeLinear -> DequantizeLinear on activations, Gemm
-(transB 0 and 1) and MatMul on a 3-D activation. Every shape is static and
-every graph runs in onnxruntime; which channels can prune is the analysis'
-business.
+(transB 0 and 1) and MatMul on a 3-D activation. The control blocks put
+networks inside subgraphs: an If whose branches each hold a random sub-stack
+of blocks (weights in the branch, captured from the outer graph, or one
+outer weight read by both branches' first convs), both ending at one shape,
+its condition a constant, a bool graph input or computed from the data;
+sometimes a second output, a residual around the If, or the branches reusing
+a tensor name (legal ONNX: the If stays opaque). A Loop (2-3 trips) whose
+body applies a small network to the carried state, maybe reading the loop's
+input again, maybe with a scan output. Sub-stacks may nest one more If or
+Loop. Model-wide variants: int64 constants deduplicated (one Split sizes or
+axes tensor read by several nodes, across scopes), value_info recorded in
+every graph (subgraphs' included). ``feed_sets(model)`` gives the feeds that
+take each branch. Every shape is static and every graph runs in onnxruntime;
+which channels can prune is the analysis' business.
 """
 from __future__ import annotations
 
@@ -23,12 +34,23 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 import oracle
-from graphs import Graph
+from graphs import Graph, feeds
+from onnxprune.walk import all_graphs
 
 BASE_BLOCKS = ("conv", "grouped", "depthwise", "act", "bn", "scale", "residual", "concat", "split",
                "slice", "pool", "resize", "nhwc", "matmul_last", "tile", "if_branch", "transpose_conv")
 EXPORTER_BLOCKS = ("rnn", "conv_src", "matmul_3d", "gemm", "qdq", "bias_add")
-BLOCKS = BASE_BLOCKS + EXPORTER_BLOCKS
+CONTROL_BLOCKS = ("if_net", "loop")
+BLOCKS = BASE_BLOCKS + EXPORTER_BLOCKS + CONTROL_BLOCKS
+# What a branch or a loop body stacks: blocks that keep H and W (both branches
+# must end at one shape), and the control blocks again (nesting, to MAX_DEPTH).
+SUB_BLOCKS = ("conv", "grouped", "depthwise", "act", "bn", "scale", "residual", "concat", "split", "slice",
+              "nhwc", "matmul_last", "bias_add", "conv_src") + CONTROL_BLOCKS
+MAX_DEPTH = 2
+COND_INPUT = "branch_cond"  # the bool graph input that If blocks may read
+# Where a subgraph's weights live: its own initializers, the outer graph's
+# (captured), or either, weight by weight.
+PLACES = ("own", "outer", "mixed")
 
 # Where a weight is stored (``Builder.source``): each yields the float32 value a layer reads.
 WEIGHT_SOURCES = ("init", "constant", "fp16", "dq_tensor", "dq_channel", "transpose", "dq_transpose",
@@ -64,13 +86,100 @@ def as_written():
     return mock.patch.object(oracle, "run", run_as_written)
 
 
+def feed_sets(model: onnx.ModelProto) -> list[dict]:
+    """Inputs of the declared shapes (the bool condition input True) and, when
+    an If's condition is not a constant, a second set with ``x`` negated and
+    the condition input False: a condition computed as mean(x) > 0 flips with
+    it, so each branch runs on one of the two."""
+    first = feeds(model)
+    bools = [i.name for i in model.graph.input if i.type.tensor_type.elem_type == TensorProto.BOOL]
+    for name in bools:
+        first[name] = np.array(True)
+    graphs = list(all_graphs(model.graph))
+    consts = {t.name for g in graphs for t in g.initializer}
+    varies = any(n.op_type == "If" and n.input[0] not in consts for g in graphs for n in g.node)
+    if not varies:
+        return [first]
+    second = {k: np.array(not v) if k in bools else -v for k, v in first.items()}
+    return [first, second]
+
+
+class Root(Graph):
+    """The main graph; with ``dedup`` an int64 constant equal to one already
+    made is that one (Split sizes, Slice bounds, shapes, axes shared between
+    readers, as constant-folding optimizers and some exporters leave them),
+    whether it is read in the main graph or captured by a subgraph."""
+
+    def __init__(self, seed: int, dedup: bool) -> None:
+        super().__init__(opset=17, seed=seed)
+        self.dedup, self._ints = dedup, []
+
+    def init(self, name: str, value, dtype=None) -> str:
+        arr = np.asarray(value) if dtype is None else np.asarray(value).astype(dtype)
+        if self.dedup and arr.dtype == np.int64:
+            for known, have in self._ints:
+                if known.shape == arr.shape and np.array_equal(known, arr):
+                    return have
+        name = super().init(name, value, dtype)
+        if arr.dtype == np.int64:
+            self._ints.append((arr, name))
+        return name
+
+
+class Scope(Graph):
+    """A subgraph being built: its own node and initializer lists, the outer
+    graph's name pool and rng (names stay unique across scopes). Where its
+    weights go follows ``place``: "own" (the subgraph's initializers and
+    Constant nodes), "outer" (the enclosing graph's, read as captures) or
+    "mixed" (either, weight by weight)."""
+
+    def __init__(self, outer: Graph, place: str) -> None:
+        super().__init__(opset=outer.opset)
+        self.rng, self._names, self.outer, self.place = outer.rng, outer._names, outer, place
+
+    def _outer(self) -> bool:
+        return self.place == "outer" or (self.place == "mixed" and self.rng.random() < 0.5)
+
+    def init(self, name: str, value, dtype=None) -> str:
+        return self.outer.init(name, value, dtype) if self._outer() else super().init(name, value, dtype)
+
+    def constant(self, name: str, value) -> str:
+        return self.outer.constant(name, value) if self._outer() else super().constant(name, value)
+
+    def graph(self, hint: str, inputs: list, outputs: list, shapes: bool = True) -> onnx.GraphProto:
+        """The subgraph; ``inputs`` / ``outputs``: (name, elem type, shape);
+        without ``shapes`` its outputs declare their type only."""
+        vi = helper.make_tensor_value_info
+        return helper.make_graph(list(self.nodes), self.fresh(hint), [vi(*i) for i in inputs],
+                                 [vi(*o) if shapes else vi(*o[:2], None) for o in outputs], list(self.inits))
+
+
+def rename(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Every use and definition of ``old`` in ``graph`` and its subgraphs becomes ``new``."""
+    for t in graph.initializer:
+        if t.name == old:
+            t.name = new
+    for g in all_graphs(graph):
+        for n in g.node:
+            n.input[:] = [new if i == old else i for i in n.input]
+            n.output[:] = [new if o == old else o for o in n.output]
+        for o in g.output:
+            if o.name == old:
+                o.name = new
+
+
 class Builder:
     def __init__(self, draw, st, seed: int) -> None:
         self.draw, self.st = draw, st
-        self.g = Graph(opset=17, seed=seed)
+        self.g = Root(seed, dedup=self.flip())
+        self.g._names.update({"x", COND_INPUT})
         self.rng = self.g.rng
         self.t, self.c, self.h, self.w = "x", 3, 8, 8
-        self.tags: list[str] = []  # variants drawn inside blocks ("src:fp16", "rnn:LSTM"...)
+        self.inputs: dict = {"x": [1, 3, 8, 8]}
+        self.depth = 0  # how many subgraphs the current scope is nested in
+        self.iters: list[str] = []  # iteration counters of the loop bodies being built
+        # variants drawn inside blocks ("src:fp16", "rnn:LSTM", "if:cond=data"...)
+        self.tags: list[str] = ["model:dedup_int_constants"] if self.g.dedup else []
         # After a QuantizeLinear -> DequantizeLinear pair, onnxruntime fuses QDQ
         # MatMuls into integer kernels that refuse a weight quantized per input
         # feature (its zero point "is not valid"): quantizers never write one.
@@ -162,6 +271,10 @@ class Builder:
             self.dense(gemm=True)
         elif kind == "rnn":
             self.rnn()
+        elif kind == "if_net" and self.depth < MAX_DEPTH:
+            self.if_net()
+        elif kind == "loop" and self.depth < MAX_DEPTH:
+            self.loop()
 
     def if_branch(self) -> None:
         """An If whose then-branch reads the current tensor (a capture) and whose
@@ -178,6 +291,168 @@ class Builder:
         other = branch("else", helper.make_node("Sigmoid", [self.t], ["else_y"]))
         g.nodes.append(helper.make_node("If", [cond], [out], name=g.fresh("if"), then_branch=then, else_branch=other))
         self.t = out
+
+    # -- control blocks: networks inside subgraphs --------------------------------
+    def substack(self, scope: Scope, t: str, c: int, max_blocks: int = 3) -> tuple[str, int]:
+        """Random blocks (``SUB_BLOCKS``: H and W kept) built inside ``scope``
+        from tensor ``t`` of ``c`` channels; returns the last tensor and its channels."""
+        saved = self.g, self.t, self.c, self.h, self.w
+        self.g, self.t, self.c = scope, t, c
+        self.depth += 1
+        try:
+            for kind in self.draw(self.st.lists(self.st.sampled_from(SUB_BLOCKS), max_size=max_blocks)):
+                before = len(scope.nodes)
+                self.block(kind)
+                if len(scope.nodes) > before:
+                    self.tags.append(f"sub:{kind}")
+            assert (self.h, self.w) == saved[3:]
+            return self.t, self.c
+        finally:
+            self.depth -= 1
+            self.g, self.t, self.c = saved[:3]
+
+    def condition(self) -> str:
+        """An If's condition: a constant, the bool graph input, computed from
+        the data (mean of the input x, or of the current tensor, > 0), or in a
+        loop body from the iteration count (iter > 0: one run takes both branches)."""
+        g = self.g
+        how = self.pick(["const", "input", "data", "tensor"] + (["iter"] if self.iters else []))
+        self.tags.append(f"if:cond={how}")
+        if how == "iter":
+            return g.add("Greater", [self.iters[-1], g.init("first", np.array(0, np.int64))])
+        if how == "const":
+            return g.init("cond", np.array(self.flip()))
+        if how == "input":
+            self.inputs[COND_INPUT] = ([], TensorProto.BOOL)
+            return COND_INPUT
+        mean = g.add("ReduceMean", ["x" if how == "data" else self.t], keepdims=0)
+        return g.add("Greater", [mean, g.init("zero", np.array(0, np.float32))])
+
+    def if_net(self) -> None:
+        """An If whose branches hold networks: each its own random sub-stack,
+        both ending at [1, cout, H, W]; weights in the branch, captured from
+        the outer graph, or (sometimes) one outer weight read by both
+        branches' first convs (and sometimes by a conv after the If too).
+        Variants: a second output (each branch's last tensor through a 1x1
+        conv, concatenated after the If), a residual Add of the If's input and
+        output, branch outputs declared without a shape, the else branch
+        reusing a name (node output or initializer) that the then branch
+        defines (legal ONNX: the If stays opaque)."""
+        g = self.g
+        c, h, w = self.c, self.h, self.w
+        cond = self.condition()
+        cout = c if self.pick([False, False, True]) else self.channels()
+        two = self.pick([False, False, True])
+        cout2 = self.channels()
+        shared = None
+        if self.pick([False, False, True]):
+            k, mid = self.pick([1, 3]), self.channels()
+            shared = g.init("shared_w", self.rng.standard_normal((mid, c, k, k)) * 0.3), mid, k
+            self.tags.append("if:shared_weight")
+        typed = self.pick([True, True, True, False])
+        if not typed:
+            self.tags.append("if:outputs_without_shape")
+        branches = []
+        for hint in ("then", "else"):
+            scope = Scope(g, self.pick(PLACES))
+            self.tags.append(f"if:place={scope.place}")
+            t, cc = self.t, c
+            if shared is not None:
+                p = shared[2] // 2
+                t, cc = scope.add("Conv", [t, shared[0]], pads=[p, p, p, p]), shared[1]
+            t, cc = self.substack(scope, t, cc)
+            if cc != cout or not scope.nodes or self.flip():
+                t, cc = scope.conv(t, cc, cout, k=self.pick([1, 3]), bias=self.flip()), cout
+            outs = [(t, TensorProto.FLOAT, [1, cout, h, w])]
+            if two:
+                second = scope.conv(t, cc, cout2, k=1, bias=self.flip())
+                outs.append((second, TensorProto.FLOAT, [1, cout2, h, w]))
+            branches.append(scope.graph(hint, [], outs, shapes=typed))
+        then, other = branches
+        if self.pick([False, False, False, True]):
+            self.reuse_name(then, other)
+        outs = [g.fresh("if_out")] + ([g.fresh("if_out")] if two else [])
+        g.nodes.append(helper.make_node("If", [cond], outs, name=g.fresh("if"), then_branch=then,
+                                        else_branch=other))
+        y, x = outs[0], self.t
+        if cout == c and self.flip():
+            y = g.add("Add", [self.t, y])
+            self.tags.append("if:residual")
+        self.t, self.c = y, cout
+        if two:
+            self.tags.append("if:two_outputs")
+            self.t = g.add("Concat", [self.t, outs[1]] if self.flip() else [outs[1], self.t], axis=1)
+            self.c += cout2
+        if shared is not None and self.pick([False, False, True]):  # the main graph reads it too
+            p = shared[2] // 2
+            z = g.add("Conv", [x, shared[0]], pads=[p, p, p, p])
+            self.t = g.add("Concat", [self.t, z], axis=1)
+            self.c += shared[1]
+            self.tags.append("if:shared_with_main")
+
+    def reuse_name(self, then: onnx.GraphProto, other: onnx.GraphProto) -> None:
+        """Rename a tensor (or initializer) the else branch defines to one the
+        then branch defines: sibling scopes may share names in ONNX."""
+        def defined(b, inits):
+            outs = {o.name for o in b.output}
+            if inits:
+                return [t.name for t in b.initializer]
+            return [o for n in b.node for o in n.output if o and o not in outs]
+
+        inits = self.flip()
+        if not (defined(then, inits) and defined(other, inits)):
+            inits = not inits
+            if not (defined(then, inits) and defined(other, inits)):
+                return
+        old, new = self.pick(defined(other, inits)), self.pick(defined(then, inits))
+        rename(other, old, new)
+        self.tags.append("if:reused_initializer_name" if inits else "if:reused_name")
+
+    def loop(self) -> None:
+        """A Loop (2-3 trips) whose body applies a random sub-stack to the
+        carried state (back to its channels, maybe residual, maybe reading the
+        loop's input again, maybe squashed by Tanh), maybe with a scan output
+        averaged over the trips."""
+        g = self.g
+        c, h, w = self.c, self.h, self.w
+        shape = [1, c, h, w]
+        scope = Scope(g, self.pick(PLACES))
+        self.tags.append(f"loop:place={scope.place}")
+        it, go, state = g.fresh("iter"), g.fresh("go_in"), g.fresh("state_in")
+        self.iters.append(it)
+        try:
+            y, cc = self.substack(scope, state, c)
+        finally:
+            self.iters.pop()
+        if cc != c or not scope.nodes:
+            y = scope.conv(y, cc, c, k=self.pick([1, 3]), bias=self.flip())
+        if self.flip():
+            y = scope.add("Add", [state, y])
+            self.tags.append("loop:residual")
+        if self.pick([False, False, True]):  # the loop's input read again in every trip (a capture)
+            y = scope.add(self.pick(["Add", "Mul"]), [y, self.t])
+            self.tags.append("loop:captures_input")
+        if self.flip():
+            y = scope.add("Tanh", [y])
+        outs = [(scope.add("Identity", [go]), TensorProto.BOOL, []), (y, TensorProto.FLOAT, shape)]
+        scan = self.flip()
+        if scan:
+            self.tags.append("loop:scan_output")
+            outs.append((scope.add("Relu", [y]), TensorProto.FLOAT, shape))
+        typed = self.pick([True, True, True, False])
+        if not typed:
+            self.tags.append("loop:outputs_without_shape")
+        body = scope.graph("body", [(it, TensorProto.INT64, []), (go, TensorProto.BOOL, []),
+                                    (state, TensorProto.FLOAT, shape)], outs, shapes=typed)
+        cond = g.init("go", np.array(True)) if self.flip() else ""
+        final = g.fresh("loop_y")
+        outputs = [final] + ([g.fresh("loop_scan")] if scan else [])
+        g.nodes.append(helper.make_node("Loop", [g.ints("trips", self.pick([2, 3])), cond, self.t], outputs,
+                                        name=g.fresh("loop"), body=body))
+        self.t = final
+        if scan:
+            mean = g.add("ReduceMean", [outputs[1]], axes=[0], keepdims=0)
+            self.t = g.add("Add", [final, mean])
 
     # -- where weights are stored ------------------------------------------------
     def quantize(self, value: np.ndarray, axis: int | None, dtype):
@@ -430,6 +705,10 @@ def random_model(draw, st, max_blocks: int = 8, blocks=BLOCKS, tags: list | None
         if len(b.g.nodes) > before:
             b.tags.append(kind)
     y = b.head()
+    model = b.g.build(b.inputs, [y])
+    if draw(st.booleans()):  # exporters record shapes in value_info, subgraphs' included
+        model = onnx.shape_inference.infer_shapes(model)
+        b.tags.append("model:value_info")
     if tags is not None:
         tags.extend(b.tags)
-    return b.g.build({"x": [1, 3, 8, 8]}, [y])
+    return model

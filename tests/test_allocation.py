@@ -100,3 +100,19 @@ def test_global_beats_uniform_at_equal_macs_on_the_sample_resnet():
         (y,) = run(r.model, {"input": x})
         acc[allocate] = float(np.mean(y.argmax(1) == labels))
     assert acc["global"] > acc["uniform"], acc
+
+
+def test_at_equal_damage_global_takes_units_where_they_save_the_most_macs():
+    """Two groups of 32 units, every unit scoring the same: A's units cost
+    8 + 32 MACs each, B's 32 + 512 (they feed the wide C). At one price per
+    MAC, B loses more of its units than A."""
+    g = Graph(seed=4)
+    a = g.add("Relu", [g.gemm("x", 8, 32, name="A")])
+    b = g.add("Relu", [g.gemm(a, 32, 32, name="B")])
+    c = g.add("Relu", [g.gemm(b, 32, 512, name="C")])
+    y = g.gemm(c, 512, 2, name="D")
+    groups = onnxprune.analyze(g.build({"x": ["N", 8]}, [y]))
+    s = Scores("flat", by_group={gr.id: np.ones(gr.channels) for gr in groups.prunable})
+    plan = plan_global(groups, s, 0.85, round_to=1)
+    frac = {gr.members[0]: plan.kept[gr.id][0] / gr.channels for gr in groups.prunable}
+    assert frac["B"] < frac["A"], frac

@@ -315,3 +315,15 @@ def test_unsorted_graph_is_accepted_and_written_sorted():
     assert groups.prunable
     result = onnxprune.prune(model, ratio=0.5)
     _onnx.checker.check_model(result.model, full_check=True)
+
+
+def test_validation_data_of_an_unsupported_type_is_a_user_error():
+    import pytest
+
+    from graphs import Graph
+
+    g = Graph(seed=1)
+    y = g.conv(g.add("Relu", [g.conv("x", 3, 8, name="a")]), 8, 2, name="b")
+    model = g.build({"x": [1, 3, 4, 4]}, [y])
+    with pytest.raises(onnxprune.OnnxPruneError, match="npz path or a dict"):
+        onnxprune.prune(model, ratio=0.5, validate=True, data=[{"x": 0}])

@@ -490,3 +490,199 @@ def test_a_big_batch_enters_the_gram_matrix_as_a_strided_subset_with_its_own_mea
     small.update(x[:1, :, :8, :8], 1)
     sub = np.moveaxis(x[:1, :, :8, :8], 1, -1).reshape(-1, 6).astype(np.float64)
     np.testing.assert_allclose(small.covariance(), np.cov(sub.T, bias=True), rtol=1e-4, atol=1e-5)
+
+
+def test_gram_matrices_are_granted_narrowest_first_within_the_budget(monkeypatch):
+    """A model with wide layers gets Gram matrices only while they fit: the
+    widest consumers go without (and fall back to bias compensation)."""
+    from graphs import Graph
+    from onnxprune import importance
+
+    g = Graph(seed=0)
+    a = g.add("Relu", [g.gemm("x", 8, 16, name="A")])
+    b = g.add("Relu", [g.gemm(a, 16, 64, name="B")])
+    y = g.gemm(b, 64, 2, name="C")
+    groups = onnxprune.analyze(g.build({"x": ["N", 8]}, [y]))
+    full = importance.calibration_requests(groups, gram=True)
+    assert all(full.values()) and len(full) == 2
+    monkeypatch.setattr(importance, "GRAM_BUDGET", 8 * 16 * 16 + 100)
+    capped = importance.calibration_requests(groups, gram=True)
+    assert sorted(capped.values()) == [False, True]
+    assert capped[next(d for d in capped if groups.view.static(d[0], d[1]) == 16)] is True
+
+
+# ------------------------------------------------------------------ speed paths (issue 9)
+
+def _reference_stats(x: np.ndarray, axis: int):
+    """float64 statistics of all rows, and the Gram matrix of the strided
+    subset ChannelStats documents (every step-th position past GRAM_ROWS)."""
+    from onnxprune.calibration import GRAM_ROWS
+
+    rows = rows_of(x, axis)
+    x3 = x.reshape(int(np.prod(x.shape[:axis])), x.shape[axis], -1).astype(np.float64)
+    step = -(-rows.shape[0] // GRAM_ROWS)
+    sub = x3 if x3.shape[2] == 1 and step == 1 else \
+        (x3[::step] if x3.shape[2] == 1 else (x3[:, :, ::step] if x3.shape[2] >= step else x3[::step]))
+    g = np.moveaxis(sub, 1, -1).reshape(-1, x.shape[axis])
+    return rows, g
+
+
+LAYOUTS = [((16, 72, 7, 7), 1), ((4, 16, 28, 28), 1), ((2, 8, 40, 40), 1), ((4, 6, 96, 96), 1),
+           ((3, 5, 7), 2), ((40, 12), 1), ((9000, 5), 1), ((2, 3, 700), 1), ((1, 3, 8, 8), 3)]
+
+
+@pytest.mark.parametrize("shape,axis", LAYOUTS, ids=[f"{s}-{a}" for s, a in LAYOUTS])
+@pytest.mark.parametrize("kind", ["relu", "signed", "sparse"])
+@pytest.mark.parametrize("small_blocks", [False, True], ids=["blocks", "tiny_blocks"])
+def test_channel_stats_match_float64_on_every_layout_and_path(shape, axis, kind, small_blocks, monkeypatch):
+    """Plane rows, channels-first copies (short rows, whole-batch Gram),
+    row blocks of 2-D tensors, strided Gram subsets, column-chunked copies
+    (tiny GRAM_CHUNK) and row-at-a-time blocks (tiny BLOCK): all the same
+    statistics as float64 numpy, exact zero counts included."""
+    from onnxprune import calibration
+
+    if small_blocks:
+        monkeypatch.setattr(calibration, "BLOCK", 50)
+        monkeypatch.setattr(calibration, "GRAM_CHUNK", 64)
+    rng = np.random.default_rng(sum(shape))
+    x = (rng.standard_normal(shape) + 0.5).astype(np.float32)
+    if kind == "relu":
+        x = np.maximum(x, 0)
+    elif kind == "sparse":
+        x[rng.random(shape) < 0.6] = 0
+    st = ChannelStats(shape[axis], gram=True)
+    second = x[::-1].copy()  # a second batch: accumulation
+    st.update(x, axis)
+    st.update(second, axis)
+    (rows, g), (rows2, g2) = _reference_stats(x, axis), _reference_stats(second, axis)
+    rows, g = np.concatenate([rows, rows2]), np.concatenate([g, g2])
+    assert st.count == rows.shape[0] and st.gram_count == g.shape[0]
+    np.testing.assert_array_equal(st.zeros, (rows == 0).sum(0))
+    tol = dict(rtol=2e-6, atol=1e-9 * rows.shape[0])
+    np.testing.assert_allclose(st.sum, rows.sum(0), rtol=2e-6, atol=1e-6 * np.abs(rows).sum(0).max())
+    np.testing.assert_allclose(st.sumsq, (rows ** 2).sum(0), **tol)
+    np.testing.assert_allclose(st.abssum, np.abs(rows).sum(0), **tol)
+    np.testing.assert_allclose(st.xtx, g.T @ g, rtol=2e-5, atol=1e-5 * np.abs(g).max() ** 2 * len(g) ** 0.5)
+    np.testing.assert_allclose(st.gram_sum, g.sum(0), rtol=2e-6, atol=1e-6 * np.abs(g).sum(0).max())
+
+
+def test_overlapped_and_sequential_calibration_give_identical_statistics(model, x, reference):
+    a = calibrate(model, {"x": x}, REQ, batch=3, overlap=True)
+    b = calibrate(model, {"x": x}, REQ, batch=3, overlap=False)
+    assert a.overlapped and not b.overlapped
+    for name in ("sum", "sumsq", "abssum", "zeros", "xtx", "gram_sum"):
+        np.testing.assert_array_equal(getattr(a.get("relu", 1), name), getattr(b.get("relu", 1), name))
+    assert_stats_match(a.get("relu", 1), reference)
+
+
+def test_calibration_reports_where_its_time_went(model, x):
+    for overlap in (True, False):
+        cal = calibrate(model, {"x": x}, REQ, batch=4, overlap=overlap)
+        assert cal.runs == 3  # 10 samples in batches of 4
+        assert cal.run_seconds > 0 and cal.stats_seconds > 0 and cal.wait_seconds >= 0
+        assert cal.seconds >= cal.setup_seconds + cal.run_seconds
+        if not overlap:
+            assert cal.wait_seconds == 0  # sequential: stats_seconds is their whole cost
+
+
+def test_one_sample_at_a_time_says_what_it_cost(x):
+    """A symbolic batch that the graph fixes to 1 inside (a Reshape to a literal 1)."""
+    g = Graph(seed=3)
+    r = g.add("Relu", [g.conv("x", 3, 6, name="c1")], name="relu")
+    flat = g.add("Reshape", [r, g.ints("one", [1, 6, 8, 8])])
+    model = g.build({"x": ["N", 3, 8, 8]}, [g.conv(flat, 6, 4, name="c2")])
+    cal = calibrate(model, {"x": x}, REQ, batch=16)
+    assert_stats_match(cal.get("relu", 1), np.concatenate([activations(model, s[None]) for s in x]))
+    assert cal.one_at_a_time and cal.runs == N + 1  # the failed batch, then one run per sample
+    note = next(n for n in cal.notes if "one sample at a time" in n)
+    assert f"({N} runs, " in note and note.endswith(" s)")
+
+
+def test_an_error_in_the_statistics_is_raised_not_taken_for_a_batch_failure(model, x, monkeypatch):
+    """Statistics run on a worker thread: their errors surface as themselves,
+    never as the 'model does not run on batches' fallback."""
+    def broken(self, x, axis):
+        raise ValueError("statistics broke")
+
+    monkeypatch.setattr(ChannelStats, "update", broken)
+    for overlap in (True, False):
+        with pytest.raises(ValueError, match="statistics broke"):
+            calibrate(model, {"x": x}, REQ, batch=4, overlap=overlap)
+
+
+def test_without_threadpoolctl_calibration_runs_sequentially(model, x, reference, monkeypatch):
+    from onnxprune import calibration
+
+    monkeypatch.setattr(calibration, "_can_limit_blas", lambda: False)
+    cal = calibrate(model, {"x": x}, REQ, batch=4)
+    assert not cal.overlapped
+    assert_stats_match(cal.get("relu", 1), reference)
+
+
+def test_blas_thread_limit_is_restored_after_calibration(model, x):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    before = [i["num_threads"] for i in threadpoolctl.threadpool_info()]
+    calibrate(model, {"x": x}, REQ, batch=4)
+    assert [i["num_threads"] for i in threadpoolctl.threadpool_info()] == before
+
+
+def test_a_model_input_is_read_from_the_feeds(model, x):
+    cal = calibrate(model, {"x": x}, {("x", 1): True, ("relu", 1): False}, batch=4)
+    st = cal.get("x", 1)
+    rows = rows_of(x)
+    np.testing.assert_allclose(st.mean, rows.mean(0), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(st.xtx, rows.T @ rows, rtol=1e-5, atol=1e-5)
+
+
+def test_batches_of_one_array_are_views_not_copies(model, x):
+    from onnxprune.calibration import _batches
+
+    chunks = list(_batches([{"x": x}], ["x"], model, 4, None))
+    assert [len(c["x"]) for c in chunks] == [4, 4, 2]
+    assert all(np.shares_memory(c["x"], x) for c in chunks)
+
+
+def test_progress_bar_goes_to_stderr_and_knows_the_total(model, x, capsys):
+    from onnxprune.calibration import _known_count
+
+    cal = calibrate(model, {"x": x}, REQ, batch=4, progress=True)
+    assert cal.samples == N
+    assert capsys.readouterr().out == ""
+    assert _known_count({"x": x}, model) == N
+    assert _known_count({"x": x[0]}, model) == 1  # one sample without its axis
+    assert _known_count([{"x": x[:3]}, {"x": x[3:]}], model) == N
+    assert _known_count("calib.npz", model) is None
+
+
+def test_fetcher_writes_into_handed_back_arrays_and_falls_back_when_it_cannot(model, x):
+    """Runs with the input shapes of a handed-back run write into its arrays
+    (no allocation per run); other shapes run plainly; the results are the
+    model's either way."""
+    from onnxprune.runtime import Fetcher, exposing
+
+    sess, want = exposing(model, ["relu"], threads=1)
+    fetch = Fetcher(sess, want)
+    first = fetch.run({"x": x[:4]})
+    fetch.recycle(fetch.signature({"x": x[:4]}), first)
+    second = fetch.run({"x": x[4:8]})
+    assert second[0] is first[0]  # the same array, rewritten
+    np.testing.assert_allclose(second[0], activations(model, x[4:8]), rtol=1e-6, atol=1e-6)
+    fetch.recycle(fetch.signature({"x": x[4:8]}), second)
+    other = fetch.run({"x": x[8:]})  # 2 samples: no spare arrays of that shape
+    assert other[0] is not first[0] and other[0].shape[0] == 2
+    np.testing.assert_allclose(other[0], activations(model, x[8:]), rtol=1e-6, atol=1e-6)
+
+
+def test_fetcher_falls_back_to_plain_runs_when_output_shapes_depend_on_the_data():
+    from onnxprune.runtime import Fetcher, session
+
+    g = Graph(seed=0)
+    nz = g.add("Cast", [g.add("NonZero", [g.add("Relu", ["x"], name="r")], name="nz")], to=TensorProto.FLOAT)
+    m = g.build({"x": [4]}, [nz])
+    fetch = Fetcher(session(m, threads=1), [nz])
+    a = np.array([1, 0, 0, 0], np.float32)
+    b = np.array([1, 2, 0, 3], np.float32)
+    fetch.recycle(fetch.signature({"x": a}), fetch.run({"x": a}))
+    out = fetch.run({"x": b})  # the spare array has one column; this result has three
+    np.testing.assert_array_equal(out[0], [[0, 1, 3]])
+    assert fetch.bound is False

@@ -126,10 +126,13 @@ def test_data_criterion_without_calib_warns_random_on_stderr_and_succeeds(tmp_pa
     assert report(rep)["calibration"]["random"] is True
 
 
-def test_compensation_without_calib_warns_random(tmp_path, model_path):
+def test_compensation_without_data_uses_batchnorm_statistics_and_says_so(tmp_path, model_path):
+    """No data: bias compensation takes the channel means BatchNorm states
+    (never a calibration on random noise), and the note says data would do better."""
     result = cli("prune", model_path, "-o", tmp_path / "p.onnx", "--compensate", "bias")
     assert_ok(result)
-    assert "no calibration data" in result.stderr and "random" in result.stderr
+    assert "data-free compensation" in result.stderr and "--calib" in result.stderr
+    assert "random inputs. Data-driven" not in result.stderr
 
 
 def test_missing_calib_file_fails_in_one_line_and_writes_nothing(tmp_path, model_path):

@@ -170,8 +170,10 @@ def test_bias_nodes_for_consumers_inside_branches_land_in_their_branch():
         g.initializer.extend(keep)
     groups = _analyse(model)
     names = [n.name for n in groups.view.nodes]
-    comp = Compensation("bias", biases={names.index(f"{b}_mm1"): RNG.standard_normal(12).astype(np.float32)
-                                        for b in ("then", "else")})
+    biases = {names.index(f"{b}_mm1"): RNG.standard_normal(12).astype(np.float32) for b in ("then", "else")}
+    # and one in the main graph (head_mm0 has its bias in a separate Add: compensation adds another)
+    biases[names.index("head_mm0")] = RNG.standard_normal(3).astype(np.float32)
+    comp = Compensation("bias", biases=biases)
     keep = {g.id: np.arange(g.channels - 2) for g in groups.prunable}
     pruned = apply(groups, keep, compensation=comp)
     masked = apply(groups, keep, masked=True, compensation=comp)
@@ -179,6 +181,32 @@ def test_bias_nodes_for_consumers_inside_branches_land_in_their_branch():
     branch = {a.name: a.g for a in pruned.graph.node[0].attribute}
     for name in ("then_branch", "else_branch"):
         assert [n.op_type for n in branch[name].node][-1] == "Add", name
+    assert any(n.name == "head_mm0_bias_add" for n in pruned.graph.node)
     for cond in (True, False):
         feeds = _feeds(cond)
         np.testing.assert_allclose(run(pruned, feeds)[0], run(masked, feeds)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_a_loop_scan_output_freezes_its_channels():
+    """A body output that is not carried (a scan output, stacked by the Loop)
+    leaves through the Loop's output: its channels freeze, and the graph's
+    output keeps its shape."""
+    body_inits = [_w("body_w", 6, 5)]
+    nodes = [h.make_node("MatMul", ["s_in", "body_w"], ["z"], name="body_mm"),
+             h.make_node("Identity", ["s_in"], ["s_out"], name="body_carry"),
+             h.make_node("Identity", ["c_in"], ["c_out"], name="body_cond")]
+    body = h.make_graph(nodes, "body",
+                        [h.make_tensor_value_info("i", T.INT64, []), h.make_tensor_value_info("c_in", T.BOOL, []),
+                         h.make_tensor_value_info("s_in", T.FLOAT, ["n", 6])],
+                        [h.make_tensor_value_info("c_out", T.BOOL, []), h.make_tensor_value_info("s_out", T.FLOAT, ["n", 6]),
+                         h.make_tensor_value_info("z", T.FLOAT, ["n", 5])], initializer=body_inits)
+    main_inits = [numpy_helper.from_array(np.array(2, np.int64), "trips"),
+                  numpy_helper.from_array(np.array(True), "go")]
+    g = h.make_graph([h.make_node("Loop", ["trips", "go", "x"], ["y", "zs"], name="loop", body=body)], "g",
+                     [h.make_tensor_value_info("x", T.FLOAT, ["n", 6])],
+                     [h.make_tensor_value_info("y", T.FLOAT, ["n", 6]), h.make_tensor_value_info("zs", T.FLOAT, [2, "n", 5])],
+                     initializer=main_inits)
+    model = h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+    groups = _analyse(model)
+    assert_frozen(group_at(groups, "z", 1), "output of a subgraph of node 'loop'")
+    check_exact(model, feeds={"x": RNG.standard_normal((2, 6)).astype(np.float32)}, trials=2)

@@ -203,3 +203,25 @@ def test_float16_weights_behind_a_cast_never_grow_the_model():
         assert not violations(groups.model, result.model)
     else:
         assert any("float16" in r for r in grp.frozen)
+
+
+def test_masked_output_may_carry_the_biases_compensation_adds(tmp_path):
+    """MatMul consumers have no bias input: compensation adds Add nodes with new
+    biases, in the pruned and the masked model alike. The masked model is full
+    size, so those biases are the only parameters it gains, and it is written."""
+    import numpy as np
+
+    from graphs import Graph
+
+    g = Graph(seed=5)
+    a = g.add("Relu", [g.matmul("x", 8, 16, name="A")])
+    y = g.matmul(a, 16, 4, name="B")
+    model = g.build({"x": ["N", 8]}, [y])
+    path, calib = tmp_path / "m.onnx", tmp_path / "c.npz"
+    onnx.save(model, path)
+    np.savez(calib, x=np.random.default_rng(0).standard_normal((32, 8)).astype(np.float32))
+    result = onnxprune.prune(str(path), ratio=0.5, calib=str(calib), compensate="bias",
+                             output=str(tmp_path / "p.onnx"), masked_output=str(tmp_path / "m2.onnx"))
+    assert result.compensation.biases
+    masked = onnx.load(tmp_path / "m2.onnx")
+    assert any(n.op_type == "Add" for n in masked.graph.node)

@@ -1,6 +1,6 @@
 """Plant bugs in the core modules one at a time and check the test suite catches each.
 
-    python tools/plant_bugs.py [--jobs 2] [--only NAME ...] [--list]
+    python tools/plant_bugs.py [--jobs 2] [--only NAME ...] [--tests FILE ...] [--list]
 
 Each mutant replaces one snippet of one module (the snippet must occur exactly
 once) in a throwaway copy of the repository, then runs the suite there
@@ -34,7 +34,7 @@ MUTANTS = {
                        "total = total"),
     "macs_search_off": ("onnxprune/planner.py", "        if frac > target:\n            lo = mid",
                         "        if False:\n            lo = mid"),
-    "no_orphan_removal": ("onnxprune/rewrite.py", "    _drop_orphans(model, read_before)\n", "    pass\n"),
+    "no_orphan_removal": ("onnxprune/rewrite.py", "        _drop_orphans(g, read_before)\n", "        pass\n"),
     "conv_macs_no_kernel": ("onnxprune/ops/conv.py", "return numel(out) * numel(w[1:])",
                             "return numel(out) * w[1]"),
     # -- layout algebra ----------------------------------------------------------------------
@@ -154,16 +154,45 @@ MUTANTS = {
     "old_ir_inputs_not_weights": ("onnxprune/graph.py", "old_ir = 0 < model.ir_version < 4", "old_ir = False"),
     "unknown_macs_counted_as_zero": ("onnxprune/costs.py", "        if m is None:\n            return None",
                                      "        if m is None:\n            continue"),
-    "literal_not_rewritten": ("onnxprune/ops/reshape.py", "                value.reshape(-1)[flat] = new[ax]",
-                              "                pass"),
+    "literal_not_rewritten": ("onnxprune/ops/reshape.py", "        rw.rewrite_literals(index, y)\n", ""),
     "literal_wrong_part": ("onnxprune/fold.py", "                local = index - offset", "                local = index"),
     "uniform_copies_refused": ("onnxprune/groups.py",
                                "        if len(readers) > 1 and _uniform(view, source):\n            continue",
                                "        if False:\n            continue"),
+    # -- subgraphs, reconstruction, allocation (issues 8 and 9) ----------------------------
+    "if_branches_not_coupled": ("onnxprune/ops/control.py",
+                                "                if all(ctx.unify(lays[0], lay) for lay in lays[1:]):",
+                                "                if True:"),
+    "subgraph_outputs_not_frozen": ("onnxprune/groups.py",
+                                    "        if not rule_for(owner, view).couples_subgraph_outputs:",
+                                    "        if False:"),
+    "branch_nodes_inserted_outer_first": ("onnxprune/rewrite.py",
+                                          "    for g in reversed(list(all_graphs(model.graph))):\n        if not any(",
+                                          "    for g in list(all_graphs(model.graph)):\n        if not any("),
+    "if_macs_sum_of_branches": ("onnxprune/costs.py", "best = max(branches, key=lambda b: b[0], default=(0, []))",
+                                "best = (sum(b[0] for b in branches), [i for b in branches for i in b[1]])"),
+    "obs_no_refit": ("onnxprune/reconstruct.py", "        self.m += a @ self.m[np.ix_(b, b)] @ a.T - am - am.T\n",
+                     ""),
+    "obs_cost_ignores_inverse": ("onnxprune/reconstruct.py",
+                                 "return self.m[j, j] / np.maximum(self.p[j, j], 1e-30) / self.energy",
+                                 "return self.m[j, j] / self.energy"),
+    "global_threshold_ignores_macs": ("onnxprune/planner.py",
+                                      "prices[g.id] = np.asarray(cost[:cap], dtype=np.float64) / per_unit",
+                                      "prices[g.id] = np.asarray(cost[:cap], dtype=np.float64)"),
+    "global_cap_ignored": ("onnxprune/planner.py",
+                           "prices[g.id] = np.asarray(cost[:cap], dtype=np.float64) / per_unit",
+                           "prices[g.id] = np.asarray(cost, dtype=np.float64) / per_unit; caps[g.id] = len(cost)"),
+    "constant_of_shape_literal_kept": ("onnxprune/ops/generate.py",
+                                       "            rw.rewrite_literals(index, node.output[0])\n",
+                                       "            pass\n"),
+    "data_split_reuses_validation": ("onnxprune/pipeline.py",
+                                     "            calib = {n: a[:total - k] for n, a in feeds.items()}",
+                                     "            calib = {n: a for n, a in feeds.items()}"),
+
 }
 
 
-def run_one(name: str, timeout: int) -> tuple[str, str, float]:
+def run_one(name: str, timeout: int, tests: list | None = None) -> tuple[str, str, float]:
     path, old, new = MUTANTS[name]
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mutant-") as tmp:
@@ -179,7 +208,8 @@ def run_one(name: str, timeout: int) -> tuple[str, str, float]:
             f.write(text.replace(old, new))
         env = dict(os.environ, PYTHONPATH=repo, ONNXPRUNE_STRICT="1", PYTHONDONTWRITEBYTECODE="1")
         try:
-            r = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"],
+            r = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                                *(tests or [])],
                                cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
             verdict = "killed" if r.returncode else "SURVIVED"
         except subprocess.TimeoutExpired:
@@ -193,6 +223,8 @@ def main() -> int:
     ap.add_argument("--only", nargs="*")
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--timeout", type=int, default=600)
+    ap.add_argument("--tests", nargs="*", help="run only these test files (a kill there is a kill by the "
+                                               "suite; a survivor must be rerun on the whole suite)")
     args = ap.parse_args()
     names = [n for n in MUTANTS if not args.only or n in args.only]
     if args.list:
@@ -200,7 +232,7 @@ def main() -> int:
         return 0
     results = []
     with ThreadPoolExecutor(args.jobs) as pool:
-        for name, verdict, seconds in pool.map(lambda n: run_one(n, args.timeout), names):
+        for name, verdict, seconds in pool.map(lambda n: run_one(n, args.timeout, args.tests), names):
             results.append((name, verdict))
             print(f"{name:32s} {verdict:18s} {seconds:6.0f} s", flush=True)
     survived = [n for n, v in results if v == "SURVIVED"]

@@ -310,6 +310,17 @@ class Rewriter:
             return self.const_edits[(index, slot)]
         return self.view.const(self.view.nodes[index].input[slot])
 
+    def rewrite_literals(self, index: int, tensor: str) -> None:
+        """Write the new sizes of ``tensor``'s axes into the literals a shape
+        computed at run time states them in (``fold.literal_source``, saved by
+        the rule as ``literals``: axis -> (reader, slot, flat index))."""
+        new = self.new_shape(tensor)
+        for ax, (reader, slot, flat) in self.state(index).get("literals", {}).items():
+            if self.layout(tensor, ax) is not None and new[ax] != self.view.shape(tensor)[ax]:
+                value = np.array(self.current(reader, slot), copy=True)
+                value.reshape(-1)[flat] = new[ax]
+                self.set_const(reader, slot, value)
+
     def new_const(self, hint: str, value: np.ndarray) -> str:  # pragma: no cover - see rewrite._Edits
         raise NotImplementedError
 
@@ -342,6 +353,12 @@ class Rule:
 
     def linear(self, node: onnx.NodeProto, view: GraphView) -> LinearForm | None:
         """The node's linear form, when it is a linear layer with a constant weight."""
+        return None
+
+    def moments(self, node: onnx.NodeProto, view: GraphView, given):
+        """Per-channel (mean, std) along axis 1 of output 0, from what the
+        model stores (data-free compensation, ``datafree.py``): ``given`` is
+        input 0's, or None when unknown. None when the op cannot say."""
         return None
 
     def describe(self) -> str:

@@ -9,6 +9,8 @@ every other channel receives.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from .base import Rule
 from .registry import register
 
@@ -25,6 +27,30 @@ class Unary(Rule):
 
     def analyze(self, node, ctx):
         ctx.passthrough(node.input[0], node.output[0])
+
+    def moments(self, node, view, given):
+        """Relu of a Gaussian channel: the rectified Gaussian's moments;
+        Identity and Cast keep them."""
+        if given is None:
+            return None
+        if node.op_type in ("Identity", "Cast", "CastLike"):
+            return given
+        if node.op_type != "Relu":
+            return None
+        return rectified(*given)
+
+
+def rectified(mean: np.ndarray, std: np.ndarray):
+    """(mean, std) of max(0, y) for y ~ N(mean, std^2), per channel."""
+    from math import erf, exp, pi, sqrt
+
+    std = np.maximum(std, 1e-12)
+    a = mean / std
+    cdf = np.array([0.5 * (1 + erf(v / sqrt(2))) for v in a])
+    pdf = np.array([exp(-0.5 * v * v) / sqrt(2 * pi) for v in a])
+    m1 = mean * cdf + std * pdf
+    m2 = (mean ** 2 + std ** 2) * cdf + mean * std * pdf
+    return m1, np.sqrt(np.maximum(m2 - m1 ** 2, 0.0))
 
 
 @register("Dropout")

@@ -5,8 +5,6 @@ size they copy from a channel tensor reaches them through Shape, whose rule
 freezes that channel count."""
 from __future__ import annotations
 
-import numpy as np
-
 from ..fold import literal_source
 from .base import Rule
 from .registry import register
@@ -57,12 +55,5 @@ class ConstantOfShape(Rule):
             ctx.state(literals=literals)
 
     def rewrite(self, node, index, rw):
-        y = node.output[0]
-        if not rw.changed(y):
-            return
-        new = rw.new_shape(y)
-        for ax, (reader, slot, flat) in rw.state(index).get("literals", {}).items():
-            if new[ax] != rw.view.shape(y)[ax]:
-                value = np.array(rw.current(reader, slot), copy=True)
-                value.reshape(-1)[flat] = new[ax]
-                rw.set_const(reader, slot, value)
+        if rw.changed(node.output[0]):
+            rw.rewrite_literals(index, node.output[0])

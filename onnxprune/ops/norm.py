@@ -4,6 +4,8 @@ GroupNorm) would compute different statistics after removal, so that axis
 freezes."""
 from __future__ import annotations
 
+import numpy as np
+
 from .base import Rule
 from .registry import register
 
@@ -31,6 +33,16 @@ class PerChannelNorm(Rule):
                 if ax >= 2:
                     ctx.freeze(other, f"normalises over axis {ax}: removing channels changes the statistics")
         ctx.passthrough(x, y)
+
+    def moments(self, node, view, given):
+        """Inference BatchNorm maps its running statistics to mean B and std
+        |scale|: on data like the training data, that is its output's."""
+        if node.op_type != "BatchNormalization" or len(node.input) < 3:
+            return None
+        scale, bias = view.const(node.input[1]), view.const(node.input[2])
+        if scale is None or bias is None or np.ndim(scale) != 1:
+            return None
+        return np.asarray(bias, dtype=np.float64), np.abs(np.asarray(scale, dtype=np.float64))
 
 
 @register("LayerNormalization", "LRN", "GroupNormalization", "MeanVarianceNormalization")

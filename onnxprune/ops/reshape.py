@@ -224,11 +224,7 @@ class Reshape(Rule):
         if not rw.changed(y):
             return
         new = rw.new_shape(y)
-        for ax, (reader, slot, flat) in rw.state(index).get("literals", {}).items():
-            if rw.layout(y, ax) is not None and new[ax] != rw.view.shape(y)[ax]:
-                value = np.array(rw.current(reader, slot), copy=True)
-                value.reshape(-1)[flat] = new[ax]
-                rw.set_const(reader, slot, value)
+        rw.rewrite_literals(index, y)
         if rw.view.const(node.input[1]) is None:
             return
         shape = np.array(rw.view.const(node.input[1]), dtype=np.int64).copy()
