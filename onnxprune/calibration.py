@@ -22,7 +22,6 @@ import sys
 import threading
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,7 +45,8 @@ _local = threading.local()
 
 
 def _scratch(name: str, n: int, dtype) -> np.ndarray:
-    """A reusable buffer of this thread (no allocation per batch and tensor)."""
+    """A buffer of this thread, reused by the next tensor and batch (kept by
+    calibration's threads while they run, else dropped after each update)."""
     bufs = _local.__dict__.setdefault("bufs", {})
     buf = bufs.get(name)
     if buf is None or buf.size < n or buf.dtype != dtype:
@@ -55,7 +55,7 @@ def _scratch(name: str, n: int, dtype) -> np.ndarray:
 
 
 def release_scratch() -> None:
-    """Drop this thread's buffers (calibration holds them only while it runs)."""
+    """Drop this thread's buffers."""
     _local.__dict__.pop("bufs", None)
 
 
@@ -137,6 +137,8 @@ class ChannelStats:
         self.sumsq += q
         self.abssum += a
         self.zeros += z
+        if not getattr(_local, "keep", False):  # a calibration thread keeps its buffers for the next batch
+            release_scratch()
 
     @property
     def mean(self) -> np.ndarray:
@@ -238,9 +240,9 @@ class Calibration:
     notes: list = field(default_factory=list)
     runs: int = 0  # onnxruntime runs (one per batch, or per sample when one_at_a_time)
     run_seconds: float = 0.0  # of ``seconds``: inside onnxruntime
-    stats_seconds: float = 0.0  # taking the statistics (on the worker thread when overlapped)
-    wait_seconds: float = 0.0  # waiting for that worker: the statistics' cost not hidden by onnxruntime
-    overlapped: bool = True  # statistics taken beside onnxruntime's next run
+    wait_seconds: float = 0.0  # of ``seconds``: waiting for statistics (what onnxruntime did not hide)
+    stats_seconds: float = 0.0  # taking the statistics, summed over the threads that took them
+    overlapped: bool = False  # statistics taken beside onnxruntime's runs
 
     def get(self, tensor: str, axis: int) -> ChannelStats | None:
         return self.stats.get((tensor, axis))
@@ -542,22 +544,108 @@ def _progress_bar(total: int | None):
     return Progress(*columns, console=Console(stderr=True), transient=True)
 
 
+class _StatsPool:
+    """Threads that take the statistics, one job per requested tensor and
+    batch: at most ``allowed`` jobs run at once. The caller allows one beside
+    an onnxruntime run (whose own threads have the cores) and all of them
+    while it waits for a batch to finish. Jobs of one batch touch different
+    ChannelStats, and a batch is finished before the next is submitted, so
+    every statistic sees its batches in order: the results do not depend on
+    the threads' timing."""
+
+    def __init__(self, workers: int):
+        self.cond = threading.Condition()
+        self.queue: list = []
+        self.allowed = self.active = self.left = 0
+        self.seconds = 0.0  # summed over the threads
+        self.error: BaseException | None = None
+        self.closed = False
+        self.threads = [threading.Thread(target=self._work, name=f"onnxprune-calibration-{i}", daemon=True)
+                        for i in range(workers)]
+        for t in self.threads:
+            t.start()
+
+    def _work(self) -> None:
+        _local.keep = True
+        try:
+            while True:
+                with self.cond:
+                    while not self.closed and (not self.queue or self.active >= self.allowed):
+                        self.cond.wait()
+                    if self.closed:
+                        return
+                    job = self.queue.pop()
+                    self.active += 1
+                t = time.perf_counter()
+                try:
+                    job()
+                except BaseException as e:  # noqa: BLE001 - handed to the waiting caller
+                    with self.cond:
+                        self.error = self.error or e
+                        self.queue.clear()
+                finally:
+                    with self.cond:
+                        self.seconds += time.perf_counter() - t
+                        self.active -= 1
+                        self.left -= 1
+                        self.cond.notify_all()
+        finally:
+            release_scratch()
+
+    def submit(self, jobs: list) -> None:
+        """Jobs, cheapest first (taken from the end: the costliest first)."""
+        with self.cond:
+            self.queue.extend(jobs)
+            self.left += len(jobs)
+            self.cond.notify_all()
+
+    def allow(self, n: int) -> None:
+        with self.cond:
+            self.allowed = n
+            self.cond.notify_all()
+
+    def wait(self) -> None:
+        """Until every submitted job is done; a job's error is raised here."""
+        with self.cond:
+            while self.left > 0 and self.error is None:
+                self.cond.wait()
+            if self.error is not None:
+                raise self.error
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.queue.clear()
+            self.cond.notify_all()
+        for t in self.threads:
+            t.join()
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def calibrate(model: onnx.ModelProto, source, requests: dict, *, samples: int | None = None,
               batch: int = 16, progress: bool = False, threads: int | None = None,
-              input_shapes: dict | None = None, overlap: bool | None = None,
+              input_shapes: dict | None = None, overlap: bool = False,
               spinning: bool = False) -> Calibration:
     """One onnxruntime pass; ``requests``: {(tensor, axis): need_gram}.
 
     One session returns the requested tensors beside the model's outputs
     (model inputs are read from the feeds), written into the arrays of the
-    run before last (``runtime.Fetcher``). With ``overlap`` (the default where
-    threadpoolctl can hold BLAS to one thread) the statistics of a batch are
-    taken on a worker thread while onnxruntime runs the next one (both
-    release the GIL): two batches of those tensors are alive at once.
-    Without it they are taken in turn on this thread, and ``stats_seconds``
-    is their whole cost. The session's idle threads do not spin (``spinning``):
-    they would take the cores from the statistics. ``progress``: a bar on
-    stderr."""
+    run before last (``runtime.Fetcher``). The statistics are jobs, one per
+    tensor and batch, for a pool of threads (one per core, each with one BLAS
+    thread: threadpoolctl) that runs them on every core between two runs;
+    ``wait_seconds`` is then their whole cost. With ``overlap`` one job at a
+    time also runs beside onnxruntime's next run (both release the GIL) and
+    two batches of the tensors are alive at once: it only pays where
+    onnxruntime leaves cores idle (on 2 busy cores it did not). Without
+    threadpoolctl one thread takes them, with BLAS's own threads. The
+    session's idle threads do not spin (``spinning``): they would hold the
+    cores the statistics need next. ``progress``: a bar on stderr."""
     from .runtime import Fetcher, exposing
 
     t0 = time.perf_counter()
@@ -565,46 +653,37 @@ def calibrate(model: onnx.ModelProto, source, requests: dict, *, samples: int | 
     names = [i.name for i in model_inputs(model)]
     tensors = sorted({t for t, _ in requests} - set(names))
     sess, want = exposing(model, tensors, threads=threads, spinning=spinning)
-    # Without threadpoolctl BLAS keeps its threads: then no overlap.
-    overlap = _can_limit_blas() if overlap is None else overlap
-    cal = Calibration(random=is_random, setup_seconds=time.perf_counter() - t0, overlapped=overlap)
+    cal = Calibration(random=is_random, setup_seconds=time.perf_counter() - t0)
     available = set(want) | set(names)
     jobs = [(tensor, axis, gram) for (tensor, axis), gram in requests.items() if tensor in available]
-
-    def accumulate(outputs: list, feeds: dict) -> None:
-        t = time.perf_counter()
-        by_name = dict(feeds)
-        by_name.update(zip(want, outputs))
-        del outputs, feeds
-        for tensor, axis, gram in jobs:
-            x = by_name[tensor]
-            if x is None or x.ndim <= axis:
-                continue
-            st = cal.stats.get((tensor, axis))
-            if st is None:
-                st = cal.stats[(tensor, axis)] = ChannelStats(x.shape[axis], gram)
-            st.update(x, axis)
-        cal.stats_seconds += time.perf_counter() - t
-
     fetch = Fetcher(sess, want)
-    pool = ThreadPoolExecutor(1, thread_name_prefix="onnxprune-calibration") if overlap else None
-    pending = None  # (input signature, outputs, future) of the batch on the worker
+    # Without threadpoolctl BLAS keeps its own threads: one thread then takes
+    # the statistics, between runs.
+    workers = max(1, min(threads or _cores(), len(jobs))) if _can_limit_blas() else 1
+    beside = 1 if overlap and _can_limit_blas() else 0  # jobs running beside onnxruntime
+    cal.overlapped = bool(beside)
+    pool = _StatsPool(workers)
+    pending = None  # (input signature, outputs) of the batch the pool works on
+
+    def update(st: ChannelStats, x: np.ndarray, axis: int):
+        return lambda: st.update(x, axis)
 
     def settle() -> None:
-        """Wait for the worker's batch (its errors surface here), then hand
-        its arrays back for the next run to write into."""
+        """Let every worker finish the pool's batch (its errors surface here),
+        then hand its arrays back for a next run to write into."""
         nonlocal pending
         if pending is not None:
             t = time.perf_counter()
-            sig, outputs, future = pending
-            pending = None
-            future.result()
+            pool.allow(workers)
+            pool.wait()
             cal.wait_seconds += time.perf_counter() - t
-            fetch.recycle(sig, outputs)
+            fetch.recycle(*pending)
+            pending = None
 
     def run(feeds) -> None:
         nonlocal pending
         sig = fetch.signature(feeds)
+        pool.allow(beside)
         t = time.perf_counter()
         try:
             outputs = fetch.run(feeds)
@@ -613,12 +692,25 @@ def calibrate(model: onnx.ModelProto, source, requests: dict, *, samples: int | 
         finally:
             cal.run_seconds += time.perf_counter() - t
             cal.runs += 1
-        if pool is None:
-            accumulate(outputs, feeds)
-            fetch.recycle(sig, outputs)
-            return
         settle()
-        pending = (sig, outputs, pool.submit(accumulate, outputs, feeds))
+        pool.allow(beside)  # the new batch's jobs start beside the next run, not on every core
+        by_name = dict(feeds)
+        by_name.update(zip(want, outputs))
+        batch_jobs = []
+        for tensor, axis, gram in jobs:
+            x = by_name[tensor]
+            if x is None or x.ndim <= axis:
+                continue
+            st = cal.stats.get((tensor, axis))
+            if st is None:  # created here, in the requests' order
+                st = cal.stats[(tensor, axis)] = ChannelStats(x.shape[axis], gram)
+            rows = x.size // max(st.size, 1)
+            batch_jobs.append((x.size + (min(rows, GRAM_ROWS) * st.size * st.size if st.gram else 0),
+                               len(batch_jobs), update(st, x, axis)))
+        pending = (sig, outputs)
+        pool.submit([job for *_, job in sorted(batch_jobs)])
+        if not beside:
+            settle()
 
     bar = None
     if progress:
@@ -654,11 +746,10 @@ def calibrate(model: onnx.ModelProto, source, requests: dict, *, samples: int | 
                     bar.advance(task, n)
             settle()
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        pool.close()
         if bar is not None:
             bar.stop()
-        release_scratch()
+    cal.stats_seconds = pool.seconds
     if cal.samples == 0:
         raise OnnxPruneError("calibration data yielded no samples")
     cal.seconds = time.perf_counter() - t0
