@@ -14,7 +14,7 @@ Timing mode (issue 9: calibration at most 1.5x a plain onnxruntime pass):
 
     python benchmarks/calib_bench.py --timing [--samples 128] [--batch 16] [--reps 5]
                                      [--big resnet50 bert] [--baseline OLD_calibration.py]
-                                     [--overlap] [--threads T]
+                                     [--sequential] [--threads T]
 
 For every sample model (and, with ``--big``, a ResNet-50 / BERT-base built
 from a transformers config with random weights, exported once with
@@ -25,12 +25,13 @@ size and session options; runs are interleaved and the medians printed.
 ``stream`` is the pass without its setup (vs the plain runs alone), ``total``
 includes setup (vs the plain session's creation plus its runs).
 ``ort s`` is the time calibrate spent inside onnxruntime, ``wait s`` waiting
-for the statistics (their whole cost, unless overlapped), ``stats s`` their
-time summed over the threads that took them; ``--overlap`` adds
-``overlap=True`` (one statistics job beside each run).
+for the statistics (what the runs did not hide), ``stats s`` their time
+summed over the threads that took them; ``--sequential`` adds
+``overlap=False`` (``seq``: statistics only between runs, ``wait s`` their
+whole cost).
 ``--baseline`` also times another calibration.py (say ``git show
-HEAD:onnxprune/calibration.py > /tmp/old.py``), loaded as a module of the
-package, for a before/after table.
+74841a1:onnxprune/calibration.py > /tmp/old.py``, before issue 9), loaded
+as a module of the package, for a before/after table.
 """
 from __future__ import annotations
 
@@ -169,8 +170,8 @@ def timing(args) -> None:
         variants = {"gram": calibration_requests(groups, gram=True),
                     "no gram": calibration_requests(groups, gram=False)}
         impls = {"after": calibrate}
-        if args.overlap:
-            impls["overlap"] = lambda *a, **k: calibrate(*a, overlap=True, **k)
+        if args.sequential:
+            impls["seq"] = lambda *a, **k: calibrate(*a, overlap=False, **k)
         if baseline is not None:
             impls["before"] = baseline.calibrate
         times: dict = {}
@@ -213,7 +214,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: its own)")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--baseline", help="another calibration.py to time as 'before'")
-    ap.add_argument("--overlap", action="store_true", help="also time calibrate(overlap=True)")
+    ap.add_argument("--sequential", action="store_true", help="also time calibrate(overlap=False) as 'seq'")
     args = ap.parse_args()
     if args.timing:
         timing(args)

@@ -630,22 +630,23 @@ def _cores() -> int:
 
 def calibrate(model: onnx.ModelProto, source, requests: dict, *, samples: int | None = None,
               batch: int = 16, progress: bool = False, threads: int | None = None,
-              input_shapes: dict | None = None, overlap: bool = False,
+              input_shapes: dict | None = None, overlap: bool = True,
               spinning: bool = False) -> Calibration:
     """One onnxruntime pass; ``requests``: {(tensor, axis): need_gram}.
 
     One session returns the requested tensors beside the model's outputs
-    (model inputs are read from the feeds), written into the arrays of the
-    run before last (``runtime.Fetcher``). The statistics are jobs, one per
-    tensor and batch, for a pool of threads (one per core, each with one BLAS
-    thread: threadpoolctl) that runs them on every core between two runs;
-    ``wait_seconds`` is then their whole cost. With ``overlap`` one job at a
-    time also runs beside onnxruntime's next run (both release the GIL) and
-    two batches of the tensors are alive at once: it only pays where
-    onnxruntime leaves cores idle (on 2 busy cores it did not). Without
-    threadpoolctl one thread takes them, with BLAS's own threads. The
-    session's idle threads do not spin (``spinning``): they would hold the
-    cores the statistics need next. ``progress``: a bar on stderr."""
+    (model inputs are read from the feeds), written into the arrays of an
+    earlier run (``runtime.Fetcher``). The statistics are jobs, one per
+    tensor and batch, for a pool of threads (one per core, one BLAS thread
+    each: threadpoolctl). With ``overlap`` one job at a time runs beside
+    onnxruntime's next run (both release the GIL) and what is left when that
+    run ends runs on every core; two batches of the tensors are then alive
+    at once. Without it (``overlap=False``, the sequential mode) the jobs run
+    on every core between the runs and ``wait_seconds`` is their whole cost.
+    Without threadpoolctl one thread takes them between the runs, with
+    BLAS's own threads. The session's idle threads do not spin
+    (``spinning``): they would hold the cores the statistics need.
+    ``progress``: a bar on stderr."""
     from .runtime import Fetcher, exposing
 
     t0 = time.perf_counter()
