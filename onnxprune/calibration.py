@@ -166,6 +166,28 @@ class ChannelStats:
         return self.xtx / n - np.outer(m, m)
 
 
+def _block_moments(blk: np.ndarray, axis: int, tt: np.ndarray, bb: np.ndarray):
+    """(sum, sum of squares, abs sum, zero count) of one block along ``axis``,
+    in float32 (counts exact), using the scratch buffers ``tt`` and ``bb`` of
+    the block's shape. A non-negative block (after a Relu, say) skips the abs
+    pass, and a positive one the zero count."""
+    s = blk.sum(axis=axis)
+    np.multiply(blk, blk, out=tt)
+    q = tt.sum(axis=axis)
+    low = blk.min()
+    if low >= 0:
+        a = s
+    else:
+        np.abs(blk, out=tt)
+        a = tt.sum(axis=axis)
+    if low > 0:
+        z = np.zeros(s.shape, np.int64)
+    else:
+        np.equal(blk, 0, out=bb)  # counted as bytes: exact while at most 255 are summed
+        z = bb.view(np.uint8).sum(axis=axis, dtype=np.uint8 if blk.shape[axis] <= 255 else np.int64)
+    return s, q, a, z
+
+
 def _row_moments(x2: np.ndarray):
     """Per-column (sum, sum of squares, abs sum, zero count) of (rows,
     columns), float64: float32 sums of at most 255 rows at a time."""
@@ -173,27 +195,13 @@ def _row_moments(x2: np.ndarray):
     r = max(1, min(255, BLOCK // max(c, 1), rows))
     t = _scratch("f32", r * c, np.float32).reshape(r, c)
     zb = _scratch("bool", r * c, np.bool_).reshape(r, c)
-    s, q, a = (np.zeros(c, np.float64) for _ in range(3))
-    z = np.zeros(c, np.int64)
+    total = [np.zeros(c, np.float64) for _ in range(3)] + [np.zeros(c, np.int64)]
     for i in range(0, rows, r):
         blk = x2[i:i + r]
         k = blk.shape[0]
-        tt, bb = t[:k], zb[:k]
-        ps = blk.sum(axis=0)
-        s += ps
-        np.multiply(blk, blk, out=tt)
-        q += tt.sum(axis=0)
-        low = blk.min()
-        if low >= 0:  # non-negative (after a Relu, say): |x| = x; none are zero when all > 0
-            a += ps
-            if low > 0:
-                continue
-        else:
-            np.abs(blk, out=tt)
-            a += tt.sum(axis=0)
-        np.equal(blk, 0, out=bb)
-        z += bb.view(np.uint8).sum(axis=0, dtype=np.uint8)
-    return s, q, a, z
+        for acc, part in zip(total, _block_moments(blk, 0, t[:k], zb[:k])):
+            acc += part
+    return tuple(total)
 
 
 def _plane_moments(x3: np.ndarray):
@@ -206,27 +214,14 @@ def _plane_moments(x3: np.ndarray):
     r = max(1, min(BLOCK // after, n))
     t = _scratch("f32", r * after, np.float32).reshape(r, after)
     zb = _scratch("bool", r * after, np.bool_).reshape(r, after)
-    rs, rq, ra = (np.empty(n, np.float32) for _ in range(3))
-    rz = np.zeros(n, np.uint32)
+    per_row = [np.empty(n, np.float32) for _ in range(3)] + [np.empty(n, np.int64)]
     for i in range(0, n, r):
         blk = x2[i:i + r]
         k = blk.shape[0]
-        tt, bb = t[:k], zb[:k]
-        blk.sum(axis=1, out=rs[i:i + k])
-        np.multiply(blk, blk, out=tt)
-        tt.sum(axis=1, out=rq[i:i + k])
-        low = blk.min()
-        if low >= 0:  # non-negative (after a Relu, say): |x| = x; none are zero when all > 0
-            ra[i:i + k] = rs[i:i + k]
-            if low > 0:
-                continue
-        else:
-            np.abs(blk, out=tt)
-            tt.sum(axis=1, out=ra[i:i + k])
-        np.equal(blk, 0, out=bb)
-        bb.view(np.uint8).sum(axis=1, dtype=np.uint32, out=rz[i:i + k])
-    return tuple(v.reshape(before, c).sum(axis=0, dtype=np.float64) for v in (rs, rq, ra)) + \
-        (rz.reshape(before, c).sum(axis=0, dtype=np.int64),)
+        for out, part in zip(per_row, _block_moments(blk, 1, t[:k], zb[:k])):
+            out[i:i + k] = part
+    return tuple(v.reshape(before, c).sum(axis=0, dtype=np.float64) for v in per_row[:3]) + \
+        (per_row[3].reshape(before, c).sum(axis=0, dtype=np.int64),)
 
 
 @dataclass

@@ -153,18 +153,17 @@ def _obs_consumers(groups: Groups, group, cal) -> list:
     """(weight (positions, outputs, taps), covariance, unit blocks) of each
     dense consumer with a measured Gram matrix (``reconstruct.obs_order``);
     none when the greedy would cost more than ``OBS_MAX_WORK``."""
-    out = []
+    found = []
     for use, st, form in _calibrated_consumers(groups, group.id, cal):
         if st.xtx is None or form is None or not form.dense or st.size > OBS_MAX_CHANNELS:
             continue
         w = _consumer_matrix(groups, use, form)
-        if w is None or w.shape[0] != st.size:
-            continue
-        blocks = groups.unit_rows(group.id, use.layout, np.arange(st.size, dtype=np.float64)[:, None])
-        out.append((w, st.covariance(), blocks.astype(np.int64)))
-    if sum(float(c[1].shape[0]) ** 3 for c in out) > OBS_MAX_WORK:
+        if w is not None and w.shape[0] == st.size:
+            found.append((use, st, w))
+    if sum(float(st.size) ** 3 for _, st, _ in found) > OBS_MAX_WORK:
         return []  # a wide group read by many layers (a transformer's hidden size): too costly
-    return out
+    return [(w, st.covariance(), groups.unit_rows(group.id, use.layout, np.arange(st.size, dtype=np.float64)[:, None])
+             .astype(np.int64)) for use, st, w in found]
 
 
 def _bn(groups, group):
