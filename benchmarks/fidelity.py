@@ -92,9 +92,21 @@ QUICK_CRITERIA = ["l2", "fpgm", "act_l2", "relief", "flap"] + _EXTRA
 REDUCTIONS = ["mean", "sum", "max"]
 NORMALIZE = ["mean", "max", "none"]
 GOAL = {0.75: 1.0, 0.5: 3.0}  # max drop in points
-# A combo: (criterion, compensate, round_to, group_reduction, normalize, allocate); None = not
-# passed (the library's default). DEFAULT passes nothing: "--calib (and --data), no other flag".
-DEFAULT = (None, None, None, None, None, None)
+# A combo: (criterion, compensate, round_to, group_reduction, normalize, allocate, sequential);
+# None = not passed (the library's default). DEFAULT passes nothing: "--calib (and --data), no
+# other flag".
+DEFAULT = (None, None, None, None, None, None, None)
+# --ablation: the defaults with one option switched off at a time, and the old plain baseline
+ABLATION = [
+    DEFAULT,
+    (None, None, None, None, None, None, False),  # no sequential reconstruction
+    (None, None, None, None, None, "global", None),  # global allocation instead of uniform
+    ("act_l2", None, None, None, None, None, None),  # selection by a per-channel score, not obs
+    (None, "bias", None, None, None, None, None),  # bias compensation, not lsq (so no refit)
+    (None, "none", None, None, None, None, None),  # no compensation
+    (None, None, 1, None, None, None, None),  # no rounding
+    ("l2", "none", 1, None, None, "uniform", False),  # plain magnitude pruning
+]
 
 
 def log(msg: str = "") -> None:
@@ -160,24 +172,25 @@ def interleaved_latency(sa, sb, x: np.ndarray, batch: int, runs: int, rounds: in
 
 # -- one prune ------------------------------------------------------------------------------
 def options(combo: tuple) -> dict:
-    crit, comp, rt, red, norm, alloc = combo
+    crit, comp, rt, red, norm, alloc, seq = combo
     given = {"criterion": crit, "compensate": comp, "round_to": None if rt == "auto" else rt,
-             "group_reduction": red, "normalize": norm, "allocate": alloc}
+             "group_reduction": red, "normalize": norm, "allocate": alloc, "sequential": seq}
     return {k: v for k, v in given.items() if v is not None and (k in _FIELDS or k == "criterion")}
 
 
 def cli_equivalent(name, target, combo, cpath, vpath) -> str:
     cmd = f"onnxprune prune models/{name}.onnx -o /tmp/out.onnx --macs-target {target}"
     for k, v in options(combo).items():
-        cmd += f" --{k.replace('_', '-')} {v}"
+        cmd += f" --{'no-' if v is False else ''}{k.replace('_', '-')}" + ("" if isinstance(v, bool) else f" {v}")
     return cmd + f" --calib {cpath} --data {vpath}"
 
 
 def run_one(ctx: dict, target: float, combo: tuple, args) -> dict:
-    crit, comp, rt, red, norm, alloc = combo
+    crit, comp, rt, red, norm, alloc, seq = combo
     name = ctx["name"]
     row = {"model": name, "target": target, "criterion": crit, "compensate": comp, "round_to": rt,
-           "group_reduction": red, "normalize": norm, "allocate": alloc, "default": combo == DEFAULT,
+           "group_reduction": red, "normalize": norm, "allocate": alloc, "sequential": seq,
+           "default": combo == DEFAULT,
            "label": name_of(combo)}
     t0 = time.perf_counter()
     try:
@@ -195,7 +208,9 @@ def run_one(ctx: dict, target: float, combo: tuple, args) -> dict:
     rep, v = res.report, res.validation
     row["calib_s"] = rep.calibration["seconds"] if rep.calibration else 0.0
     row["calib_samples"] = rep.calibration["samples"] if rep.calibration else 0
-    row["resolved"] = f"{rep.criterion}/{rep.compensate}"  # what the library actually used
+    row["resolved"] = f"{rep.criterion}/{rep.compensate}" + ("/seq" if getattr(rep, "sequential", None) else "")
+    seq_rep = getattr(rep, "sequential", None)
+    row["seq_s"] = seq_rep["seconds"] if seq_rep else 0.0
     row["macs_ratio"] = rep.macs["after"] / rep.macs["before"]
     row["params_ratio"] = rep.params["after"] / rep.params["before"]
     row["uniform_ratio"] = rep.ratio
@@ -240,18 +255,20 @@ HEADER = ("model     tgt  criterion/compensate/round-to[/red-norm][/alloc]  metr
 # -- summaries --------------------------------------------------------------------------------
 def key(r: dict) -> tuple:
     return (r["criterion"], r["compensate"], r["round_to"], r["group_reduction"], r["normalize"],
-            r.get("allocate"))
+            r.get("allocate"), r.get("sequential"))
 
 
 def name_of(k: tuple) -> str:
     if tuple(k) == DEFAULT:
         return "DEFAULT (no flag)"
-    crit, comp, rt, red, norm, alloc = k
+    crit, comp, rt, red, norm, alloc, seq = k
     s = f"{crit or 'dflt'}/{comp or 'dflt'}/rt{rt or 'dflt'}"
     if (red or "mean", norm or "mean") != ("mean", "mean"):
         s += f"/{red or 'mean'}-{norm or 'mean'}"
     if alloc:
         s += f"/{alloc}"
+    if seq is not None:
+        s += "/seq" if seq else "/no-seq"
     return s
 
 
@@ -308,6 +325,23 @@ def best_default(rows: list[dict], limit: int = 12) -> list[dict]:
         log(f"{d['combo']:<30} worst excess {d['worst_excess']:+6.2f}  mean {d['mean_drop']:+6.2f}  "
             f"worst {d['worst_drop']:+6.2f} ({d['worst_cell']})")
     return ranked
+
+
+def pivot(rows: list[dict]) -> None:
+    """Points lost per combo (rows) and model x target (columns), with the
+    median latency/MACs ratio: the ablation table of the issue."""
+    cells = sorted({(r["model"], r["target"]) for r in rows}, key=lambda c: (MODELS.index(c[0]), -c[1]))
+    combos = list(dict.fromkeys(key(r) for r in rows))
+    by = {(key(r), r["model"], r["target"]): r for r in rows}
+    log("\n== points lost (validation split) per option switched off; lat/macs: median over the cells")
+    log(f"{'':<32}" + "".join(f"{m.split('_')[0][:8]:>9}{t:<4}" for m, t in cells) + "   mean  worst  lat/macs")
+    for k in combos:
+        got = [by.get((k, m, t)) for m, t in cells]
+        drops = [r["drop"] if r and "error" not in r else float("nan") for r in got]
+        lat = [r["lat_b1"] / r["macs_ratio"] for r in got if r and "lat_b1" in r]
+        log(f"{name_of(k):<32}" + "".join(f"{d:>13.1f}" for d in drops)
+            + f"  {np.nanmean(drops):5.1f}  {np.nanmax(drops):5.1f}  "
+            + (f"{statistics.median(lat):.2f}" if lat else "  -"))
 
 
 def latency_summary(rows: list[dict]) -> None:
@@ -388,6 +422,8 @@ def main() -> None:
                     help="1, 8, ... or auto (the library's default rounding, when it has one)")
     ap.add_argument("--allocate", nargs="+", help="budget allocations to try (default: the library's)")
     ap.add_argument("--no-default", action="store_true", help="do not add the no-flag DEFAULT run")
+    ap.add_argument("--ablation", action="store_true",
+                    help="instead of a grid: the defaults, each option switched off in turn, and plain l2")
     ap.add_argument("--variants", type=int, default=None,
                     help="after the grid, run the best N combos with every group-reduction x normalize "
                          "(default 3, 0 with --quick)")
@@ -405,7 +441,9 @@ def main() -> None:
     allocs = args.allocate or [None]
     variants = args.variants if args.variants is not None else (0 if args.quick else 3)
     grid = ([] if args.no_default else [DEFAULT]) + \
-        [(c, m, r, None, None, a) for c, m, r, a in itertools.product(criteria, comps, rts, allocs)]
+        [(c, m, r, None, None, a, None) for c, m, r, a in itertools.product(criteria, comps, rts, allocs)]
+    if args.ablation:
+        grid, variants = list(ABLATION), 0
 
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
@@ -458,13 +496,15 @@ def main() -> None:
         if variants:
             ranked = best_default(rows, limit=variants)
             top = [tuple(d["key"]) for d in ranked if tuple(d["key"]) != DEFAULT][:variants]
-            extra = [(c, m, r, red, norm, a) for (c, m, r, _, _, a) in top
+            extra = [(c, m, r, red, norm, a, q) for (c, m, r, _, _, a, q) in top
                      for red, norm in itertools.product(REDUCTIONS, NORMALIZE) if (red, norm) != ("mean", "mean")]
             log(f"\n== group-reduction x normalize variants of the best {variants}: {len(extra)} combos")
             log(HEADER)
             run_grid(extra)
 
         crashes = [r for r in rows if "error" in r]
+        if args.ablation:
+            pivot(rows)
         best_per_cell(rows)
         ranked = best_default(rows)
         latency_summary(rows)

@@ -132,6 +132,9 @@ def analyze(model, as_json, show_all, exclude, strict, input_shape):
 @click.option("--compensate", type=click.Choice(["none", "bias", "lsq"]),
               help="Fold removed channels into their consumers [default: lsq with --calib or --data, "
                    "else none].")
+@click.option("--sequential/--no-sequential", default=None,
+              help="Refit the compensation stage by stage in graph order, each layer on the inputs "
+                   "the pruned layers before it give [default: on with --calib or --data and lsq].")
 @click.option("--group-reduction", type=click.Choice(["mean", "sum", "max"]), default="mean", show_default=True,
               help="How member scores of a group combine.")
 @click.option("--normalize", "member_norm", type=click.Choice(["mean", "max", "none"]), default="mean",
@@ -139,11 +142,11 @@ def analyze(model, as_json, show_all, exclude, strict, input_shape):
 @click.option("--macs-target", type=click.FloatRange(0, 1, min_open=True), help="Keep about this fraction of the MACs (finds the ratio; overrides --ratio).")
 @click.option("--min-channels", type=click.IntRange(min=1), default=1, show_default=True, help="Channels every group keeps at least.")
 @click.option("--round-to", type=click.IntRange(min=1),
-              help="Keep channel counts multiples of N [default: 8 in groups of 32 or more; 1 turns "
-                   "rounding off].")
+              help="Keep channel counts multiples of N, rounded up or down so that the budget holds "
+                   "[default: 8 in groups of 16 units or more; 1 turns rounding off].")
 @click.option("--allocate", type=click.Choice(["uniform", "global"]),
               help="uniform: every group loses the same fraction; global: the same MACs budget, "
-                   "taken where removal costs least [default: global with the obs criterion, else uniform].")
+                   "taken where removal costs least [default: uniform].")
 @click.option("--max-group-ratio", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.9,
               show_default=True, help="With --allocate global: the most any one group may lose.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Freeze groups with a matching node or tensor name (repeatable).")
@@ -158,7 +161,7 @@ def analyze(model, as_json, show_all, exclude, strict, input_shape):
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="onnxruntime threads for latency.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @input_shape_opt
-def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, compensate,
+def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, compensate, sequential,
           group_reduction, member_norm, macs_target, min_channels, round_to, allocate, max_group_ratio,
           exclude, plan_path,
           save_plan, masked_output, data, report_path, no_validate, strict, seed, threads, quiet,
@@ -175,7 +178,7 @@ def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, co
         allocate=allocate, max_group_ratio=max_group_ratio,
         exclude=tuple(exclude), input_shapes=parse_input_shapes(input_shape), seed=seed, calib=calib,
         calib_samples=calib_samples, calib_batch=calib_batch, compensate=compensate,
-        group_reduction=group_reduction, normalize=member_norm, macs_target=macs_target,
+        sequential=sequential, group_reduction=group_reduction, normalize=member_norm, macs_target=macs_target,
         plan=plan_path, strict=True if strict else None, validate=not no_validate, data=data,
         threads=threads, progress=not quiet and sys.stderr.isatty(), output=output,
         masked_output=masked_output, report=report_path, save_plan=save_plan)

@@ -38,7 +38,7 @@ from .validate import compare as run_compare
 from .validate import reference as run_reference
 
 
-AUTO_ROUND = (8, 32)  # (multiple, from this many units up): the default rounding
+AUTO_ROUND = (8, 16)  # the default rounding: multiples of 8, in groups of 16 units or more
 
 
 @dataclass
@@ -52,8 +52,8 @@ class PruneConfig:
     group_reduction: str = "mean"
     normalize: str = "mean"
     min_channels: int = 1
-    round_to: int | None = None  # None: multiples of 8 in groups of 32+ units (AUTO_ROUND)
-    allocate: str | None = None  # None: "global" with a criterion that measures its costs (obs), else "uniform"  # how a budget is spread over groups (planner.ALLOCATIONS)
+    round_to: int | None = None  # None: multiples of 8 in groups of 16+ units (AUTO_ROUND); 1: exact
+    allocate: str | None = None  # how a budget is spread over groups (planner.ALLOCATIONS); None: "uniform"
     max_group_ratio: float = 0.9  # with allocate="global": no group loses more than this
     calibrate_from_data: bool = True  # --data without --calib: calibrate on its first part
     exclude: tuple = ()
@@ -64,7 +64,8 @@ class PruneConfig:
     calib: object = None
     calib_samples: int | None = None
     calib_batch: int = 16
-    compensate: str | None = None  # None: "bias" with calibration data, else "none"
+    compensate: str | None = None  # None: "lsq" with calibration data, else "none"
+    sequential: bool | None = None  # refit consumers stage by stage on the pruned model's inputs (``sequential.py``)
     input_shapes: dict | None = None
     # checks
     strict: bool | None = None  # None: the ONNXPRUNE_STRICT environment variable
@@ -82,10 +83,13 @@ class PruneConfig:
 
     def rounding(self) -> dict:
         """How kept counts are rounded: ``--round-to N`` rounds every group of
-        N units or more; by default, multiples of 8 in groups of 32 units or
-        more (onnxruntime's blocked conv and GEMM kernels want multiples of 8:
-        odd counts ran up to 1.9x slower than the unpruned model in
-        benchmarks/fidelity.py; groups under 32 units stay exact)."""
+        N units or more; by default, multiples of 8 in groups of 16 units or
+        more (onnxruntime's blocked NCHWc conv kernels want channel counts
+        that are multiples of 8 on AVX2: exact counts ran up to 2x slower
+        than the unpruned model, rounded ones never slower, in
+        benchmarks/fidelity.py --ablation; a group of 8 to 15 units rounded
+        could only keep 8, so it stays exact). The planner rounds each group
+        up or down so that the budget still holds (``planner.round_to_budget``)."""
         if self.round_to is None:
             return {"round_to": AUTO_ROUND[0], "round_from": AUTO_ROUND[1]}
         return {"round_to": self.round_to, "round_from": None}
@@ -93,17 +97,23 @@ class PruneConfig:
     def resolved(self) -> PruneConfig:
         """The defaults that depend on the data, filled in. With calibration
         data: the ``obs`` criterion (channels chosen by the error left after
-        least-squares compensation) and ``lsq`` compensation; without: ``l2``
-        and none (measured in benchmarks/fidelity.py)."""
+        least-squares compensation), ``lsq`` compensation refitted
+        sequentially; without: ``l2`` and none (measured in
+        benchmarks/fidelity.py)."""
         from dataclasses import replace
 
         data = self.calib is not None
         criterion = self.criterion or ("obs" if data else "l2")
-        # Global allocation compares costs across groups: only a criterion that
-        # measures them (the error left after compensation) makes them
-        # comparable; normalised scores sent some models to chance.
-        allocate = self.allocate or ("global" if criterion in importance.GRAM_CRITERIA else "uniform")
-        return replace(self, criterion=criterion, compensate=self.resolved_compensation(), allocate=allocate)
+        # Uniform allocation by default: with sequential reconstruction it kept
+        # more accuracy than global on every sample model and budget, and
+        # global, whose prices come from the original's statistics, sent
+        # densenet to 0.73 at --ratio 0.3 (benchmarks/fidelity.py --ablation).
+        allocate = self.allocate or "uniform"
+        # Sequential reconstruction refits the lsq compensation stage by stage
+        # (benchmarks/fidelity.py: it kept more accuracy on every sample model).
+        sequential = self.sequential if self.sequential is not None else data
+        return replace(self, criterion=criterion, compensate=self.resolved_compensation(), allocate=allocate,
+                       sequential=sequential)
 
     def resolved_compensation(self) -> str:
         mode = self.compensate
@@ -135,6 +145,7 @@ class PruneReport:
     internal_errors: list = field(default_factory=list)
     notes: list = field(default_factory=list)  # what the user should know about how it was done
     allocate: str = "uniform"  # how the budget was spread over the groups
+    sequential: dict | None = None  # stages, refitted consumers, re-selected groups, seconds, runs
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -336,6 +347,22 @@ def compensate(groups: Groups, the_plan: Plan, calibration, cfg: PruneConfig) ->
     return run_compensation(groups, the_plan.keep, calibration, mode)
 
 
+def refit(groups: Groups, the_plan: Plan, comp: Compensation, calibration, cfg: PruneConfig):
+    """Sequential reconstruction (``sequential.py``), when asked for: the
+    consumers refitted stage by stage in graph order, each on the inputs the
+    pruned model gives it; a group chosen by ``obs`` whose consumers share a
+    stage is chosen again there. Updates the plan and compensation in place."""
+    if not cfg.sequential or cfg.resolved_compensation() != "lsq" or calibration is None:
+        return None
+    from .sequential import reconstruct
+
+    explicit = cfg.keep is not None or cfg.plan is not None
+    rep = reconstruct(groups, the_plan.keep, comp, calibration, cfg,
+                      reselect=not explicit and cfg.criterion in importance.GRAM_CRITERIA)
+    the_plan.kept = {gid: (len(idx), groups.group(gid).channels) for gid, idx in the_plan.keep.items()}
+    return rep
+
+
 def apply(groups: Groups, the_plan: Plan, comp: Compensation | None, in_place: bool = False) -> onnx.ModelProto:
     """The pruned model. ``in_place`` rewrites the loaded model itself, with no
     second copy of the weights (when nothing later needs the original)."""
@@ -499,6 +526,7 @@ def run(source, cfg: PruneConfig) -> PruneResult:
     scores = score(groups, calibration, run_cfg)
     the_plan = plan(groups, scores, run_cfg)
     comp = compensate(groups, the_plan, calibration, run_cfg)
+    seq = refit(groups, the_plan, comp, calibration, run_cfg)
     original = invariants.summarize(groups.model)
     # The original's half of validation runs first; then the loaded model is
     # rewritten in place, never copied (masked() re-derives the original from
@@ -512,6 +540,9 @@ def run(source, cfg: PruneConfig) -> PruneResult:
         result.report.notes.append(held_note)
     result.report.notes.extend(the_plan.notes)
     result.report.notes.extend(comp.notes)
+    if seq is not None:
+        result.report.sequential = asdict(seq)
+        result.report.notes.extend(seq.notes)
     # A model with external data (possibly GBs) is validated from its output
     # files as written, inside save: onnxruntime then maps the weights from
     # disk instead of holding a copy of those in memory.

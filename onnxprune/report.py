@@ -72,7 +72,8 @@ def print_prune(report, console: Console, costs: bool = True) -> None:
     (validation prints them in its Cost table, once)."""
     how = (f"criterion {report.criterion}, {report.allocate} allocation"
            + (f" (budget of ratio {report.ratio:g})" if report.ratio is not None else "")
-           + f", compensation {report.compensate}")
+           + f", compensation {report.compensate}"
+           + (", sequential" if getattr(report, "sequential", None) else ""))
     if costs:
         t = Table(title=f"Pruned ({how})")
         for col in ("", "before", "after", "ratio"):
@@ -89,6 +90,12 @@ def print_prune(report, console: Console, costs: bool = True) -> None:
         c = report.calibration
         src = "random inputs" if c["random"] else f"{c['samples']} samples"
         console.print(f"calibration: {src}, {c['tensors']} tensors, {c['seconds']:.2f} s")
+    seq = getattr(report, "sequential", None)
+    if seq:
+        merged = f" ({seq['levels']} levels merged)" if seq["stages"] < seq["levels"] else ""
+        console.print(f"sequential reconstruction: {seq['stages']} stages{merged}, {seq['refitted']} "
+                      f"consumers refitted, {seq['reselected']} groups re-selected, "
+                      f"{seq['runs']} onnxruntime runs, {seq['seconds']:.2f} s")
 
 
 def print_validation(v, console: Console) -> None:

@@ -77,6 +77,32 @@ def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
     return out
 
 
+def upto(model: onnx.ModelProto, tensors) -> onnx.ModelProto:
+    """The part of ``model`` that computes ``tensors`` (its outputs then; not
+    typed, onnxruntime infers them): onnxruntime runs every node of a graph
+    whatever outputs are asked for, so a pass that needs early tensors only
+    runs a model cut after them. Every input stays declared (feeds need not
+    change); the initializers it does not read are left out."""
+    from .tensors import copy_except
+    from .walk import node_reads
+
+    g = model.graph
+    need = set(tensors)
+    keep = []
+    for node in reversed(g.node):
+        if any(o in need for o in node.output if o):
+            keep.append(node)
+            need |= node_reads(node)
+    out = copy_except(model, {"graph"})
+    out.graph.CopyFrom(copy_except(g, {"initializer", "node", "output", "value_info"}))
+    out.graph.node.extend(reversed(keep))
+    out.graph.initializer.extend(t for t in g.initializer if t.name in need)
+    out.graph.value_info.extend(vi for vi in g.value_info if vi.name in need)
+    for t in dict.fromkeys(tensors):
+        out.graph.output.append(onnx.ValueInfoProto(name=t))
+    return out
+
+
 def exposing(model: onnx.ModelProto, tensors, threads: int | None = None, optimize: bool = True,
              spinning: bool = True):
     """(session, exposed names): a session whose outputs are the model's own

@@ -95,7 +95,8 @@ def test_global_beats_uniform_at_equal_macs_on_the_sample_resnet():
     acc = {}
     for allocate in ("uniform", "global"):
         r = onnxprune.prune(os.path.join(ROOT, "resnet_mnist.onnx"), criterion="obs", macs_target=0.4,
-                            calib=calib, compensate="lsq", allocate=allocate, round_to=1)
+                            calib=calib, compensate="lsq", allocate=allocate, round_to=1,
+                            sequential=False)
         assert r.report.macs["after"] <= 0.41 * r.report.macs["before"]
         (y,) = run(r.model, {"input": x})
         acc[allocate] = float(np.mean(y.argmax(1) == labels))
@@ -116,3 +117,54 @@ def test_at_equal_damage_global_takes_units_where_they_save_the_most_macs():
     plan = plan_global(groups, s, 0.85, round_to=1)
     frac = {gr.members[0]: plan.kept[gr.id][0] / gr.channels for gr in groups.prunable}
     assert frac["B"] < frac["A"], frac
+
+
+# -- rounding under a budget (planner.round_to_budget) ------------------------------------------
+def _mlp_of(widths, seed=6):
+    """x(8) -> a chain of Gemm+Relu of the given widths -> 3 outputs."""
+    g = Graph(seed=seed)
+    h, k = "x", 8
+    for i, w in enumerate(widths):
+        h, k = g.add("Relu", [g.gemm(h, k, w, name=f"L{i}")]), w
+    return g.build({"x": ["N", 8]}, [g.gemm(h, k, 3, name="out")])
+
+
+@pytest.mark.parametrize("target", [0.8, 0.6, 0.45])
+def test_rounded_counts_are_multiples_within_one_step_and_the_macs_land_at_the_target(target):
+    groups = onnxprune.analyze(_mlp_of([16, 24, 40, 16, 64]), input_shapes={"x": [1, 8]})
+    s = score(groups, "l2")
+    exact = plan_budget(groups, s, ratio=None, macs_target=target, round_to=1)
+    rounded = plan_budget(groups, s, ratio=None, macs_target=target, round_to=8)
+    frac = estimate_macs(groups, rounded.keep) / groups.macs
+    assert frac <= target + 1e-9
+    for g in groups.prunable:
+        k, e = rounded.kept[g.id][0], exact.kept[g.id][0]
+        assert k % 8 == 0 or k == g.channels, (g.members, k)
+        assert abs(k - e) < 8, (g.members, k, e)
+    # nearest-multiple rounding of each group alone lands further from the target
+    naive = plan_uniform(groups, s, exact.ratio, round_to=8)
+    assert abs(frac - target) <= abs(estimate_macs(groups, naive.keep) / groups.macs - target) + 1e-9
+    assert frac >= target - 0.12
+
+
+def test_a_ratio_with_rounding_spends_the_exact_ratios_macs():
+    groups = onnxprune.analyze(_mlp_of([16, 24, 40, 16, 64]), input_shapes={"x": [1, 8]})
+    s = score(groups, "l2")
+    exact = plan_budget(groups, s, ratio=0.3, macs_target=None, round_to=1)
+    rounded = plan_budget(groups, s, ratio=0.3, macs_target=None, round_to=8)
+    assert estimate_macs(groups, rounded.keep) <= estimate_macs(groups, exact.keep)
+    assert all(k % 8 == 0 or k == c for k, c in rounded.kept.values())
+    # the units kept are the best-scoring ones
+    for g in groups.prunable:
+        k = rounded.kept[g.id][0]
+        assert set(rounded.keep[g.id]) == set(np.argsort(-s[g.id], kind="stable")[:k])
+
+
+def test_by_default_groups_of_16_units_or_more_are_rounded_to_8_and_smaller_ones_stay_exact():
+    model = _mlp_of([12, 16, 40])
+    r = onnxprune.prune(model, ratio=0.3, input_shapes={"x": [1, 8]})
+    kept = {g["members"][0]: (g["kept"], g["channels"]) for g in r.report.groups if not g["frozen"]}
+    by_width = {c: k for k, c in kept.values()}
+    assert by_width[12] == 12 - round(0.3 * 12)
+    assert by_width[16] % 8 == 0 and by_width[40] % 8 == 0
+    assert r.report.macs["after"] < r.report.macs["before"]
