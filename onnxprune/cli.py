@@ -140,6 +140,11 @@ def analyze(model, as_json, show_all, exclude, strict, input_shape):
 @click.option("--normalize", "member_norm", type=click.Choice(["mean", "max", "none"]), default="mean",
               show_default=True, help="Per-member score normalisation before the reduction.")
 @click.option("--macs-target", type=click.FloatRange(0, 1, min_open=True), help="Keep about this fraction of the MACs (finds the ratio; overrides --ratio).")
+@click.option("--params-target", type=click.FloatRange(0, 1, min_open=True),
+              help="Keep about this fraction of the parameters (instead of --ratio or --macs-target).")
+@click.option("--latency-target", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Run in at most this fraction of the original's time, measured with onnxruntime on "
+                   "this machine (candidate plans are timed).")
 @click.option("--min-channels", type=click.IntRange(min=1), default=1, show_default=True, help="Channels every group keeps at least.")
 @click.option("--round-to", type=click.IntRange(min=1),
               help="Keep channel counts multiples of N, rounded up or down so that the budget holds "
@@ -162,7 +167,7 @@ def analyze(model, as_json, show_all, exclude, strict, input_shape):
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @input_shape_opt
 def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, compensate, sequential,
-          group_reduction, member_norm, macs_target, min_channels, round_to, allocate, max_group_ratio,
+          group_reduction, member_norm, macs_target, params_target, latency_target, min_channels, round_to, allocate, max_group_ratio,
           exclude, plan_path,
           save_plan, masked_output, data, report_path, no_validate, strict, seed, threads, quiet,
           input_shape):
@@ -179,6 +184,7 @@ def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, co
         exclude=tuple(exclude), input_shapes=parse_input_shapes(input_shape), seed=seed, calib=calib,
         calib_samples=calib_samples, calib_batch=calib_batch, compensate=compensate,
         sequential=sequential, group_reduction=group_reduction, normalize=member_norm, macs_target=macs_target,
+        params_target=params_target, latency_target=latency_target,
         plan=plan_path, strict=True if strict else None, validate=not no_validate, data=data,
         threads=threads, progress=not quiet and sys.stderr.isatty(), output=output,
         masked_output=masked_output, report=report_path, save_plan=save_plan)

@@ -133,6 +133,65 @@ def estimate_macs(groups: Groups, keep: dict) -> int:
     return int(round(total))
 
 
+def params_terms(groups: Groups) -> list[tuple[int, list]]:
+    """(elements, layouts) per stored weight a group slices: its size
+    scales with the kept fraction of each sliced axis. Readers of a shared
+    weight slice it alike (``groups._couple_shared_weights``): the first
+    reader's axes count."""
+    cache = groups._index
+    if "params_terms" not in cache:
+        found: dict[str, tuple] = {}
+        for use in groups.analysis.uses:
+            name = groups.weight_name(use)
+            reader = (use.node, use.input)
+            entry = found.get(name)
+            if entry is None:
+                shape = groups.view.const_shape(groups.view.nodes[use.node].input[use.input])
+                if shape is None:
+                    continue
+                entry = found[name] = (reader, int(np.prod(shape, dtype=np.int64)), {})
+            if entry[0] == reader:
+                entry[2].setdefault(use.axis, use.layout)
+        cache["params_terms"] = [(n, list(axes.values())) for _, n, axes in found.values()]
+    return cache["params_terms"]
+
+
+def estimate_params(groups: Groups, keep: dict) -> int:
+    """Parameters after applying ``keep``, without rewriting (an estimate:
+    the report counts the written model's)."""
+    atom_keep = groups.atom_keep(keep)
+    removed = 0.0
+    for n, lays in params_terms(groups):
+        f = 1.0
+        for lay in lays:
+            f *= groups.kept_fraction(lay, atom_keep)
+        removed += n * (1.0 - f)
+    return int(round(groups.params_total - removed))
+
+
+@dataclass
+class Measure:
+    """What a budget counts: its name (in messages), the original's total,
+    and an estimate for a plan's keep-sets."""
+
+    name: str
+    full: float
+    estimate: object  # (groups, keep) -> number
+
+    @staticmethod
+    def of(groups: Groups, what: str = "macs") -> "Measure":
+        if what == "params":
+            return Measure("parameters", groups.params_total, estimate_params)
+        return Measure("MACs", groups.macs, estimate_macs)
+
+
+def _check_target(groups: Groups, target: float, measure: "Measure") -> None:
+    if measure.name == "MACs":
+        _check_macs_known(groups, target)
+    elif not 0.0 < target <= 1.0:
+        raise OnnxPruneError(f"--params-target must be in (0, 1], got {target}")
+
+
 def _check_macs_known(groups: Groups, target: float) -> None:
     """A MACs target needs known, non-zero MACs: otherwise it is an error, never a silent no-op."""
     if not 0.0 < target <= 1.0:
@@ -150,10 +209,13 @@ def _check_macs_known(groups: Groups, target: float) -> None:
 
 
 def plan_macs(groups: Groups, scores: Scores, target: float, *, min_channels: int = 1,
-              round_to: int = 1, round_from: int | None = None, steps: int = 30) -> Plan:
-    """The uniform ratio whose plan keeps about ``target`` x the original MACs."""
-    _check_macs_known(groups, target)
-    full = groups.macs
+              round_to: int = 1, round_from: int | None = None, steps: int = 30,
+              measure: Measure | None = None) -> Plan:
+    """The uniform ratio whose plan keeps about ``target`` x the original
+    MACs (or another ``measure``: parameters)."""
+    measure = measure or Measure.of(groups)
+    _check_target(groups, target, measure)
+    full, estimate = measure.full, measure.estimate
     lo, hi = 0.0, 0.99
     opts = dict(min_channels=min_channels, round_to=round_to, round_from=round_from)
     best = plan_uniform(groups, scores, 0.0, **opts)
@@ -161,16 +223,16 @@ def plan_macs(groups: Groups, scores: Scores, target: float, *, min_channels: in
     for _ in range(steps):
         mid = (lo + hi) / 2
         plan = plan_uniform(groups, scores, mid, **opts)
-        frac = estimate_macs(groups, plan.keep) / full
+        frac = estimate(groups, plan.keep) / full
         if frac > target:
             lo = mid
         else:
             hi, best, best_frac = mid, plan, frac
     if best_frac > target + 0.01:
-        floor = estimate_macs(groups, plan_uniform(groups, scores, 0.99, **opts).keep) / full
-        raise OnnxPruneError(f"--macs-target {target} cannot be met: pruning every prunable group as "
-                             f"far as it goes keeps {floor:.3f} of the MACs (frozen groups keep the "
-                             f"rest); ask for {floor:.2f} or more")
+        floor = estimate(groups, plan_uniform(groups, scores, 0.99, **opts).keep) / full
+        raise OnnxPruneError(f"the {measure.name} target {target} cannot be met: pruning every prunable "
+                             f"group as far as it goes keeps {floor:.3f} of the {measure.name} (frozen "
+                             f"groups keep the rest); ask for {floor:.2f} or more")
     best.ratio = hi
     return best
 
@@ -189,9 +251,10 @@ def _with_counts(groups: Groups, scores: Scores, counts: dict, ratio: float | No
 
 
 def round_to_budget(groups: Groups, scores: Scores, exact: Plan, target: float, *, round_to: int,
-                    round_from: int | None = None, min_channels: int = 1) -> Plan:
+                    round_from: int | None = None, min_channels: int = 1,
+                    measure: Measure | None = None) -> Plan:
     """Round an exact plan's kept counts to multiples of ``round_to`` (where
-    ``_rounds``) and still keep about ``target`` x the MACs.
+    ``_rounds``) and still keep about ``target`` x the MACs (or ``measure``).
 
     Rounding each count to the nearest multiple on its own misses a MACs
     target by a lot when groups are small (16 units at 0.3 keep 11.2: 8 or
@@ -220,15 +283,16 @@ def round_to_budget(groups: Groups, scores: Scores, exact: Plan, target: float, 
             counts[gid] = lo if i < down else hi
         return _with_counts(groups, scores, counts, exact.ratio)
 
-    if not groups.macs:
-        return plan_with(sum(1 for c in choices if c[0] < 0.5))  # no MACs: the nearest multiple
-    budget = target * groups.macs
+    measure = measure or Measure.of(groups)
+    if not measure.full:
+        return plan_with(sum(1 for c in choices if c[0] < 0.5))  # nothing to count: the nearest multiple
+    budget, estimate = target * measure.full, measure.estimate
     lo_n, hi_n = 0, len(choices)  # the fewest groups rounded down that meet the budget
-    if estimate_macs(groups, plan_with(hi_n).keep) > budget:
+    if estimate(groups, plan_with(hi_n).keep) > budget:
         return plan_with(hi_n)
     while lo_n < hi_n:
         mid = (lo_n + hi_n) // 2
-        if estimate_macs(groups, plan_with(mid).keep) <= budget:
+        if estimate(groups, plan_with(mid).keep) <= budget:
             hi_n = mid
         else:
             lo_n = mid + 1
@@ -239,27 +303,28 @@ def round_to_budget(groups: Groups, scores: Scores, exact: Plan, target: float, 
     for _, gid, lo, hi in reversed(choices[:hi_n]):
         counts[gid] = hi
         trial = _with_counts(groups, scores, counts, exact.ratio)
-        if estimate_macs(groups, trial.keep) <= budget:
+        if estimate(groups, trial.keep) <= budget:
             plan = trial
         else:
             counts[gid] = lo
     return plan
 
 
-def _unit_macs(groups: Groups, gid: int, full: int) -> float:
-    """MACs one unit of a group costs (removing half of it, divided)."""
+def _unit_macs(groups: Groups, gid: int, full: int, estimate=estimate_macs) -> float:
+    """MACs (or what ``estimate`` counts) one unit of a group costs
+    (removing half of it, divided)."""
     g = groups.group(gid)
     half = g.channels // 2
     if half == 0:
         return 0.0
-    kept = estimate_macs(groups, {gid: np.arange(g.channels - half)})
+    kept = estimate(groups, {gid: np.arange(g.channels - half)})
     return max(0.0, (full - kept) / half)
 
 
 def plan_global(groups: Groups, scores: Scores, target: float, *, min_channels: int = 1,
                 round_to: int = 1, round_from: int | None = None, max_group_ratio: float = 0.9,
-                best_effort: bool = False) -> Plan:
-    """Keep about ``target`` x the MACs, removing units where they cost least
+                best_effort: bool = False, measure: Measure | None = None) -> Plan:
+    """Keep about ``target`` x the MACs (or ``measure``), removing units where they cost least
     across all groups.
 
     Each group removes units in its criterion's order (``Scores.removal``);
@@ -270,11 +335,12 @@ def plan_global(groups: Groups, scores: Scores, target: float, *, min_channels: 
     (no layer is emptied because it looked cheap) and ``min_channels`` /
     ``round_to`` floor and round what each keeps. An unreachable target is an
     error, or with ``best_effort`` the deepest plan, with a note."""
+    measure = measure or Measure.of(groups)
     if not 0.0 < target <= 1.0:
-        raise OnnxPruneError(f"the MACs target must be in (0, 1], got {target}")
+        raise OnnxPruneError(f"the {measure.name} target must be in (0, 1], got {target}")
     if not 0.0 < max_group_ratio < 1.0:
         raise OnnxPruneError(f"--max-group-ratio must be in (0, 1), got {max_group_ratio}")
-    full = groups.macs
+    full, estimate = measure.full, measure.estimate
     prices: dict[int, np.ndarray] = {}
     orders: dict[int, np.ndarray] = {}
     caps: dict[int, int] = {}
@@ -282,7 +348,7 @@ def plan_global(groups: Groups, scores: Scores, target: float, *, min_channels: 
         order, cost = scores.removal(g.id)
         floor = max(min_channels, g.min_keep, 1)
         cap = min(len(order), g.channels - min(floor, g.channels), int(np.floor(max_group_ratio * g.channels)))
-        per_unit = _unit_macs(groups, g.id, full)
+        per_unit = _unit_macs(groups, g.id, full, estimate)
         if cap <= 0 or per_unit <= 0:
             continue
         orders[g.id], caps[g.id] = order, cap
@@ -307,21 +373,22 @@ def plan_global(groups: Groups, scores: Scores, target: float, *, min_channels: 
 
     levels = np.unique(np.concatenate(list(prices.values()))) if prices else np.zeros(0)
     if not len(levels):
-        raise OnnxPruneError("no prunable group has a MACs cost to reduce")
+        raise OnnxPruneError(f"no prunable group has a {measure.name} cost to reduce")
     lo, hi = -1, len(levels) - 1  # plan_at(levels[hi]) goes as far as the caps allow
     deepest = plan_at(levels[hi])
-    if estimate_macs(groups, deepest.keep) / full > target + 0.01:
-        floor = estimate_macs(groups, deepest.keep) / full
+    if estimate(groups, deepest.keep) / full > target + 0.01:
+        floor = estimate(groups, deepest.keep) / full
         if best_effort:
-            deepest.notes.append(f"kept {floor:.3f} of the MACs, not {target:.3f}: --max-group-ratio "
+            deepest.notes.append(f"kept {floor:.3f} of the {measure.name}, not {target:.3f}: --max-group-ratio "
                                  f"{max_group_ratio}, --min-channels and --round-to stop it there")
             return deepest
-        raise OnnxPruneError(f"the MACs target {target} cannot be met: every prunable group pruned as "
-                             f"far as --max-group-ratio {max_group_ratio} allows keeps {floor:.3f} of "
-                             f"the MACs; ask for {floor:.2f} or more, or raise --max-group-ratio")
+        raise OnnxPruneError(f"the {measure.name} target {target} cannot be met: every prunable group "
+                             f"pruned as far as --max-group-ratio {max_group_ratio} allows keeps "
+                             f"{floor:.3f} of the {measure.name}; ask for {floor:.2f} or more, or raise "
+                             f"--max-group-ratio")
     while hi - lo > 1:  # the smallest threshold whose plan meets the target
         mid = (lo + hi) // 2
-        if estimate_macs(groups, plan_at(levels[mid]).keep) / full <= target:
+        if estimate(groups, plan_at(levels[mid]).keep) / full <= target:
             hi = mid
         else:
             lo = mid
@@ -330,37 +397,42 @@ def plan_global(groups: Groups, scores: Scores, target: float, *, min_channels: 
 
 def plan_budget(groups: Groups, scores: Scores, *, ratio: float | None, macs_target: float | None,
                 allocate: str = "uniform", min_channels: int = 1, round_to: int = 1,
-                round_from: int | None = None, max_group_ratio: float = 0.9) -> Plan:
-    """The plan for a ratio or a MACs target under an allocation. ``global``
-    with a ratio spends the MACs the uniform ratio would save, but where
-    removal costs least."""
+                round_from: int | None = None, max_group_ratio: float = 0.9,
+                params_target: float | None = None) -> Plan:
+    """The plan for a ratio, a MACs target or a parameters target under an
+    allocation. A ratio's budget is the MACs the exact uniform ratio keeps:
+    rounding and ``global`` spend that, ``global`` where removal costs
+    least."""
     if allocate not in ALLOCATIONS:
         raise OnnxPruneError(f"unknown allocation '{allocate}' (choose from {', '.join(ALLOCATIONS)})")
+    if macs_target is not None and params_target is not None:
+        raise OnnxPruneError("give --macs-target or --params-target, not both")
+    measure = Measure.of(groups, "params" if params_target is not None else "macs")
+    target = params_target if params_target is not None else macs_target
     opts = dict(min_channels=min_channels, round_to=round_to, round_from=round_from)
+    if target is not None:
+        _check_target(groups, target, measure)
     if allocate == "uniform":
         exact_opts = dict(opts, round_to=1, round_from=None)
-        if macs_target is not None:
-            exact = plan_macs(groups, scores, macs_target, **exact_opts)
-            target = macs_target
+        if target is not None:
+            exact = plan_macs(groups, scores, target, measure=measure, **exact_opts)
         else:
             exact = plan_uniform(groups, scores, ratio, **exact_opts)
-            target = estimate_macs(groups, exact.keep) / groups.macs if groups.macs else 1.0
+            target = measure.estimate(groups, exact.keep) / measure.full if measure.full else 1.0
         if round_to <= 1:
             return exact
         return round_to_budget(groups, scores, exact, target, round_to=round_to, round_from=round_from,
-                               min_channels=min_channels)
-    best_effort = macs_target is None
-    if macs_target is None:
-        if not groups.macs:  # no MACs to allocate by: the uniform ratio it is
+                               min_channels=min_channels, measure=measure)
+    best_effort = target is None
+    if target is None:
+        if not measure.full:  # no MACs to allocate by: the uniform ratio it is
             return plan_uniform(groups, scores, ratio, **opts)
         # the budget of the plain ratio (unrounded: rounding is the allocation's business)
         uniform = plan_uniform(groups, scores, ratio, min_channels=min_channels, round_to=1)
-        macs_target = estimate_macs(groups, uniform.keep) / groups.macs
-        if macs_target >= 1.0:
+        target = measure.estimate(groups, uniform.keep) / measure.full
+        if target >= 1.0:
             return plan_uniform(groups, scores, ratio, **opts)
-    else:
-        _check_macs_known(groups, macs_target)
-    plan = plan_global(groups, scores, macs_target, max_group_ratio=max_group_ratio,
-                       best_effort=best_effort, **opts)
+    plan = plan_global(groups, scores, target, max_group_ratio=max_group_ratio,
+                       best_effort=best_effort, measure=measure, **opts)
     plan.ratio = ratio
     return plan

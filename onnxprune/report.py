@@ -71,7 +71,8 @@ def print_prune(report, console: Console, costs: bool = True) -> None:
     """How the prune was done; the params/MACs table only when ``costs``
     (validation prints them in its Cost table, once)."""
     how = (f"criterion {report.criterion}, {report.allocate} allocation"
-           + (f" (budget of ratio {report.ratio:g})" if report.ratio is not None else "")
+           + (f" (budget of ratio {report.ratio:g})" if report.ratio is not None
+              and not getattr(report, "target", None) else "")
            + f", compensation {report.compensate}"
            + (", sequential" if getattr(report, "sequential", None) else ""))
     if costs:
@@ -84,6 +85,15 @@ def print_prune(report, console: Console, costs: bool = True) -> None:
         console.print(t)
     else:
         console.print(f"pruned: {how}")
+    target = getattr(report, "target", None)
+    if target and target["measure"] == "latency":
+        pass  # measured by validation (its Cost table) and in the plan's note
+    elif target:
+        key = target["measure"]
+        d = getattr(report, key)
+        got = d["after"] / d["before"] if d["before"] else float("nan")
+        console.print(f"{'MACs' if key == 'macs' else 'parameters'}: x{got:.3f} of the original "
+                      f"(target {target['fraction']:g})")
     changed = [g for g in report.groups if g["kept"] != g["channels"]]
     console.print(f"channels removed in {len(changed)} of {len(report.groups)} groups")
     if report.calibration:

@@ -207,3 +207,25 @@ def test_the_cli_says_what_the_sequential_pass_cost(tmp_path):
     res = CliRunner().invoke(main, ["prune", path, "-o", str(out), "--macs-target", "0.6", "--no-sequential",
                                     "--calib", str(tmp_path / "calib.npz"), "--no-validate"])
     assert res.exit_code == 0 and "sequential reconstruction:" not in res.output
+
+
+def test_every_consumer_of_a_stage_is_refitted():
+    """B and C read A's channels (one stage), D reads their sum (the next):
+    all three get new weights; A reads the untouched input and keeps its own."""
+    model = _chain_with_branches()
+    rng = np.random.default_rng(7)
+    calib = {"x": rng.standard_normal((256, 6)).astype(np.float32)}
+    r = onnxprune.prune(model, ratio=0.25, calib=calib, round_to=1, sequential=True)
+    seq = r.report.sequential
+    assert (seq["stages"], seq["refitted"]) == (2, 3), seq
+    names = {r.groups.view.nodes[i].name for i, _ in r.compensation.weights}
+    assert names == {"B", "C", "D"}, names
+
+
+def test_a_prune_without_data_says_that_data_would_do_better():
+    path, _, _ = _resnet()
+    r = onnxprune.prune(path, macs_target=0.6)
+    assert any(n.startswith("pruned without data") and "--calib" in n for n in r.report.notes)
+    path, calib, _ = _resnet()
+    r = onnxprune.prune(path, macs_target=0.6, calib=calib)
+    assert not any(n.startswith("pruned without data") for n in r.report.notes)

@@ -188,7 +188,27 @@ MUTANTS = {
     "data_split_reuses_validation": ("onnxprune/pipeline.py",
                                      "            calib = {n: a[:total - k] for n, a in feeds.items()}",
                                      "            calib = {n: a for n, a in feeds.items()}"),
-
+    # -- sequential reconstruction and rounding (issue 9) ----------------------------------
+    "seq_target_is_pruned_input": ("onnxprune/sequential.py", "    rhs = cpo[kept] @ w - ckk @ base",
+                                   "    rhs = cpp[kept] @ w - ckk @ base"),
+    "seq_bias_from_pruned_mean": ("onnxprune/sequential.py",
+                                  "return v, (cs.mean_o @ w - cs.mean_p[kept] @ v)",
+                                  "return v, (cs.mean_p @ w - cs.mean_p[kept] @ v)"),
+    "seq_cross_not_centred": ("onnxprune/sequential.py",
+                              "return self.po / n - np.outer(self.mean_p, self.mean_o)",
+                              "return self.po / n"),
+    "seq_levels_flat": ("onnxprune/sequential.py", "            out[i] = lv\n            lv += 1\n",
+                        "            out[i] = lv\n"),
+    "seq_off_by_default": ("onnxprune/pipeline.py",
+                           "sequential = self.sequential if self.sequential is not None else data",
+                           "sequential = bool(self.sequential)"),
+    "seq_no_refit_written": ("onnxprune/sequential.py", "        rep.refitted += 1\n", "        rep.refitted += 1\n        return\n"),
+    "round_budget_ignored": ("onnxprune/planner.py",
+                             "        if estimate_macs(groups, plan_with(mid).keep) <= budget:",
+                             "        if True:"),
+    "round_no_step_back_up": ("onnxprune/planner.py",
+                              "        if estimate_macs(groups, trial.keep) <= budget:\n            plan = trial",
+                              "        if False:\n            plan = trial"),
 }
 
 
