@@ -100,7 +100,8 @@ DEFAULT = (None, None, None, None, None, None, None)
 ABLATION = [
     DEFAULT,
     (None, None, None, None, None, None, False),  # no sequential reconstruction
-    (None, None, None, None, None, "global", None),  # global allocation instead of uniform
+    (None, None, None, None, None, "uniform", None),  # uniform allocation (no prices)
+    (None, None, None, None, None, "global", None),  # global allocation priced by obs, never by a sweep
     ("act_l2", None, None, None, None, None, None),  # selection by a per-channel score, not obs
     (None, "bias", None, None, None, None, None),  # bias compensation, not lsq (so no refit)
     (None, "none", None, None, None, None, None),  # no compensation

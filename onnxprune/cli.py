@@ -21,7 +21,7 @@ from .importance import ALL_CRITERIA, DATA_CRITERIA, GRAM_CRITERIA
 from .model import check_writable, parse_input_shapes
 from .ops import entries
 from .pipeline import PruneConfig
-from .report import print_groups, print_ops, print_prune, print_validation
+from .report import print_groups, print_ops, print_prune, print_sensitivity, print_validation
 from .validate import validate as run_validate
 
 
@@ -149,9 +149,13 @@ def analyze(model, as_json, show_all, exclude, strict, input_shape):
 @click.option("--round-to", type=click.IntRange(min=1),
               help="Keep channel counts multiples of N, rounded up or down so that the budget holds "
                    "[default: 8 in groups of 16 units or more; 1 turns rounding off].")
-@click.option("--allocate", type=click.Choice(["uniform", "global"]),
+@click.option("--allocate", type=click.Choice(["uniform", "global", "sensitivity"]),
               help="uniform: every group loses the same fraction; global: the same MACs budget, "
-                   "taken where removal costs least [default: uniform].")
+                   "taken where removal costs least; sensitivity: taken where a sweep measured the "
+                   "least damage [default: uniform].")
+@click.option("--sensitivity", "sensitivity_path", type=click.Path(dir_okay=False, exists=True),
+              help="A sweep from 'onnxprune sensitivity --out/--json' for --allocate sensitivity "
+                   "(default: one is run on --calib).")
 @click.option("--max-group-ratio", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.9,
               show_default=True, help="With --allocate global: the most any one group may lose.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Freeze groups with a matching node or tensor name (repeatable).")
@@ -167,7 +171,8 @@ def analyze(model, as_json, show_all, exclude, strict, input_shape):
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @input_shape_opt
 def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, compensate, sequential,
-          group_reduction, member_norm, macs_target, params_target, latency_target, min_channels, round_to, allocate, max_group_ratio,
+          group_reduction, member_norm, macs_target, params_target, latency_target, min_channels, round_to, allocate,
+          sensitivity_path, max_group_ratio,
           exclude, plan_path,
           save_plan, masked_output, data, report_path, no_validate, strict, seed, threads, quiet,
           input_shape):
@@ -180,7 +185,7 @@ def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, co
         click.echo(f"onnxprune: warning: {RANDOM_WARNING}", err=True)
     cfg = PruneConfig(
         ratio=ratio, criterion=criterion, min_channels=min_channels, round_to=round_to,
-        allocate=allocate, max_group_ratio=max_group_ratio,
+        allocate=allocate, sensitivity=sensitivity_path, max_group_ratio=max_group_ratio,
         exclude=tuple(exclude), input_shapes=parse_input_shapes(input_shape), seed=seed, calib=calib,
         calib_samples=calib_samples, calib_batch=calib_batch, compensate=compensate,
         sequential=sequential, group_reduction=group_reduction, normalize=member_norm, macs_target=macs_target,
@@ -200,6 +205,65 @@ def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, co
         click.echo(f"onnxprune: warning: internal error in a rule (its channels were frozen): {msg}",
                    err=True)
     console.print(f"wrote {output}")
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--calib", metavar="DATA", required=True, help="Calibration data (as for prune).")
+@click.option("--data", type=click.Path(dir_okay=False),
+              help="Held-out inputs to measure on (.npz; optional 'labels'); default: the last quarter of --calib.")
+@click.option("--ratios", default="0.1,0.25,0.5,0.75", show_default=True, help="Comma-separated ratios per group.")
+@click.option("--criterion", type=click.Choice(ALL_CRITERIA), help="As for prune [default: obs].")
+@click.option("--compensate", type=click.Choice(["none", "bias", "lsq"]), help="As for prune [default: lsq].")
+@click.option("--calib-samples", type=click.IntRange(min=1), help="Use at most N calibration samples.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes running the jobs (one onnxruntime thread each).")
+@click.option("--shard", metavar="I/N", default="0/1", show_default=True,
+              help="Run only this shard of the jobs (merge the shards' --out files with 'onnxprune merge').")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False),
+              help="Stream rows to this JSONL file; a re-run with the same file resumes.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the result as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Plot damage against ratio and MACs saved (PNG; needs the [plot] extra).")
+@click.option("-q", "--quiet", is_flag=True)
+@input_shape_opt
+def sensitivity(model, calib, data, ratios, criterion, compensate, calib_samples, jobs, shard, out_path,
+                json_path, plot_path, quiet, input_shape):
+    """Prune each group of MODEL alone at each ratio and measure the output change."""
+    from .sensitivity import plot, sweep
+
+    try:
+        rs = [float(r) for r in ratios.split(",") if r.strip()]
+        i, n = (int(v) for v in shard.split("/"))
+    except ValueError:
+        raise OnnxPruneError("--ratios takes numbers like 0.1,0.5 and --shard takes I/N, like 0/4") from None
+    for path in (out_path, json_path, plot_path):
+        if path and any(os.path.exists(p) and os.path.samefile(path, p)
+                        for p in (model, calib, data) if p and os.path.exists(path)):
+            raise OnnxPruneError(f"{path}: output path is an input; choose another path")
+    console = _console(quiet)
+    result = sweep(model, calib=calib, data=data, ratios=rs, criterion=criterion, compensate=compensate,
+                   input_shapes=parse_input_shapes(input_shape), jobs=jobs, shard=(i, n), out=out_path,
+                   calib_samples=calib_samples)
+    print_sensitivity(result, console)
+    if json_path:
+        _write_json(json_path, {"header": result.header, "rows": result.rows})
+    if plot_path:
+        plot(result, plot_path)
+        console.print(f"wrote {plot_path}")
+
+
+@main.command()
+@click.argument("shards", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Merged JSONL file.")
+def merge(shards, output):
+    """Merge the --out files of a sensitivity sweep's shards."""
+    from .sensitivity import merge as merge_files
+
+    if any(os.path.exists(output) and os.path.samefile(output, s) for s in shards):
+        raise OnnxPruneError(f"{output}: output path is one of the shards; choose another path")
+    result = merge_files(list(shards), output)
+    click.echo(f"merged {len(result.rows)} rows from {len(shards)} files into {output}")
 
 
 @main.command()

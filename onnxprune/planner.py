@@ -237,7 +237,7 @@ def plan_macs(groups: Groups, scores: Scores, target: float, *, min_channels: in
     return best
 
 
-ALLOCATIONS = ("uniform", "global")
+ALLOCATIONS = ("uniform", "global", "sensitivity")  # sensitivity: global, priced by a sweep
 
 
 def _with_counts(groups: Groups, scores: Scores, counts: dict, ratio: float | None) -> Plan:
@@ -423,7 +423,7 @@ def plan_budget(groups: Groups, scores: Scores, *, ratio: float | None, macs_tar
             return exact
         return round_to_budget(groups, scores, exact, target, round_to=round_to, round_from=round_from,
                                min_channels=min_channels, measure=measure)
-    best_effort = target is None
+    best_effort = target is None  # global or sensitivity: priced removals under one threshold
     if target is None:
         if not measure.full:  # no MACs to allocate by: the uniform ratio it is
             return plan_uniform(groups, scores, ratio, **opts)

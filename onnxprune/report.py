@@ -102,7 +102,7 @@ def print_prune(report, console: Console, costs: bool = True) -> None:
         console.print(f"calibration: {src}, {c['tensors']} tensors, {c['seconds']:.2f} s")
     seq = getattr(report, "sequential", None)
     if seq:
-        merged = f" ({seq['levels']} levels merged)" if seq["stages"] < seq["levels"] else ""
+        merged = f" (of {seq['levels']} levels)" if seq["stages"] < seq["levels"] else ""
         console.print(f"sequential reconstruction: {seq['stages']} stages{merged}, {seq['refitted']} "
                       f"consumers refitted, {seq['reselected']} groups re-selected, "
                       f"{seq['runs']} onnxruntime runs, {seq['seconds']:.2f} s")
@@ -137,3 +137,38 @@ def print_ops(rows: list[dict], console: Console) -> None:
         t.add_row(r["domain"], r["op"], r["versions"], r["channels"])
     console.print(t)
     console.print(f"{len(rows)} ops with a rule")
+
+
+def print_sensitivity(result, console: Console) -> None:
+    """One row per group: its damage at each ratio (and the MACs it saves at
+    the largest), most sensitive first."""
+    table = result.table()
+    ratios = sorted({r["ratio"] for r in result.rows})
+    metric = result.rows[0]["metric"] if result.rows else "damage"
+    labels = any("accuracy_drop" in r for r in result.rows)
+    t = Table(title=f"Sensitivity ({metric}{', accuracy drop' if labels else ''}; each group pruned alone, "
+                    f"criterion {result.header.get('criterion')}, compensation {result.header.get('compensate')})")
+    t.add_column("group", justify="right")
+    t.add_column("units", justify="right")
+    t.add_column("first member")
+    for r in ratios:
+        t.add_column(f"{r:g}", justify="right")
+    t.add_column(f"MACs saved @{ratios[-1]:g}" if ratios else "MACs saved", justify="right")
+    rank = sorted(table, key=lambda g: -max(row["damage"] for row in table[g].values()))
+    for gid in rank:
+        rows = table[gid]
+        info = result.header.get("groups", {}).get(str(gid), {})
+        cells = []
+        for r in ratios:
+            row = rows.get(r)
+            if row is None:
+                cells.append("-")
+            else:
+                cell = f"{row['damage']:.2g}"
+                if "accuracy_drop" in row:
+                    cell += f" ({100 * row['accuracy_drop']:+.1f})"
+                cells.append(cell)
+        last = rows.get(ratios[-1]) if ratios else None
+        saved = f"{last['macs_saved']:.3f}" if last and last.get("macs_saved") is not None else "-"
+        t.add_row(str(gid), str(info.get("units", "")), (info.get("members") or ["?"])[0][:40], *cells, saved)
+    console.print(t)

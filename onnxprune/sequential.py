@@ -48,24 +48,40 @@ from .groups import Groups
 
 RIDGE = 1e-3  # x mean variance, as compensate.lsq
 MAX_CHANNELS = 4096  # wider inputs: the cross-covariances are too big; the plain lsq fit stays
-MAX_STAGES = 24  # more levels than this are merged (each stage costs two passes over the data)
-BUDGET = (30.0, 4.0)  # seconds the stages may take: the larger of this and this x the first calibration
+MAX_STAGES = 24  # at most this many levels are refitted (each stage costs about one pass over the data)
+MIN_SAMPLES = 32  # fewer calibration samples: refits that correct upstream error overfit them (devset)
+WORK = 2e12  # multiply-accumulates the stages may run, all together (about 100 s on one core)
+
+
+def stage_limit(macs: int | None, samples: int) -> int:
+    """How many stages the work budget allows: each runs (the first part of)
+    both models over the calibration samples, about one full pass. Counted
+    in MACs, not seconds, so that the plan never depends on the machine's
+    load; a model of unknown MACs gets ``MAX_STAGES``."""
+    if not macs or not samples:
+        return MAX_STAGES
+    return int(max(1, min(MAX_STAGES, WORK // (float(macs) * samples))))
 MIN_ROWS = 2  # rows per kept channel a refit needs, at least
 
 
 def _stages(levels: list, limit: int) -> list:
-    """Consecutive levels merged into at most ``limit`` stages of about as
-    many levels each."""
+    """At most ``limit`` of the levels, evenly spaced and ending with the
+    last (whose refit corrects everything before it). Levels are never
+    merged: a stage that held a consumer and one feeding it would refit the
+    second for an input the first's refit then changes (measured on the
+    devset: a merged craft text detector lost far more than no refit at
+    all); a level left out keeps its one-shot lsq compensation."""
     if len(levels) <= limit:
         return levels
-    cuts = np.linspace(0, len(levels), limit + 1).round().astype(int)
-    return [[t for lv in levels[a:b] for t in lv] for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+    n = len(levels)
+    picks = sorted({int(round((i + 1) * n / limit)) - 1 for i in range(limit)})
+    return [levels[i] for i in picks]
 
 
 @dataclass
 class SequentialReport:
     stages: int = 0
-    levels: int = 0  # levels of consumers (stages, unless merged to fit the budget)
+    levels: int = 0  # levels of consumers (the stages, unless the work budget allows fewer)
     refitted: int = 0  # consumers refitted
     reselected: int = 0  # groups whose channels were chosen again
     seconds: float = 0.0
@@ -285,6 +301,10 @@ def reconstruct(groups: Groups, keep: dict, comp: Compensation, calibration, cfg
         rep.notes.append("sequential reconstruction needs calibration data that can be read again "
                          "(a file, folder, dict or list): skipped")
         return rep
+    if calibration is not None and calibration.samples < MIN_SAMPLES:
+        rep.notes.append(f"sequential reconstruction needs at least {MIN_SAMPLES} calibration samples "
+                         f"(got {calibration.samples}): skipped, one-shot lsq compensation only")
+        return rep
     targets, skipped = _targets(groups, keep, calibration)
     rep.notes.extend(skipped)
     if not targets:
@@ -297,17 +317,13 @@ def reconstruct(groups: Groups, keep: dict, comp: Compensation, calibration, cfg
     for g in groups.groups:
         for use in groups.consumers(g.id):
             by_group.setdefault(g.id, set()).add(use.node)
-    # Each stage runs (the first part of) both models over the data: about
-    # one calibration pass, plus building the masked model and two sessions.
-    per_stage = max(calibration.seconds if calibration is not None else 0.0, 1e-3)
-    budget = max(BUDGET[0], BUDGET[1] * per_stage)
-    limit = int(max(1, min(MAX_STAGES, budget // per_stage)))
+    limit = stage_limit(groups.macs, calibration.samples if calibration is not None else 0)
     stages = _stages([by_level[lv] for lv in sorted(by_level)], limit)
     rep.levels = len(by_level)
     if len(stages) < len(by_level):
-        rep.notes.append(f"sequential reconstruction: {len(by_level)} levels of consumers measured in "
-                         f"{len(stages)} stages (each costs about one calibration pass): a consumer may "
-                         f"be refitted before one that feeds it")
+        rep.notes.append(f"sequential reconstruction: {len(stages)} of {len(by_level)} levels of consumers "
+                         f"refitted (each runs about one pass over the calibration data; more would "
+                         f"exceed {WORK:.0e} MACs); the others keep their one-shot lsq compensation")
     # as calibration ran: one sample at a time where the graph fixes batch 1 inside
     fixed = groups.shape_info is not None and groups.shape_info.fixed_batch
     batch = 1 if fixed or getattr(calibration, "one_at_a_time", False) else _batch_size(groups.model, cfg.calib_batch)
@@ -351,16 +367,18 @@ def _stage(groups: Groups, keep: dict, comp: Compensation, stage: list, by_group
                                          for u in groups.consumers(gid))]
         n_remove = g.channels - len(keep[gid])
         if not n_remove or not reads or not by_group.get(gid, set()) <= nodes \
-                or len(reads) != len(by_group[gid]) or any((t.tensor, t.axis) not in cross for t in reads):
-            continue  # read elsewhere too (or not measured): its selection stands
+                or len(reads) != len(by_group[gid]) or not all(_fits(t, cross) for t in reads):
+            # read elsewhere too, or a reader that will not be refitted here
+            # (it keeps the compensation fitted to the first selection): it stands
+            continue
         keep[gid] = _reselect(groups, gid, n_remove, reads, cross)
         rep.reselected += 1
         for t in reads:  # their kept positions follow the new selection
             t.kept = groups.positions(t.use.layout, keep)
     for t in stage:
-        cs = cross.get((t.tensor, t.axis))
-        if cs is None or cs.count < MIN_ROWS * len(t.kept):
+        if not _fits(t, cross):
             continue  # too few rows to fit this many weights: the plain lsq fit stays
+        cs = cross[(t.tensor, t.axis)]
         value = groups.weight(t.use)
         w = t.form.matrix(value)
         flat = w.reshape(w.shape[0], -1)
@@ -370,6 +388,12 @@ def _stage(groups: Groups, keep: dict, comp: Compensation, stage: list, by_group
         comp.weights[(t.node, t.use.input)] = t.form.from_matrix(new.reshape(w.shape), np.asarray(value))
         comp.biases[t.node] = delta.reshape(w.shape[1], w.shape[2]).sum(axis=1)
         rep.refitted += 1
+
+
+def _fits(t: _Target, cross: dict) -> bool:
+    """Whether the stage measured enough rows to refit this consumer."""
+    cs = cross.get((t.tensor, t.axis))
+    return cs is not None and cs.count >= MIN_ROWS * len(t.kept)
 
 
 def _progress(stages: int):

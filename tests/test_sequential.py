@@ -121,10 +121,11 @@ def test_levels_count_refitted_consumers_on_the_longest_path():
     assert lv[index["D"]] == 1
 
 
-def test_merged_stages_keep_graph_order_and_every_consumer():
+def test_a_stage_limit_picks_whole_levels_evenly_spaced_ending_with_the_last():
     levels = [[i] for i in range(10)]
-    merged = _stages(levels, 4)
-    assert len(merged) == 4 and [t for s in merged for t in s] == list(range(10))
+    picked = _stages(levels, 4)
+    assert picked == [[1], [4], [7], [9]]
+    assert _stages(levels, 1) == [[9]]
     assert _stages(levels, 12) == levels
 
 
@@ -167,13 +168,21 @@ def test_it_is_the_default_with_data_and_off_without():
     assert onnxprune.prune(path, macs_target=0.6, calib=calib, compensate="bias").report.sequential is None
 
 
-def test_a_small_budget_merges_levels_into_fewer_stages_and_says_so(monkeypatch):
-    monkeypatch.setattr(sequential, "BUDGET", (0.0, 3.0))
+def test_the_stage_limit_is_counted_in_macs_not_seconds():
+    assert sequential.stage_limit(None, 100) == sequential.MAX_STAGES
+    assert sequential.stage_limit(10**6, 100) == sequential.MAX_STAGES
+    assert sequential.stage_limit(int(sequential.WORK // 300), 100) == 3
+    assert sequential.stage_limit(int(sequential.WORK), 100) == 1
+
+
+def test_a_small_budget_refits_fewer_levels_and_says_so(monkeypatch):
     path, calib, x = _resnet()
+    macs = onnxprune.analyze(path).macs
+    monkeypatch.setattr(sequential, "WORK", 3.5 * macs * len(calib["input"]))
     r = onnxprune.prune(path, macs_target=0.5, calib=calib)
     seq = r.report.sequential
-    assert seq["stages"] <= 3 < seq["levels"]
-    assert any("stages" in n and "levels" in n for n in r.report.notes)
+    assert seq["stages"] == 3 < seq["levels"]
+    assert any("3 of" in n and "levels" in n for n in r.report.notes)
     (yp,), (ym,) = run(r.model, {"input": x[:8]}), run(r.masked(), {"input": x[:8]})
     np.testing.assert_allclose(yp, ym, rtol=1e-4, atol=1e-4 * float(np.abs(ym).max()))
 
@@ -229,3 +238,28 @@ def test_a_prune_without_data_says_that_data_would_do_better():
     path, calib, _ = _resnet()
     r = onnxprune.prune(path, macs_target=0.6, calib=calib)
     assert not any(n.startswith("pruned without data") for n in r.report.notes)
+
+
+def test_a_group_whose_reader_cannot_be_refitted_is_not_chosen_again():
+    """B has too few calibration rows for a refit of its 12 kept inputs: it
+    keeps the compensation fitted to the first selection, so A's channels
+    must stay that selection (a new one would pair with stale weights)."""
+    g = Graph(seed=8)
+    a = g.add("Relu", [g.gemm("x", 6, 16, name="A")])
+    model = g.build({"x": ["N", 6]}, [g.gemm(a, 16, 3, name="B")])
+    rng = np.random.default_rng(9)
+    calib = {"x": rng.standard_normal((20, 6)).astype(np.float32)}
+    on = onnxprune.prune(model, ratio=0.25, calib=calib, round_to=1, sequential=True)
+    off = onnxprune.prune(model, ratio=0.25, calib=calib, round_to=1, sequential=False)
+    assert on.report.sequential["reselected"] == 0 and on.report.sequential["refitted"] == 0
+    for gid in off.plan.keep:
+        np.testing.assert_array_equal(on.plan.keep[gid], off.plan.keep[gid])
+    x = rng.standard_normal((8, 6)).astype(np.float32)
+    np.testing.assert_allclose(run(on.model, {"x": x})[0], run(off.model, {"x": x})[0], rtol=1e-5, atol=1e-6)
+
+
+def test_too_few_calibration_samples_skip_it_with_a_note():
+    path, calib, _ = _resnet()
+    r = onnxprune.prune(path, macs_target=0.6, calib={"input": calib["input"][:16]})
+    assert r.report.sequential["stages"] == 0
+    assert any("at least" in n and "got 16" in n for n in r.report.notes)

@@ -1,0 +1,365 @@
+"""Sensitivity analysis: how much each prunable group, pruned alone, changes
+the model's output, at each ratio.
+
+A sweep is a set of independent jobs, one per (group, ratio): the group's
+lowest-scoring units are removed (the configured criterion), its consumers
+compensated (the configured compensation, from one calibration shared by
+every job), the model rewritten and run on held-out data. The damage is the
+mean KL divergence of the softmax for classifier-like outputs ((samples,
+classes) floats), else 1 - centred cosine per sample; with labels, the
+accuracy too. Nothing in a job depends on another or on where it runs, so
+the serial sweep, a process pool (``jobs``) and shards run on other machines
+(``shard``, then ``merge``) give identical rows.
+
+Results stream to a JSONL file, one row per job after a header that names
+the model and the settings; a re-run with the same file resumes, skipping the
+jobs it holds, and refuses a file written for another model or settings.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import OnnxPruneError
+
+FORMAT = "onnxprune-sensitivity/1"
+DEFAULT_RATIOS = (0.1, 0.25, 0.5, 0.75)
+
+
+@dataclass
+class Sweep:
+    """Everything a job needs, built once (and once per worker process)."""
+
+    groups: object
+    scores: object
+    calibration: object
+    compensate: str
+    feeds: dict
+    labels: np.ndarray | None
+    reference: list  # the original's outputs on ``feeds``
+
+
+@dataclass
+class SensitivityResult:
+    header: dict
+    rows: list = field(default_factory=list)  # one dict per (group, ratio)
+
+    def table(self) -> dict:
+        """group id -> {ratio: row}."""
+        out: dict = {}
+        for r in self.rows:
+            out.setdefault(r["group"], {})[r["ratio"]] = r
+        return out
+
+
+# -- metrics -------------------------------------------------------------------------------------
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def damage(a: np.ndarray, b: np.ndarray) -> tuple[str, float]:
+    """("kl", mean KL(softmax a || softmax b)) for (samples, classes) floats,
+    else ("1-cos", mean of 1 - centred cosine per sample)."""
+    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a64.ndim == 2 and a64.shape[1] > 1:
+        p, q = _softmax(a64), _softmax(b64)
+        kl = np.sum(p * (np.log(np.maximum(p, 1e-30)) - np.log(np.maximum(q, 1e-30))), axis=1)
+        return "kl", float(np.mean(kl))
+    a2 = a64.reshape(len(a64), -1)
+    b2 = b64.reshape(len(b64), -1)
+    a2 = a2 - a2.mean(axis=1, keepdims=True)
+    b2 = b2 - b2.mean(axis=1, keepdims=True)
+    den = np.linalg.norm(a2, axis=1) * np.linalg.norm(b2, axis=1)
+    cos = np.where(den > 0, np.einsum("ij,ij->i", a2, b2) / np.maximum(den, 1e-300), 1.0)
+    return "1-cos", float(np.mean(1.0 - cos))
+
+
+# -- one job -------------------------------------------------------------------------------------
+def run_job(sweep: Sweep, gid: int, ratio: float) -> dict:
+    """Prune group ``gid`` alone at ``ratio`` and measure the damage."""
+    from .compensate import compensate
+    from .planner import estimate_macs, estimate_params, n_keep
+    from .rewrite import apply
+    from .validate import run_batched, session
+
+    groups = sweep.groups
+    g = groups.group(gid)
+    k = n_keep(g.channels, ratio, max(1, g.min_keep), 1)
+    order = np.argsort(-np.asarray(sweep.scores[gid]), kind="stable")
+    keep = {gid: np.sort(order[:k])}
+    comp = compensate(groups, keep, sweep.calibration, sweep.compensate) \
+        if sweep.calibration is not None else None
+    model = apply(groups, keep, compensation=comp)
+    outs = run_batched(session(model), sweep.feeds, None)
+    kind, value = damage(sweep.reference[0], outs[0])
+    row = {"group": gid, "ratio": ratio, "kept": k, "units": g.channels, "metric": kind, "damage": value,
+           "macs_saved": (1.0 - estimate_macs(groups, keep) / groups.macs) if groups.macs else None,
+           "params_saved": 1.0 - estimate_params(groups, keep) / max(groups.params_total, 1)}
+    if sweep.labels is not None and sweep.reference[0].ndim == 2:
+        before = float(np.mean(sweep.reference[0].argmax(1) == sweep.labels))
+        after = float(np.mean(outs[0].argmax(1) == sweep.labels))
+        row.update(accuracy=after, accuracy_drop=before - after)
+    return row
+
+
+_WORKER: Sweep | None = None
+
+
+def _init_worker(build: tuple) -> None:
+    global _WORKER
+    _WORKER = prepare(*build)
+
+
+def _pool_job(job: tuple) -> dict:
+    return run_job(_WORKER, *job)
+
+
+# -- the sweep -----------------------------------------------------------------------------------
+def prepare(model, calib, data, criterion: str | None, compensate: str | None, input_shapes,
+            calib_samples: int | None = None) -> Sweep:
+    """Load, analyse, calibrate and score once: what every job shares. With
+    no ``data``, the last quarter of ``calib`` is held out for measuring."""
+    from . import pipeline
+    from .calibration import hold_out
+    from .data import load_npz
+    from .validate import run_batched, session
+
+    cfg = pipeline.PruneConfig(calib=calib, data=data, criterion=criterion, compensate=compensate,
+                               input_shapes=input_shapes, calib_samples=calib_samples, sequential=False)
+    groups = pipeline.analyze(pipeline.load(model, cfg), cfg)
+    labels = None
+    if data is not None:
+        feeds, labels = load_npz(data, groups.model) if isinstance(data, (str, os.PathLike)) else \
+            ({k: np.asarray(v) for k, v in data.items() if k != "labels"}, data.get("labels"))
+    else:
+        parts = hold_out(calib, groups.model)
+        if parts is None:
+            raise OnnxPruneError("sensitivity needs held-out data: give --data, or --calib data that "
+                                 "can be read twice with at least 2 samples")
+        limit, feeds = parts
+        cfg.calib_samples = limit if calib_samples is None else min(calib_samples, limit)
+        if isinstance(calib, (str, os.PathLike)) and os.fspath(calib).endswith(".npz"):
+            _, all_labels = load_npz(calib, groups.model)  # labels of the held-out tail, when it has them
+            if all_labels is not None:
+                labels = all_labels[len(all_labels) - len(next(iter(feeds.values()))):]
+    cfg = cfg.resolved()
+    calibration = pipeline.calibrate(groups, cfg)
+    scores = pipeline.score(groups, calibration, cfg)
+    reference = run_batched(session(groups.model), feeds, None)
+    return Sweep(groups, scores, calibration, cfg.resolved_compensation(), feeds,
+                 None if labels is None else np.asarray(labels), reference)
+
+
+def _fingerprint(model, settings: dict) -> str:
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    if isinstance(model, (str, os.PathLike)):
+        with open(model, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    else:
+        h.update(model.SerializeToString())
+    return h.hexdigest()[:16]
+
+
+def _read_jsonl(path: str) -> tuple[dict | None, list]:
+    if not os.path.exists(path):
+        return None, []
+    header, rows = None, []
+    with open(path) as f:
+        for n, line in enumerate(f):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                item = json.loads(line)
+            except ValueError:
+                if n and not f.read().strip():
+                    break  # a last line cut short by an interrupted run: redone
+                raise OnnxPruneError(f"{path}: line {n + 1} is not JSON") from None
+            if n == 0:
+                header = item
+            else:
+                rows.append(item)
+    if header is None or header.get("format") != FORMAT:
+        raise OnnxPruneError(f"{path}: not an onnxprune sensitivity file")
+    return header, rows
+
+
+def sweep(model, *, calib, data=None, ratios=DEFAULT_RATIOS, criterion: str | None = None,
+          compensate: str | None = None, input_shapes: dict | None = None, jobs: int = 1,
+          shard: tuple[int, int] = (0, 1), out: str | None = None, calib_samples: int | None = None,
+          progress=None) -> SensitivityResult:
+    """Every (prunable group, ratio) job of this shard, run serially or on a
+    pool of ``jobs`` processes; rows stream to ``out`` (JSONL) and a re-run
+    resumes from it."""
+    ratios = sorted({float(r) for r in ratios})
+    if not ratios or any(not 0.0 < r < 1.0 for r in ratios):
+        raise OnnxPruneError("--ratios must be fractions in (0, 1)")
+    index, count = shard
+    if not 0 <= index < count:
+        raise OnnxPruneError(f"--shard {index}/{count}: need 0 <= i < N")
+    settings = {"ratios": ratios, "criterion": criterion, "compensate": compensate,
+                "calib": os.fspath(calib) if isinstance(calib, (str, os.PathLike)) else "in memory",
+                "data": os.fspath(data) if isinstance(data, (str, os.PathLike)) else data is not None,
+                "calib_samples": calib_samples}
+    build = (model, calib, data, criterion, compensate, input_shapes, calib_samples)
+    local = prepare(*build)
+    header = {"format": FORMAT, "model": os.path.basename(os.fspath(model))
+              if isinstance(model, (str, os.PathLike)) else "in memory",
+              "fingerprint": _fingerprint(model, settings), "settings": settings,
+              "criterion": local.scores.criterion, "compensate": local.compensate,
+              "groups": {str(g.id): {"units": g.channels, "members": g.members[:4]}
+                         for g in local.groups.prunable}}
+    all_jobs = [(g.id, r) for g in local.groups.prunable for r in ratios]
+    mine = [j for i, j in enumerate(all_jobs) if i % count == index]
+    result = SensitivityResult(header)
+    done = set()
+    if out:
+        old_header, rows = _read_jsonl(out)
+        if old_header is not None:
+            if old_header.get("fingerprint") != header["fingerprint"]:
+                raise OnnxPruneError(f"{out}: written for another model or other settings; "
+                                     f"choose another file")
+            result.rows = [r for r in rows if (r["group"], r["ratio"]) in set(mine)]
+            done = {(r["group"], r["ratio"]) for r in result.rows}
+        with open(out, "w") as f:  # rewritten whole: a torn last line is dropped
+            f.write(json.dumps(header) + "\n")
+            for r in result.rows:
+                f.write(json.dumps(r) + "\n")
+    todo = [j for j in mine if j not in done]
+    writer = open(out, "a") if out else None
+    try:
+        def keep_row(row: dict) -> None:
+            result.rows.append(row)
+            if writer is not None:
+                writer.write(json.dumps(row) + "\n")
+                writer.flush()
+            if progress is not None:
+                progress(row)
+
+        if jobs > 1 and len(todo) > 1:
+            import multiprocessing as mp
+
+            ctx = mp.get_context("spawn")  # no forked onnxruntime threads
+            with ctx.Pool(min(jobs, len(todo)), initializer=_init_worker, initargs=(build,)) as pool:
+                for row in pool.imap(_pool_job, todo):
+                    keep_row(row)
+        else:
+            for gid, r in todo:
+                keep_row(run_job(local, gid, r))
+    finally:
+        if writer is not None:
+            writer.close()
+    order = {j: i for i, j in enumerate(all_jobs)}
+    result.rows.sort(key=lambda r: order.get((r["group"], r["ratio"]), len(order)))
+    return result
+
+
+def load(path: str) -> SensitivityResult:
+    """A sweep written with ``out`` (JSONL) or ``--json``."""
+    if os.fspath(path).endswith(".jsonl"):
+        header, rows = _read_jsonl(path)
+        if header is None:
+            raise OnnxPruneError(f"{path}: no such file")
+        return SensitivityResult(header, rows)
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        return SensitivityResult(data["header"], data["rows"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise OnnxPruneError(f"{path}: not a sensitivity result ({e})") from None
+
+
+def removal_costs(result: SensitivityResult, groups, scores):
+    """``scores`` with each group's removal order (its criterion's) priced by
+    the sweep: the k-th removal costs the rise of the measured damage curve
+    (piecewise linear through zero and each ratio swept; removals past the
+    last ratio swept are priced infinite), so ``planner.plan_global`` spends a budget where the
+    measured loss is least (``--allocate sensitivity``)."""
+    from .importance import Scores
+
+    table = result.table()
+    out = Scores(scores.criterion, by_group=dict(scores.by_group))
+    for g in groups.prunable:
+        rows = table.get(g.id)
+        if not rows:
+            raise OnnxPruneError(f"the sensitivity sweep has no row for group {g.id}: a sweep of "
+                                 f"another model or of other groups (--exclude)?")
+        if any(r["units"] != g.channels for r in rows.values()):
+            raise OnnxPruneError(f"group {g.id} has {g.channels} units, the sweep says "
+                                 f"{next(iter(rows.values()))['units']}: a sweep of another model?")
+        xs = [0.0] + [(r["units"] - r["kept"]) / r["units"] for r in rows.values()]
+        ys = [0.0] + [max(0.0, float(r["damage"])) for r in rows.values()]
+        order = np.argsort(xs)
+        xs, ys = np.asarray(xs)[order], np.maximum.accumulate(np.asarray(ys)[order])
+        k = np.arange(g.channels + 1) / g.channels
+        curve = np.interp(k, xs, ys)
+        cost = np.maximum.accumulate(np.maximum(np.diff(curve), 0.0))
+        # Past the largest ratio swept nothing was measured: those removals
+        # come last, only when the budget cannot be met otherwise (a low
+        # curve extended by its slope sent groups to the 0.9 cap).
+        cost[k[1:] > xs[-1] + 1e-9] = np.inf
+        out.orders[g.id] = np.argsort(np.asarray(scores[g.id], dtype=np.float64), kind="stable")[:g.channels - 1]
+        out.costs[g.id] = cost[:g.channels - 1]
+    return out
+
+
+def merge(paths: list, out: str) -> SensitivityResult:
+    """Shards of one sweep (same fingerprint) into one file, rows in job order."""
+    header, rows = None, {}
+    for p in paths:
+        h, rs = _read_jsonl(p)
+        if h is None:
+            raise OnnxPruneError(f"{p}: no such file")
+        if header is not None and h.get("fingerprint") != header.get("fingerprint"):
+            raise OnnxPruneError(f"{p}: a shard of another sweep (model or settings differ)")
+        header = header or h
+        for r in rs:
+            rows[(r["group"], r["ratio"])] = r
+    result = SensitivityResult(header, [rows[k] for k in sorted(rows)])
+    with open(out, "w") as f:
+        f.write(json.dumps(header) + "\n")
+        for r in result.rows:
+            f.write(json.dumps(r) + "\n")
+    return result
+
+
+def plot(result: SensitivityResult, path: str) -> None:
+    """Damage against ratio, one line per group (matplotlib: the [plot] extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise OnnxPruneError("--plot needs matplotlib: pip install 'onnxprune[plot]'") from None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for gid, by_ratio in sorted(result.table().items()):
+        rs = sorted(by_ratio)
+        ys = [by_ratio[r]["damage"] for r in rs]
+        label = f"{gid}: {result.header['groups'].get(str(gid), {}).get('members', ['?'])[0]}"
+        axes[0].plot(rs, ys, marker="o", label=label)
+        xs = [by_ratio[r]["macs_saved"] or 0.0 for r in rs]
+        axes[1].plot(xs, ys, marker="o")
+    metric = result.rows[0]["metric"] if result.rows else "damage"
+    for ax, xl in zip(axes, ("ratio of the group's units removed", "fraction of the model's MACs saved")):
+        ax.set_xlabel(xl)
+        ax.set_ylabel(metric)
+        ax.set_yscale("symlog", linthresh=1e-4)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=6, loc="lower right")
+    fig.suptitle(f"sensitivity of {result.header.get('model')}: each group pruned alone")
+    fig.tight_layout()
+    tmp = f"{path}.tmp-{os.getpid()}.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+__all__ = ["sweep", "merge", "plot", "damage", "run_job", "prepare", "SensitivityResult", "DEFAULT_RATIOS"]

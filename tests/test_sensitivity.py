@@ -1,0 +1,182 @@
+"""Sensitivity sweeps (issue 10): the damage metrics, one group pruned alone
+per job, and the serial sweep, a process pool, a resumed run and merged
+shards giving identical rows; the CLI prints the table and draws the plot."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from onnxprune.errors import OnnxPruneError
+from onnxprune.sensitivity import damage, merge, sweep
+from graphs import Graph
+
+ROOT = os.path.join(os.path.dirname(__file__), os.pardir, "models")
+
+
+def test_damage_is_kl_for_classifier_outputs_and_one_minus_cosine_otherwise():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((16, 10))
+    assert damage(a, a) == ("kl", pytest.approx(0.0, abs=1e-12))
+    kind, v = damage(a, a + rng.standard_normal(a.shape))
+    p = np.exp(a) / np.exp(a).sum(1, keepdims=True)
+    assert kind == "kl" and v > 0.01
+    b = a + 0.5 * rng.standard_normal(a.shape)
+    q = np.exp(b) / np.exp(b).sum(1, keepdims=True)
+    assert damage(a, b)[1] == pytest.approx(float(np.mean(np.sum(p * np.log(p / q), 1))), rel=1e-6)
+    img = rng.standard_normal((4, 3, 5, 5))
+    assert damage(img, 2 * img + 1) == ("1-cos", pytest.approx(0.0, abs=1e-12))
+    assert damage(img, -img)[1] == pytest.approx(2.0)
+
+
+def _mlp(path):
+    g = Graph(seed=11)
+    a = g.add("Relu", [g.gemm("x", 6, 12, name="A")])
+    b = g.add("Relu", [g.gemm(a, 12, 10, name="B")])
+    model = g.build({"x": ["N", 6]}, [g.gemm(b, 10, 4, name="C")])
+    import onnx
+
+    onnx.save(model, path)
+    rng = np.random.default_rng(12)
+    data = {"x": rng.standard_normal((64, 6)).astype(np.float32)}
+    np.savez(str(path) + ".npz", **data)
+    return str(path), str(path) + ".npz"
+
+
+def _key(rows):
+    return [(r["group"], r["ratio"], r["kept"], round(r["damage"], 12)) for r in rows]
+
+
+def test_each_job_prunes_one_group_and_damage_grows_with_the_ratio():
+    d = np.load(os.path.join(ROOT, "resnet_mnist_data.npz"))
+    res = sweep(os.path.join(ROOT, "resnet_mnist.onnx"), calib={"input": d["input"][:96]},
+                data={"input": d["input"][96:160], "labels": d["labels"][96:160]}, ratios=[0.25, 0.75])
+    table = res.table()
+    assert set(table) == {int(k) for k in res.header["groups"]}
+    for gid, by in table.items():
+        assert by[0.75]["damage"] >= by[0.25]["damage"] - 1e-6, (gid, by)
+        assert by[0.75]["kept"] == by[0.75]["units"] - round(0.75 * by[0.75]["units"])
+        assert 0 < by[0.75]["macs_saved"] < 1 and "accuracy_drop" in by[0.75]
+    # the stem (every later layer reads it) is the most sensitive group
+    worst = max(table, key=lambda g: table[g][0.75]["damage"])
+    assert "stem" in res.header["groups"][str(worst)]["members"][0]
+
+
+def test_a_pool_a_resumed_run_and_merged_shards_give_the_serial_rows(tmp_path):
+    model, calib = _mlp(tmp_path / "m.onnx")
+    serial = sweep(model, calib=calib, ratios=[0.25, 0.5])
+    assert len(serial.rows) == 2 * 2  # two prunable groups x two ratios
+    pooled = sweep(model, calib=calib, ratios=[0.25, 0.5], jobs=2)
+    assert _key(pooled.rows) == _key(serial.rows)
+    # resume: a file holding the header and one row (and a torn last line)
+    out = tmp_path / "s.jsonl"
+    sweep(model, calib=calib, ratios=[0.25, 0.5], out=str(out))
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join(lines[:2]) + "\n" + lines[2][:10])
+    ran = []
+    resumed = sweep(model, calib=calib, ratios=[0.25, 0.5], out=str(out), progress=ran.append)
+    assert len(ran) == 3 and _key(resumed.rows) == _key(serial.rows)
+    assert len(out.read_text().splitlines()) == 1 + 4
+    # shards on "other machines", then merged
+    parts = []
+    for i in range(3):
+        p = tmp_path / f"shard{i}.jsonl"
+        sweep(model, calib=calib, ratios=[0.25, 0.5], shard=(i, 3), out=str(p))
+        parts.append(str(p))
+    merged = merge(parts, str(tmp_path / "all.jsonl"))
+    assert _key(merged.rows) == _key(serial.rows)
+
+
+def test_a_results_file_of_another_sweep_is_refused(tmp_path):
+    model, calib = _mlp(tmp_path / "m.onnx")
+    out = str(tmp_path / "s.jsonl")
+    sweep(model, calib=calib, ratios=[0.5], out=out)
+    with pytest.raises(OnnxPruneError, match="another model or other settings"):
+        sweep(model, calib=calib, ratios=[0.25], out=out)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"format": "something"}) + "\n")
+    with pytest.raises(OnnxPruneError, match="not an onnxprune sensitivity file"):
+        sweep(model, calib=calib, ratios=[0.5], out=str(bad))
+
+
+def test_the_cli_prints_the_table_and_draws_the_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    from click.testing import CliRunner
+
+    from onnxprune.cli import main
+
+    model, calib = _mlp(tmp_path / "m.onnx")
+    png, js = tmp_path / "s.png", tmp_path / "s.json"
+    res = CliRunner().invoke(main, ["sensitivity", model, "--calib", calib, "--ratios", "0.25,0.5",
+                                    "--plot", str(png), "--json", str(js)])
+    assert res.exit_code == 0, res.output
+    assert "Sensitivity" in res.output and png.read_bytes()[:4] == b"\x89PNG"
+    assert len(json.loads(js.read_text())["rows"]) == 4
+    res = CliRunner().invoke(main, ["sensitivity", model, "--calib", calib, "--shard", "3/2"])
+    assert res.exit_code == 2 and "--shard" in res.output
+
+
+def _two_groups():
+    """x(8) -> A (8->32) -> Relu -> B (32->32) -> Relu -> C (32->4): two groups of 32."""
+    g = Graph(seed=3)
+    a = g.add("Relu", [g.gemm("x", 8, 32, name="A")])
+    b = g.add("Relu", [g.gemm(a, 32, 32, name="B")])
+    return g.build({"x": ["N", 8]}, [g.gemm(b, 32, 4, name="C")])
+
+
+def _fake_sweep(groups, damages: dict):
+    from onnxprune.sensitivity import SensitivityResult
+
+    rows = []
+    for g in groups.prunable:
+        for r in (0.25, 0.5, 0.75):
+            kept = g.channels - round(r * g.channels)
+            rows.append({"group": g.id, "ratio": r, "kept": kept, "units": g.channels, "metric": "kl",
+                         "damage": damages[g.members[0]] * r * r})
+    return SensitivityResult({"groups": {}}, rows)
+
+
+def test_sensitivity_allocation_spends_the_budget_where_the_sweep_measured_least_damage():
+    import onnxprune
+    from onnxprune.importance import score
+    from onnxprune.planner import estimate_macs, plan_budget
+    from onnxprune.sensitivity import removal_costs
+
+    groups = onnxprune.analyze(_two_groups(), input_shapes={"x": [1, 8]})
+    s = score(groups, "l2")
+    by_member = {g.members[0]: g.id for g in groups.prunable}
+    sweep = _fake_sweep(groups, {m: (100.0 if m == "A" else 0.01) for m in by_member})
+    priced = removal_costs(sweep, groups, s)
+    for g in groups.prunable:  # non-decreasing prices along the criterion's order
+        c = priced.costs[g.id]
+        assert np.all(c[1:] >= c[:-1])
+        np.testing.assert_array_equal(priced.orders[g.id], np.argsort(s[g.id], kind="stable")[:g.channels - 1])
+    plan = plan_budget(groups, priced, ratio=None, macs_target=0.6, allocate="sensitivity", round_to=1)
+    assert estimate_macs(groups, plan.keep) <= 0.6 * groups.macs
+    kept = {m: plan.kept[gid][0] for m, gid in by_member.items()}
+    assert kept["A"] > kept["B"], kept  # the group the sweep found sensitive keeps more
+    flipped = removal_costs(_fake_sweep(groups, {m: (0.01 if m == "A" else 100.0) for m in by_member}),
+                            groups, s)
+    plan = plan_budget(groups, flipped, ratio=None, macs_target=0.6, allocate="sensitivity", round_to=1)
+    assert plan.kept[by_member["A"]][0] < plan.kept[by_member["B"]][0]
+
+
+def test_a_saved_sweep_drives_the_prune_and_one_of_another_model_is_refused(tmp_path):
+    import onnxprune
+
+    model, calib = _mlp(tmp_path / "m.onnx")
+    out = str(tmp_path / "s.jsonl")
+    sweep(model, calib=calib, ratios=[0.25, 0.5], out=out)
+    r = onnxprune.prune(model, macs_target=0.7, calib=calib, allocate="sensitivity", sensitivity=out)
+    assert r.report.macs["after"] <= 0.7 * r.report.macs["before"] * 1.01
+    other = tmp_path / "other.onnx"
+    import onnx
+
+    onnx.save(_two_groups(), other)
+    with pytest.raises(OnnxPruneError, match="units, the sweep says|no row for group"):
+        onnxprune.prune(str(other), macs_target=0.7, allocate="sensitivity", sensitivity=out,
+                        input_shapes={"x": [1, 8]})
+    with pytest.raises(OnnxPruneError, match="needs a sweep"):
+        onnxprune.prune(str(other), macs_target=0.7, allocate="sensitivity", input_shapes={"x": [1, 8]})
