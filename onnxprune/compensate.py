@@ -88,58 +88,50 @@ def compensate(groups: Groups, keep: dict, calibration, mode: str = "bias",
     if mode == "none" or calibration is None:
         return comp
     atoms = groups.analysis.atoms
-    seen = set()
-    for gid in keep:
-        for use in groups.consumers(gid):
-            key = (use.node, use.input, use.axis)
-            if key in seen:
-                continue
-            seen.add(key)
-            node = groups.node(use)
-            form = groups.linear(use.node)
-            if form is None or form.weight != use.input or form.in_axis % np.ndim(groups.weight(use)) != use.axis:
-                comp.skipped.append(f"{node.name}: its rule gives no linear form for this input")
-                continue
-            if not form.dense:
-                continue  # channel-wise (grouped) consumers need no compensation
-            stored = groups.view.const_root(node.input[form.weight])
-            if stored is None:
-                comp.skipped.append(f"{node.name}: its weight is computed from stored constants "
-                                    f"(Cast, DequantizeLinear...), which compensation cannot rewrite")
-                continue
-            shared = _shared(groups, node, form)
-            if shared:
-                comp.skipped.append(f"{node.name}: '{shared}' is shared with other nodes")
-                continue
-            dim = groups.activation(use)
-            st = calibration.get(*dim) if dim else None
-            if st is None:
-                comp.skipped.append(f"{node.name}: no calibration statistics for its input")
-                continue
-            how = mode
-            if mode == "lsq" and st.xtx is None:
-                how = "bias"
-                comp.skipped.append(f"{node.name}: no Gram matrix for its input ({st.size} channels; "
-                                    f"wider than calibration keeps one for): bias compensation only")
-            kept = groups.positions(use.layout, keep)
-            size = atoms.layout_size(use.layout)
-            removed = np.setdiff1d(np.arange(size), kept)
-            if not len(removed) or st.size != size:
-                continue
-            wkey = (use.node, use.input)
-            value = comp.weights.get(wkey, groups.weight(use))
-            w = form.matrix(value)  # (inputs, outputs, taps)
-            w_removed = w[removed]
-            if how == "bias":
-                delta = st.mean[removed] @ w_removed.sum(axis=2)
-            else:
-                cov, mean = st.covariance(), st.mean
-                coef = _regress(cov, kept, removed, ridge)
-                offset = mean[removed] - coef @ mean[kept]
-                flat = w.reshape(w.shape[0], -1)
-                flat[kept] += coef.T @ w_removed.reshape(len(removed), -1)
-                w = flat.reshape(w.shape)
-                delta = offset @ w_removed.sum(axis=2)
-                comp.weights[wkey] = form.from_matrix(w, np.asarray(value))
-            comp.biases[use.node] = comp.biases.get(use.node, 0.0) + delta
+    for use, node, form in groups.linear_readers(keep):
+        if form is None:
+            comp.skipped.append(f"{node.name}: its rule gives no linear form for this input")
+            continue
+        if not form.dense:
+            continue  # channel-wise (grouped) consumers need no compensation
+        stored = groups.view.const_root(node.input[form.weight])
+        if stored is None:
+            comp.skipped.append(f"{node.name}: its weight is computed from stored constants "
+                                f"(Cast, DequantizeLinear...), which compensation cannot rewrite")
+            continue
+        shared = _shared(groups, node, form)
+        if shared:
+            comp.skipped.append(f"{node.name}: '{shared}' is shared with other nodes")
+            continue
+        dim = groups.activation(use)
+        st = calibration.get(*dim) if dim else None
+        if st is None:
+            comp.skipped.append(f"{node.name}: no calibration statistics for its input")
+            continue
+        how = mode
+        if mode == "lsq" and st.xtx is None:
+            how = "bias"
+            comp.skipped.append(f"{node.name}: no Gram matrix for its input ({st.size} channels; "
+                                f"wider than calibration keeps one for): bias compensation only")
+        kept = groups.positions(use.layout, keep)
+        size = atoms.layout_size(use.layout)
+        removed = np.setdiff1d(np.arange(size), kept)
+        if not len(removed) or st.size != size:
+            continue
+        wkey = (use.node, use.input)
+        value = comp.weights.get(wkey, groups.weight(use))
+        w = form.matrix(value)  # (inputs, outputs, taps)
+        w_removed = w[removed]
+        if how == "bias":
+            delta = st.mean[removed] @ w_removed.sum(axis=2)
+        else:
+            cov, mean = st.covariance(), st.mean
+            coef = _regress(cov, kept, removed, ridge)
+            offset = mean[removed] - coef @ mean[kept]
+            flat = w.reshape(w.shape[0], -1)
+            flat[kept] += coef.T @ w_removed.reshape(len(removed), -1)
+            w = flat.reshape(w.shape)
+            delta = offset @ w_removed.sum(axis=2)
+            comp.weights[wkey] = form.from_matrix(w, np.asarray(value))
+        comp.biases[use.node] = comp.biases.get(use.node, 0.0) + delta
     return comp

@@ -137,6 +137,23 @@ class Groups:
             cache[index] = rule_for(node, self.view).linear(node, self.view)
         return cache[index]
 
+    def linear_readers(self, gids):
+        """(use, node, form) once per consumer input that reads these groups;
+        ``form`` is None where the node's rule gives no linear form for that
+        input (compensation and refits can then not touch it)."""
+        seen = set()
+        for gid in gids:
+            for use in self.consumers(gid):
+                key = (use.node, use.input, use.axis)
+                if key in seen:
+                    continue
+                seen.add(key)
+                form = self.linear(use.node)
+                if form is not None and (form.weight != use.input
+                                         or form.in_axis % np.ndim(self.weight(use)) != use.axis):
+                    form = None
+                yield use, self.node(use), form
+
     def activation(self, use: WeightUse) -> tuple[str, int] | None:
         """The (tensor, axis) a linear consumer reads through this "in" slice."""
         key = (use.node, use.input, use.axis)

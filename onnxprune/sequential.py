@@ -198,34 +198,26 @@ def _targets(groups: Groups, keep: dict, calibration) -> tuple[list, list]:
     atoms = groups.analysis.atoms
     changed = _changed(groups, keep)
     view = groups.view
-    found, skipped, seen = [], [], set()
-    for g in groups.groups:
-        for use in groups.consumers(g.id):
-            key = (use.node, use.input, use.axis)
-            if key in seen:
-                continue
-            seen.add(key)
-            node = groups.node(use)
-            form = groups.linear(use.node)
-            if form is None or not form.dense or form.weight != use.input \
-                    or form.in_axis % np.ndim(groups.weight(use)) != use.axis:
-                continue
-            dim = groups.activation(use)
-            if dim is None or view.scope.get(id(node)) is not None:
-                continue  # inside a subgraph: calibration cannot observe it
-            size = atoms.layout_size(use.layout)
-            kept = groups.positions(use.layout, keep)
-            if len(kept) == size and dim[0] not in changed:
-                continue  # untouched input, nothing removed
-            if view.const_root(node.input[form.weight]) is None or _shared(groups, node, form):
-                continue  # compensate() says why
-            if size > MAX_CHANNELS:
-                skipped.append(f"{node.name}: {size} input channels, too wide for a sequential refit")
-                continue
-            st = calibration.get(*dim) if calibration is not None else None
-            if st is not None and st.size != size:
-                continue
-            found.append(_Target(use, use.node, form, dim[0], dim[1], size, kept))
+    found, skipped = [], []
+    for use, node, form in groups.linear_readers(g.id for g in groups.groups):
+        if form is None or not form.dense:
+            continue
+        dim = groups.activation(use)
+        if dim is None or view.scope.get(id(node)) is not None:
+            continue  # inside a subgraph: calibration cannot observe it
+        size = atoms.layout_size(use.layout)
+        kept = groups.positions(use.layout, keep)
+        if len(kept) == size and dim[0] not in changed:
+            continue  # untouched input, nothing removed
+        if view.const_root(node.input[form.weight]) is None or _shared(groups, node, form):
+            continue  # compensate() says why
+        if size > MAX_CHANNELS:
+            skipped.append(f"{node.name}: {size} input channels, too wide for a sequential refit")
+            continue
+        st = calibration.get(*dim) if calibration is not None else None
+        if st is not None and st.size != size:
+            continue
+        found.append(_Target(use, use.node, form, dim[0], dim[1], size, kept))
     return found, skipped
 
 

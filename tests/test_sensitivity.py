@@ -59,6 +59,14 @@ def test_each_job_prunes_one_group_and_damage_grows_with_the_ratio():
         assert by[0.75]["damage"] >= by[0.25]["damage"] - 1e-6, (gid, by)
         assert by[0.75]["kept"] == by[0.75]["units"] - round(0.75 * by[0.75]["units"])
         assert 0 < by[0.75]["macs_saved"] < 1 and "accuracy_drop" in by[0.75]
+    # each job removed its own group's units and nothing else
+    import onnxprune
+    from onnxprune.planner import estimate_macs
+
+    groups = onnxprune.analyze(os.path.join(ROOT, "resnet_mnist.onnx"))
+    for gid, by in table.items():
+        alone = estimate_macs(groups, {gid: np.arange(by[0.75]["kept"])}) / groups.macs
+        assert by[0.75]["macs_saved"] == pytest.approx(1.0 - alone)
     # the stem (every later layer reads it) is the most sensitive group
     worst = max(table, key=lambda g: table[g][0.75]["damage"])
     assert "stem" in res.header["groups"][str(worst)]["members"][0]
@@ -180,3 +188,21 @@ def test_a_saved_sweep_drives_the_prune_and_one_of_another_model_is_refused(tmp_
                         input_shapes={"x": [1, 8]})
     with pytest.raises(OnnxPruneError, match="needs a sweep"):
         onnxprune.prune(str(other), macs_target=0.7, allocate="sensitivity", input_shapes={"x": [1, 8]})
+
+
+def test_the_default_allocation_follows_the_data_and_the_sweeps_cost(monkeypatch):
+    import onnxprune
+    from onnxprune import pipeline
+
+    path = os.path.join(ROOT, "resnet_mnist.onnx")
+    d = np.load(os.path.join(ROOT, "resnet_mnist_data.npz"))
+    assert onnxprune.prune(path, macs_target=0.6).report.allocate == "uniform"  # no data
+    few = onnxprune.prune(path, macs_target=0.6, calib={"input": d["input"][:16]})
+    assert few.report.allocate == "uniform" and any("too few" in n for n in few.report.notes)
+    many = onnxprune.prune(path, macs_target=0.6, calib={"input": d["input"][:96]})
+    assert many.report.allocate == "sensitivity"
+    monkeypatch.setattr(pipeline, "SWEEP_WORK", 1.0)
+    costly = onnxprune.prune(path, macs_target=0.6, calib={"input": d["input"][:96]})
+    assert costly.report.allocate == "global" and any("would run" in n for n in costly.report.notes)
+    asked = onnxprune.prune(path, macs_target=0.6, calib={"input": d["input"][:96]}, allocate="uniform")
+    assert asked.report.allocate == "uniform"
