@@ -145,6 +145,16 @@ def analyze(model, as_json, show_all, exclude, strict, input_shape):
 @click.option("--latency-target", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Run in at most this fraction of the original's time, measured with onnxruntime on "
                    "this machine (candidate plans are timed).")
+@click.option("--auto", "auto_loop", is_flag=True,
+              help="Prune in steps (re-calibrating and compensating each time) until the next step would "
+                   "lose more than --max-drop on held-out data (or --macs-target is reached).")
+@click.option("--max-drop", type=click.FloatRange(min=0), default=0.01, show_default=True,
+              help="With --auto: the most the metric may fall (accuracy with labels, else top-1 "
+                   "agreement, else centred cosine; 0.01 = one point).")
+@click.option("--step", "auto_step", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
+              show_default=True, help="With --auto: the fraction of the MACs each step removes.")
+@click.option("--plot-trajectory", "trajectory_path", type=click.Path(dir_okay=False),
+              help="With --auto: plot the metric against what each step kept (PNG; [plot] extra).")
 @click.option("--min-channels", type=click.IntRange(min=1), default=1, show_default=True, help="Channels every group keeps at least.")
 @click.option("--round-to", type=click.IntRange(min=1),
               help="Keep channel counts multiples of N, rounded up or down so that the budget holds "
@@ -172,7 +182,7 @@ def analyze(model, as_json, show_all, exclude, strict, input_shape):
 @input_shape_opt
 def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, compensate, sequential,
           group_reduction, member_norm, macs_target, params_target, latency_target, min_channels, round_to, allocate,
-          sensitivity_path, max_group_ratio,
+          sensitivity_path, max_group_ratio, auto_loop, max_drop, auto_step, trajectory_path,
           exclude, plan_path,
           save_plan, masked_output, data, report_path, no_validate, strict, seed, threads, quiet,
           input_shape):
@@ -193,7 +203,10 @@ def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, co
         plan=plan_path, strict=True if strict else None, validate=not no_validate, data=data,
         threads=threads, progress=not quiet and sys.stderr.isatty(), output=output,
         masked_output=masked_output, report=report_path, save_plan=save_plan)
-    result = pipeline.run(model, cfg)
+    if auto_loop:
+        result = _auto(model, cfg, max_drop, auto_step, trajectory_path, console)
+    else:
+        result = pipeline.run(model, cfg)
     print_prune(result.report, console, costs=result.validation is None)
     for msg in result.report.notes:
         click.echo(f"onnxprune: note: {msg}", err=True)
@@ -264,6 +277,39 @@ def merge(shards, output):
         raise OnnxPruneError(f"{output}: output path is one of the shards; choose another path")
     result = merge_files(list(shards), output)
     click.echo(f"merged {len(result.rows)} rows from {len(shards)} files into {output}")
+
+
+def _auto(model, cfg, max_drop, step, trajectory_path, console):
+    """``prune --auto``: the loop, then validation against the original and
+    the outputs, all or nothing."""
+    from dataclasses import replace
+
+    from .auto import auto_prune, plot
+    from .validate import validate as run_validate
+
+    if cfg.masked_output or cfg.save_plan or cfg.plan or cfg.params_target or cfg.latency_target:
+        raise OnnxPruneError("--auto works with --macs-target (a floor) only: not with --masked-output, "
+                             "--save-plan, --plan, --params-target or --latency-target")
+    pipeline.preflight(model, cfg)
+    if cfg.calib is None and cfg.data is not None:
+        cfg = replace(cfg, calib=cfg.data, data=None)  # --data alone: its last quarter is held out
+    floor = cfg.macs_target
+
+    def show(s):
+        console.print(f"step {s.index}: MACs x{s.macs:.3f}, params x{s.params:.3f}, {s.metric} {s.value:.4f} "
+                      f"(drop {s.drop:+.4f}) {'kept' if s.accepted else 'rejected'} [{s.seconds:.1f} s]")
+
+    result, run = auto_prune(model, replace(cfg, output=None, report=None), max_drop, step, floor, show)
+    if cfg.validate:
+        from .auto import _held_out
+
+        _, feeds, labels = _held_out(pipeline.load(model, cfg).model, cfg)
+        data = dict(feeds, **({"labels": labels} if labels is not None else {}))
+        result.validation = run_validate(model, result.model, data=data, threads=cfg.threads)
+    if trajectory_path:
+        plot(run, trajectory_path)
+    result.written = pipeline.save(result, cfg)
+    return result
 
 
 @main.command()

@@ -150,6 +150,7 @@ class PruneReport:
     allocate: str = "uniform"  # how the budget was spread over the groups
     sequential: dict | None = None  # stages, refitted consumers, re-selected groups, seconds, runs
     target: dict | None = None  # the budget asked for: {"measure": "macs"|"params", "fraction": F}
+    auto: dict | None = None  # the --auto trajectory (``auto.AutoRun.to_dict``)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,0 +1,85 @@
+"""The automatic loop (issue 10): each step prunes the previous model, the
+loop keeps the last step within --max-drop of the original on held-out data
+(checked here independently), stops at a MACs floor, and the CLI writes the
+trajectory in the report and as a plot."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxprune.auto import _metric, auto_prune
+from onnxprune.pipeline import PruneConfig
+from oracle import run
+
+ROOT = os.path.join(os.path.dirname(__file__), os.pardir, "models")
+PATH = os.path.join(ROOT, "resnet_mnist.onnx")
+DATA = os.path.join(ROOT, "resnet_mnist_data.npz")
+
+
+def test_the_metric_is_accuracy_with_labels_then_agreement_then_cosine():
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((20, 5))
+    out = ref.copy()
+    out[:4] = -out[:4]
+    labels = ref.argmax(1)
+    name, v, before = _metric(out, ref, labels)
+    assert name == "accuracy" and before == 1.0 and v == pytest.approx(np.mean(out.argmax(1) == labels))
+    name, v, before = _metric(out, ref, None)
+    assert name == "top-1 agreement" and v == pytest.approx(np.mean(out.argmax(1) == ref.argmax(1)))
+    img = rng.standard_normal((3, 2, 4, 4))
+    name, v, _ = _metric(2 * img + 1, img, None)
+    assert name == "centred cosine" and v == pytest.approx(1.0)
+
+
+def test_the_loop_stops_before_the_drop_and_keeps_the_step_before():
+    d = np.load(DATA)
+    cfg = PruneConfig(calib={"input": d["input"][:160]},
+                      data={"input": d["input"][160:], "labels": d["labels"][160:]})
+    result, traj = auto_prune(PATH, cfg, max_drop=0.02, step=0.3)
+    kept = [s for s in traj.steps if s.accepted]
+    assert kept and all(s.drop <= 0.02 for s in kept)
+    assert all(a.macs > b.macs for a, b in zip(kept, kept[1:]))  # each step pruned further
+    if not traj.steps[-1].accepted:
+        assert traj.steps[-1].drop > 0.02 and "would lose" in traj.stopped
+    # independently: the returned model is within the drop on the held-out samples
+    (y0,), (y1,) = run(onnx.load(PATH), {"input": d["input"][160:]}), run(result.model, {"input": d["input"][160:]})
+    acc0 = np.mean(y0.argmax(1) == d["labels"][160:])
+    acc1 = np.mean(y1.argmax(1) == d["labels"][160:])
+    assert acc0 - acc1 <= 0.02 + 1e-9
+    assert result.report.macs["after"] / result.report.macs["before"] == pytest.approx(kept[-1].macs, rel=1e-6)
+    assert result.report.auto["steps"][0]["index"] == 1
+
+
+def test_a_macs_floor_stops_the_loop_there():
+    d = np.load(DATA)
+    cfg = PruneConfig(calib={"input": d["input"][:160]}, data={"input": d["input"][160:]})
+    result, traj = auto_prune(PATH, cfg, max_drop=1.0, step=0.2, floor=0.7)
+    assert "floor" in traj.stopped and all(s.accepted for s in traj.steps)
+    frac = result.report.macs["after"] / result.report.macs["before"]
+    assert 0.6 <= frac <= 0.72, frac
+
+
+def test_the_cli_writes_the_trajectory_and_refuses_what_auto_cannot_do(tmp_path):
+    pytest.importorskip("matplotlib")
+    from click.testing import CliRunner
+
+    from onnxprune.cli import main
+
+    out, rep, png = tmp_path / "a.onnx", tmp_path / "a.json", tmp_path / "t.png"
+    res = CliRunner().invoke(main, ["prune", PATH, "-o", str(out), "--auto", "--max-drop", "0.05", "--step", "0.4",
+                                    "--macs-target", "0.5", "--data", DATA, "--report", str(rep),
+                                    "--plot-trajectory", str(png)])
+    assert res.exit_code == 0, res.output
+    assert "step 1: MACs x" in res.output
+    report = json.loads(rep.read_text())
+    assert report["auto"]["steps"] and report["auto"]["max_drop"] == 0.05
+    v = report["validation"]
+    assert v["accuracy_after"] >= v["accuracy_before"] - 0.05 - 1e-9
+    assert png.read_bytes()[:4] == b"\x89PNG" and out.exists()
+    res = CliRunner().invoke(main, ["prune", PATH, "-o", str(out), "--auto", "--data", DATA,
+                                    "--masked-output", str(tmp_path / "m.onnx")])
+    assert res.exit_code == 2 and "--auto works with" in res.output
