@@ -46,6 +46,8 @@ class PruneConfig:
     """Everything a prune is asked to do (the CLI's flags, the API's keywords)."""
 
     # what to remove
+    mode: str = "channels"  # or "edges": single weights (``edges.py``)
+    pattern: str | None = None  # with mode="edges": N:M sparsity, like "2:4"
     ratio: float = 0.3
     macs_target: float | None = None
     params_target: float | None = None  # keep about this fraction of the parameters
@@ -151,6 +153,7 @@ class PruneReport:
     sequential: dict | None = None  # stages, refitted consumers, re-selected groups, seconds, runs
     target: dict | None = None  # the budget asked for: {"measure": "macs"|"params", "fraction": F}
     auto: dict | None = None  # the --auto trajectory (``auto.AutoRun.to_dict``)
+    edges: dict | None = None  # with --mode edges: sparsity, layers, sizes (``edges.EdgeReport``)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -590,8 +593,67 @@ def _json_default(x):
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
+def run_edges(source, cfg: PruneConfig) -> PruneResult:
+    """``--mode edges``: load, analyse (for each layer's linear form),
+    calibrate when the criterion or the weight update needs data, zero
+    weights in place, check, validate, save."""
+    from . import edges
+
+    if cfg.masked_output or cfg.save_plan or cfg.plan or cfg.keep is not None:
+        raise OnnxPruneError("--mode edges writes no plan and no masked model (the pruned model is "
+                             "its own masked model)")
+    if cfg.macs_target is not None or cfg.params_target is not None or cfg.latency_target is not None:
+        raise OnnxPruneError("--mode edges takes --ratio or --pattern (zeros change no MACs or latency)")
+    preflight(source, cfg)
+    loaded = load(source, cfg)
+    groups = analyze(loaded, cfg)
+    run_cfg, held_note = hold_out(groups, cfg)
+    data = run_cfg.calib is not None
+    aliases = {None: "obs" if data else "magnitude", "l1": "magnitude", "l2": "magnitude"}
+    criterion = aliases.get(cfg.criterion, cfg.criterion)
+    mode = run_cfg.resolved_compensation()
+    update = mode == "lsq"
+    calibration = None
+    if data and (update or criterion in ("relief", "obs")):
+        calibration = run_calibration(groups.model, run_cfg.calib,
+                                      edges.requests(groups, gram=update or criterion == "obs"),
+                                      samples=run_cfg.calib_samples, batch=run_cfg.calib_batch,
+                                      progress=cfg.progress, input_shapes=_known_inputs(groups, run_cfg))
+    elif criterion in ("relief", "obs"):
+        raise OnnxPruneError(f"edge criterion '{criterion}' needs calibration data (--calib or --data)")
+    original = invariants.summarize(groups.model)
+    ref = reference(groups, run_cfg)
+    rep = edges.prune_edges(groups, calibration, ratio=cfg.ratio, pattern=edges.parse_pattern(cfg.pattern),
+                            criterion=criterion, update=update)
+    groups.consumed = True
+    pruned = groups.model
+    check(original, pruned, run_cfg)
+    report = PruneReport(criterion=criterion, ratio=None if cfg.pattern else cfg.ratio,
+                         params={"before": groups.params_total, "after": groups.params_total - rep.zeroed},
+                         macs={"before": groups.macs, "after": groups.macs}, compensate=mode if update else "none",
+                         allocate="per layer", notes=list(rep.notes))
+    report.edges = {"sparsity": rep.sparsity, "zeroed": rep.zeroed, "elements": rep.elements,
+                    "pattern": rep.pattern, "dense_bytes": rep.dense_bytes, "sparse_bytes": rep.sparse_bytes,
+                    "compressed_bytes": rep.compressed_bytes, "compressed_before": rep.compressed_before,
+                    "layers": [vars(x) for x in rep.layers]}
+    if calibration is not None:
+        report.calibration = {"samples": calibration.samples, "seconds": calibration.seconds,
+                              "random": calibration.random, "tensors": len(calibration.stats)}
+    if held_note:
+        report.notes.append(held_note)
+    result = PruneResult(pruned, report, groups, Plan(), None, config=cfg, source=source, summary=original)
+    if ref is not None:
+        result.validation = validate(groups, pruned, run_cfg, ref)
+    result.written = save(result, cfg)
+    return result
+
+
 def run(source, cfg: PruneConfig) -> PruneResult:
     """Every stage in order."""
+    if cfg.mode == "edges":
+        return run_edges(source, cfg)
+    if cfg.mode != "channels":
+        raise OnnxPruneError(f"unknown mode '{cfg.mode}' (channels or edges)")
     preflight(source, cfg)
     loaded = load(source, cfg)
     if loaded.external:

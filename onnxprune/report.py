@@ -85,6 +85,13 @@ def print_prune(report, console: Console, costs: bool = True) -> None:
         console.print(t)
     else:
         console.print(f"pruned: {how}")
+    edges = getattr(report, "edges", None)
+    if edges:
+        console.print(f"edges: {edges['zeroed']:,} of {edges['elements']:,} weights zeroed (sparsity "
+                      f"{edges['sparsity']:.3f}{', pattern ' + edges['pattern'] if edges['pattern'] else ''}); "
+                      f"weights {edges['dense_bytes']:,} B dense, {edges['sparse_bytes']:,} B as sparse "
+                      f"initializers, {edges['compressed_bytes']:,} B compressed (was "
+                      f"{edges['compressed_before']:,} B)")
     target = getattr(report, "target", None)
     if target and target["measure"] == "latency":
         pass  # measured by validation (its Cost table) and in the plan's note
@@ -95,7 +102,8 @@ def print_prune(report, console: Console, costs: bool = True) -> None:
         console.print(f"{'MACs' if key == 'macs' else 'parameters'}: x{got:.3f} of the original "
                       f"(target {target['fraction']:g})")
     changed = [g for g in report.groups if g["kept"] != g["channels"]]
-    console.print(f"channels removed in {len(changed)} of {len(report.groups)} groups")
+    if not edges:
+        console.print(f"channels removed in {len(changed)} of {len(report.groups)} groups")
     if report.calibration:
         c = report.calibration
         src = "random inputs" if c["random"] else f"{c['samples']} samples"

@@ -1,0 +1,117 @@
+"""Edge (weight) pruning (issue 10): per-layer sparsity is exactly the ratio,
+N:M keeps at most N of every M inputs, the weight update lowers the
+reconstruction error, obs zeroes what the data does not use, and the CLI
+refuses budgets zeros cannot meet."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import pytest
+
+import onnxprune
+from onnxprune.edges import _mask, parse_pattern
+from onnxprune.errors import OnnxPruneError
+from graphs import Graph
+from oracle import run
+
+ROOT = os.path.join(os.path.dirname(__file__), os.pardir, "models")
+
+
+def _mlp(seed=21):
+    g = Graph(seed=seed)
+    a = g.add("Relu", [g.gemm("x", 16, 24, name="A")])
+    return g.build({"x": ["N", 16]}, [g.gemm(a, 24, 5, name="B")])
+
+
+def _weights(model):
+    return {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def test_each_layer_loses_exactly_the_ratio():
+    model = _mlp()
+    r = onnxprune.prune(model, mode="edges", ratio=0.6, input_shapes={"x": [1, 16]})
+    before, after = _weights(model), _weights(r.model)
+    for name in ("A_W", "B_W"):
+        assert np.count_nonzero(after[name] == 0) == round(0.6 * before[name].size)
+        kept = after[name] != 0
+        np.testing.assert_array_equal(after[name][kept], before[name][kept])  # no update without data
+        # the smallest magnitudes went
+        assert np.abs(before[name][~kept]).max() <= np.abs(before[name][kept]).min()
+    assert r.report.edges["zeroed"] == sum(np.count_nonzero(after[n] == 0) for n in ("A_W", "B_W"))
+
+
+def test_n_of_m_keeps_at_most_n_of_every_m_inputs():
+    rng = np.random.default_rng(0)
+    score = rng.random((10, 7))
+    for n in (1, 2, 3):
+        mask = _mask(score, None, (n, 4))
+        for start in range(0, 10, 4):
+            block = mask[start:start + 4]
+            kept = (~block).sum(axis=0)
+            assert np.all(kept == min(n, len(block)))
+            # the kept ones are the block's largest scores
+            s = score[start:start + 4]
+            assert np.all(np.where(~block, s, np.inf).min(0) >= np.where(block, s, -np.inf).max(0))
+    with pytest.raises(OnnxPruneError):
+        parse_pattern("4:2")
+    model = _mlp()
+    r = onnxprune.prune(model, mode="edges", pattern="2:4", input_shapes={"x": [1, 16]})
+    w = _weights(r.model)["A_W"]  # (16 inputs, 24 outputs): axis 0 is the input
+    assert np.all((w.reshape(4, 4, 24) != 0).sum(axis=1) <= 2)
+
+
+def _calib(n=400, seed=3):
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((n, 6))
+    return {"x": (z @ rng.standard_normal((6, 16))).astype(np.float32)}  # correlated inputs
+
+
+def test_the_weight_update_lowers_the_error_on_the_data():
+    model, calib = _mlp(), _calib()
+    (y0,) = run(model, calib)
+    err = {}
+    for comp in ("none", "lsq"):
+        r = onnxprune.prune(model, mode="edges", ratio=0.5, calib=calib, compensate=comp)
+        (y,) = run(r.model, calib)
+        err[comp] = float(np.mean((y - y0) ** 2))
+        assert r.report.edges["sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert err["lsq"] < 0.5 * err["none"], err
+    assert any(layer["updated"] for layer in r.report.edges["layers"])
+
+
+def test_obs_zeroes_the_weights_of_an_input_the_data_never_uses():
+    g = Graph(seed=4)
+    y = g.gemm("x", 8, 3, name="A")
+    model = g.build({"x": ["N", 8]}, [y])
+    w = _weights(model)["A_W"].copy()
+    w = np.sign(w) * np.maximum(np.abs(w), 0.2)  # no other weight is near zero
+    w[0] = 5.0  # the biggest weights read input 0 ...
+    model.graph.initializer[0].CopyFrom(onnx.numpy_helper.from_array(w, "A_W"))
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((300, 8)).astype(np.float32)
+    x[:, 0] = 0.0  # ... which is always zero
+    r = onnxprune.prune(model, mode="edges", ratio=3 / 24, calib={"x": x}, compensate="none")
+    assert np.all(_weights(r.model)["A_W"][0] == 0)
+    m = onnxprune.prune(model, mode="edges", ratio=3 / 24, criterion="l1")
+    assert np.all(_weights(m.model)["A_W"][0] != 0)
+
+
+def test_edges_refuse_budgets_and_outputs_they_cannot_serve(tmp_path):
+    model = _mlp()
+    with pytest.raises(OnnxPruneError, match="--ratio or --pattern"):
+        onnxprune.prune(model, mode="edges", macs_target=0.5, input_shapes={"x": [1, 16]})
+    with pytest.raises(OnnxPruneError, match="needs calibration"):
+        onnxprune.prune(model, mode="edges", criterion="relief", input_shapes={"x": [1, 16]})
+    from click.testing import CliRunner
+
+    from onnxprune.cli import main
+
+    path = os.path.join(ROOT, "resnet_mnist.onnx")
+    res = CliRunner().invoke(main, ["prune", path, "-o", str(tmp_path / "e.onnx"), "--mode", "edges",
+                                    "--ratio", "0.3", "--no-validate"])
+    assert res.exit_code == 0, res.output
+    assert "weights zeroed (sparsity 0.300" in res.output
+    out = onnx.load(str(tmp_path / "e.onnx"))
+    onnx.checker.check_model(out, full_check=True)
