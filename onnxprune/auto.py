@@ -116,6 +116,9 @@ def auto_prune(source, cfg, max_drop: float, step: float = 0.1, floor: float | N
     step_cfg = replace(step_cfg, data=None, validate=False, output=None, masked_output=None, report=None,
                        save_plan=None, ratio=0.3, macs_target=None, params_target=None, latency_target=None)
     for k in range(1, 1000):
+        if floor is not None and current_frac <= floor + 1e-3:
+            run.stopped = f"reached the MACs floor {floor:g}"
+            break
         want = current_frac * (1.0 - step)
         if floor is not None:
             want = max(want, floor)

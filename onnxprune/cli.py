@@ -157,6 +157,9 @@ def analyze(model, as_json, show_all, exclude, strict, input_shape):
                    "agreement, else centred cosine; 0.01 = one point).")
 @click.option("--step", "auto_step", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
               show_default=True, help="With --auto: the fraction of the MACs each step removes.")
+@click.option("--steps", "n_steps", type=click.IntRange(min=2),
+              help="Reach --macs-target in N steps, each a whole prune (re-calibrated and compensated) of "
+                   "the previous step's model (iterative pruning; the --auto loop without a drop limit).")
 @click.option("--plot-trajectory", "trajectory_path", type=click.Path(dir_okay=False),
               help="With --auto: plot the metric against what each step kept (PNG; [plot] extra).")
 @click.option("--min-channels", type=click.IntRange(min=1), default=1, show_default=True, help="Channels every group keeps at least.")
@@ -186,7 +189,8 @@ def analyze(model, as_json, show_all, exclude, strict, input_shape):
 @input_shape_opt
 def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, compensate, sequential,
           group_reduction, member_norm, macs_target, params_target, latency_target, min_channels, round_to, allocate,
-          sensitivity_path, max_group_ratio, mode, pattern, auto_loop, max_drop, auto_step, trajectory_path,
+          sensitivity_path, max_group_ratio, mode, pattern, auto_loop, max_drop, auto_step, n_steps,
+          trajectory_path,
           exclude, plan_path,
           save_plan, masked_output, data, report_path, no_validate, strict, seed, threads, quiet,
           input_shape):
@@ -207,7 +211,12 @@ def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, co
         plan=plan_path, strict=True if strict else None, validate=not no_validate, data=data,
         threads=threads, progress=not quiet and sys.stderr.isatty(), output=output,
         masked_output=masked_output, report=report_path, save_plan=save_plan)
-    if auto_loop:
+    if n_steps:
+        if auto_loop or cfg.macs_target is None:
+            raise OnnxPruneError("--steps N needs --macs-target (and is not --auto: that stops on --max-drop)")
+        step = 1.0 - cfg.macs_target ** (1.0 / n_steps)
+        result = _auto(model, cfg, float("inf"), step, trajectory_path, console)
+    elif auto_loop:
         result = _auto(model, cfg, max_drop, auto_step, trajectory_path, console)
     else:
         result = pipeline.run(model, cfg)

@@ -83,3 +83,19 @@ def test_the_cli_writes_the_trajectory_and_refuses_what_auto_cannot_do(tmp_path)
     res = CliRunner().invoke(main, ["prune", PATH, "-o", str(out), "--auto", "--data", DATA,
                                     "--masked-output", str(tmp_path / "m.onnx")])
     assert res.exit_code == 2 and "--auto works with" in res.output
+
+
+def test_steps_reach_the_macs_target_in_n_whole_prunes(tmp_path):
+    from click.testing import CliRunner
+
+    from onnxprune.cli import main
+
+    rep = tmp_path / "s.json"
+    res = CliRunner().invoke(main, ["prune", PATH, "-o", str(tmp_path / "s.onnx"), "--steps", "2", "--macs-target",
+                                    "0.6", "--data", DATA, "--report", str(rep), "--no-validate"])
+    assert res.exit_code == 0, res.output
+    steps = json.loads(rep.read_text())["auto"]["steps"]
+    assert len(steps) == 2 and all(s["accepted"] for s in steps)
+    assert steps[0]["macs"] > steps[1]["macs"] and steps[1]["macs"] <= 0.6 + 1e-6
+    res = CliRunner().invoke(main, ["prune", PATH, "-o", str(tmp_path / "s.onnx"), "--steps", "2", "--data", DATA])
+    assert res.exit_code == 2 and "--steps N needs --macs-target" in res.output
