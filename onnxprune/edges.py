@@ -32,6 +32,7 @@ from .errors import OnnxPruneError
 
 CRITERIA = ("magnitude", "relief", "obs")
 MAX_UPDATE_INPUTS = 2048  # wider inputs: no weight update (one solve per output column)
+MIN_FAN_IN = 32  # an output reading fewer weights (a depthwise 3x3, a 1-channel stem) stays dense
 
 
 @dataclass
@@ -162,11 +163,21 @@ def prune_edges(groups, calibration, *, ratio: float | None, pattern=None, crite
         raise OnnxPruneError("no linear layer with a stored float weight: nothing to sparsify")
     view = groups.view
     act = _activations(groups)
+    dense = []
     for index, form, name in targets:
         t = view.initializers[name]
         value = numpy_helper.to_array(t)
         w = form.matrix(value)
         shape3 = w.shape
+        if shape3[0] * shape3[2] < MIN_FAN_IN:
+            dense.append(view.nodes[index].name)
+            rep.elements += int(value.size)
+            rep.dense_bytes += value.nbytes
+            rep.sparse_bytes += value.nbytes
+            packed = len(zlib.compress(np.ascontiguousarray(value).tobytes(), 6))
+            rep.compressed_bytes += packed
+            rep.compressed_before += packed
+            continue
         flat = w.reshape(shape3[0], -1)
         st = None
         if calibration is not None and (index, form.x) in act:
@@ -198,6 +209,10 @@ def prune_edges(groups, calibration, *, ratio: float | None, pattern=None, crite
         rep.sparse_bytes += int(np.count_nonzero(new_value)) * (item + 8) + 8 * new_value.ndim
         rep.compressed_bytes += len(zlib.compress(new_value.tobytes(), 6))
         rep.compressed_before += len(zlib.compress(np.ascontiguousarray(value).tobytes(), 6))
+    if dense:
+        rep.notes.append(f"{len(dense)} layer(s) whose outputs read fewer than {MIN_FAN_IN} weights stay "
+                         f"dense (no weights left to make up for a zeroed one): "
+                         f"{', '.join(dense[:4])}{' ...' if len(dense) > 4 else ''}")
     if update and not any(layer.updated for layer in rep.layers):
         rep.notes.append("no weight was updated: the update needs calibration Gram matrices "
                          "(--calib, --compensate lsq)")
