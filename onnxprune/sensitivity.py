@@ -134,17 +134,23 @@ def prepare(model, calib, data, criterion: str | None, compensate: str | None, i
                                input_shapes=input_shapes, calib_samples=calib_samples, sequential=False)
     groups = pipeline.analyze(pipeline.load(model, cfg), cfg)
     labels = None
+    limited = calib_samples is not None
     if data is not None:
         feeds, labels = load_npz(data, groups.model) if isinstance(data, (str, os.PathLike)) else \
             ({k: np.asarray(v) for k, v in data.items() if k != "labels"}, data.get("labels"))
     else:
+        if calib_samples is not None:
+            # only the first calib_samples may be used (the rest may be a
+            # prune's validation samples): the held-out part comes from them
+            calib = _first(calib, groups.model, calib_samples)
+            calib_samples = None
         parts = hold_out(calib, groups.model)
         if parts is None:
             raise OnnxPruneError("sensitivity needs held-out data: give --data, or --calib data that "
                                  "can be read twice with at least 2 samples")
         limit, feeds = parts
         cfg.calib_samples = limit if calib_samples is None else min(calib_samples, limit)
-        if isinstance(calib, (str, os.PathLike)) and os.fspath(calib).endswith(".npz"):
+        if isinstance(calib, (str, os.PathLike)) and os.fspath(calib).endswith(".npz") and not limited:
             _, all_labels = load_npz(calib, groups.model)  # labels of the held-out tail, when it has them
             if all_labels is not None:
                 labels = all_labels[len(all_labels) - len(next(iter(feeds.values()))):]
@@ -154,6 +160,16 @@ def prepare(model, calib, data, criterion: str | None, compensate: str | None, i
     reference = run_batched(session(groups.model), feeds, None)
     return Sweep(groups, scores, calibration, cfg.resolved_compensation(), feeds,
                  None if labels is None else np.asarray(labels), reference)
+
+
+def _first(source, model, n: int) -> dict:
+    """The first ``n`` samples of a calibration source, as one dict."""
+    from .calibration import _batches, load_data
+    from .data import model_inputs
+
+    names = [i.name for i in model_inputs(model)]
+    parts = list(_batches(load_data(source, model)[0], names, model, 64, n))
+    return {k: np.concatenate([p[k] for p in parts]) for k in names}
 
 
 def _fingerprint(model, settings: dict) -> str:

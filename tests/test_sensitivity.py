@@ -206,3 +206,25 @@ def test_the_default_allocation_follows_the_data_and_the_sweeps_cost(monkeypatch
     assert costly.report.allocate == "global" and any("would run" in n for n in costly.report.notes)
     asked = onnxprune.prune(path, macs_target=0.6, calib={"input": d["input"][:96]}, allocate="uniform")
     assert asked.report.allocate == "uniform"
+
+
+def test_a_sweep_limited_to_the_calibration_part_never_measures_on_the_rest(monkeypatch):
+    """In a prune that holds out the last quarter for validation, the sweep
+    measures on the tail of the calibration part, never on those samples."""
+    from onnxprune import calibration, sensitivity
+
+    seen = {}
+    orig = calibration.hold_out
+
+    def spy(source, model, *a, **k):
+        out = orig(source, model, *a, **k)
+        seen["held"] = out[1]["input"] if out else None
+        return out
+
+    monkeypatch.setattr(calibration, "hold_out", spy)
+    d = np.load(os.path.join(ROOT, "resnet_mnist_data.npz"))
+    sensitivity.prepare(os.path.join(ROOT, "resnet_mnist.onnx"), os.path.join(ROOT, "resnet_mnist_data.npz"),
+                        None, None, None, None, calib_samples=192)
+    held = seen["held"]
+    assert len(held) == 48  # a quarter of the 192 calibration samples
+    np.testing.assert_array_equal(held, d["input"][144:192])
