@@ -148,7 +148,10 @@ def analyze(model, as_json, show_all, exclude, strict, input_shape):
 @click.option("--mode", type=click.Choice(["channels", "edges"]), default="channels", show_default=True,
               help="channels: remove whole channels; edges: zero single weights (--ratio of each layer, "
                    "or --pattern).")
-@click.option("--pattern", metavar="N:M", help="With --mode edges: keep N of every M consecutive inputs (2:4).")
+@click.option("--pattern", metavar="N:M", help="Keep N of every M consecutive inputs of each weight (2:4): with "
+              "--mode edges, or after the channels.")
+@click.option("--edge-ratio", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="After the channels, also zero this fraction of every layer's remaining weights.")
 @click.option("--auto", "auto_loop", is_flag=True,
               help="Prune in steps (re-calibrating and compensating each time) until the next step would "
                    "lose more than --max-drop on held-out data (or --macs-target is reached).")
@@ -189,7 +192,7 @@ def analyze(model, as_json, show_all, exclude, strict, input_shape):
 @input_shape_opt
 def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, compensate, sequential,
           group_reduction, member_norm, macs_target, params_target, latency_target, min_channels, round_to, allocate,
-          sensitivity_path, max_group_ratio, mode, pattern, auto_loop, max_drop, auto_step, n_steps,
+          sensitivity_path, max_group_ratio, mode, pattern, edge_ratio, auto_loop, max_drop, auto_step, n_steps,
           trajectory_path,
           exclude, plan_path,
           save_plan, masked_output, data, report_path, no_validate, strict, seed, threads, quiet,
@@ -203,7 +206,7 @@ def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, co
         click.echo(f"onnxprune: warning: {RANDOM_WARNING}", err=True)
     cfg = PruneConfig(
         ratio=ratio, criterion=criterion, min_channels=min_channels, round_to=round_to,
-        mode=mode, pattern=pattern, allocate=allocate, sensitivity=sensitivity_path, max_group_ratio=max_group_ratio,
+        mode=mode, pattern=pattern, edge_ratio=edge_ratio, allocate=allocate, sensitivity=sensitivity_path, max_group_ratio=max_group_ratio,
         exclude=tuple(exclude), input_shapes=parse_input_shapes(input_shape), seed=seed, calib=calib,
         calib_samples=calib_samples, calib_batch=calib_batch, compensate=compensate,
         sequential=sequential, group_reduction=group_reduction, normalize=member_norm, macs_target=macs_target,

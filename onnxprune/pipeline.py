@@ -47,7 +47,8 @@ class PruneConfig:
 
     # what to remove
     mode: str = "channels"  # or "edges": single weights (``edges.py``)
-    pattern: str | None = None  # with mode="edges": N:M sparsity, like "2:4"
+    pattern: str | None = None  # N:M weight sparsity, like "2:4" (mode="edges", or after the channels)
+    edge_ratio: float | None = None  # with mode="channels": then zero this fraction of each layer's weights
     ratio: float = 0.3
     macs_target: float | None = None
     params_target: float | None = None  # keep about this fraction of the parameters
@@ -593,12 +594,41 @@ def _json_default(x):
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
+def edge_stage(groups: Groups, run_cfg: PruneConfig, criterion: str | None, ratio: float | None):
+    """Zero weights of ``groups.model`` in place (``edges.py``), calibrating
+    first when the criterion or the weight update needs data. -> (report,
+    criterion used, whether weights were updated, calibration)."""
+    from . import edges
+
+    data = run_cfg.calib is not None
+    aliases = {None: "obs" if data else "magnitude", "l1": "magnitude", "l2": "magnitude"}
+    criterion = aliases.get(criterion, criterion)
+    update = run_cfg.resolved_compensation() == "lsq"
+    calibration = None
+    if data and (update or criterion in ("relief", "obs")):
+        calibration = run_calibration(groups.model, run_cfg.calib,
+                                      edges.requests(groups, gram=update or criterion == "obs"),
+                                      samples=run_cfg.calib_samples, batch=run_cfg.calib_batch,
+                                      progress=run_cfg.progress, input_shapes=_known_inputs(groups, run_cfg))
+    elif criterion in ("relief", "obs"):
+        raise OnnxPruneError(f"edge criterion '{criterion}' needs calibration data (--calib or --data)")
+    rep = edges.prune_edges(groups, calibration, ratio=ratio, pattern=edges.parse_pattern(run_cfg.pattern),
+                            criterion=criterion, update=update)
+    groups.consumed = True
+    return rep, criterion, update, calibration
+
+
+def _edge_summary(rep) -> dict:
+    return {"sparsity": rep.sparsity, "zeroed": rep.zeroed, "elements": rep.elements, "pattern": rep.pattern,
+            "dense_bytes": rep.dense_bytes, "sparse_bytes": rep.sparse_bytes,
+            "compressed_bytes": rep.compressed_bytes, "compressed_before": rep.compressed_before,
+            "layers": [vars(x) for x in rep.layers]}
+
+
 def run_edges(source, cfg: PruneConfig) -> PruneResult:
     """``--mode edges``: load, analyse (for each layer's linear form),
     calibrate when the criterion or the weight update needs data, zero
     weights in place, check, validate, save."""
-    from . import edges
-
     if cfg.masked_output or cfg.save_plan or cfg.plan or cfg.keep is not None:
         raise OnnxPruneError("--mode edges writes no plan and no masked model (the pruned model is "
                              "its own masked model)")
@@ -608,34 +638,16 @@ def run_edges(source, cfg: PruneConfig) -> PruneResult:
     loaded = load(source, cfg)
     groups = analyze(loaded, cfg)
     run_cfg, held_note = hold_out(groups, cfg)
-    data = run_cfg.calib is not None
-    aliases = {None: "obs" if data else "magnitude", "l1": "magnitude", "l2": "magnitude"}
-    criterion = aliases.get(cfg.criterion, cfg.criterion)
-    mode = run_cfg.resolved_compensation()
-    update = mode == "lsq"
-    calibration = None
-    if data and (update or criterion in ("relief", "obs")):
-        calibration = run_calibration(groups.model, run_cfg.calib,
-                                      edges.requests(groups, gram=update or criterion == "obs"),
-                                      samples=run_cfg.calib_samples, batch=run_cfg.calib_batch,
-                                      progress=cfg.progress, input_shapes=_known_inputs(groups, run_cfg))
-    elif criterion in ("relief", "obs"):
-        raise OnnxPruneError(f"edge criterion '{criterion}' needs calibration data (--calib or --data)")
     original = invariants.summarize(groups.model)
     ref = reference(groups, run_cfg)
-    rep = edges.prune_edges(groups, calibration, ratio=cfg.ratio, pattern=edges.parse_pattern(cfg.pattern),
-                            criterion=criterion, update=update)
-    groups.consumed = True
+    rep, criterion, update, calibration = edge_stage(groups, run_cfg, cfg.criterion, cfg.ratio)
     pruned = groups.model
     check(original, pruned, run_cfg)
     report = PruneReport(criterion=criterion, ratio=None if cfg.pattern else cfg.ratio,
                          params={"before": groups.params_total, "after": groups.params_total - rep.zeroed},
-                         macs={"before": groups.macs, "after": groups.macs}, compensate=mode if update else "none",
-                         allocate="per layer", notes=list(rep.notes))
-    report.edges = {"sparsity": rep.sparsity, "zeroed": rep.zeroed, "elements": rep.elements,
-                    "pattern": rep.pattern, "dense_bytes": rep.dense_bytes, "sparse_bytes": rep.sparse_bytes,
-                    "compressed_bytes": rep.compressed_bytes, "compressed_before": rep.compressed_before,
-                    "layers": [vars(x) for x in rep.layers]}
+                         macs={"before": groups.macs, "after": groups.macs},
+                         compensate="lsq" if update else "none", allocate="per layer", notes=list(rep.notes))
+    report.edges = _edge_summary(rep)
     if calibration is not None:
         report.calibration = {"samples": calibration.samples, "seconds": calibration.seconds,
                               "random": calibration.random, "tensors": len(calibration.stats)}
@@ -654,6 +666,8 @@ def run(source, cfg: PruneConfig) -> PruneResult:
         return run_edges(source, cfg)
     if cfg.mode != "channels":
         raise OnnxPruneError(f"unknown mode '{cfg.mode}' (channels or edges)")
+    if (cfg.edge_ratio is not None or cfg.pattern is not None) and cfg.masked_output:
+        raise OnnxPruneError("--masked-output shows channels only: not with --edge-ratio or --pattern")
     preflight(source, cfg)
     loaded = load(source, cfg)
     if loaded.external:
@@ -674,8 +688,20 @@ def run(source, cfg: PruneConfig) -> PruneResult:
     ref = reference(groups, run_cfg)
     pruned = apply(groups, the_plan, comp, in_place=True)
     check(original, pruned, run_cfg)
+    rep_edges = None
+    if cfg.edge_ratio is not None or cfg.pattern is not None:
+        # channels first, then edge sparsity on what is left (its own analysis and calibration)
+        from dataclasses import replace
+
+        after = analyze(modelio.Loaded(pruned, None, groups.external, groups.source_files), run_cfg)
+        rep_edges, _, _, _ = edge_stage(after, replace(run_cfg, criterion=None), None, cfg.edge_ratio)
+        pruned = after.model
+        check(original, pruned, run_cfg)
     result = PruneResult(pruned, report(groups, the_plan, pruned, calibration, comp, run_cfg), groups,
                          the_plan, comp, config=cfg, source=source, summary=original)
+    if rep_edges is not None:
+        result.report.edges = _edge_summary(rep_edges)
+        result.report.notes.extend(rep_edges.notes)
     if held_note:
         result.report.notes.append(held_note)
     if allocation_note:

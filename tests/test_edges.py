@@ -127,3 +127,20 @@ def test_a_layer_whose_outputs_read_few_weights_stays_dense():
     w = _weights(r.model)
     assert np.count_nonzero(w["narrow_W"] == 0) == 0 and np.count_nonzero(w["wide_W"] == 0) == 80
     assert any("stay dense" in n and "narrow" in n for n in r.report.notes)
+
+
+def test_channels_then_edges_in_one_prune():
+    path = os.path.join(ROOT, "resnet_mnist.onnx")
+    d = np.load(os.path.join(ROOT, "resnet_mnist_data.npz"))
+    calib = {"input": d["input"][:96]}
+    r = onnxprune.prune(path, macs_target=0.6, calib=calib, edge_ratio=0.5)
+    assert r.report.macs["after"] <= 0.6 * r.report.macs["before"] * 1.01  # channels went
+    e = r.report.edges
+    assert 0.3 < e["sparsity"] <= 0.5 and e["zeroed"] > 0  # then half of each big layer's weights
+    onnx.checker.check_model(r.model, full_check=True)
+    # the zeros are in the channel-pruned weights: same shapes as a channels-only prune
+    alone = onnxprune.prune(path, macs_target=0.6, calib=calib)
+    shapes = {t.name: tuple(t.dims) for t in alone.model.graph.initializer}
+    assert {t.name: tuple(t.dims) for t in r.model.graph.initializer} == shapes
+    with pytest.raises(OnnxPruneError, match="masked-output shows channels only"):
+        onnxprune.prune(path, macs_target=0.6, edge_ratio=0.5, masked_output="/tmp/never.onnx")
