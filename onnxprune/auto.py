@@ -42,6 +42,7 @@ class AutoRun:
     original: float = 0.0
     steps: list = field(default_factory=list)
     stopped: str = ""  # why the loop ended
+    held_out: dict = field(default_factory=dict, repr=False)  # the data every step was measured on (and labels)
 
     def to_dict(self) -> dict:
         return {"max_drop": self.max_drop, "step": self.step, "metric": self.metric,
@@ -66,27 +67,17 @@ def _metric(outs: np.ndarray, ref: np.ndarray, labels) -> tuple[str, float, floa
 def _held_out(source_model, cfg):
     """(calibration config, held-out feeds, labels): --data when given, else
     the last quarter of --calib, held out of calibration."""
-    from .calibration import hold_out
-    from .data import load_npz
+    from .calibration import hold_out_labelled
+    from .data import feeds_and_labels
 
     if cfg.calib is None:
         raise OnnxPruneError("--auto needs calibration data (--calib or --data)")
     if cfg.data is not None:
-        if isinstance(cfg.data, dict):
-            feeds = {k: np.asarray(v) for k, v in cfg.data.items() if k != "labels"}
-            labels = cfg.data.get("labels")
-        else:
-            feeds, labels = load_npz(cfg.data, source_model)
-        return cfg, feeds, labels
-    parts = hold_out(cfg.calib, source_model)
+        return (cfg, *feeds_and_labels(cfg.data, source_model))
+    parts = hold_out_labelled(cfg.calib, source_model)
     if parts is None:
         raise OnnxPruneError("--auto needs held-out data: --data, or --calib data that can be read twice")
-    limit, feeds = parts
-    labels = None
-    if isinstance(cfg.calib, str) and cfg.calib.endswith(".npz"):
-        _, all_labels = load_npz(cfg.calib, source_model)
-        if all_labels is not None:
-            labels = all_labels[len(all_labels) - len(next(iter(feeds.values()))):]
+    limit, feeds, labels = parts
     samples = limit if cfg.calib_samples is None else min(cfg.calib_samples, limit)
     return replace(cfg, calib_samples=samples), feeds, labels
 
@@ -110,7 +101,7 @@ def auto_prune(source, cfg, max_drop: float, step: float = 0.1, floor: float | N
     step_cfg, feeds, labels = _held_out(original, cfg)
     labels = None if labels is None else np.asarray(labels)
     ref = run_batched(session(original), feeds, None)[0]
-    run = AutoRun(max_drop, step)
+    run = AutoRun(max_drop, step, held_out=dict(feeds, **({"labels": labels} if labels is not None else {})))
     current, current_frac, params_total = original, 1.0, None
     best = None
     step_cfg = replace(step_cfg, data=None, validate=False, output=None, masked_output=None, report=None,

@@ -127,7 +127,7 @@ class ChannelStats:
         else:
             moments = _plane_moments(x3)
         if step > 1 and after > 1:
-            sub = x3[:, :, ::step] if after >= step else x3[::step]
+            sub = gram_subset(x3, step)
             for m in _channels_first(sub, GRAM_CHUNK):
                 self.xtx += m @ m.T
                 self.gram_sum += m.sum(axis=1)
@@ -164,6 +164,13 @@ class ChannelStats:
         n = max(self.gram_count, 1)
         m = self.gram_sum / n
         return self.xtx / n - np.outer(m, m)
+
+
+def gram_subset(x3: np.ndarray, step: int) -> np.ndarray:
+    """Every ``step``-th row of (before, channels, after), as (before',
+    channels, after'): strided along ``after`` when it is that long, else
+    along ``before`` (the rows that enter a Gram matrix past GRAM_ROWS)."""
+    return x3[:, :, ::step] if x3.shape[2] >= step else x3[::step]
 
 
 def _block_moments(blk: np.ndarray, axis: int, tt: np.ndarray, bb: np.ndarray):
@@ -389,6 +396,23 @@ def hold_out(source, model: onnx.ModelProto, fraction: float = 0.25, cap: int = 
         return total - k, {n: np.concatenate(v) for n, v in kept.items()}
     except ValueError:  # held-out samples of different sizes cannot form one validation set
         return None
+
+
+def hold_out_labelled(source, model: onnx.ModelProto):
+    """``hold_out``, with the held-out samples' labels when the source is an
+    .npz that has a 'labels' array: -> (limit, feeds, labels or None) or None."""
+    parts = hold_out(source, model)
+    if parts is None:
+        return None
+    limit, feeds = parts
+    labels = None
+    if isinstance(source, (str, os.PathLike)) and os.fspath(source).endswith(".npz"):
+        from .data import load_npz
+
+        _, all_labels = load_npz(source, model)
+        if all_labels is not None:
+            labels = all_labels[len(all_labels) - len(next(iter(feeds.values()))):]
+    return limit, feeds, labels
 
 
 def _guarded(samples):

@@ -316,12 +316,8 @@ def _auto(model, cfg, max_drop, step, trajectory_path, console):
                       f"(drop {s.drop:+.4f}) {'kept' if s.accepted else 'rejected'} [{s.seconds:.1f} s]")
 
     result, run = auto_prune(model, replace(cfg, output=None, report=None), max_drop, step, floor, show)
-    if cfg.validate:
-        from .auto import _held_out
-
-        _, feeds, labels = _held_out(pipeline.load(model, cfg).model, cfg)
-        data = dict(feeds, **({"labels": labels} if labels is not None else {}))
-        result.validation = run_validate(model, result.model, data=data, threads=cfg.threads)
+    if cfg.validate:  # on the samples every step was measured on
+        result.validation = run_validate(model, result.model, data=run.held_out, threads=cfg.threads)
     if trajectory_path:
         plot(run, trajectory_path)
     result.written = pipeline.save(result, cfg)

@@ -117,6 +117,23 @@ def _first_line(e: Exception) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def feeds_and_labels(data, model: onnx.ModelProto):
+    """Validation data -> (feeds {input: array[N, ...]}, labels or None):
+    an .npz path, or a dict of arrays (one per input, axis 0 = samples,
+    optional 'labels')."""
+    if isinstance(data, (str, os.PathLike)):
+        return load_npz(data, model)
+    if not isinstance(data, dict):
+        raise OnnxPruneError(f"validation data must be an .npz path or a dict of arrays (one per input, "
+                             f"axis 0 = samples), not {type(data).__name__}")
+    names = [i.name for i in model_inputs(model)]
+    missing = [n for n in names if n not in data]
+    if missing:
+        raise OnnxPruneError(f"data has no array for input(s) {', '.join(missing)}")
+    labels = data.get("labels")
+    return {k: np.asarray(data[k]) for k in names}, None if labels is None else np.asarray(labels)
+
+
 def load_npz(path, model: onnx.ModelProto):
     """-> (feeds {name: array[N, ...]}, labels or None)."""
     path = os.fspath(path)

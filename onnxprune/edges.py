@@ -184,17 +184,12 @@ def prune_edges(groups, calibration, *, ratio: float | None, pattern=None, crite
             st = calibration.get(*act[(index, form.x)])
             if st is not None and st.size != shape3[0]:
                 st = None
-        need_gram = criterion == "obs" or update
-        if need_gram and (st is None or st.xtx is None):
-            st_g = None
-        else:
-            st_g = st
-        score = _scores(flat, criterion if (criterion != "obs" or st_g is not None) else "magnitude",
-                        st_g if criterion == "obs" else st)
-        mask = _mask(score, ratio, pattern)
+        gram = st if st is not None and st.xtx is not None else None
+        how = "magnitude" if criterion == "obs" and gram is None else criterion  # obs needs the Gram matrix
+        mask = _mask(_scores(flat, how, st), ratio, pattern)
         done = False
-        if update and st_g is not None and shape3[0] <= MAX_UPDATE_INPUTS:
-            new = _update(flat.astype(np.float64), mask, st_g)
+        if update and gram is not None and shape3[0] <= MAX_UPDATE_INPUTS:
+            new = _update(flat.astype(np.float64), mask, gram)
             done = True
         else:
             new = np.where(mask, 0.0, flat)

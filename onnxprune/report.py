@@ -72,9 +72,9 @@ def print_prune(report, console: Console, costs: bool = True) -> None:
     (validation prints them in its Cost table, once)."""
     how = (f"criterion {report.criterion}, {report.allocate} allocation"
            + (f" (budget of ratio {report.ratio:g})" if report.ratio is not None
-              and not getattr(report, "target", None) else "")
+              and not report.target else "")
            + f", compensation {report.compensate}"
-           + (", sequential" if getattr(report, "sequential", None) else ""))
+           + (", sequential" if report.sequential else ""))
     if costs:
         t = Table(title=f"Pruned ({how})")
         for col in ("", "before", "after", "ratio"):
@@ -85,14 +85,14 @@ def print_prune(report, console: Console, costs: bool = True) -> None:
         console.print(t)
     else:
         console.print(f"pruned: {how}")
-    edges = getattr(report, "edges", None)
+    edges = report.edges
     if edges:
         console.print(f"edges: {edges['zeroed']:,} of {edges['elements']:,} weights zeroed (sparsity "
                       f"{edges['sparsity']:.3f}{', pattern ' + edges['pattern'] if edges['pattern'] else ''}); "
                       f"weights {edges['dense_bytes']:,} B dense, {edges['sparse_bytes']:,} B as sparse "
                       f"initializers, {edges['compressed_bytes']:,} B compressed (was "
                       f"{edges['compressed_before']:,} B)")
-    target = getattr(report, "target", None)
+    target = report.target
     if target and target["measure"] == "latency":
         pass  # measured by validation (its Cost table) and in the plan's note
     elif target:
@@ -108,7 +108,7 @@ def print_prune(report, console: Console, costs: bool = True) -> None:
         c = report.calibration
         src = "random inputs" if c["random"] else f"{c['samples']} samples"
         console.print(f"calibration: {src}, {c['tensors']} tensors, {c['seconds']:.2f} s")
-    seq = getattr(report, "sequential", None)
+    seq = report.sequential
     if seq:
         merged = f" (of {seq['levels']} levels)" if seq["stages"] < seq["levels"] else ""
         console.print(f"sequential reconstruction: {seq['stages']} stages{merged}, {seq['refitted']} "

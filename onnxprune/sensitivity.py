@@ -126,34 +126,27 @@ def prepare(model, calib, data, criterion: str | None, compensate: str | None, i
     """Load, analyse, calibrate and score once: what every job shares. With
     no ``data``, the last quarter of ``calib`` is held out for measuring."""
     from . import pipeline
-    from .calibration import hold_out
-    from .data import load_npz
+    from .calibration import hold_out_labelled
+    from .data import feeds_and_labels
     from .validate import run_batched, session
 
     cfg = pipeline.PruneConfig(calib=calib, data=data, criterion=criterion, compensate=compensate,
                                input_shapes=input_shapes, calib_samples=calib_samples, sequential=False)
     groups = pipeline.analyze(pipeline.load(model, cfg), cfg)
-    labels = None
-    limited = calib_samples is not None
     if data is not None:
-        feeds, labels = load_npz(data, groups.model) if isinstance(data, (str, os.PathLike)) else \
-            ({k: np.asarray(v) for k, v in data.items() if k != "labels"}, data.get("labels"))
+        feeds, labels = feeds_and_labels(data, groups.model)
     else:
         if calib_samples is not None:
             # only the first calib_samples may be used (the rest may be a
             # prune's validation samples): the held-out part comes from them
             calib = _first(calib, groups.model, calib_samples)
             calib_samples = None
-        parts = hold_out(calib, groups.model)
+        parts = hold_out_labelled(calib, groups.model)
         if parts is None:
             raise OnnxPruneError("sensitivity needs held-out data: give --data, or --calib data that "
                                  "can be read twice with at least 2 samples")
-        limit, feeds = parts
-        cfg.calib_samples = limit if calib_samples is None else min(calib_samples, limit)
-        if isinstance(calib, (str, os.PathLike)) and os.fspath(calib).endswith(".npz") and not limited:
-            _, all_labels = load_npz(calib, groups.model)  # labels of the held-out tail, when it has them
-            if all_labels is not None:
-                labels = all_labels[len(all_labels) - len(next(iter(feeds.values()))):]
+        limit, feeds, labels = parts
+        cfg.calib_samples = limit
     cfg = cfg.resolved()
     calibration = pipeline.calibrate(groups, cfg)
     scores = pipeline.score(groups, calibration, cfg)

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .calibration import GRAM_ROWS, _batch_size, _batches, _rereadable, load_data
+from .calibration import GRAM_ROWS, _batch_size, _batches, _rereadable, gram_subset, load_data
 from .compensate import Compensation, _shared
 from .data import model_inputs
 from .errors import OnnxPruneError
@@ -133,8 +133,7 @@ def _rows(x: np.ndarray, axis: int, size: int) -> np.ndarray:
     axis %= max(x.ndim, 1)
     x3 = x.reshape(int(np.prod(x.shape[:axis], dtype=np.int64)), size, -1)
     rows = x3.shape[0] * x3.shape[2]
-    step = -(-rows // GRAM_ROWS)
-    sub = x3[:, :, ::step] if x3.shape[2] >= step else x3[::step]
+    sub = gram_subset(x3, -(-rows // GRAM_ROWS))
     return np.ascontiguousarray(sub.transpose(1, 0, 2)).reshape(size, -1).astype(np.float64)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from .costs import count_macs, count_params
-from .data import input_dims, load_npz, model_inputs, random_feeds
+from .data import feeds_and_labels, input_dims, model_inputs, random_feeds
 from . import runtime
 from .errors import InternalError, OnnxPruneError
 from .graph import GraphView
@@ -270,18 +270,8 @@ def reference(a: onnx.ModelProto, data=None, *, input_shapes: dict | None = None
         msg = "no --data given: comparing on random inputs (fidelity on real data may differ)"
         warnings.warn(msg, stacklevel=3)
         notes.append(msg)
-    elif isinstance(data, dict):
-        names = [i.name for i in model_inputs(a)]
-        missing = [n for n in names if n not in data]
-        if missing:
-            raise OnnxPruneError(f"data has no array for input(s) {', '.join(missing)}")
-        feeds = {k: np.asarray(data[k]) for k in names}
-        labels = None if data.get("labels") is None else np.asarray(data["labels"])
-    elif isinstance(data, (str, os.PathLike)):
-        feeds, labels = load_npz(data, a)
     else:
-        raise OnnxPruneError(f"validation data must be an .npz path or a dict of arrays (one per input, "
-                             f"axis 0 = samples), not {type(data).__name__}")
+        feeds, labels = feeds_and_labels(data, a)
     batch = _batch_size(a, input_shapes)
     # The original first: if it fails on these inputs, the input (model or
     # data) is at fault, not the prune.
