@@ -249,6 +249,9 @@ def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, co
               help="Processes running the jobs (one onnxruntime thread each).")
 @click.option("--shard", metavar="I/N", default="0/1", show_default=True,
               help="Run only this shard of the jobs (merge the shards' --out files with 'onnxprune merge').")
+@click.option("--ray", "ray_address", metavar="ADDRESS",
+              help="Run the jobs on a Ray cluster (host:port, ray://..., auto) or 'local' (a Ray started for "
+                   "this sweep); --jobs actors, default one per CPU. Needs the [ray] extra.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False),
               help="Stream rows to this JSONL file; a re-run with the same file resumes.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the result as JSON.")
@@ -256,8 +259,8 @@ def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, co
               help="Plot damage against ratio and MACs saved (PNG; needs the [plot] extra).")
 @click.option("-q", "--quiet", is_flag=True)
 @input_shape_opt
-def sensitivity(model, calib, data, ratios, criterion, compensate, calib_samples, jobs, shard, out_path,
-                json_path, plot_path, quiet, input_shape):
+def sensitivity(model, calib, data, ratios, criterion, compensate, calib_samples, jobs, shard, ray_address,
+                out_path, json_path, plot_path, quiet, input_shape):
     """Prune each group of MODEL alone at each ratio and measure the output change."""
     from .sensitivity import plot, sweep
 
@@ -273,7 +276,7 @@ def sensitivity(model, calib, data, ratios, criterion, compensate, calib_samples
     console = _console(quiet)
     result = sweep(model, calib=calib, data=data, ratios=rs, criterion=criterion, compensate=compensate,
                    input_shapes=parse_input_shapes(input_shape), jobs=jobs, shard=(i, n), out=out_path,
-                   calib_samples=calib_samples)
+                   calib_samples=calib_samples, ray=ray_address)
     print_sensitivity(result, console)
     if json_path:
         _write_json(json_path, {"header": result.header, "rows": result.rows})

@@ -8,8 +8,8 @@ every job), the model rewritten and run on held-out data. The damage is the
 mean KL divergence of the softmax for classifier-like outputs ((samples,
 classes) floats), else 1 - centred cosine per sample; with labels, the
 accuracy too. Nothing in a job depends on another or on where it runs, so
-the serial sweep, a process pool (``jobs``) and shards run on other machines
-(``shard``, then ``merge``) give identical rows.
+the serial sweep, a process pool (``jobs``), a Ray cluster (``ray``) and
+shards run on other machines (``shard``, then ``merge``) give identical rows.
 
 Results stream to a JSONL file, one row per job after a header that names
 the model and the settings; a re-run with the same file resumes, skipping the
@@ -120,6 +120,109 @@ def _pool_job(job: tuple) -> dict:
     return run_job(_WORKER, *job)
 
 
+# -- Ray -----------------------------------------------------------------------------------------
+class _RayWorker:
+    """One Ray actor: builds the sweep once from the shipped inputs, then
+    runs jobs. Files travel as bytes (written to the actor's own temporary
+    folder), so the cluster's machines need onnxprune but not our files."""
+
+    def __init__(self, build: tuple):
+        import tempfile
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="onnxprune-ray-")
+        self.sweep = prepare(*_unpack(build, self._tmp.name))
+
+    def run(self, gid: int, ratio: float) -> dict:
+        return run_job(self.sweep, gid, ratio)
+
+
+def _pack(build: tuple) -> tuple:
+    """Replace each path to a plain file (model, .npz/.npy data) by its bytes.
+    A model with external data, a folder or a ``module.py:fn`` stays a path:
+    the workers must see it at the same place (a shared file system)."""
+    def ship(value, kind: str):
+        if not isinstance(value, (str, os.PathLike)) or not os.path.isfile(value):
+            return value
+        if kind == "model" and _has_external_data(os.fspath(value)):
+            return value
+        with open(value, "rb") as f:
+            return ("__file__", os.path.basename(os.fspath(value)), f.read())
+
+    model, calib, data, *rest = build
+    return (ship(model, "model"), ship(calib, "data"), ship(data, "data"), *rest)
+
+
+def _unpack(build: tuple, folder: str) -> tuple:
+    out = []
+    for i, value in enumerate(build):
+        if isinstance(value, tuple) and len(value) == 3 and value[0] == "__file__":
+            path = os.path.join(folder, f"{i}-{value[1]}")
+            with open(path, "wb") as f:
+                f.write(value[2])
+            value = path
+        out.append(value)
+    return tuple(out)
+
+
+def _has_external_data(path: str) -> bool:
+    import onnx
+
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception:  # noqa: BLE001 - prepare reports a bad model with its own message
+        return False
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def _reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on a ``host:port`` nobody answers: Ray itself retries for
+    minutes, logging to stderr."""
+    import socket
+
+    if address in ("local", "auto") or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+    except ValueError:
+        raise OnnxPruneError(f"--ray {address}: expected host:port, ray://host:port, auto or local") from None
+    except OSError as e:
+        raise OnnxPruneError(f"--ray {address}: cannot connect: {e.strerror or e}") from None
+
+
+def _ray_rows(address: str, build: tuple, todo: list, jobs: int):
+    """Run ``todo`` on Ray actors, yielding rows in job order. ``address``
+    is a cluster's (``host:port``, ``ray://...``, ``auto``) or ``local``
+    (start a Ray instance for this sweep). An already connected driver (the
+    API inside a Ray program) is used as it is."""
+    try:
+        import ray
+        from ray.util import ActorPool
+    except ImportError:
+        raise OnnxPruneError("--ray needs Ray: pip install 'onnxprune[ray]'") from None
+    own = not ray.is_initialized()
+    if own:
+        _reachable(address)
+        try:
+            ray.init(address=None if address == "local" else address, include_dashboard=False,
+                     log_to_driver=False, logging_level="ERROR")
+        except (ConnectionError, ValueError, RuntimeError) as e:
+            raise OnnxPruneError(f"--ray {address}: cannot connect: {e}") from None
+    actors = []
+    try:
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        n = max(1, min(jobs if jobs > 1 else cpus, len(todo)))
+        payload = ray.put(_pack(build))
+        worker = ray.remote(num_cpus=1)(_RayWorker)
+        actors = [worker.remote(payload) for _ in range(n)]
+        yield from ActorPool(actors).map(lambda a, job: a.run.remote(*job), todo)
+    finally:
+        for a in actors:
+            ray.kill(a)
+        if own:
+            ray.shutdown()
+
+
 # -- the sweep -----------------------------------------------------------------------------------
 def prepare(model, calib, data, criterion: str | None, compensate: str | None, input_shapes,
             calib_samples: int | None = None) -> Sweep:
@@ -203,10 +306,11 @@ def _read_jsonl(path: str) -> tuple[dict | None, list]:
 def sweep(model, *, calib, data=None, ratios=DEFAULT_RATIOS, criterion: str | None = None,
           compensate: str | None = None, input_shapes: dict | None = None, jobs: int = 1,
           shard: tuple[int, int] = (0, 1), out: str | None = None, calib_samples: int | None = None,
-          progress=None) -> SensitivityResult:
-    """Every (prunable group, ratio) job of this shard, run serially or on a
-    pool of ``jobs`` processes; rows stream to ``out`` (JSONL) and a re-run
-    resumes from it."""
+          ray: str | None = None, progress=None) -> SensitivityResult:
+    """Every (prunable group, ratio) job of this shard, run serially, on a
+    pool of ``jobs`` processes or on Ray actors (``ray``: a cluster address or
+    ``local``; ``jobs`` actors, or one per CPU of the cluster); rows stream
+    to ``out`` (JSONL) and a re-run resumes from it."""
     ratios = sorted({float(r) for r in ratios})
     if not ratios or any(not 0.0 < r < 1.0 for r in ratios):
         raise OnnxPruneError("--ratios must be fractions in (0, 1)")
@@ -252,7 +356,10 @@ def sweep(model, *, calib, data=None, ratios=DEFAULT_RATIOS, criterion: str | No
             if progress is not None:
                 progress(row)
 
-        if jobs > 1 and len(todo) > 1:
+        if ray and todo:
+            for row in _ray_rows(ray, build, todo, jobs):
+                keep_row(row)
+        elif jobs > 1 and len(todo) > 1:
             import multiprocessing as mp
 
             ctx = mp.get_context("spawn")  # no forked onnxruntime threads

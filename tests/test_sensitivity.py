@@ -97,6 +97,77 @@ def test_a_pool_a_resumed_run_and_merged_shards_give_the_serial_rows(tmp_path):
     assert _key(merged.rows) == _key(serial.rows)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray head started here, as a user's cluster would be, and
+    stopped after: the sweep connects to it by address."""
+    pytest.importorskip("ray")
+    import shutil
+    import subprocess
+
+    ray_bin = shutil.which("ray")
+    if ray_bin is None:
+        pytest.skip("the ray command is not on PATH")
+    port = _free_port()
+    start = subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=2",
+                            "--include-dashboard=false", "--disable-usage-stats"],
+                           capture_output=True, text=True, timeout=180)
+    assert start.returncode == 0, start.stderr[-2000:]
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=120)
+
+
+def test_ray_actors_give_the_serial_rows(tmp_path, ray_cluster):
+    from click.testing import CliRunner
+
+    from onnxprune.cli import main
+
+    model, calib = _mlp(tmp_path / "m.onnx")
+    serial = sweep(model, calib=calib, ratios=[0.25, 0.5])
+    on_ray = sweep(model, calib=calib, ratios=[0.25, 0.5], ray=ray_cluster, jobs=2)
+    assert _key(on_ray.rows) == _key(serial.rows)
+    out = tmp_path / "r.jsonl"
+    res = CliRunner().invoke(main, ["sensitivity", model, "--calib", calib, "--ratios", "0.25,0.5",
+                                    "--ray", ray_cluster, "--out", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()[1:]]
+    assert _key(rows) == _key(serial.rows)
+
+
+def test_ray_workers_need_only_the_shipped_bytes(tmp_path):
+    """The actor builds its sweep from the files' bytes: the originals may be
+    gone (another machine) and the rows are the same."""
+    from onnxprune.sensitivity import _pack, _RayWorker
+
+    model, calib = _mlp(tmp_path / "m.onnx")
+    serial = sweep(model, calib=calib, ratios=[0.5])
+    build = _pack((model, calib, None, None, None, None, None))
+    os.remove(model)
+    os.remove(calib)
+    worker = _RayWorker(build)
+    rows = [worker.run(r["group"], 0.5) for r in serial.rows]
+    assert _key(rows) == _key(serial.rows)
+
+
+def test_an_unreachable_ray_address_is_a_clear_error(tmp_path):
+    pytest.importorskip("ray")
+    model, calib = _mlp(tmp_path / "m.onnx")
+    with pytest.raises(OnnxPruneError, match="cannot connect"):
+        sweep(model, calib=calib, ratios=[0.5], ray=f"127.0.0.1:{_free_port()}")
+    with pytest.raises(OnnxPruneError, match="expected host:port"):
+        sweep(model, calib=calib, ratios=[0.5], ray="nowhere")
+
+
 def test_a_results_file_of_another_sweep_is_refused(tmp_path):
     model, calib = _mlp(tmp_path / "m.onnx")
     out = str(tmp_path / "s.jsonl")
