@@ -613,7 +613,8 @@ def edge_stage(groups: Groups, run_cfg: PruneConfig, criterion: str | None, rati
     elif criterion in ("relief", "obs"):
         raise OnnxPruneError(f"edge criterion '{criterion}' needs calibration data (--calib or --data)")
     rep = edges.prune_edges(groups, calibration, ratio=ratio, pattern=edges.parse_pattern(run_cfg.pattern),
-                            criterion=criterion, update=update)
+                            criterion=criterion, update=update,
+                            cfg=run_cfg if run_cfg.sequential is not False else None)
     groups.consumed = True
     return rep, criterion, update, calibration
 
@@ -622,7 +623,8 @@ def _edge_summary(rep) -> dict:
     return {"sparsity": rep.sparsity, "zeroed": rep.zeroed, "elements": rep.elements, "pattern": rep.pattern,
             "dense_bytes": rep.dense_bytes, "sparse_bytes": rep.sparse_bytes,
             "compressed_bytes": rep.compressed_bytes, "compressed_before": rep.compressed_before,
-            "layers": [vars(x) for x in rep.layers]}
+            "layers": [vars(x) for x in rep.layers],
+            "sequential": None if rep.sequential is None else asdict(rep.sequential)}
 
 
 def run_edges(source, cfg: PruneConfig) -> PruneResult:

@@ -281,6 +281,55 @@ def _measure(s_o, s_p, exposed: set, model, tensors: list, cfg, batch: int) -> t
     return stats, runs
 
 
+def plan_stages(groups: Groups, targets: list, calibration, cfg, rep) -> tuple[list, int]:
+    """Group ``targets`` (anything with a ``node`` index) into stages by level,
+    at most as many as the work budget allows (a note says when fewer), and
+    the batch size calibration ran with. -> (stages, batch)."""
+    levels = _levels(groups, {t.node for t in targets})
+    by_level: dict[int, list] = {}
+    for t in targets:
+        by_level.setdefault(levels[t.node], []).append(t)
+    limit = stage_limit(groups.macs, calibration.samples if calibration is not None else 0)
+    stages = _stages([by_level[lv] for lv in sorted(by_level)], limit)
+    rep.levels = len(by_level)
+    if len(stages) < len(by_level):
+        rep.notes.append(f"sequential reconstruction: {len(stages)} of {len(by_level)} levels of layers "
+                         f"refitted (each runs about one pass over the calibration data; more would "
+                         f"exceed {WORK:.0e} MACs); the others keep their one-shot fit")
+    # as calibration ran: one sample at a time where the graph fixes batch 1 inside
+    fixed = groups.shape_info is not None and groups.shape_info.fixed_batch
+    batch = 1 if fixed or getattr(calibration, "one_at_a_time", False) else _batch_size(groups.model, cfg.calib_batch)
+    return stages, batch
+
+
+def measure_stage(original, current, tensors: list, cfg, batch: int) -> tuple[dict, int]:
+    """Cross statistics of ``tensors`` ((name, axis)) between ``current`` (the
+    pruned or masked model so far) and ``original``, both cut after those
+    tensors. -> ({(tensor, axis): CrossStats}, onnxruntime runs)."""
+    from .runtime import session, upto
+
+    threads = cfg.threads or None
+    names = {i.name for i in model_inputs(original)}
+    mine = sorted({t for t, _ in tensors} - names)
+    s_o = session(upto(original, mine), threads=threads) if mine else None
+    s_p = session(upto(current, mine), threads=threads) if mine else None
+    return _measure(s_o, s_p, set(mine), original, tensors, cfg, batch)  # inputs come from the feeds
+
+
+def usable(cfg, calibration, rep) -> bool:
+    """Whether a sequential pass can run on this calibration data (a note says
+    why not)."""
+    if cfg.calib is None or not _rereadable(cfg.calib):
+        rep.notes.append("sequential reconstruction needs calibration data that can be read again "
+                         "(a file, folder, dict or list): skipped")
+        return False
+    if calibration is not None and calibration.samples < MIN_SAMPLES:
+        rep.notes.append(f"sequential reconstruction needs at least {MIN_SAMPLES} calibration samples "
+                         f"(got {calibration.samples}): skipped, one-shot fit only")
+        return False
+    return True
+
+
 def reconstruct(groups: Groups, keep: dict, comp: Compensation, calibration, cfg,
                 reselect: bool = True) -> SequentialReport:
     """Refit, stage by stage, every consumer the plan touches; ``keep`` and
@@ -288,41 +337,21 @@ def reconstruct(groups: Groups, keep: dict, comp: Compensation, calibration, cfg
     refitted weights and bias deltas)."""
     t0 = time.perf_counter()
     rep = SequentialReport()
-    if cfg.calib is None or not _rereadable(cfg.calib):
-        rep.notes.append("sequential reconstruction needs calibration data that can be read again "
-                         "(a file, folder, dict or list): skipped")
-        return rep
-    if calibration is not None and calibration.samples < MIN_SAMPLES:
-        rep.notes.append(f"sequential reconstruction needs at least {MIN_SAMPLES} calibration samples "
-                         f"(got {calibration.samples}): skipped, one-shot lsq compensation only")
+    if not usable(cfg, calibration, rep):
         return rep
     targets, skipped = _targets(groups, keep, calibration)
     rep.notes.extend(skipped)
     if not targets:
         return rep
-    levels = _levels(groups, {t.node for t in targets})
-    by_level: dict[int, list] = {}
-    for t in targets:
-        by_level.setdefault(levels[t.node], []).append(t)
+    stages, batch = plan_stages(groups, targets, calibration, cfg, rep)
     by_group: dict[int, set] = {}
     for g in groups.groups:
         for use in groups.consumers(g.id):
             by_group.setdefault(g.id, set()).add(use.node)
-    limit = stage_limit(groups.macs, calibration.samples if calibration is not None else 0)
-    stages = _stages([by_level[lv] for lv in sorted(by_level)], limit)
-    rep.levels = len(by_level)
-    if len(stages) < len(by_level):
-        rep.notes.append(f"sequential reconstruction: {len(stages)} of {len(by_level)} levels of consumers "
-                         f"refitted (each runs about one pass over the calibration data; more would "
-                         f"exceed {WORK:.0e} MACs); the others keep their one-shot lsq compensation")
-    # as calibration ran: one sample at a time where the graph fixes batch 1 inside
-    fixed = groups.shape_info is not None and groups.shape_info.fixed_batch
-    batch = 1 if fixed or getattr(calibration, "one_at_a_time", False) else _batch_size(groups.model, cfg.calib_batch)
-    names = {i.name for i in model_inputs(groups.model)}
     bar = _progress(len(stages)) if cfg.progress else None
     try:
         for stage in stages:
-            _stage(groups, keep, comp, stage, by_group, reselect, cfg, batch, names, rep)
+            _stage(groups, keep, comp, stage, by_group, reselect, cfg, batch, rep)
             if bar is not None:
                 bar.advance(bar.task_ids[0])
     finally:
@@ -333,22 +362,15 @@ def reconstruct(groups: Groups, keep: dict, comp: Compensation, calibration, cfg
 
 
 def _stage(groups: Groups, keep: dict, comp: Compensation, stage: list, by_group: dict, reselect: bool,
-           cfg, batch: int, names: set, rep: SequentialReport) -> None:
+           cfg, batch: int, rep: SequentialReport) -> None:
     """One stage: measure its consumers' inputs in both models, choose again
     the groups it alone reads, refit its consumers."""
     from .rewrite import apply as run_apply
-    from .runtime import session, upto
 
-    threads = cfg.threads or None
-    mine = sorted({t.tensor for t in stage} - names)
     # both models cut after the stage's tensors: no pass runs the layers after them
-    s_o = session(upto(groups.model, mine), threads=threads) if mine else None
     masked = run_apply(groups, keep, masked=True, compensation=comp)
-    s_p = session(upto(masked, mine), threads=threads) if mine else None
+    cross, runs = measure_stage(groups.model, masked, [(t.tensor, t.axis) for t in stage], cfg, batch)
     del masked
-    cross, runs = _measure(s_o, s_p, set(mine) | names, groups.model, [(t.tensor, t.axis) for t in stage],
-                           cfg, batch)
-    del s_o, s_p
     rep.runs += runs
     rep.stages += 1
     nodes = {t.node for t in stage}
@@ -398,4 +420,4 @@ def _progress(stages: int):
     return bar
 
 
-__all__ = ["reconstruct", "SequentialReport", "CrossStats"]
+__all__ = ["reconstruct", "SequentialReport", "CrossStats", "plan_stages", "measure_stage", "usable"]

@@ -144,3 +144,50 @@ def test_channels_then_edges_in_one_prune():
     assert {t.name: tuple(t.dims) for t in r.model.graph.initializer} == shapes
     with pytest.raises(OnnxPruneError, match="masked-output shows channels only"):
         onnxprune.prune(path, macs_target=0.6, edge_ratio=0.5, masked_output="/tmp/never.onnx")
+
+
+def _deep(seed=23):
+    """Three layers of 48 with Relu: the last two read inputs an earlier
+    layer's zeros have changed."""
+    g = Graph(seed=seed)
+    a = g.add("Relu", [g.gemm("x", 40, 48, name="A")])
+    b = g.add("Relu", [g.gemm(a, 48, 48, name="B")])
+    c = g.add("Relu", [g.gemm(b, 48, 48, name="C")])
+    return g.build({"x": ["N", 40]}, [g.gemm(c, 48, 6, name="D")])
+
+
+def test_the_sequential_update_fits_each_layer_to_the_original_from_the_pruned_inputs():
+    model, calib = _deep(), _calib(600)
+    (y0,) = run(model, calib)
+    err = {}
+    for seq in (False, True):
+        r = onnxprune.prune(model, mode="edges", ratio=0.7, calib=calib, sequential=seq)
+        (y,) = run(r.model, calib)
+        err[seq] = float(np.mean((y - y0) ** 2) / np.mean(y0 ** 2))
+        assert r.report.edges["sparsity"] == pytest.approx(0.7, abs=0.01)
+        s = r.report.edges["sequential"]
+        assert (s is not None) == seq
+    assert s["stages"] == 4 and s["refitted"] == 4 and s["runs"] > 0
+    assert err[True] < 0.8 * err[False], err
+
+
+def test_the_sequential_update_with_nothing_upstream_changed_is_the_one_shot_update():
+    """With the pruned inputs equal to the original's (the first layer), the
+    refit is the one-shot least-squares update."""
+    from onnxprune.edges import _update
+
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((500, 12))
+    w = rng.standard_normal((12, 5))
+    p = x.T @ x / len(x)
+    mask = _mask(np.abs(w), 0.5, None)
+    one = _update(w, mask, p)
+    np.testing.assert_allclose(_update(w, mask, p, p.copy()), one, rtol=1e-9, atol=1e-12)
+    assert np.all(one[mask] == 0)
+    # an input the pruned model scales by 2: the refit halves the kept weights' share
+    q = p / 2.0
+    p2 = p / 4.0  # x_p = x / 2
+    half = _update(w, mask, p2, q)
+    full = _update(w, np.zeros_like(mask), p2, q)
+    np.testing.assert_allclose(full, 2 * w, rtol=1e-2, atol=1e-2)
+    assert np.all(half[mask] == 0)
