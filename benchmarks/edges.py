@@ -7,7 +7,10 @@ Calibrates on the first ``--calib-n`` samples of each model's data and
 measures on the rest: points lost (accuracy, or mask IoU for the U-Net),
 the weights' compressed size against the original's, and their size as
 COO sparse initializers against dense. Rows: magnitude (no data), obs
-without the update, obs with it (the defaults with data), and 2:4.
+without the update, obs with a one-shot update (every layer fitted on the
+original's inputs), obs with the sequential update (the defaults with
+data: each layer fitted to the original's output from the inputs of the
+model pruned so far), and 2:4.
 """
 from __future__ import annotations
 
@@ -44,8 +47,9 @@ def main() -> None:
     args = ap.parse_args()
     rows = [("magnitude, no data", dict(criterion="l1")),
             ("obs, no update", dict(compensate="none")),
+            ("obs + one-shot update", dict(sequential=False)),
             ("obs + update (default)", dict())]
-    print(f"{'model':<16} {'how':<24} {'sparsity':>8} {'drop pts':>9} {'compressed':>10} {'sparse/dense':>12}")
+    print(f"{'model':<16} {'how':<26} {'sparsity':>8} {'drop pts':>9} {'compressed':>10} {'sparse/dense':>12}")
     for name in args.models:
         data = dict(np.load(os.path.join(ROOT, "models", f"{name}_data.npz")))
         calib = {"input": data["input"][:args.calib_n]}
@@ -61,7 +65,7 @@ def main() -> None:
                                       **kw)
             after = metric(session(res.model).run(None, {"input": val["input"]})[0], val)
             e = res.report.edges
-            print(f"{name:<16} {label:<24} {what:>8} {100 * (before - after):9.2f} "
+            print(f"{name:<16} {label:<26} {what:>8} {100 * (before - after):9.2f} "
                   f"{e['compressed_bytes'] / e['compressed_before']:10.3f} {e['sparse_bytes'] / e['dense_bytes']:12.3f}",
                   flush=True)
 

@@ -7,8 +7,11 @@ with everything a plain prune does (calibration on that model, scoring,
 allocation, compensation, sequential refits), then measures the result
 against the *original* on held-out data. The loop stops before the fidelity
 metric falls by more than ``max_drop`` (the step that would cross it is
-rejected and the model before it kept), when a MACs floor is reached, or
-when nothing is left to prune. The metric is accuracy when the data has
+rejected and the model before it kept), when a budget is met (MACs,
+parameters or measured latency: ``--macs-target`` / ``--params-target`` /
+``--latency-target`` with --auto are floors), or when nothing is left to
+prune. Every step's latency is measured (one sample, the original and the
+step's model timed in alternation, as ``--latency-target`` does). The metric is accuracy when the data has
 labels, else top-1 agreement for (samples, classes) outputs, else the mean
 centred cosine; its drop is in the metric's own units (0.01 = one point).
 """
@@ -27,6 +30,7 @@ class Step:
     index: int
     macs: float  # fraction of the original's MACs after the step
     params: float  # fraction of the original's parameters
+    latency: float  # measured latency, fraction of the original's (one sample)
     metric: str
     value: float
     drop: float
@@ -82,11 +86,22 @@ def _held_out(source_model, cfg):
     return replace(cfg, calib_samples=samples), feeds, labels
 
 
+def _reached(floors: dict, macs: float, params: float, latency: float) -> str | None:
+    """The first budget met, as the reason to stop, or None."""
+    got = {"MACs": macs, "params": params, "latency": latency}
+    for name, floor in floors.items():
+        if floor is not None and got[name] <= floor + 1e-3:
+            return f"reached the {name} target {floor:g} (x{got[name]:.3f})"
+    return None
+
+
 def auto_prune(source, cfg, max_drop: float, step: float = 0.1, floor: float | None = None,
                progress=None):
     """-> (the last accepted step's PruneResult, AutoRun). ``floor``: stop at
-    this fraction of the original's MACs (``--macs-target`` with --auto)."""
+    this fraction of the original's MACs (``--macs-target`` with --auto);
+    ``cfg.params_target`` and ``cfg.latency_target`` are floors too."""
     from . import pipeline
+    from .latency import _ratio
     from .validate import run_batched, session
 
     if not 0.0 < step < 1.0:
@@ -101,21 +116,26 @@ def auto_prune(source, cfg, max_drop: float, step: float = 0.1, floor: float | N
     step_cfg, feeds, labels = _held_out(original, cfg)
     labels = None if labels is None else np.asarray(labels)
     ref = run_batched(session(original), feeds, None)[0]
+    floors = {"MACs": floor, "params": cfg.params_target, "latency": cfg.latency_target}
+    for name, value in floors.items():
+        if value is not None and not 0.0 < value < 1.0:
+            raise OnnxPruneError(f"the {name} target must be in (0, 1), got {value}")
+    one = {k: v[:1] for k, v in feeds.items()}
+    base = session(original, cfg.threads)
     run = AutoRun(max_drop, step, held_out=dict(feeds, **({"labels": labels} if labels is not None else {})))
     current, current_frac, params_total = original, 1.0, None
     best = None
     step_cfg = replace(step_cfg, data=None, validate=False, output=None, masked_output=None, report=None,
                        save_plan=None, ratio=0.3, macs_target=None, params_target=None, latency_target=None)
+    last = (1.0, 1.0, 1.0)  # MACs, params, latency of the model kept so far
     for k in range(1, 1000):
-        if floor is not None and current_frac <= floor + 1e-3:
-            run.stopped = f"reached the MACs floor {floor:g}"
+        reached = _reached(floors, *last)
+        if reached:
+            run.stopped = reached
             break
         want = current_frac * (1.0 - step)
         if floor is not None:
             want = max(want, floor)
-        if want >= current_frac - 1e-9:
-            run.stopped = f"reached the MACs floor {floor:g}"
-            break
         t0 = time.perf_counter()
         try:
             res = pipeline.run(current, replace(step_cfg, macs_target=min(0.999, want / current_frac)))
@@ -128,9 +148,10 @@ def auto_prune(source, cfg, max_drop: float, step: float = 0.1, floor: float | N
         if params_total is None:
             params_total = res.report.params["before"]
         frac = current_frac * res.report.macs["after"] / res.report.macs["before"]
+        latency = _ratio(base, session(res.model, cfg.threads), one, 15)[0]
         drop = before - value
         accepted = drop <= max_drop
-        s = Step(k, frac, res.report.params["after"] / params_total, name, value, drop, accepted,
+        s = Step(k, frac, res.report.params["after"] / params_total, latency, name, value, drop, accepted,
                  time.perf_counter() - t0)
         run.steps.append(s)
         if progress is not None:
@@ -139,13 +160,16 @@ def auto_prune(source, cfg, max_drop: float, step: float = 0.1, floor: float | N
             run.stopped = f"step {k} would lose {drop:.4f} of the {name} (more than --max-drop {max_drop:g})"
             break
         best, current, current_frac = res, res.model, frac
+        last = (frac, s.params, latency)
     else:  # pragma: no cover - 1000 steps of 10% cannot leave anything
         run.stopped = "step limit"
     if best is None:
         raise OnnxPruneError(f"--auto kept no step ({run.stopped}): raise --max-drop or lower --step")
     best.report.params["before"] = params_total
     best.report.macs["before"] = base_macs
-    best.report.target = {"measure": "macs", "fraction": floor} if floor is not None else None
+    met = [(m, f) for m, f in (("macs", floor), ("params", cfg.params_target), ("latency", cfg.latency_target))
+           if f is not None]
+    best.report.target = {"measure": met[0][0], "fraction": met[0][1]} if met else None
     _against_original(best.report, original, best.model, cfg)
     best.report.auto = run.to_dict()
     best.report.notes.append(f"--auto: {sum(s.accepted for s in run.steps)} steps kept, stopped: {run.stopped}")
@@ -182,6 +206,7 @@ def plot(run: AutoRun, path: str) -> None:
     ys = [run.original] + [s.value for s in run.steps]
     ax.plot(xs, ys, marker="o", label="MACs kept")
     ax.plot([1.0] + [s.params for s in run.steps], ys, marker="s", alpha=0.6, label="parameters kept")
+    ax.plot([1.0] + [s.latency for s in run.steps], ys, marker="^", alpha=0.6, label="latency (measured)")
     rejected = [s for s in run.steps if not s.accepted]
     for s in rejected:
         ax.scatter([s.macs], [s.value], color="red", zorder=3, label="rejected step")

@@ -306,16 +306,17 @@ def _auto(model, cfg, max_drop, step, trajectory_path, console):
     from .auto import auto_prune, plot
     from .validate import validate as run_validate
 
-    if cfg.masked_output or cfg.save_plan or cfg.plan or cfg.params_target or cfg.latency_target:
-        raise OnnxPruneError("--auto works with --macs-target (a floor) only: not with --masked-output, "
-                             "--save-plan, --plan, --params-target or --latency-target")
+    if cfg.masked_output or cfg.save_plan or cfg.plan:
+        raise OnnxPruneError("--auto works with budgets as floors (--macs-target, --params-target, "
+                             "--latency-target): not with --masked-output, --save-plan or --plan")
     pipeline.preflight(model, cfg)
     if cfg.calib is None and cfg.data is not None:
         cfg = replace(cfg, calib=cfg.data, data=None)  # --data alone: its last quarter is held out
     floor = cfg.macs_target
 
     def show(s):
-        console.print(f"step {s.index}: MACs x{s.macs:.3f}, params x{s.params:.3f}, {s.metric} {s.value:.4f} "
+        console.print(f"step {s.index}: MACs x{s.macs:.3f}, params x{s.params:.3f}, latency x{s.latency:.2f}, "
+                      f"{s.metric} {s.value:.4f} "
                       f"(drop {s.drop:+.4f}) {'kept' if s.accepted else 'rejected'} [{s.seconds:.1f} s]")
 
     result, run = auto_prune(model, replace(cfg, output=None, report=None), max_drop, step, floor, show)

@@ -58,9 +58,45 @@ def test_a_macs_floor_stops_the_loop_there():
     d = np.load(DATA)
     cfg = PruneConfig(calib={"input": d["input"][:160]}, data={"input": d["input"][160:]})
     result, traj = auto_prune(PATH, cfg, max_drop=1.0, step=0.2, floor=0.7)
-    assert "floor" in traj.stopped and all(s.accepted for s in traj.steps)
+    assert "reached the MACs target 0.7" in traj.stopped and all(s.accepted for s in traj.steps)
     frac = result.report.macs["after"] / result.report.macs["before"]
     assert 0.6 <= frac <= 0.72, frac
+    assert all(0 < s.latency for s in traj.steps)  # measured every step
+
+
+def test_params_and_latency_targets_stop_the_loop_when_met(monkeypatch):
+    """Each budget is a floor: the loop stops at the first step that meets
+    it, and not before. Latency is faked from the MACs to make the check
+    exact (the real one is timed)."""
+    import onnxprune.latency as latency
+    from onnxprune.runtime import session as make_session
+
+    d = np.load(DATA)
+    cfg = PruneConfig(calib={"input": d["input"][:160]}, data={"input": d["input"][160:]}, params_target=0.5)
+    _, traj = auto_prune(PATH, cfg, max_drop=1.0, step=0.25)
+    assert "reached the params target 0.5" in traj.stopped
+    assert traj.steps[-1].params <= 0.5 + 1e-3 and all(s.params > 0.5 for s in traj.steps[:-1])
+
+    import importlib
+
+    from onnxprune.costs import count_params
+
+    validate = importlib.import_module("onnxprune.validate")  # the module, not the API function
+
+    size = {}
+
+    def session(model, threads=1):  # remembers each session's model size
+        s = make_session(model, threads=threads)
+        size[id(s)] = count_params(model)
+        return s
+
+    monkeypatch.setattr(validate, "session", session)
+    monkeypatch.setattr(latency, "_ratio", lambda base, s, feeds, runs, rounds=3: (size[id(s)] / size[id(base)], 1.0))
+    cfg = PruneConfig(calib={"input": d["input"][:160]}, data={"input": d["input"][160:]}, latency_target=0.35)
+    _, traj = auto_prune(PATH, cfg, max_drop=1.0, step=0.25)
+    assert "reached the latency target 0.35" in traj.stopped
+    lat = [s.latency for s in traj.steps]
+    assert lat[-1] <= 0.35 + 1e-3 and all(v > 0.35 for v in lat[:-1]) and len(lat) >= 2
 
 
 def test_the_cli_writes_the_trajectory_and_refuses_what_auto_cannot_do(tmp_path):
@@ -82,7 +118,7 @@ def test_the_cli_writes_the_trajectory_and_refuses_what_auto_cannot_do(tmp_path)
     assert png.read_bytes()[:4] == b"\x89PNG" and out.exists()
     res = CliRunner().invoke(main, ["prune", PATH, "-o", str(out), "--auto", "--data", DATA,
                                     "--masked-output", str(tmp_path / "m.onnx")])
-    assert res.exit_code == 2 and "--auto works with" in res.output
+    assert res.exit_code == 2 and "--auto works with budgets as floors" in res.output
 
 
 def test_steps_reach_the_macs_target_in_n_whole_prunes(tmp_path):
