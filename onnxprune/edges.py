@@ -126,6 +126,32 @@ def _obs(w: np.ndarray, cov: np.ndarray) -> np.ndarray:
     return w ** 2 / np.maximum(np.diag(inv), 1e-30)[:, None]
 
 
+def ratio_for_params(groups, target: float) -> float:
+    """The per-layer ratio that leaves at most ``target`` of the model's
+    parameters nonzero (``--params-target`` in edge mode): only weights of
+    layers that are sparsified count; an unreachable target is an error that
+    names the reachable figure."""
+    from onnx import numpy_helper
+
+    if not 0.0 < target < 1.0:
+        raise OnnxPruneError(f"--params-target must be in (0, 1), got {target}")
+    sizes = []
+    for index, form, name in _targets(groups):
+        shape3 = form.matrix(numpy_helper.to_array(groups.view.initializers[name])).shape
+        if shape3[0] * shape3[2] >= MIN_FAN_IN:
+            sizes.append(int(np.prod(shape3)))
+    total, need = groups.params_total, (1.0 - target) * groups.params_total
+    if not sizes or need > 0.99 * sum(sizes):
+        best = 1.0 - 0.99 * sum(sizes) / max(total, 1)
+        raise OnnxPruneError(f"--params-target {target:g} cannot be met in edge mode: {sum(sizes):,} of "
+                             f"{total:,} parameters are in layers that can be sparsified; at most 99% of "
+                             f"those go, leaving x{best:.3f}")
+    ratio = need / sum(sizes)
+    while sum(int(round(ratio * n)) for n in sizes) < need:  # per-layer rounding must not fall short
+        ratio = min(0.99, ratio + 1.0 / max(sizes))
+    return ratio
+
+
 def _mask(score: np.ndarray, ratio: float | None, pattern) -> np.ndarray:
     """True = zeroed. Unstructured: the lowest ``ratio`` of the layer; N:M:
     the lowest M-N of every M consecutive inputs of each column (a tail
@@ -340,4 +366,4 @@ def requests(groups, gram: bool) -> dict:
     return out
 
 
-__all__ = ["prune_edges", "EdgeReport", "CRITERIA", "parse_pattern", "requests"]
+__all__ = ["prune_edges", "EdgeReport", "CRITERIA", "parse_pattern", "requests", "ratio_for_params"]

@@ -634,21 +634,29 @@ def run_edges(source, cfg: PruneConfig) -> PruneResult:
     if cfg.masked_output or cfg.save_plan or cfg.plan or cfg.keep is not None:
         raise OnnxPruneError("--mode edges writes no plan and no masked model (the pruned model is "
                              "its own masked model)")
-    if cfg.macs_target is not None or cfg.params_target is not None or cfg.latency_target is not None:
-        raise OnnxPruneError("--mode edges takes --ratio or --pattern (zeros change no MACs or latency)")
+    if cfg.macs_target is not None or cfg.latency_target is not None:
+        raise OnnxPruneError("--mode edges takes --ratio, --pattern or --params-target (zeros change no "
+                             "MACs or latency on dense kernels)")
+    if cfg.params_target is not None and cfg.pattern:
+        raise OnnxPruneError("--mode edges: --params-target or --pattern, not both (N:M fixes the sparsity)")
+    from .edges import ratio_for_params
+
     preflight(source, cfg)
     loaded = load(source, cfg)
     groups = analyze(loaded, cfg)
+    ratio = cfg.ratio if cfg.params_target is None else ratio_for_params(groups, cfg.params_target)
     run_cfg, held_note = hold_out(groups, cfg)
     original = invariants.summarize(groups.model)
     ref = reference(groups, run_cfg)
-    rep, criterion, update, calibration = edge_stage(groups, run_cfg, cfg.criterion, cfg.ratio)
+    rep, criterion, update, calibration = edge_stage(groups, run_cfg, cfg.criterion, ratio)
     pruned = groups.model
     check(original, pruned, run_cfg)
-    report = PruneReport(criterion=criterion, ratio=None if cfg.pattern else cfg.ratio,
+    report = PruneReport(criterion=criterion, ratio=None if cfg.pattern else ratio,
                          params={"before": groups.params_total, "after": groups.params_total - rep.zeroed},
                          macs={"before": groups.macs, "after": groups.macs},
-                         compensate="lsq" if update else "none", allocate="per layer", notes=list(rep.notes))
+                         compensate="lsq" if update else "none", allocate="per layer", notes=list(rep.notes),
+                         target=None if cfg.params_target is None else
+                         {"measure": "params", "fraction": cfg.params_target})
     report.edges = _edge_summary(rep)
     if calibration is not None:
         report.calibration = {"samples": calibration.samples, "seconds": calibration.seconds,

@@ -100,8 +100,10 @@ def test_obs_zeroes_the_weights_of_an_input_the_data_never_uses():
 
 def test_edges_refuse_budgets_and_outputs_they_cannot_serve(tmp_path):
     model = _mlp()
-    with pytest.raises(OnnxPruneError, match="--ratio or --pattern"):
+    with pytest.raises(OnnxPruneError, match="--ratio, --pattern or --params-target"):
         onnxprune.prune(model, mode="edges", macs_target=0.5, input_shapes={"x": [1, 40]})
+    with pytest.raises(OnnxPruneError, match="cannot be met in edge mode.*leaving x0"):
+        onnxprune.prune(model, mode="edges", params_target=0.001, input_shapes={"x": [1, 40]})
     with pytest.raises(OnnxPruneError, match="needs calibration"):
         onnxprune.prune(model, mode="edges", criterion="relief", input_shapes={"x": [1, 40]})
     from click.testing import CliRunner
@@ -191,3 +193,14 @@ def test_the_sequential_update_with_nothing_upstream_changed_is_the_one_shot_upd
     full = _update(w, np.zeros_like(mask), p2, q)
     np.testing.assert_allclose(full, 2 * w, rtol=1e-2, atol=1e-2)
     assert np.all(half[mask] == 0)
+
+
+def test_a_params_target_leaves_at_most_that_share_of_the_parameters_nonzero():
+    model = _mlp()
+    total = sum(w.size for w in _weights(model).values())
+    for target in (0.6, 0.35):
+        r = onnxprune.prune(model, mode="edges", params_target=target, input_shapes={"x": [1, 40]})
+        nonzero = sum(np.count_nonzero(w) for w in _weights(r.model).values())
+        assert nonzero <= target * total
+        assert nonzero >= target * total - 0.02 * total  # not much more than asked
+        assert r.report.params["after"] == nonzero and r.report.target["measure"] == "params"
