@@ -17,6 +17,41 @@ from .graph import GraphView, attr
 MAX_ELEMENTS = 64
 
 
+class Dim(int):
+    """A shape entry read from a tensor's static dim by ``Shape``: an int that
+    remembers where it came from, ``coef`` x the size of axis ``src[1]`` of
+    tensor ``src[0]``. Gather, Slice, Concat, Unsqueeze, Cast... keep it; a
+    Mul by a plain int scales ``coef``; any other arithmetic gives a plain
+    int. A rule reading a run-time shape can then tell an entry that follows
+    a channel count by itself (``x.view(-1, x.size(-1))``, grouped-query
+    attention's ``kv_heads * n_rep``) from one that states it."""
+
+    src: tuple
+    coef: int
+
+    def __new__(cls, value: int, src: tuple, coef: int = 1):
+        obj = super().__new__(cls, int(value))
+        obj.src, obj.coef = src, coef
+        return obj
+
+    def __reduce__(self):
+        return Dim, (int(self), self.src, self.coef)
+
+
+def follows(atoms, entry, src_layout, out_layout) -> bool:
+    """Whether a ``Dim`` entry equals the size of ``out_layout`` under every
+    pruning: ``coef`` x the units of ``src_layout`` per kept atom, atom by
+    atom."""
+    def mult(layout):
+        out: dict = {}
+        for seg in atoms.resolve(layout):
+            out[seg.atom] = out.get(seg.atom, 0) + seg.outer * seg.inner
+        return out
+
+    src = {a: m * entry.coef for a, m in mult(src_layout).items()}
+    return src == mult(out_layout)
+
+
 def _arr(values) -> np.ndarray:
     values = list(values)
     out = np.empty(len(values), dtype=object)
@@ -35,7 +70,11 @@ def _binary(op: str, a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
         if x is None or y is None:
             out[idx] = None
             continue
-        if op == "Add":
+        if op == "Mul" and isinstance(x, Dim) != isinstance(y, Dim) and \
+                isinstance(x if isinstance(y, Dim) else y, (int, np.integer)):
+            d, k = (x, y) if isinstance(x, Dim) else (y, x)
+            out[idx] = Dim(int(d) * int(k), d.src, d.coef * int(k))  # still follows the count
+        elif op == "Add":
             out[idx] = x + y
         elif op == "Sub":
             out[idx] = x - y
@@ -95,7 +134,9 @@ def _evaluate(view: GraphView, name: str, depth: int) -> np.ndarray | None:
         end = attr(node, "end")
         start = max(0, min(r, start + r if start < 0 else start))
         end = r if end is None else max(0, min(r, int(end) + r if int(end) < 0 else int(end)))
-        return _arr(d if isinstance(d, int) else None for d in shape[start:end])
+        x = node.input[0]
+        return _arr(Dim(d, (x, start + k)) if isinstance(d, int) else None
+                    for k, d in enumerate(shape[start:end]))
     if op in ("Identity", "Cast", "Squeeze", "Unsqueeze", "Reshape", "Flatten"):
         x = arg(0)
         if x is None:
@@ -105,7 +146,7 @@ def _evaluate(view: GraphView, name: str, depth: int) -> np.ndarray | None:
             if int(np.prod(out_shape)) == x.size:
                 x = x.reshape(out_shape)
         if op == "Cast":
-            x = _arr(None if v is None else (int(v) if float(v).is_integer() else v)
+            x = _arr(v if v is None or isinstance(v, Dim) else (int(v) if float(v).is_integer() else v)
                      for v in x.reshape(-1)).reshape(x.shape)
         return x
     if op == "Gather":

@@ -252,19 +252,35 @@ def test_reshape_with_symbolic_batch_and_minus_one_rewrites_feature_count():
     np.testing.assert_array_equal(input_value(m, "reshape", 1), [-1, 16])
 
 
-def test_reshape_to_run_time_shape_naming_the_channel_count_freezes():
-    """(N, C, H, W) -> Shape[0:2] ++ [-1] -> (N, C, H*W): the run-time shape names C."""
+def test_reshape_to_its_own_run_time_channel_count_prunes():
+    """(N, C, H, W) -> Shape[0:2] ++ [-1] -> (N, C, H*W): the run-time shape
+    reads C from the tensor it reshapes, at the axis C stays on, so it follows
+    any pruning by itself (fold.Dim): exact, nothing rewritten in the shape."""
     g = Graph(opset=13)
     a = feature_map(g)
     head = g.add("Slice", [g.add("Shape", [a], name="shape"), g.ints("s0", [0]), g.ints("s2", [2])])
     dims = g.add("Concat", [head, g.ints("minus1", [-1])], axis=0)
     r = g.add("Reshape", [a, dims], name="reshape")
-    y = g.matmul(r, 16, 3, name="fc1")
-    groups = exact(g.build({"x": [1, 3, 4, 4]}, {y: [1, 4, 3]}))
-    grp = group_at(groups, "act")
-    assert grp.frozen
-    text = " | ".join(grp.frozen)
-    assert "read by Shape node 'shape'" in text or "computed at run time" in text, text
+    y = g.matmul(g.add("Transpose", [r], perm=[0, 2, 1]), 4, 3, name="fc1")  # contracts C
+    groups = exact(g.build({"x": [1, 3, 4, 4]}, {y: [1, 16, 3]}))
+    assert_prunable(group_at(groups, "act"))
+
+
+def test_a_channel_count_read_by_shape_that_lands_elsewhere_freezes():
+    """C read by Shape sets the size of another tensor's axis (or passes
+    through arithmetic): pruning C would not change that size, so C freezes."""
+    for how in ("other", "arith"):
+        g = Graph(opset=13)
+        a = feature_map(g)
+        c = g.add("Slice", [g.add("Shape", [a], name="shape"), g.ints("s1", [1]), g.ints("s2", [2])])
+        if how == "arith":
+            c = g.add("Add", [c, g.ints("zero", [0])])
+        other = g.add("Reshape", [g.add("Relu", [a]), g.ints("flat", [1, -1])])  # (1, 64), no layout kept
+        dims = g.add("Concat", [g.ints("one", [1]), c, g.ints("minus1", [-1])], axis=0)
+        r = g.add("Reshape", [other, dims], name="reshape")
+        groups = exact(g.build({"x": [1, 3, 4, 4]}, {r: [1, 4, 16], a: [1, 4, 4, 4]}))
+        grp = group_at(groups, "act")
+        assert grp.frozen, how
 
 
 def test_reshape_to_run_time_batch_flatten_is_frozen_or_exact():

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..fold import known_ints, partial_value
+from ..fold import known_ints, literal_source, partial_value
 from .base import Rule
 from .registry import register
 
@@ -21,16 +21,21 @@ class Expand(Rule):
     """Axes that keep their size pass through; a constant target naming a channel count is rewritten."""
 
     def analyze(self, node, ctx):
+        from .shape import check_dims
+
         x, y = node.input[0], node.output[0]
         lays = ctx.axes(x)
-        if not lays:
-            return
         rx, ry = ctx.view.rank(x), ctx.view.rank(y)
-        target = known_ints(partial_value(ctx.view, node.input[1]))
+        raw = partial_value(ctx.view, node.input[1])
+        if not lays:
+            check_dims(ctx, raw, y, lambda k: None, "expand")  # a count read elsewhere lands here
+            return
+        target = known_ints(raw)
         if rx is None or ry is None or target is None:
             ctx.freeze_tensor(x, "expand to a shape computed at run time")
             return
-        names = {}
+        names, literals = {}, {}
+        placed = {}
         for ax, lay in lays.items():
             to = ax + (ry - rx)
             k = to - (ry - len(target))
@@ -43,17 +48,29 @@ class Expand(Rule):
                 continue
             ctx.set(y, to, lay)
             if entry > 1:
+                placed[k] = to
+        offset = ry - len(target)
+        dynamic = check_dims(ctx, raw, y, lambda k: k + offset, "expand")  # they follow the count themselves
+        for k, to in placed.items():
+            if k in dynamic:
+                continue
+            if ctx.const(1) is not None:
                 names[k] = to  # the target states this channel count: rewrite it
-        if names:
-            if ctx.const(1) is None:
-                for k, to in names.items():
-                    ctx.freeze(ctx.get(y, to), "expand to a shape computed at run time names the channel count")
-                return
-            ctx.state(entries=names)
+                continue
+            src = literal_source(ctx.view, node.input[1], k)  # Concat(..., [heads], ...)
+            if src is None:
+                ctx.freeze(ctx.get(y, to), "expand to a shape computed at run time names the channel count")
+            else:
+                literals[to] = src
+        if names or literals:
+            ctx.state(entries=names, literals=literals)
 
     def rewrite(self, node, index, rw):
         entries = rw.state(index).get("entries")
-        if not entries or not rw.changed(node.output[0]):
+        if not rw.changed(node.output[0]):
+            return
+        rw.rewrite_literals(index, node.output[0])
+        if not entries:
             return
         shape = np.array(rw.view.const(node.input[1]), dtype=np.int64).copy()
         new = rw.new_shape(node.output[0])

@@ -159,6 +159,9 @@ def reshape_layouts(ctx, x: str, y: str, outs=None) -> None:
         carrying = [a for a in in_axes if a in lays]
         if not carrying:
             continue
+        if len(in_axes) == 1 and len(out_axes) == 1 and ins[in_axes[0]] == outs[out_axes[0]]:
+            ctx.set(y, out_axes[0], lays[in_axes[0]])  # the same axis (a symbolic size included)
+            continue
         if not exact:
             if len(in_axes) == 1 and len(out_axes) == 1 and ins[in_axes[0]] == outs[out_axes[0]]:
                 ctx.set(y, out_axes[0], lays[in_axes[0]])
@@ -186,11 +189,15 @@ class Reshape(Rule):
     """Channels follow the row-major index (flatten, unflatten, head split); the shape constant is rewritten."""
 
     def analyze(self, node, ctx):
+        from .shape import check_dims
+
         x, y = node.input[0], node.output[0]
+        raw = partial_value(ctx.view, node.input[1])
         if not ctx.axes(x):
+            check_dims(ctx, raw, y, lambda k: None, "reshape")  # a count read elsewhere lands here
             return
         const = ctx.const(1) is not None
-        shape = known_ints(partial_value(ctx.view, node.input[1]))
+        shape = known_ints(raw)
         if shape is None:
             ctx.freeze_tensor(x, "reshape to a shape computed at run time")
             return
@@ -199,6 +206,7 @@ class Reshape(Rule):
         if outs is not None and ctx.view.shape(y) is None:
             ctx.view.shapes[y] = outs  # what inference missed, rules downstream can use
         reshape_layouts(ctx, x, y, outs)
+        dynamic = check_dims(ctx, raw, y, lambda k: k, "reshape")  # entries that follow a count by themselves
         literals = {}
         for ax, lay in ctx.axes(y).items():
             entry = shape[ax] if ax < len(shape) else None
@@ -206,6 +214,8 @@ class Reshape(Rule):
             same = copied is not None and ctx.atoms.resolve(copied) == ctx.atoms.resolve(lay)
             if entry == 0 and not allowzero and not same:
                 ctx.freeze(lay, "reshape copies a channel size with 0")
+            elif ax in dynamic:
+                continue
             elif entry is not None and entry > 0 and not const:
                 # A run-time shape states this channel count as a literal
                 # (Concat(Shape(x)[:2], [heads], [dim])): rewrite it where it is stated.

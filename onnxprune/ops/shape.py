@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..fold import known_ints, partial_value
+from ..fold import Dim, follows, known_ints, partial_value
 from ..graph import set_attr
 from .base import Rule, attr_of
 from .registry import register
@@ -216,11 +216,18 @@ class Slice(Rule):
             rw.set_const(index, 2, np.array(ends, dtype=dt))
 
 
+_SELECT = ("Identity", "Cast", "Gather", "Slice", "Unsqueeze", "Squeeze", "Reshape", "Flatten")
+
+
 @register("Shape")
 class Shape(Rule):
-    """Shape reads channel counts. Fine when every consumer only picks other
-    axes (batch size, spatial size) with constant indices; otherwise the
-    channel count would flow into run-time arithmetic we cannot follow."""
+    """Shape reads sizes. A channel count read here must not flow into run-time
+    arithmetic we cannot follow: the shape vector is followed through ops
+    that only pick, move or join entries (Gather, Slice, Concat, Unsqueeze,
+    Cast...) and through Mul by a literal (``kv_heads * n_rep``); where it
+    lands in a Reshape or Expand target, that rule checks each entry that
+    came from a channel axis follows the pruned count there (``fold.Dim``).
+    Any other reader of a channel count freezes it."""
 
     def analyze(self, node, ctx):
         x = node.input[0]
@@ -232,41 +239,64 @@ class Shape(Rule):
         start = max(0, min(rank, start + rank if start < 0 else start))
         end = ctx.attr("end")
         end = rank if end is None else max(0, min(rank, int(end) + rank if int(end) < 0 else int(end)))
+        every = set(range(start, end))
+
+        def carried(name):
+            """Axes of x whose size is in this shape vector (all: unknown)."""
+            value = partial_value(ctx.view, name)
+            if value is None:
+                return every
+            return {e.src[1] for e in value.reshape(-1) if isinstance(e, Dim) and e.src[0] == x}
+
         read: set[int] = set()
         todo, seen = [node.output[0]], set()
-        while todo:  # the shape vector's readers, seen through Identity and Cast
+        while todo:
             name = todo.pop()
             if name in seen:
                 continue
             seen.add(name)
+            here = carried(name)
             if ctx.view.escapes(name):
-                read |= set(range(start, end))
+                read |= here
             for consumer, slot in ctx.view.consumers.get(name, []):
-                if consumer.op_type in ("Identity", "Cast") and slot == 0:
-                    todo.append(consumer.output[0])
-                    continue
-                axes = self._axes_read(consumer, slot, ctx, start, end)
-                read |= set(range(start, end)) if axes is None else axes
-        for ax in read:
-            if ax in lays:
-                ctx.freeze(lays[ax], f"its size is read by Shape node '{node.name}'")
+                op = consumer.op_type
+                out = consumer.output[0] if consumer.output else ""
+                follow = out and partial_value(ctx.view, out) is not None  # still a shape vector
+                if ((op in _SELECT and slot == 0) or op == "Concat") and follow:
+                    todo.append(out)  # picks or joins entries: dropping one is no read
+                elif op == "Mul" and follow:
+                    read |= here - carried(out)  # a count used in a product is read
+                    todo.append(out)
+                elif op in ("Reshape", "Expand") and slot == 1:
+                    if partial_value(ctx.view, name) is None:
+                        read |= here  # the reader cannot see where the count lands
+                else:
+                    read |= here
+        for ax in sorted(read & set(lays)):
+            ctx.freeze(lays[ax], f"its size is read by Shape node '{node.name}'")
 
-    def _axes_read(self, consumer, slot, ctx, start, end):
-        """Tensor axes a consumer of the shape vector reads, or None if unknown."""
-        if slot != 0:
-            return None
-        n = end - start
-        if consumer.op_type == "Gather":
-            idx = ctx.view.const(consumer.input[1])
-            if idx is None:
-                return None
-            return {start + (int(i) % n) for i in np.asarray(idx).reshape(-1)}
-        if consumer.op_type == "Slice" and ctx.view.opset >= 10:
-            s, e = ctx.view.const(consumer.input[1]), ctx.view.const(consumer.input[2])
-            if s is None or e is None:
-                return None
-            s, e = int(np.asarray(s).reshape(-1)[0]), int(np.asarray(e).reshape(-1)[0])
-            s = max(0, min(n, s + n if s < 0 else s))
-            e = max(0, min(n, e + n if e < 0 else e))
-            return {start + i for i in range(s, e)}
-        return None
+
+def check_dims(ctx, entries, y: str, axis_of, what: str) -> set:
+    """Entries of a run-time shape that came from a channel count
+    (``fold.Dim``) must follow the pruned size of the output axis they set
+    (``axis_of(k)``); otherwise the channel axis they were read from, and the
+    output axis, freeze. -> the entry indices that follow (nothing to rewrite)."""
+    ok = set()
+    if entries is None:
+        return ok
+    for k, e in enumerate(entries.reshape(-1)):
+        if not isinstance(e, Dim):
+            continue
+        src = ctx.get(*e.src)
+        if src is None:
+            continue  # not a channel axis: its size does not change
+        to = axis_of(k)
+        out = ctx.get(y, to) if to is not None else None
+        if out is not None and follows(ctx.atoms, e, src, out):
+            ok.add(k)
+            continue
+        ctx.freeze(src, f"its size, read by Shape, sets entry {k} of the {what} target to a count pruning "
+                        f"would not follow")
+        if out is not None:
+            ctx.freeze(out, f"{what} target entry {k} is another tensor's size")
+    return ok
