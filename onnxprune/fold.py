@@ -187,6 +187,26 @@ def _evaluate(view: GraphView, name: str, depth: int) -> np.ndarray | None:
         if a is None or b is None:
             return None
         return _binary(op, a, b)
+    if op == "Equal":
+        a, b = arg(0), arg(1)
+        if a is None or b is None:
+            return None
+        try:
+            a2, b2 = np.broadcast_arrays(a, b)
+        except ValueError:
+            return None
+        return _arr(None if x is None or y is None else bool(x == y)
+                    for x, y in zip(a2.reshape(-1), b2.reshape(-1))).reshape(a2.shape)
+    if op == "Where":
+        c, a, b = arg(0), arg(1), arg(2)
+        if c is None or a is None or b is None:
+            return None
+        try:
+            c2, a2, b2 = np.broadcast_arrays(c, a, b)
+        except ValueError:
+            return None
+        return _arr(None if k is None else (x if k else y)
+                    for k, x, y in zip(c2.reshape(-1), a2.reshape(-1), b2.reshape(-1))).reshape(c2.shape)
     if op == "Neg":
         a = arg(0)
         return None if a is None else _binary("Sub", _arr([0]) if a.ndim else np.array(0, dtype=object), a)
@@ -218,17 +238,26 @@ def known_ints(values: np.ndarray | None) -> list | None:
     return out
 
 
-def literal_source(view: GraphView, name: str, index: int, depth: int = 0):
+def literal_source(view: GraphView, name: str, index: int, depth: int = 0, shared: set | None = None):
     """Where entry ``index`` of a shape vector built at run time is stated as a
     literal: ``(reader node index, input slot, flat index)`` of the constant
     that holds it, seen through Concat, Unsqueeze, Squeeze, Cast and Identity
     (TorchScript's ``Concat(Shape(x)[:2], [heads], [head_dim])``). None when
     the entry is not a literal, or when a tensor on the way has another reader
-    (rewriting it would change what that reader sees)."""
+    (rewriting it would change what that reader sees) -- unless ``shared`` is
+    given and every reader is a Reshape or Expand target (the dynamo
+    exporter's one shape vector for K and V): their node indices are added to
+    ``shared``, and each of them must state the same count (the caller's
+    ``Context.claim_literal``)."""
     node = view.producer.get(name)
-    if node is None or depth > 32 or len(view.consumers.get(name, [])) != 1 \
-            or view.escapes(name):
+    if node is None or depth > 32 or view.escapes(name):
         return None
+    readers = view.consumers.get(name, [])
+    if len(readers) != 1:
+        if shared is None or not readers or \
+                any(r.op_type not in ("Reshape", "Expand") or slot != 1 for r, slot in readers):
+            return None
+        shared.update(view.index_of[id(r)] for r, _ in readers)
     at = view.index_of[id(node)]
     if node.op_type == "Concat" and int(attr(node, "axis", 0)) == 0:
         offset = 0
@@ -240,12 +269,12 @@ def literal_source(view: GraphView, name: str, index: int, depth: int = 0):
                 local = index - offset
                 if view.const_root(part) is not None:
                     return at, slot, local
-                return literal_source(view, part, local, depth + 1)
+                return literal_source(view, part, local, depth + 1, shared)
             offset += value.size
         return None
     if node.op_type in ("Unsqueeze", "Squeeze", "Cast", "Identity", "Reshape", "Flatten"):
         part = node.input[0]
         if view.const_root(part) is not None:
             return at, 0, index
-        return literal_source(view, part, index, depth + 1)
+        return literal_source(view, part, index, depth + 1, shared)
     return None

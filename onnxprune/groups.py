@@ -466,10 +466,37 @@ def _run_rules(view: GraphView, analysis: Analysis, strict: bool) -> None:
             ctx.freeze_node(f"internal error in {where}: {type(e).__name__}: {e}")
 
 
+def _settle_literals(view: GraphView, analysis: Analysis) -> None:
+    """A literal that several Reshape/Expand targets share (one shape vector
+    for K and V) is rewritten once: every node sharing it must have claimed it
+    for a channel axis, and those axes must be the same channel space;
+    otherwise they all freeze."""
+    atoms = analysis.atoms
+    for (reader, slot, _), claims in analysis.literal_claims.items():
+        needed = set().union(*(c[2] for c in claims))
+        missing = needed - {c[0] for c in claims}
+        lays = [c[1] for c in claims]
+        why = None
+        if missing:
+            other = view.nodes[min(missing)]
+            why = (f"the literal {view.nodes[reader].input[slot]!r} stating its count is shared with "
+                   f"node '{other.name}' ({other.op_type}), where it is not this count")
+        else:
+            try:
+                for lay in lays[1:]:
+                    atoms.unify(lays[0], lay)
+            except LayoutError as e:
+                why = f"one literal states the counts of different channel spaces ({e})"
+        if why:
+            for lay in lays:
+                atoms.freeze(lay, why)
+
+
 def analyze_model(model: onnx.ModelProto, shapes: dict[str, tuple], strict: bool | None = None) -> Groups:
     view = GraphView(model, shapes)
     analysis = Analysis()
     _run_rules(view, analysis, strict_default() if strict is None else strict)
+    _settle_literals(view, analysis)
     _couple_shared_weights(view, analysis)
     _freeze_interface(view, analysis)
     return _collect(model, view, analysis)

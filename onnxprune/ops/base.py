@@ -87,6 +87,8 @@ class Analysis:
     uses: list = field(default_factory=list)  # [WeightUse]
     states: dict = field(default_factory=dict)  # node index -> rule data for rewrite
     internal_errors: list = field(default_factory=list)  # "rule X on node Y: ..."
+    # literal location -> [(claiming node, layout, nodes that share its shape vector)]
+    literal_claims: dict = field(default_factory=dict)
 
     def layout(self, tensor: str, axis: int) -> Layout | None:
         return self.layouts.get(tensor, {}).get(axis)
@@ -256,6 +258,17 @@ class Context:
         if slot >= len(self.node.input) or not self.node.input[slot]:
             return None
         return self.view.const_shape(self.node.input[slot])
+
+    def literal(self, shape_input: str, entry: int, layout: Layout):
+        """Where a run-time shape states this channel count as a literal
+        (``fold.literal_source``), claimed for this node; None if nowhere."""
+        from ..fold import literal_source
+
+        shared: set = set()
+        src = literal_source(self.view, shape_input, entry, shared=shared)
+        if src is not None:
+            self.a.literal_claims.setdefault(src, []).append((self.index, layout, shared))
+        return src
 
     def state(self, **data) -> None:
         self.a.states.setdefault(self.index, {}).update(data)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..fold import known_ints, literal_source, partial_value
+from ..fold import known_ints, partial_value
 from .base import Rule
 from .registry import register
 
@@ -57,7 +57,7 @@ class Expand(Rule):
             if ctx.const(1) is not None:
                 names[k] = to  # the target states this channel count: rewrite it
                 continue
-            src = literal_source(ctx.view, node.input[1], k)  # Concat(..., [heads], ...)
+            src = ctx.literal(node.input[1], k, ctx.get(y, to))  # Concat(..., [heads], ...)
             if src is None:
                 ctx.freeze(ctx.get(y, to), "expand to a shape computed at run time names the channel count")
             else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..fold import known_ints, literal_source, partial_value
+from ..fold import known_ints, partial_value
 from ..layout import LayoutError, Segment
 from .base import Rule
 from .registry import register
@@ -219,7 +219,7 @@ class Reshape(Rule):
             elif entry is not None and entry > 0 and not const:
                 # A run-time shape states this channel count as a literal
                 # (Concat(Shape(x)[:2], [heads], [dim])): rewrite it where it is stated.
-                src = literal_source(ctx.view, node.input[1], ax)
+                src = ctx.literal(node.input[1], ax, lay)
                 if src is None:
                     ctx.freeze(lay, "reshape to a shape computed at run time names the channel count")
                 else:

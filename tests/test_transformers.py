@@ -1,0 +1,95 @@
+"""Transformer exports (issue 11): the zoo built by
+``tests/fixtures/build_transformers.py`` (GPT-2, Llama-style with grouped-query
+attention and RoPE, a decoder step with a KV cache, DistilBERT, a
+Whisper-style encoder; TorchScript and dynamo exporters). Each must show its
+heads and MLP neurons as groups (or say exactly why not), and every random
+prune must be exact (pruned == masked) at the analysed size *and* at another
+batch and sequence length: run-time shapes keep working."""
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+import onnx
+import pytest
+
+import onnxprune
+from oracle import random_keep, run
+from onnxprune.rewrite import apply
+
+HERE = os.path.join(os.path.dirname(__file__), "fixtures", "transformers")
+ZOO = sorted(glob.glob(os.path.join(HERE, "*.onnx")))
+
+# model -> unit counts that must be prunable groups (heads of 8 dims show as
+# their head count; MLP neurons as the FFN width)
+EXPECTED = {
+    "gpt2_ts": {4, 128}, "gpt2_dyn": {4, 128},  # heads, Conv1D MLP
+    "llama_gqa_ts": {2, 64}, "llama_gqa_dyn": {2, 64},  # K/V heads with their Q groups, gated MLP
+    "distilbert_ts": {4, 64}, "distilbert_dyn": {64},
+    "whisper_enc_ts": {4, 64}, "whisper_enc_dyn": {64},
+    "llama_kv_ts": {64}, "llama_kv_dyn": {64},  # K/V heads reach the cache inputs: frozen
+}
+
+
+def feeds(model: onnx.ModelProto, batch: int, seq: int) -> dict:
+    rng = np.random.default_rng(batch * 100 + seq)
+    out = {}
+    for i in model.graph.input:
+        if i.name == "input_ids":
+            out[i.name] = rng.integers(0, 50, (batch, seq)).astype(np.int64)
+        elif i.name == "attention_mask":
+            out[i.name] = np.ones((batch, seq), np.int64)
+        elif i.name == "input_features":
+            out[i.name] = rng.standard_normal((batch, 8, 16)).astype(np.float32)
+        elif i.name == "x":
+            out[i.name] = rng.standard_normal((batch, seq, 32)).astype(np.float32)
+        else:  # past_k / past_v: (batch, kv heads, past, head dim)
+            out[i.name] = rng.standard_normal((batch, 2, 5, 8)).astype(np.float32)
+    return out
+
+
+def _name(path):
+    return os.path.basename(path)[:-5]
+
+
+def test_the_zoo_is_there():
+    assert {_name(p) for p in ZOO} == set(EXPECTED)
+
+
+@pytest.mark.parametrize("path", ZOO, ids=[_name(p) for p in ZOO])
+def test_heads_and_neurons_are_groups_and_prune_exactly_at_any_length(path):
+    model = onnx.load(path)
+    sample = feeds(model, 1, 12)
+    shapes = {k: [None] + list(v.shape[1:]) for k, v in sample.items()}  # as data would fix them
+    groups = onnxprune.analyze(model, input_shapes=shapes)
+    units = {g.channels for g in groups.prunable}
+    assert EXPECTED[_name(path)] <= units, (units, [(g.channels, g.frozen[:2]) for g in groups.frozen])
+    rng = np.random.default_rng(7)
+    for _ in range(3):
+        keep = random_keep(groups, rng)
+        pruned, masked = apply(groups, keep), apply(groups, keep, masked=True)
+        onnx.checker.check_model(pruned, full_check=True)
+        for batch, seq in ((2, 12), (3, 7)):
+            fd = feeds(model, batch, seq)
+            for a, b in zip(run(pruned, fd), run(masked, fd)):
+                assert a.shape == b.shape
+                np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(b).max())))
+
+
+def test_kv_heads_and_their_query_heads_are_one_unit():
+    """Grouped-query attention: a K/V head and the Q heads it serves go
+    together (whole groups): q_proj, k_proj, v_proj and o_proj share a group of 2."""
+    model = onnx.load(os.path.join(HERE, "llama_gqa_ts.onnx"))
+    groups = onnxprune.analyze(model, input_shapes={"input_ids": [None, 12], "attention_mask": [None, 12]})
+    kv = next(g for g in groups.prunable if g.channels == 2)
+    names = " ".join(kv.members)
+    for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        assert proj in names, kv.members
+    keep = {kv.id: np.array([1])}
+    pruned = apply(groups, keep)
+    w = {t.name: t for t in pruned.graph.initializer}
+    q = next(n for n in pruned.graph.node if "q_proj" in n.name and n.op_type == "MatMul")
+    k = next(n for n in pruned.graph.node if "k_proj" in n.name and n.op_type == "MatMul")
+    assert tuple(w[q.input[1]].dims) == (32, 16)  # 2 of 4 Q heads (one K/V group of 2) x 8
+    assert tuple(w[k.input[1]].dims) == (32, 8)  # 1 of 2 K/V heads x 8
