@@ -43,6 +43,8 @@ def prune(model, ratio: float = 0.3, criterion: str | None = None, *, config: Pr
                 options[new] = options.pop(old)
         if "exclude" in options:
             options["exclude"] = tuple(options["exclude"])
+        if isinstance(options.get("prune"), str):
+            options["prune"] = (options["prune"],)
         config = PruneConfig.from_kwargs(ratio=ratio, criterion=criterion, **options)
     return pipeline.run(model, config)
 

@@ -179,6 +179,9 @@ def analyze(model, as_json, show_all, exclude, strict, input_shape):
 @click.option("--max-group-ratio", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.9,
               show_default=True, help="With --allocate global: the most any one group may lose.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Freeze groups with a matching node or tensor name (repeatable).")
+@click.option("--prune", "prune_kinds", multiple=True, type=click.Choice(["heads", "neurons"]),
+              help="Prune only these groups: heads (units spanning several positions: attention heads, "
+                   "grouped-conv blocks) or neurons (single channels) [default: both].")
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=False), help="Replay a plan saved with --save-plan (skips scoring).")
 @click.option("--save-plan", type=click.Path(dir_okay=False), help="Write the plan (kept units per group id) as JSON.")
 @click.option("--masked-output", type=click.Path(dir_okay=False), help="Also write the full-size masked model.")
@@ -194,7 +197,7 @@ def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, co
           group_reduction, member_norm, macs_target, params_target, latency_target, min_channels, round_to, allocate,
           sensitivity_path, max_group_ratio, mode, pattern, edge_ratio, auto_loop, max_drop, auto_step, n_steps,
           trajectory_path,
-          exclude, plan_path,
+          exclude, prune_kinds, plan_path,
           save_plan, masked_output, data, report_path, no_validate, strict, seed, threads, quiet,
           input_shape):
     """Prune MODEL and write the result to OUTPUT."""
@@ -207,7 +210,8 @@ def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, co
     cfg = PruneConfig(
         ratio=ratio, criterion=criterion, min_channels=min_channels, round_to=round_to,
         mode=mode, pattern=pattern, edge_ratio=edge_ratio, allocate=allocate, sensitivity=sensitivity_path, max_group_ratio=max_group_ratio,
-        exclude=tuple(exclude), input_shapes=parse_input_shapes(input_shape), seed=seed, calib=calib,
+        exclude=tuple(exclude), prune=tuple(prune_kinds), input_shapes=parse_input_shapes(input_shape),
+        seed=seed, calib=calib,
         calib_samples=calib_samples, calib_batch=calib_batch, compensate=compensate,
         sequential=sequential, group_reduction=group_reduction, normalize=member_norm, macs_target=macs_target,
         params_target=params_target, latency_target=latency_target,

@@ -304,6 +304,25 @@ class Groups:
                 "ungrouped": [{"tensor": w.tensor, "params": w.params, "why": w.why}
                               for w in status if w.status == "none"]}
 
+    def select(self, kinds) -> None:
+        """Prune only groups of these kinds (``--prune``): ``heads`` are units
+        that span several positions (attention heads; the blocks of a grouped
+        conv), ``neurons`` single channels (MLP neurons, conv filters). The
+        others freeze, with the reason."""
+        kinds = set(kinds or ())
+        if not kinds or kinds >= {"heads", "neurons"}:
+            return
+        unknown = kinds - {"heads", "neurons"}
+        if unknown:
+            from .errors import OnnxPruneError
+            raise OnnxPruneError(f"--prune takes heads or neurons, not {', '.join(sorted(unknown))}")
+        for g in self.groups:
+            kind = "heads" if g.width > 1 else "neurons"
+            if kind not in kinds:
+                reason = f"not selected: --prune {','.join(sorted(kinds))} (this group's units are {kind})"
+                if reason not in g.frozen:
+                    g.frozen.append(reason)
+
     def exclude(self, patterns) -> None:
         """Freeze groups with a member node or tensor matching any glob pattern."""
         for g in self.groups:

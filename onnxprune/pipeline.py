@@ -63,6 +63,7 @@ class PruneConfig:
     max_group_ratio: float = 0.9  # with allocate="global": no group loses more than this
     calibrate_from_data: bool = True  # --data without --calib: calibrate on its first part
     exclude: tuple = ()
+    prune: tuple = ()  # only these kinds of groups: "heads" (multi-position units), "neurons"; () = all
     keep: dict | None = None  # explicit plan: group id -> kept units
     plan: str | None = None  # a saved plan file to replay
     seed: int = 0
@@ -247,6 +248,7 @@ def analyze(loaded: modelio.Loaded, cfg: PruneConfig) -> Groups:
     groups = analyze_model(loaded.model, info.dims, strict=cfg.strict)
     groups.shape_info = info
     groups.exclude(cfg.exclude)
+    groups.select(cfg.prune)
     groups.source_path = loaded.path
     groups.external = loaded.external
     groups.source_files = loaded.files

@@ -354,6 +354,16 @@ def plan_global(groups: Groups, scores: Scores, target: float, *, min_channels: 
         orders[g.id], caps[g.id] = order, cap
         prices[g.id] = np.asarray(cost[:cap], dtype=np.float64) / per_unit
 
+    if prices:  # prices -> their ranks: equal prices (a linear stretch of a sweep's curve) go one at a time
+        ids = sorted(prices)
+        flat = np.concatenate([prices[i] for i in ids])
+        owner = np.concatenate([np.full(len(prices[i]), n) for n, i in enumerate(ids)])
+        step = np.concatenate([np.arange(len(prices[i])) for i in ids])
+        rank = np.empty(len(flat))
+        rank[np.lexsort((owner, step, flat))] = np.arange(len(flat), dtype=np.float64)
+        parts = np.split(rank, np.cumsum([len(prices[i]) for i in ids])[:-1])
+        prices = {i: np.maximum.accumulate(part) for i, part in zip(ids, parts)}
+
     def plan_at(threshold: float) -> Plan:
         plan = Plan()
         for g in groups.prunable:

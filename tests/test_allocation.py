@@ -168,3 +168,23 @@ def test_by_default_groups_of_16_units_or_more_are_rounded_to_8_and_smaller_ones
     assert by_width[12] == 12 - round(0.3 * 12)
     assert by_width[16] % 8 == 0 and by_width[40] % 8 == 0
     assert r.report.macs["after"] < r.report.macs["before"]
+
+
+def test_equal_prices_are_taken_one_at_a_time_not_all_at_once():
+    """A sweep's curve is linear between the ratios swept, so many removals
+    cost the same: the budget must still stop at the first one that meets
+    it (it took all the tied removals, 2x the budget, before)."""
+    groups = onnxprune.analyze(two_layer_mlp())
+    s = Scores("flat")
+    for g in groups.prunable:
+        s.by_group[g.id] = np.arange(g.channels, dtype=np.float64)
+        s.orders[g.id] = np.arange(g.channels - 1)
+        s.costs[g.id] = np.ones(g.channels - 1)  # every removal costs the same
+    for target in (0.9, 0.75, 0.6):
+        plan = plan_global(groups, s, target, round_to=1)
+        got = estimate_macs(groups, plan.keep) / groups.macs
+        assert got <= target
+        one_back = [dict(plan.keep) for _ in range(1)][0]
+        gid = next(g for g, (k, n) in plan.kept.items() if k < n)
+        one_back[gid] = np.arange(plan.kept[gid][0] + 1)
+        assert estimate_macs(groups, one_back) / groups.macs > target  # not one removal more than needed

@@ -29,6 +29,7 @@ EXPECTED = {
     "distilbert_ts": {4, 64}, "distilbert_dyn": {64},
     "whisper_enc_ts": {4, 64}, "whisper_enc_dyn": {64},
     "llama_kv_ts": {64}, "llama_kv_dyn": {64},  # K/V heads reach the cache inputs: frozen
+    "digits_tf_ts": {4, 64}, "digits_tf_dyn": {4, 64},  # trained on digits
 }
 
 
@@ -36,7 +37,10 @@ def feeds(model: onnx.ModelProto, batch: int, seq: int) -> dict:
     rng = np.random.default_rng(batch * 100 + seq)
     out = {}
     for i in model.graph.input:
-        if i.name == "input_ids":
+        if i.name == "x" and len(i.type.tensor_type.shape.dim) == 3 and \
+                i.type.tensor_type.shape.dim[2].dim_value == 8:  # digits: 8 rows of 8 pixels
+            out[i.name] = rng.random((batch, 8, 8)).astype(np.float32)
+        elif i.name == "input_ids":
             out[i.name] = rng.integers(0, 50, (batch, seq)).astype(np.int64)
         elif i.name == "attention_mask":
             out[i.name] = np.ones((batch, seq), np.int64)
@@ -93,3 +97,17 @@ def test_kv_heads_and_their_query_heads_are_one_unit():
     k = next(n for n in pruned.graph.node if "k_proj" in n.name and n.op_type == "MatMul")
     assert tuple(w[q.input[1]].dims) == (32, 16)  # 2 of 4 Q heads (one K/V group of 2) x 8
     assert tuple(w[k.input[1]].dims) == (32, 8)  # 1 of 2 K/V heads x 8
+
+
+def test_prune_heads_or_neurons_only():
+    model = os.path.join(HERE, "digits_tf_ts.onnx")
+    d = np.load(os.path.join(HERE, "digits_data.npz"))
+    units = {}
+    for kind in ("heads", "neurons"):
+        res = onnxprune.prune(model, ratio=0.5, prune=kind, calib={"x": d["x"][:200]}, round_to=1)
+        changed = {g["channels"]: g["kept"] for g in res.report.groups if g["kept"] != g["channels"]}
+        units[kind] = changed
+    assert units["heads"] == {4: 2} and units["neurons"] == {64: 32}
+    groups = onnxprune.analyze(model)
+    groups.select(("heads",))
+    assert all("not selected: --prune heads" in " ".join(g.frozen) for g in groups.groups if g.width == 1)

@@ -1,0 +1,118 @@
+"""Transformers (issue 11): what prunes, and what pruning heads or MLP
+neurons costs, on the zoo of ``tests/fixtures/transformers`` (random weights,
+TorchScript and dynamo exports) and on the digits transformer trained there.
+
+    python benchmarks/transformers.py [--models gpt2_ts ...] [--ratios 0.25 0.5]
+
+Per model: the share of parameters in head groups, in neuron groups and
+frozen; then for heads alone (``prune='heads'``) and neurons alone at each
+ratio, with the defaults (calibration data -> obs, lsq, sequential): whether
+the output is valid (full checker, onnxruntime), the exactness oracle on the
+same plan without compensation (max |pruned - masked| / max |masked|),
+MACs and onnxruntime latency (batch 1, timed in alternation with the
+original), and the mean centred cosine to the original on held-out inputs
+(accuracy for the digits model). Counts are exact (``round_to=1``): 25% of 4
+heads is one head.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+import warnings
+
+for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+import onnxprune  # noqa: E402
+from onnxprune.rewrite import apply  # noqa: E402
+from onnxprune.runtime import session  # noqa: E402
+from test_transformers import feeds  # noqa: E402
+
+ZOO = os.path.join(ROOT, "tests", "fixtures", "transformers")
+
+
+def data_for(name: str, model) -> tuple[dict, dict, np.ndarray | None]:
+    """(calibration feeds, held-out feeds, labels or None)."""
+    if name.startswith("digits_tf"):
+        d = np.load(os.path.join(ZOO, "digits_data.npz"))
+        return {"x": d["x"][:300]}, {"x": d["x"][300:]}, d["labels"][300:]
+    cal = feeds(model, 96, 12)
+    val = feeds(model, 32, 12)
+    return cal, val, None
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a = a.reshape(len(a), -1).astype(np.float64)
+    b = b.reshape(len(b), -1).astype(np.float64)
+    a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
+    return float(np.mean(np.einsum("ij,ij->i", a, b) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
+
+
+def oracle(path, plan_keep, shapes, val) -> float:
+    groups = onnxprune.analyze(path, input_shapes=shapes)
+    pruned, masked = apply(groups, plan_keep), apply(groups, plan_keep, masked=True)
+    one = {k: v[:4] for k, v in val.items()}
+    yp = session(pruned).run(None, one)[0]
+    ym = session(masked).run(None, one)[0]
+    return float(np.abs(yp - ym).max() / max(np.abs(ym).max(), 1e-12))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", nargs="+")
+    ap.add_argument("--ratios", nargs="+", type=float, default=[0.25, 0.5])
+    args = ap.parse_args()
+    paths = sorted(glob.glob(os.path.join(ZOO, "*.onnx")))
+    if args.models:
+        paths = [p for p in paths if os.path.basename(p)[:-5] in args.models]
+    print(f"{'model':<16} {'heads':>6} {'neurons':>7} {'frozen':>6} | {'pruned':<8} {'ratio':>5} {'valid':>5} "
+          f"{'oracle':>8} {'MACs':>6} {'latency':>7} {'fidelity':>9}")
+    for path in paths:
+        name = os.path.basename(path)[:-5]
+        model = onnx.load(path)
+        cal, val, labels = data_for(name, model)
+        shapes = {k: [None] + list(v.shape[1:]) for k, v in cal.items()}
+        groups = onnxprune.analyze(path, input_shapes=shapes)
+        total = max(groups.params_total, 1)
+        heads = sum(g.params for g in groups.prunable if g.width > 1) / total
+        neurons = sum(g.params for g in groups.prunable if g.width == 1) / total
+        frozen = 1.0 - heads - neurons
+        ref = session(model).run(None, val)[0]
+        head = f"{name:<16} {heads:6.2f} {neurons:7.2f} {frozen:6.2f} |"
+        for kind in ("heads", "neurons"):
+            if (heads if kind == "heads" else neurons) == 0:
+                print(f"{head} {kind:<8} {'-':>5} nothing to prune")
+                continue
+            for r in args.ratios:
+                data = dict(cal)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    try:
+                        res = onnxprune.prune(path, ratio=r, prune=kind, calib=data, round_to=1,
+                                              input_shapes=shapes, validate=True, data=dict(val))
+                        plain = onnxprune.prune(path, ratio=r, prune=kind, calib=data, round_to=1,
+                                                input_shapes=shapes, compensate="none")
+                    except onnxprune.OnnxPruneError as e:
+                        print(f"{head} {kind:<8} {r:5.2f} error: {e}")
+                        continue
+                onnx.checker.check_model(res.model, full_check=True)
+                out = session(res.model).run(None, val)[0]
+                v = res.validation
+                fid = (f"acc {np.mean(ref.argmax(1) == labels):.3f}->{np.mean(out.argmax(1) == labels):.3f}"
+                       if labels is not None else f"cos {cosine(ref, out):.4f}")
+                err = oracle(path, plain.plan.keep, shapes, val)
+                print(f"{head} {kind:<8} {r:5.2f} {'yes':>5} {err:8.1e} {v.macs['after'] / v.macs['before']:6.3f} "
+                      f"{v.latency_ms['after'] / v.latency_ms['before']:7.3f} {fid:>9}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
