@@ -179,6 +179,9 @@ def analyze(model, as_json, show_all, exclude, strict, input_shape):
 @click.option("--max-group-ratio", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.9,
               show_default=True, help="With --allocate global: the most any one group may lose.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Freeze groups with a matching node or tensor name (repeatable).")
+@click.option("--allow-io-change", is_flag=True,
+              help="Let a state carried from a graph input to a graph output (a KV cache) shrink; the "
+                   "report lists every changed input and output.")
 @click.option("--prune", "prune_kinds", multiple=True, type=click.Choice(["heads", "neurons"]),
               help="Prune only these groups: heads (units spanning several positions: attention heads, "
                    "grouped-conv blocks) or neurons (single channels) [default: both].")
@@ -197,7 +200,7 @@ def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, co
           group_reduction, member_norm, macs_target, params_target, latency_target, min_channels, round_to, allocate,
           sensitivity_path, max_group_ratio, mode, pattern, edge_ratio, auto_loop, max_drop, auto_step, n_steps,
           trajectory_path,
-          exclude, prune_kinds, plan_path,
+          exclude, allow_io_change, prune_kinds, plan_path,
           save_plan, masked_output, data, report_path, no_validate, strict, seed, threads, quiet,
           input_shape):
     """Prune MODEL and write the result to OUTPUT."""
@@ -210,7 +213,8 @@ def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, co
     cfg = PruneConfig(
         ratio=ratio, criterion=criterion, min_channels=min_channels, round_to=round_to,
         mode=mode, pattern=pattern, edge_ratio=edge_ratio, allocate=allocate, sensitivity=sensitivity_path, max_group_ratio=max_group_ratio,
-        exclude=tuple(exclude), prune=tuple(prune_kinds), input_shapes=parse_input_shapes(input_shape),
+        exclude=tuple(exclude), prune=tuple(prune_kinds), allow_io_change=allow_io_change,
+        input_shapes=parse_input_shapes(input_shape),
         seed=seed, calib=calib,
         calib_samples=calib_samples, calib_batch=calib_batch, compensate=compensate,
         sequential=sequential, group_reduction=group_reduction, normalize=member_norm, macs_target=macs_target,
@@ -310,9 +314,10 @@ def _auto(model, cfg, max_drop, step, trajectory_path, console):
     from .auto import auto_prune, plot
     from .validate import validate as run_validate
 
-    if cfg.masked_output or cfg.save_plan or cfg.plan:
+    if cfg.masked_output or cfg.save_plan or cfg.plan or cfg.allow_io_change:
         raise OnnxPruneError("--auto works with budgets as floors (--macs-target, --params-target, "
-                             "--latency-target): not with --masked-output, --save-plan or --plan")
+                             "--latency-target): not with --masked-output, --save-plan, --plan or "
+                             "--allow-io-change")
     pipeline.preflight(model, cfg)
     if cfg.calib is None and cfg.data is not None:
         cfg = replace(cfg, calib=cfg.data, data=None)  # --data alone: its last quarter is held out

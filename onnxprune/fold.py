@@ -238,6 +238,19 @@ def known_ints(values: np.ndarray | None) -> list | None:
     return out
 
 
+def _blind(view: GraphView, reader, slot: int) -> bool:
+    """A reader a new (positive) count cannot affect: Shape/Size (the
+    vector's length), or a comparison with constants <= 0 (TorchScript's
+    ``s == -1`` in expand)."""
+    if reader.op_type in ("Shape", "Size"):
+        return True
+    if reader.op_type in ("Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual") and \
+            len(reader.input) == 2 and slot in (0, 1):
+        other = partial_value(view, reader.input[1 - slot])
+        return other is not None and other.size > 0 and all(v is not None and v <= 0 for v in other.reshape(-1))
+    return False
+
+
 def literal_source(view: GraphView, name: str, index: int, depth: int = 0, shared: set | None = None):
     """Where entry ``index`` of a shape vector built at run time is stated as a
     literal: ``(reader node index, input slot, flat index)`` of the constant
@@ -252,7 +265,7 @@ def literal_source(view: GraphView, name: str, index: int, depth: int = 0, share
     node = view.producer.get(name)
     if node is None or depth > 32 or view.escapes(name):
         return None
-    readers = view.consumers.get(name, [])
+    readers = [(r, slot) for r, slot in view.consumers.get(name, []) if not _blind(view, r, slot)]
     if len(readers) != 1:
         if shared is None or not readers or \
                 any(r.op_type not in ("Reshape", "Expand") or slot != 1 for r, slot in readers):
@@ -272,6 +285,18 @@ def literal_source(view: GraphView, name: str, index: int, depth: int = 0, share
                 return literal_source(view, part, local, depth + 1, shared)
             offset += value.size
         return None
+    if node.op_type == "Where":  # TorchScript's expand: Where(s == -1, 1, s), decided per entry
+        cond = partial_value(view, node.input[0])
+        if cond is None:
+            return None
+        flat = cond.reshape(-1)
+        pick = flat[0] if flat.size == 1 else flat[index] if index < flat.size else None
+        if pick is None:
+            return None
+        part = node.input[1 if pick else 2]
+        if view.const_root(part) is not None:
+            return at, 1 if pick else 2, index
+        return literal_source(view, part, index, depth + 1, shared)
     if node.op_type in ("Unsqueeze", "Squeeze", "Cast", "Identity", "Reshape", "Flatten"):
         part = node.input[0]
         if view.const_root(part) is not None:

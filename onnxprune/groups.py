@@ -366,14 +366,38 @@ def _stored_weights(view: GraphView):
 
 
 # -- the analysis pass ---------------------------------------------------------------
-def _freeze_interface(view: GraphView, analysis: Analysis) -> None:
+def _interface_atoms(view: GraphView, analysis: Analysis, names) -> set:
+    out = set()
+    for name in names:
+        for lay in analysis.layouts.get(name, {}).values():
+            try:
+                out.update(s.atom for s in analysis.atoms.resolve(lay))
+            except LayoutError:
+                pass
+    return out
+
+
+def _freeze_interface(view: GraphView, analysis: Analysis, allow_io: bool = False) -> None:
     atoms = analysis.atoms
+    state = (_interface_atoms(view, analysis, view.graph_inputs)
+             & _interface_atoms(view, analysis, view.graph_outputs)) if allow_io else set()
+
+    def carried(lay) -> bool:
+        try:
+            return all(s.atom in state for s in atoms.resolve(lay))
+        except LayoutError:
+            return False
+
+    hint = " (--allow-io-change frees only a state carried from a graph input to a graph output, " \
+           "like a KV cache)" if allow_io else ""
     for name in view.graph_outputs:
         for lay in analysis.layouts.get(name, {}).values():
-            atoms.freeze(lay, f"reaches graph output '{name}'")
+            if not carried(lay):
+                atoms.freeze(lay, f"reaches graph output '{name}'{hint}")
     for name in view.graph_inputs:
         for lay in analysis.layouts.get(name, {}).values():
-            atoms.freeze(lay, f"reaches graph input '{name}'")
+            if not carried(lay):
+                atoms.freeze(lay, f"reaches graph input '{name}'{hint}")
     for name, node in view.captured.items():
         for lay in analysis.layouts.get(name, {}).values():
             atoms.freeze(lay, f"read inside a subgraph of node '{node}', which is not analysed "
@@ -511,13 +535,16 @@ def _settle_literals(view: GraphView, analysis: Analysis) -> None:
                 atoms.freeze(lay, why)
 
 
-def analyze_model(model: onnx.ModelProto, shapes: dict[str, tuple], strict: bool | None = None) -> Groups:
+def analyze_model(model: onnx.ModelProto, shapes: dict[str, tuple], strict: bool | None = None,
+                  allow_io: bool = False) -> Groups:
+    """``allow_io``: a state carried from a graph input to a graph output (a
+    KV cache) may change size (``io_change.py``)."""
     view = GraphView(model, shapes)
-    analysis = Analysis()
+    analysis = Analysis(allow_io=allow_io)
     _run_rules(view, analysis, strict_default() if strict is None else strict)
     _settle_literals(view, analysis)
     _couple_shared_weights(view, analysis)
-    _freeze_interface(view, analysis)
+    _freeze_interface(view, analysis, allow_io)
     return _collect(model, view, analysis)
 
 

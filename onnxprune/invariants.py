@@ -104,15 +104,14 @@ def violations(original, pruned: onnx.ModelProto, *, allow_io_change: bool = Fal
         if size > before.bytes.get(dtype, 0) + 8 * slack:
             out.append(f"the pruned model stores more {dtype} weight bytes than the input "
                        f"({size} > {before.bytes.get(dtype, 0)})")
-    if not allow_io_change:
-        for kind in ("input", "output"):
-            a, b = getattr(before, f"{kind}s"), getattr(after, f"{kind}s")
-            if [n for n, _ in a] != [n for n, _ in b]:
-                out.append(f"graph {kind}s changed from {[n for n, _ in a]} to {[n for n, _ in b]}")
-                continue
-            for (name, sa), (_, sb) in zip(a, b):
-                if sa != sb:
-                    out.append(f"graph {kind} '{name}' changed from {sa} to {sb}")
+    for kind in ("input", "output"):
+        a, b = getattr(before, f"{kind}s"), getattr(after, f"{kind}s")
+        if [n for n, _ in a] != [n for n, _ in b]:
+            out.append(f"graph {kind}s changed from {[n for n, _ in a]} to {[n for n, _ in b]}")
+            continue
+        for (name, sa), (_, sb) in zip(a, b):
+            if sa != sb and not (allow_io_change and len(sa or ()) == len(sb or ())):
+                out.append(f"graph {kind} '{name}' changed from {sa} to {sb}")
     unused = sorted(after.unused - before.unused)
     if unused:
         more = f" (+{len(unused) - 3} more)" if len(unused) > 3 else ""

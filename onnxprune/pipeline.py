@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 import onnx
 
-from . import importance, invariants, model as modelio, planner
+from . import importance, invariants, io_change, model as modelio, planner
 from .calibration import Calibration
 from .calibration import calibrate as run_calibration
 from .compensate import MODES, Compensation
@@ -63,6 +63,7 @@ class PruneConfig:
     max_group_ratio: float = 0.9  # with allocate="global": no group loses more than this
     calibrate_from_data: bool = True  # --data without --calib: calibrate on its first part
     exclude: tuple = ()
+    allow_io_change: bool = False  # a state carried from an input to an output (a KV cache) may shrink
     prune: tuple = ()  # only these kinds of groups: "heads" (multi-position units), "neurons"; () = all
     keep: dict | None = None  # explicit plan: group id -> kept units
     plan: str | None = None  # a saved plan file to replay
@@ -156,6 +157,7 @@ class PruneReport:
     target: dict | None = None  # the budget asked for: {"measure": "macs"|"params", "fraction": F}
     auto: dict | None = None  # the --auto trajectory (``auto.AutoRun.to_dict``)
     edges: dict | None = None  # with --mode edges: sparsity, layers, sizes (``edges.EdgeReport``)
+    io_changes: list = field(default_factory=list)  # with --allow-io-change: inputs/outputs that shrank
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -170,6 +172,7 @@ class PruneResult:
     compensation: Compensation | None = field(default=None, repr=False)
     validation: Validation | None = None
     config: PruneConfig = field(default_factory=PruneConfig, repr=False)
+    io: list = field(default_factory=list, repr=False)  # io_change.Changed: inputs/outputs that shrank
     written: list = field(default_factory=list)
     source: object = field(default=None, repr=False)  # the path or ModelProto pruned
     summary: object = field(default=None, repr=False)  # invariants.summarize of the original
@@ -245,7 +248,7 @@ def sample(cfg: PruneConfig, model: onnx.ModelProto) -> dict | None:
 
 def analyze(loaded: modelio.Loaded, cfg: PruneConfig) -> Groups:
     info = shape_info(loaded.model, cfg.input_shapes, sample(cfg, loaded.model))
-    groups = analyze_model(loaded.model, info.dims, strict=cfg.strict)
+    groups = analyze_model(loaded.model, info.dims, strict=cfg.strict, allow_io=cfg.allow_io_change)
     groups.shape_info = info
     groups.exclude(cfg.exclude)
     groups.select(cfg.prune)
@@ -334,6 +337,9 @@ def choose_allocation(groups: Groups, cfg: PruneConfig, asked: str | None) -> tu
     from .calibration import _known_count, _rereadable
     from .sensitivity import DEFAULT_RATIOS
 
+    if cfg.allow_io_change and (asked == "sensitivity" or cfg.sensitivity):
+        raise OnnxPruneError("--allocate sensitivity measures pruned models on the original's inputs, "
+                             "which --allow-io-change changes: use --allocate global or uniform")
     if asked is not None or cfg.calib is None or cfg.allocate != "global" or not groups.macs \
             or not _rereadable(cfg.calib) or cfg.keep is not None or cfg.plan is not None:
         return cfg, None
@@ -344,6 +350,8 @@ def choose_allocation(groups: Groups, cfg: PruneConfig, asked: str | None) -> tu
         samples = len(next(iter(load_npz(cfg.calib, groups.model)[0].values())))
     if not samples:
         return cfg, None
+    if cfg.allow_io_change:
+        return cfg, None  # a sweep would run pruned models on the original's inputs: global
     if samples < MIN_PRICE_SAMPLES:
         return replace(cfg, allocate="uniform"), (
             f"uniform allocation: {samples} calibration samples are too few to price removals "
@@ -395,6 +403,9 @@ def plan(groups: Groups, scores, cfg: PruneConfig) -> Plan:
         if cfg.latency_target is not None:
             if cfg.macs_target is not None or cfg.params_target is not None:
                 raise OnnxPruneError("give one of --macs-target, --params-target and --latency-target")
+            if cfg.allow_io_change:
+                raise OnnxPruneError("--latency-target times candidates on the original's inputs, which "
+                                     "--allow-io-change changes: use --macs-target or --params-target")
             from .latency import plan_latency
 
             result, search = plan_latency(groups, lambda r: planner.plan_budget(
@@ -454,7 +465,8 @@ def check(original, pruned: onnx.ModelProto, cfg: PruneConfig) -> None:
     the original (a model or its ``invariants.summarize``), then the full
     checker, here in memory unless the model will be written: ``save`` checks
     it from disk, as written."""
-    invariants.check(original.model if isinstance(original, Groups) else original, pruned)
+    invariants.check(original.model if isinstance(original, Groups) else original, pruned,
+                     allow_io_change=cfg.allow_io_change)
     if cfg.check and not cfg.output:
         full_check(pruned)
 
@@ -499,12 +511,13 @@ def reference(groups: Groups, cfg: PruneConfig) -> Reference | None:
 
 
 def validate(groups: Groups, pruned: onnx.ModelProto, cfg: PruneConfig,
-             ref: Reference | None = None) -> Validation | None:
+             ref: Reference | None = None, io: list | None = None) -> Validation | None:
     """Compare the pruned model with the original's ``reference`` (taken
-    here when not given: the original must then still be unmodified)."""
+    here when not given: the original must then still be unmodified);
+    ``io``: the inputs and outputs it changed (``io_change``)."""
     if not cfg.validate:
         return None
-    return run_compare(ref if ref is not None else reference(groups, cfg), pruned)
+    return run_compare(ref if ref is not None else reference(groups, cfg), pruned, io=io)
 
 
 def _validated(result: PruneResult, ref: Reference):
@@ -513,7 +526,7 @@ def _validated(result: PruneResult, ref: Reference):
     holding a second copy of them next to the one in memory."""
     def verify(path: str) -> None:
         check_written(path)
-        result.validation = run_compare(ref, modelio.load(path).model)
+        result.validation = run_compare(ref, modelio.load(path).model, io=result.io)
     return verify
 
 
@@ -693,6 +706,7 @@ def run(source, cfg: PruneConfig) -> PruneResult:
     the_plan = plan(groups, scores, run_cfg)
     comp = compensate(groups, the_plan, calibration, run_cfg)
     seq = refit(groups, the_plan, comp, calibration, run_cfg)
+    io = io_change.changed(groups, the_plan.keep) if cfg.allow_io_change else []
     original = invariants.summarize(groups.model)
     # The original's half of validation runs first; then the loaded model is
     # rewritten in place, never copied (masked() re-derives the original from
@@ -710,7 +724,10 @@ def run(source, cfg: PruneConfig) -> PruneResult:
         pruned = after.model
         check(original, pruned, run_cfg)
     result = PruneResult(pruned, report(groups, the_plan, pruned, calibration, comp, run_cfg), groups,
-                         the_plan, comp, config=cfg, source=source, summary=original)
+                         the_plan, comp, config=cfg, source=source, summary=original, io=io)
+    result.report.io_changes = [c.to_dict() for c in io]
+    if cfg.allow_io_change and not io:
+        result.report.notes.append("--allow-io-change: no input or output changed size")
     if rep_edges is not None:
         result.report.edges = _edge_summary(rep_edges)
         result.report.notes.extend(rep_edges.notes)
@@ -734,7 +751,7 @@ def run(source, cfg: PruneConfig) -> PruneResult:
     # disk instead of holding a copy of those in memory.
     deferred = ref is not None and bool(cfg.output) and groups.external_data
     if ref is not None and not deferred:
-        result.validation = validate(groups, pruned, run_cfg, ref)
+        result.validation = validate(groups, pruned, run_cfg, ref, io=io)
     result.written = save(result, cfg, ref if deferred else None)
     return result
 

@@ -92,6 +92,8 @@ def print_prune(report, console: Console, costs: bool = True) -> None:
                       f"weights {edges['dense_bytes']:,} B dense, {edges['sparse_bytes']:,} B as sparse "
                       f"initializers, {edges['compressed_bytes']:,} B compressed (was "
                       f"{edges['compressed_before']:,} B)")
+    for c in getattr(report, "io_changes", None) or []:
+        console.print(f"graph {c['kind']} '{c['name']}' changed: axis {c['axis']} {c['before']} -> {c['after']}")
     target = report.target
     if target and target["measure"] == "latency":
         pass  # measured by validation (its Cost table) and in the plan's note

@@ -317,7 +317,9 @@ def _update_value_info(rw: _Edits, g: onnx.GraphProto, main: bool = True) -> Non
                     d.dim_value = int(v)
     constants = {n.output[0] for n in g.node if n.op_type == "Constant"}
     infos = [vi for vi in g.value_info if vi.name not in constants]
-    for vi in infos + ([] if main else list(g.output)):
+    # the main graph's inputs and outputs change only where --allow-io-change freed them
+    interface = [vi for vi in g.input if vi.name not in inits] if main else []
+    for vi in infos + list(g.output) + interface:
         if not vi.type.HasField("tensor_type"):
             continue
         new = list(inits[vi.name].dims) if vi.name in inits else rw.new_shape(vi.name)

@@ -294,12 +294,17 @@ def reference(a: onnx.ModelProto, data=None, *, input_shapes: dict | None = None
                      input_shapes=input_shapes, latency_runs=latency_runs, threads=threads)
 
 
-def compare(ref: Reference, b: onnx.ModelProto, label: str | None = None) -> Validation:
+def compare(ref: Reference, b: onnx.ModelProto, label: str | None = None, io: list | None = None) -> Validation:
     """Run the pruned model on the reference's inputs and compare. ``label``:
     the pruned model is the user's file of that name (its failure is bad
-    input, not a bug)."""
+    input, not a bug). ``io``: inputs and outputs the prune changed
+    (``io_change.Changed``): the pruned model gets the kept slices of those
+    inputs, and its outputs are compared with the kept slices of the
+    original's."""
+    from .io_change import adapt_feeds, adapt_outputs
+
     _same_interface(ref.interface, _interface(b))
-    feeds, batch = ref.feeds, ref.batch
+    feeds, batch = adapt_feeds(io or [], ref.feeds), ref.batch
     try:
         sb = session(b, ref.threads)
         yb = run_batched(sb, feeds, batch)
@@ -309,7 +314,7 @@ def compare(ref: Reference, b: onnx.ModelProto, label: str | None = None) -> Val
                                  f"the original runs: {str(e).splitlines()[0]}") from None
         raise InternalError(f"the pruned model fails in onnxruntime where the original runs: "
                             f"{str(e).splitlines()[0]}") from None
-    ya = ref.outputs
+    ya = adapt_outputs(io or [], ref.names, ref.outputs)
     outputs = []
     for name, oa, ob in zip(ref.names, ya, yb):
         if oa.shape != ob.shape or oa.dtype != ob.dtype:

@@ -111,3 +111,57 @@ def test_prune_heads_or_neurons_only():
     groups = onnxprune.analyze(model)
     groups.select(("heads",))
     assert all("not selected: --prune heads" in " ".join(g.frozen) for g in groups.groups if g.width == 1)
+
+
+def test_a_kv_cache_shrinks_only_with_allow_io_change(tmp_path):
+    """K/V heads of a decoder step reach past_k/past_v (inputs) and
+    present_k/present_v (outputs): frozen by default; with the flag they
+    prune, every changed input and output is listed, the declared shapes
+    follow, and validation feeds the kept slices of the cache."""
+    import json
+
+    from click.testing import CliRunner
+
+    from onnxprune.cli import main
+    from onnxprune.io_change import adapt_feeds, adapt_outputs, changed
+
+    for name in ("llama_kv_ts", "llama_kv_dyn"):
+        path = os.path.join(HERE, f"{name}.onnx")
+        model = onnx.load(path)
+        shapes = {"x": [None, 3, 32], "past_k": [None, 2, 5, 8], "past_v": [None, 2, 5, 8]}
+        frozen = onnxprune.analyze(model, input_shapes=shapes)
+        assert not any(g.channels == 2 for g in frozen.prunable)
+        groups = onnxprune.api.pipeline.analyze(
+            onnxprune.api.pipeline.load(model, onnxprune.PruneConfig()),
+            onnxprune.PruneConfig(input_shapes=shapes, allow_io_change=True))
+        kv = next(g for g in groups.prunable if g.channels == 2)
+        keep = {kv.id: np.array([1])}
+        io = changed(groups, keep)
+        assert {(c.name, c.kind, c.axis, c.before, c.after) for c in io} == {
+            ("past_k", "input", 1, 2, 1), ("past_v", "input", 1, 2, 1),
+            ("present_k", "output", 1, 2, 1), ("present_v", "output", 1, 2, 1)}
+        pruned, masked = apply(groups, keep), apply(groups, keep, masked=True)
+        onnx.checker.check_model(pruned, full_check=True)
+        for batch, seq in ((2, 3), (1, 6)):
+            fd = feeds(model, batch, seq)
+            names = [o.name for o in model.graph.output]
+            got = run(pruned, adapt_feeds(io, fd))
+            want = adapt_outputs(io, names, run(masked, fd))
+            for a, b in zip(got, want):
+                np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(b).max())))
+        dims = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in pruned.graph.input}
+        assert dims["past_k"][1] == 1 and dims["x"][2] == 32
+    # the CLI: the report lists the changes and validation runs on the sliced cache
+    path = os.path.join(HERE, "llama_kv_ts.onnx")
+    data = tmp_path / "kv.npz"
+    np.savez(data, **feeds(onnx.load(path), 48, 3))
+    out, rep = tmp_path / "kv.onnx", tmp_path / "kv.json"
+    res = CliRunner().invoke(main, ["prune", path, "-o", str(out), "--ratio", "0.5", "--data", str(data),
+                                    "--allow-io-change", "--round-to", "1", "--report", str(rep)])
+    assert res.exit_code == 0, res.output
+    assert "graph input 'past_k' changed: axis 1 2 -> 1" in res.output
+    report = json.loads(rep.read_text())
+    assert len(report["io_changes"]) == 4 and report["validation"]["outputs"]
+    res = CliRunner().invoke(main, ["prune", path, "-o", str(out), "--auto", "--data", str(data),
+                                    "--allow-io-change"])
+    assert res.exit_code == 2 and "--allow-io-change" in res.output

@@ -89,6 +89,7 @@ class Analysis:
     internal_errors: list = field(default_factory=list)  # "rule X on node Y: ..."
     # literal location -> [(claiming node, layout, nodes that share its shape vector)]
     literal_claims: dict = field(default_factory=dict)
+    allow_io: bool = False  # graph inputs may carry prunable channels (``io_change``; settled at the end)
 
     def layout(self, tensor: str, axis: int) -> Layout | None:
         return self.layouts.get(tensor, {}).get(axis)
@@ -174,7 +175,8 @@ class Context:
             size = self.view.static(tensor, ax)
         if size is None or ax is None:
             return None
-        lay = self.atoms.plain(size, self.origin_reason(tensor))
+        io = self.a.allow_io and tensor in self.view.graph_inputs  # a cache: groups._freeze_interface decides
+        lay = self.atoms.plain(size, None if io else self.origin_reason(tensor))
         self.a.layouts.setdefault(tensor, {})[ax] = lay
         return lay
 
