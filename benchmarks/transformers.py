@@ -12,7 +12,8 @@ same plan without compensation (max |pruned - masked| / max |masked|),
 MACs and onnxruntime latency (batch 1, timed in alternation with the
 original), and the mean centred cosine to the original on held-out inputs
 (accuracy for the digits model). Counts are exact (``round_to=1``): 25% of 4
-heads is one head.
+heads is one head. The KV-cache decoder steps run with ``allow_io_change``
+(their K/V heads shrink the cache inputs and outputs).
 """
 from __future__ import annotations
 
@@ -57,11 +58,15 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(np.einsum("ij,ij->i", a, b) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
 
 
-def oracle(path, plan_keep, shapes, val) -> float:
-    groups = onnxprune.analyze(path, input_shapes=shapes)
+def oracle(path, plan_keep, cfg, val) -> float:
+    from onnxprune import pipeline
+    from onnxprune.io_change import adapt_feeds, changed
+
+    groups = pipeline.analyze(pipeline.load(path, cfg), cfg)
+    io = changed(groups, plan_keep)
     pruned, masked = apply(groups, plan_keep), apply(groups, plan_keep, masked=True)
     one = {k: v[:4] for k, v in val.items()}
-    yp = session(pruned).run(None, one)[0]
+    yp = session(pruned).run(None, adapt_feeds(io, one))[0]
     ym = session(masked).run(None, one)[0]
     return float(np.abs(yp - ym).max() / max(np.abs(ym).max(), 1e-12))
 
@@ -81,7 +86,10 @@ def main() -> None:
         model = onnx.load(path)
         cal, val, labels = data_for(name, model)
         shapes = {k: [None] + list(v.shape[1:]) for k, v in cal.items()}
-        groups = onnxprune.analyze(path, input_shapes=shapes)
+        from onnxprune import pipeline
+
+        acfg = onnxprune.PruneConfig(input_shapes=shapes, allow_io_change="_kv_" in name)
+        groups = pipeline.analyze(pipeline.load(path, acfg), acfg)
         total = max(groups.params_total, 1)
         heads = sum(g.params for g in groups.prunable if g.width > 1) / total
         neurons = sum(g.params for g in groups.prunable if g.width == 1) / total
@@ -94,22 +102,25 @@ def main() -> None:
                 continue
             for r in args.ratios:
                 data = dict(cal)
+                io = {"allow_io_change": True} if "_kv_" in name else {}  # the KV cache may shrink
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     try:
                         res = onnxprune.prune(path, ratio=r, prune=kind, calib=data, round_to=1,
-                                              input_shapes=shapes, validate=True, data=dict(val))
+                                              input_shapes=shapes, validate=True, data=dict(val), **io)
                         plain = onnxprune.prune(path, ratio=r, prune=kind, calib=data, round_to=1,
-                                                input_shapes=shapes, compensate="none")
+                                                input_shapes=shapes, compensate="none", **io)
                     except onnxprune.OnnxPruneError as e:
                         print(f"{head} {kind:<8} {r:5.2f} error: {e}")
                         continue
                 onnx.checker.check_model(res.model, full_check=True)
-                out = session(res.model).run(None, val)[0]
+                from onnxprune.io_change import adapt_feeds
+
+                out = session(res.model).run(None, adapt_feeds(res.io, val))[0]
                 v = res.validation
                 fid = (f"acc {np.mean(ref.argmax(1) == labels):.3f}->{np.mean(out.argmax(1) == labels):.3f}"
                        if labels is not None else f"cos {cosine(ref, out):.4f}")
-                err = oracle(path, plain.plan.keep, shapes, val)
+                err = oracle(path, plain.plan.keep, onnxprune.PruneConfig(input_shapes=shapes, **io), val)
                 print(f"{head} {kind:<8} {r:5.2f} {'yes':>5} {err:8.1e} {v.macs['after'] / v.macs['before']:6.3f} "
                       f"{v.latency_ms['after'] / v.latency_ms['before']:7.3f} {fid:>9}", flush=True)
 

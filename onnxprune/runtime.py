@@ -115,7 +115,9 @@ def exposing(model: onnx.ModelProto, tensors, threads: int | None = None, optimi
             continue
         if t in types:
             model.graph.output.append(onnx.helper.make_tensor_value_info(t, types[t], None))
-            added.append(t)
+        else:  # after a contrib op ONNX cannot type: onnxruntime types it (as ``upto`` relies on)
+            model.graph.output.append(onnx.ValueInfoProto(name=t))
+        added.append(t)
     try:
         data, folder = serialised(model)
     finally:

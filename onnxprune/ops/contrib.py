@@ -1,0 +1,47 @@
+"""onnxruntime's fused contrib ops (``com.microsoft``) that its transformer
+optimizer writes: the regular ones get rules, so their channels prune or
+freeze for a stated reason instead of "no rule".
+
+- Gelu, QuickGelu, FastGelu (with or without bias), BiasGelu, BiasAdd:
+  element-wise, with a per-channel bias sliced like an Add's.
+- SkipLayerNormalization, SkipSimplifiedLayerNormalization: the residual Add
+  (input, skip, optional bias) fused with a norm over the last axis: the
+  operands are one channel space, normalised, so it freezes (the hidden size);
+  gamma, beta and bias belong to it (``analyze`` counts them).
+"""
+from __future__ import annotations
+
+from .elementwise import Broadcast, Unary
+from .registry import register
+
+
+@register("Gelu", "QuickGelu", domain="com.microsoft")
+class ContribUnary(Unary):
+    """y = f(x) element by element: every axis passes through."""
+
+
+@register("FastGelu", "BiasGelu", "BiasAdd", domain="com.microsoft")
+class ContribBias(Broadcast):
+    """f(x + bias [+ skip]): the operands broadcast like an Add; the bias is per channel."""
+
+    scales: dict = {}
+
+
+@register("SkipLayerNormalization", "SkipSimplifiedLayerNormalization", domain="com.microsoft")
+class SkipNorm(Broadcast):
+    """LayerNorm(x + skip + bias) over the last axis: one channel space, normalised, frozen."""
+
+    scales: dict = {}
+
+    def analyze(self, node, ctx):
+        super().analyze(node, ctx)  # x, skip, gamma, beta, bias share the last axis
+        y = node.output[0]
+        rank = ctx.view.rank(y)
+        if rank is None:
+            return
+        for ax, lay in ctx.axes(y).items():
+            if ax == rank - 1:
+                ctx.freeze(lay, f"normalises over axis {ax}: removing channels changes the statistics")
+        # the optional 4th output is x + skip + bias, before the norm
+        if len(node.output) > 3 and node.output[3]:
+            ctx.passthrough(y, node.output[3])

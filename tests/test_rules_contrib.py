@@ -1,0 +1,46 @@
+"""onnxruntime's fused contrib ops (issue 11): Gelu, FastGelu, BiasGelu,
+BiasAdd element-wise with per-channel biases; SkipLayerNormalization freezes
+the hidden size it normalises, with the reason. Each prunable case runs the
+oracle (onnxruntime runs these ops on CPU)."""
+from __future__ import annotations
+
+import numpy as np
+
+from graphs import Graph, assert_frozen, assert_prunable, exact, group_at
+
+MS = "com.microsoft"
+
+
+def _graph():
+    g = Graph(seed=5)
+    g.extra_opsets[MS] = 1
+    return g
+
+
+def test_bias_gelu_and_gelu_neurons_prune_with_their_bias():
+    g = _graph()
+    a = g.add("BiasGelu", [g.matmul("x", 16, 32, name="up"), g.rand("b1", (32,))], domain=MS, name="bg")
+    b = g.add("Gelu", [g.matmul(a, 32, 24, name="mid")], domain=MS, name="gelu")
+    c = g.add("FastGelu", [g.matmul(b, 24, 20, name="mid2"), g.rand("b3", (20,))], domain=MS, name="fg")
+    y = g.matmul(c, 20, 4, name="down")
+    groups = exact(g.build({"x": ["N", 16]}, {y: ["N", 4]}))
+    for at in ("bg", "gelu", "fg"):
+        assert_prunable(group_at(groups, at))
+    weights = {w for w, _ in group_at(groups, "bg").weights}
+    assert "b1" in weights  # the fused bias is sliced with its neurons
+
+
+def test_skip_layer_norm_freezes_the_hidden_size_and_keeps_the_mlp_prunable():
+    g = _graph()
+    h = g.add("FastGelu", [g.matmul("x", 16, 32, name="fc1"), g.rand("b1", (32,))], domain=MS, name="act")
+    z = g.matmul(h, 32, 16, name="fc2")
+    out = g.add("SkipLayerNormalization", [z, "x", g.rand("gamma", (16,), 0.5, 1.5), g.rand("beta", (16,)),
+                                           g.rand("bias", (16,))], domain=MS, n_out=4, name="skipln",
+                outputs=["ln", "", "", "sum"])
+    y = g.matmul(out[0] if isinstance(out, list) else out, 16, 4, name="head")
+    model = g.build({"x": ["N", 6, 16]}, {y: ["N", 6, 4]})
+    groups = exact(model)
+    assert_prunable(group_at(groups, "act", 2))
+    assert_frozen(group_at(groups, "fc2", 2), "normalises over axis 2")
+    hidden = group_at(groups, "fc2", 2)
+    assert {"gamma", "beta", "bias"} <= {w for w, _ in hidden.weights}  # accounted to the hidden size
