@@ -19,10 +19,12 @@ _ALIASES = {"member_norm": "normalize", "reduction": "group_reduction"}
 
 
 def analyze(model, *, input_shapes: dict | None = None, exclude=(), strict: bool | None = None,
-            data=None) -> Groups:
+            data=None, prune=(), allow_io_change: bool = False) -> Groups:
     """Find every group of coupled channels. ``model``: a path or a ModelProto;
-    ``data`` (an .npz or a dict of arrays) fixes the shapes inference cannot."""
-    cfg = PruneConfig(input_shapes=input_shapes, exclude=tuple(exclude), strict=strict, data=data)
+    ``data`` (an .npz or a dict of arrays) fixes the shapes inference cannot;
+    ``prune`` and ``allow_io_change`` as for ``prune``."""
+    cfg = PruneConfig(input_shapes=input_shapes, exclude=tuple(exclude), strict=strict, data=data,
+                      prune=(prune,) if isinstance(prune, str) else tuple(prune), allow_io_change=allow_io_change)
     return pipeline.analyze(pipeline.load(model, cfg), cfg)
 
 

@@ -105,12 +105,15 @@ def main(ctx, debug):
 @click.option("--json", "as_json", is_flag=True, help="Print the groups as JSON.")
 @click.option("--all", "show_all", is_flag=True, help="Also list groups that own no weights.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Freeze groups with a matching node or tensor name.")
+@click.option("--prune", "prune_kinds", multiple=True, type=click.Choice(["heads", "neurons", "hidden"]),
+              help="Show as prunable only these kinds (as prune would); hidden: groups only a norm freezes.")
+@click.option("--allow-io-change", is_flag=True, help="As for prune: a KV cache may shrink.")
 @click.option("--strict", is_flag=True, help="Fail on an internal error in an op rule.")
 @input_shape_opt
-def analyze(model, as_json, show_all, exclude, strict, input_shape):
+def analyze(model, as_json, show_all, exclude, prune_kinds, allow_io_change, strict, input_shape):
     """List the channel groups of MODEL, what each couples, and why some are frozen."""
     groups = api.analyze(model, input_shapes=parse_input_shapes(input_shape), exclude=exclude,
-                         strict=True if strict else None)
+                         strict=True if strict else None, prune=prune_kinds, allow_io_change=allow_io_change)
     if as_json:
         click.echo(json.dumps(groups.to_dict(), indent=2))
     else:
@@ -182,9 +185,11 @@ def analyze(model, as_json, show_all, exclude, strict, input_shape):
 @click.option("--allow-io-change", is_flag=True,
               help="Let a state carried from a graph input to a graph output (a KV cache) shrink; the "
                    "report lists every changed input and output.")
-@click.option("--prune", "prune_kinds", multiple=True, type=click.Choice(["heads", "neurons"]),
-              help="Prune only these groups: heads (units spanning several positions: attention heads, "
-                   "grouped-conv blocks) or neurons (single channels) [default: both].")
+@click.option("--prune", "prune_kinds", multiple=True, type=click.Choice(["heads", "neurons", "hidden"]),
+              help="Prune only these groups (repeatable): heads (units spanning several positions: attention "
+                   "heads, grouped-conv blocks), neurons (single channels), hidden (channels only a norm "
+                   "freezes: a transformer's hidden size; not exact, the validation shows the error) "
+                   "[default: heads and neurons].")
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=False), help="Replay a plan saved with --save-plan (skips scoring).")
 @click.option("--save-plan", type=click.Path(dir_okay=False), help="Write the plan (kept units per group id) as JSON.")
 @click.option("--masked-output", type=click.Path(dir_okay=False), help="Also write the full-size masked model.")

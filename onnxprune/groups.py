@@ -48,6 +48,7 @@ class Group:
     weights: list[tuple[str, int]]  # (stored weight, axis) pairs it slices
     frozen: list[str]
     min_keep: int = 1
+    inexact: list = field(default_factory=list)  # with --prune hidden: why pruned != masked here
 
     @property
     def params(self) -> int:
@@ -61,7 +62,7 @@ class Group:
         return {"id": self.id, "units": self.channels, "unit_width": self.width,
                 "channels": self.channels, "params": self.params,
                 "weights": [{"tensor": t, "axis": a} for t, a in self.weights],
-                "members": self.members, "frozen": self.frozen}
+                "members": self.members, "frozen": self.frozen, "inexact": self.inexact}
 
 
 @dataclass
@@ -309,15 +310,23 @@ class Groups:
         that span several positions (attention heads; the blocks of a grouped
         conv), ``neurons`` single channels (MLP neurons, conv filters). The
         others freeze, with the reason."""
+        from .ops.base import INEXACT
+
         kinds = set(kinds or ())
-        if not kinds or kinds >= {"heads", "neurons"}:
-            return
-        unknown = kinds - {"heads", "neurons"}
+        unknown = kinds - {"heads", "neurons", "hidden"}
         if unknown:
             from .errors import OnnxPruneError
-            raise OnnxPruneError(f"--prune takes heads or neurons, not {', '.join(sorted(unknown))}")
+            raise OnnxPruneError(f"--prune takes heads, neurons or hidden, not {', '.join(sorted(unknown))}")
+        if "hidden" in kinds:
+            for g in self.groups:  # frozen only because a norm reads them: prunable, not exactly
+                if g.frozen and all(r.split(": ", 1)[-1].startswith(INEXACT) or r.startswith(INEXACT)
+                                    for r in g.frozen):
+                    g.inexact = list(g.frozen)
+                    g.frozen = []
+        if not kinds or kinds == {"heads", "neurons"} or kinds == {"heads", "neurons", "hidden"}:
+            return
         for g in self.groups:
-            kind = "heads" if g.width > 1 else "neurons"
+            kind = "hidden" if g.inexact else "heads" if g.width > 1 else "neurons"
             if kind not in kinds:
                 reason = f"not selected: --prune {','.join(sorted(kinds))} (this group's units are {kind})"
                 if reason not in g.frozen:

@@ -379,7 +379,7 @@ def score(groups: Groups, calibration: Calibration | None, cfg: PruneConfig):
         elif cfg.calib is not None:
             sweep = sensitivity.sweep(groups.model, calib=cfg.calib, criterion=cfg.criterion,
                                       compensate=cfg.compensate, input_shapes=_known_inputs(groups, cfg),
-                                      calib_samples=cfg.calib_samples)
+                                      calib_samples=cfg.calib_samples, prune=cfg.prune)
         else:
             raise OnnxPruneError("--allocate sensitivity needs a sweep: --calib (one is run), or "
                                  "--sensitivity FILE from 'onnxprune sensitivity'")

@@ -225,7 +225,7 @@ def _ray_rows(address: str, build: tuple, todo: list, jobs: int):
 
 # -- the sweep -----------------------------------------------------------------------------------
 def prepare(model, calib, data, criterion: str | None, compensate: str | None, input_shapes,
-            calib_samples: int | None = None) -> Sweep:
+            calib_samples: int | None = None, prune: tuple = ()) -> Sweep:
     """Load, analyse, calibrate and score once: what every job shares. With
     no ``data``, the last quarter of ``calib`` is held out for measuring."""
     from . import pipeline
@@ -234,7 +234,8 @@ def prepare(model, calib, data, criterion: str | None, compensate: str | None, i
     from .validate import run_batched, session
 
     cfg = pipeline.PruneConfig(calib=calib, data=data, criterion=criterion, compensate=compensate,
-                               input_shapes=input_shapes, calib_samples=calib_samples, sequential=False)
+                               input_shapes=input_shapes, calib_samples=calib_samples, sequential=False,
+                               prune=tuple(prune))
     groups = pipeline.analyze(pipeline.load(model, cfg), cfg)
     if data is not None:
         feeds, labels = feeds_and_labels(data, groups.model)
@@ -306,7 +307,7 @@ def _read_jsonl(path: str) -> tuple[dict | None, list]:
 def sweep(model, *, calib, data=None, ratios=DEFAULT_RATIOS, criterion: str | None = None,
           compensate: str | None = None, input_shapes: dict | None = None, jobs: int = 1,
           shard: tuple[int, int] = (0, 1), out: str | None = None, calib_samples: int | None = None,
-          ray: str | None = None, progress=None) -> SensitivityResult:
+          ray: str | None = None, progress=None, prune: tuple = ()) -> SensitivityResult:
     """Every (prunable group, ratio) job of this shard, run serially, on a
     pool of ``jobs`` processes or on Ray actors (``ray``: a cluster address or
     ``local``; ``jobs`` actors, or one per CPU of the cluster); rows stream
@@ -320,8 +321,8 @@ def sweep(model, *, calib, data=None, ratios=DEFAULT_RATIOS, criterion: str | No
     settings = {"ratios": ratios, "criterion": criterion, "compensate": compensate,
                 "calib": os.fspath(calib) if isinstance(calib, (str, os.PathLike)) else "in memory",
                 "data": os.fspath(data) if isinstance(data, (str, os.PathLike)) else data is not None,
-                "calib_samples": calib_samples}
-    build = (model, calib, data, criterion, compensate, input_shapes, calib_samples)
+                "calib_samples": calib_samples, **({"prune": sorted(prune)} if prune else {})}
+    build = (model, calib, data, criterion, compensate, input_shapes, calib_samples, tuple(prune))
     local = prepare(*build)
     header = {"format": FORMAT, "model": os.path.basename(os.fspath(model))
               if isinstance(model, (str, os.PathLike)) else "in memory",

@@ -44,3 +44,44 @@ def test_skip_layer_norm_freezes_the_hidden_size_and_keeps_the_mlp_prunable():
     assert_frozen(group_at(groups, "fc2", 2), "normalises over axis 2")
     hidden = group_at(groups, "fc2", 2)
     assert {"gamma", "beta", "bias"} <= {w for w, _ in hidden.weights}  # accounted to the hidden size
+
+
+def _attr(model, node, name):
+    n = next(n for n in model.graph.node if n.name == node)
+    return next(a for a in n.attribute if a.name == name)
+
+
+def test_fused_attention_prunes_whole_heads_and_rewrites_num_heads():
+    """com.microsoft Attention: the packed QKV weight's three sections lose
+    the same heads, the bias with them, and num_heads follows."""
+    from graphs import keep_of, pruned
+
+    g = _graph()
+    w = g.rand("Wqkv", (16, 48))
+    att = g.add("Attention", ["x", w, g.rand("bqkv", (48,))], domain=MS, name="att", num_heads=4)
+    y = g.matmul(att, 16, 5, name="proj")
+    model = g.build({"x": ["N", 6, 16]}, {y: ["N", 6, 5]})
+    groups = exact(model)
+    heads = group_at(groups, "att", 2)
+    assert_prunable(heads)
+    assert heads.channels == 4 and heads.width == 12  # 4 positions in each of Q, K, V
+    m = pruned(groups, keep_of(heads, [0, 2]))
+    assert _attr(m, "att", "num_heads").i == 2
+    dims = {t.name: list(t.dims) for t in m.graph.initializer}
+    assert dims["Wqkv"] == [16, 24] and dims["bqkv"] == [24]
+
+
+def test_multi_head_attention_prunes_heads_of_q_k_v_and_the_output():
+    from graphs import keep_of, pruned
+
+    g = _graph()
+    q, k, v = (g.matmul("x", 16, 16, name=n) for n in ("q", "k", "v"))
+    att = g.add("MultiHeadAttention", [q, k, v], domain=MS, name="mha", num_heads=4)
+    y = g.matmul(att, 16, 5, name="proj")
+    model = g.build({"x": ["N", 6, 16]}, {y: ["N", 6, 5]})
+    groups = exact(model)
+    heads = group_at(groups, "mha", 2)
+    assert_prunable(heads)
+    assert {"q", "k", "v", "proj"} <= set(heads.members)
+    m = pruned(groups, keep_of(heads, [3]))
+    assert _attr(m, "mha", "num_heads").i == 1

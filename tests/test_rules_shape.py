@@ -266,21 +266,35 @@ def test_reshape_to_its_own_run_time_channel_count_prunes():
     assert_prunable(group_at(groups, "act"))
 
 
-def test_a_channel_count_read_by_shape_that_lands_elsewhere_freezes():
+@pytest.mark.parametrize("how", ["flat", "arith", "square", "other_group"])
+def test_a_channel_count_read_by_shape_that_lands_elsewhere_freezes(how):
     """C read by Shape sets the size of another tensor's axis (or passes
-    through arithmetic): pruning C would not change that size, so C freezes."""
-    for how in ("other", "arith"):
+    through arithmetic): pruning C would not change that size, so C freezes.
+    Without that read the group prunes (the control)."""
+    for read in (True, False):
         g = Graph(opset=13)
         a = feature_map(g)
-        c = g.add("Slice", [g.add("Shape", [a], name="shape"), g.ints("s1", [1]), g.ints("s2", [2])])
-        if how == "arith":
-            c = g.add("Add", [c, g.ints("zero", [0])])
-        other = g.add("Reshape", [g.add("Relu", [a]), g.ints("flat", [1, -1])])  # (1, 64), no layout kept
+        y = g.conv(a, 4, 2, name="c2")  # contracts C: nothing else freezes it
+        if read:
+            c = g.add("Slice", [g.add("Shape", [a], name="shape"), g.ints("s1", [1]), g.ints("s2", [2])])
+            if how == "arith":
+                c = g.add("Add", [c, g.ints("zero", [0])])
+            elif how == "square":
+                c = g.add("Mul", [c, c])
+        else:
+            c = g.ints("four", [16 if how == "square" else 4])
+        t = g.add("Relu", [g.conv("x", 3, 4, name="c3")], name="other")  # another group of 4
+        if how != "other_group":
+            t = g.add("Reshape", [t, g.ints("flat", [1, -1])])  # (1, 64): no channel axis left
         dims = g.add("Concat", [g.ints("one", [1]), c, g.ints("minus1", [-1])], axis=0)
-        r = g.add("Reshape", [other, dims], name="reshape")
-        groups = exact(g.build({"x": [1, 3, 4, 4]}, {r: [1, 4, 16], a: [1, 4, 4, 4]}))
+        r = g.add("Reshape", [t, dims], name="reshape")
+        rows = 16 if how == "square" else 4
+        groups = exact(g.build({"x": [1, 3, 4, 4]}, {y: [1, 2, 4, 4], r: [1, rows, 64 // rows]}))
         grp = group_at(groups, "act")
-        assert grp.frozen, how
+        if read:
+            assert grp.frozen and any("Shape" in r or "target" in r for r in grp.frozen), (how, grp.frozen)
+        else:
+            assert_prunable(grp)
 
 
 def test_reshape_to_run_time_batch_flatten_is_frozen_or_exact():
@@ -636,3 +650,31 @@ def test_a_shared_uniform_constant_does_not_tie_the_layers_that_read_it():
     from onnxprune.invariants import violations
 
     assert not violations(groups.model, m)
+
+
+def test_a_head_count_literal_shared_by_two_reshape_targets_is_one_count_for_both():
+    """One shape vector Concat(Shape(x)[:1], [4], [8]) reshapes two unrelated
+    projections (the dynamo exporter shares it between K and V): the literal
+    is rewritten once, so both must keep the same heads, i.e. one group; a
+    third reader of the vector that does not state a channel count freezes it."""
+    for third in (False, True):
+        g = Graph(opset=13)
+        a, b = g.matmul("x", 16, 32, name="pa"), g.matmul("x", 16, 32, name="pb")
+        n = g.add("Slice", [g.add("Shape", [a]), g.ints("s0", [0]), g.ints("s1", [1])])
+        dims = g.add("Concat", [n, g.ints("heads", [4]), g.ints("dim", [8])], axis=0, name="dims")
+        ra = g.add("Reshape", [a, dims], name="ra")
+        rb = g.add("Reshape", [b, dims], name="rb")
+        def heads_out(t, name):  # (N, 4, 8) -> (N, 8, 4) @ (4, 3): contracts the heads
+            return g.matmul(g.add("Transpose", [t], perm=[0, 2, 1]), 4, 3, name=name)
+
+        outs = {heads_out(ra, "oa"): ["N", 8, 3], heads_out(rb, "ob"): ["N", 8, 3]}
+        if third:  # a third target of the same vector, on a tensor with no channels there
+            other = g.add("Reshape", [g.add("Relu", ["x2"]), dims], name="rc")
+            outs[other] = ["N", 4, 8]
+        inputs = {"x": ["N", 16], **({"x2": ["N", 32]} if third else {})}
+        groups = exact(g.build(inputs, outs))
+        ha, hb = group_at(groups, "ra"), group_at(groups, "rb")
+        if not third:
+            assert ha.id == hb.id and ha.prunable, (ha, hb)
+        else:
+            assert ha.frozen and hb.frozen

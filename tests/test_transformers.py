@@ -165,3 +165,38 @@ def test_a_kv_cache_shrinks_only_with_allow_io_change(tmp_path):
     res = CliRunner().invoke(main, ["prune", path, "-o", str(out), "--auto", "--data", str(data),
                                     "--allow-io-change"])
     assert res.exit_code == 2 and "--allow-io-change" in res.output
+
+
+def test_the_hidden_size_prunes_only_when_asked_and_says_it_is_not_exact():
+    """The residual stream (embeddings, every norm, every projection's input
+    or output) is one group that norms freeze: `--prune hidden` lifts that
+    freeze (the norm's statistics change: pruned != masked), the validation
+    measures the real error, and the model keeps working at other sizes."""
+    path = os.path.join(HERE, "gpt2_ts.onnx")
+    model = onnx.load(path)
+    shapes = {"input_ids": [None, 12], "attention_mask": [None, 12]}
+    plain = onnxprune.analyze(model, input_shapes=shapes)
+    hidden = next(g for g in plain.groups if any("wte" in m for m in g.members))
+    assert hidden.frozen and all("inexact (prune with --prune hidden)" in r for r in hidden.frozen)
+    groups = onnxprune.analyze(model, input_shapes=shapes, prune="hidden")
+    (only,) = groups.prunable
+    assert only.channels == 32 and only.inexact and not only.frozen
+    cal, val = feeds(model, 64, 12), feeds(model, 16, 12)
+    res = onnxprune.prune(path, ratio=0.25, prune="hidden", calib=cal, data=val, validate=True, round_to=1,
+                          input_shapes=shapes)
+    assert [(g["channels"], g["kept"]) for g in res.report.groups if g["kept"] != g["channels"]] == [(32, 24)]
+    onnx.checker.check_model(res.model, full_check=True)
+    assert 0.5 < res.validation.cosine_mean < 0.9999  # measured, and not exact
+    emb = {t.name: list(t.dims) for t in res.model.graph.initializer}
+    assert emb["model.transformer.wte.weight"] == [50, 24]
+    (y,) = run(res.model, feeds(model, 3, 7))
+    assert y.shape == (3, 7, 50)
+
+
+def test_the_digits_transformer_keeps_its_accuracy_with_a_quarter_of_the_hidden_size_gone():
+    d = np.load(os.path.join(HERE, "digits_data.npz"))
+    res = onnxprune.prune(os.path.join(HERE, "digits_tf_ts.onnx"), ratio=0.25, prune="hidden",
+                          calib={"x": d["x"][:300]}, data={"x": d["x"][300:], "labels": d["labels"][300:]},
+                          validate=True, round_to=1)
+    v = res.validation
+    assert v.accuracy_before - v.accuracy_after <= 0.03, (v.accuracy_before, v.accuracy_after)

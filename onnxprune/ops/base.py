@@ -29,6 +29,7 @@ from .registry import domain_of, node_attr
 # gamma, a decomposed BN's Mul: what the ``bn`` criterion reads); "param": any
 # other per-channel parameter of a channel-wise op.
 ROLES = ("out", "in", "scale", "param")
+INEXACT = "inexact (prune with --prune hidden): "  # a freeze reason --prune hidden lifts
 
 
 @dataclass
@@ -211,6 +212,12 @@ class Context:
     def freeze(self, layout: Layout | None, why: str) -> None:
         if layout is not None:
             self.atoms.freeze(layout, f"{self.where()}: {why}")
+
+    def inexact(self, layout: Layout | None, why: str) -> None:
+        """Frozen unless the user asks for the hidden size (``--prune hidden``):
+        removing these channels changes a statistic (a norm's mean and
+        variance), so pruned != masked; the validation shows the real error."""
+        self.freeze(layout, INEXACT + why)
 
     def freeze_tensor(self, tensor: str, why: str) -> None:
         for lay in self.axes(tensor).values():

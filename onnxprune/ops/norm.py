@@ -66,7 +66,11 @@ class NormOverAxes(Rule):
         axes = self.normalized(node, ctx, rank)
         for ax, lay in ctx.axes(x).items():
             if ax in axes:
-                ctx.freeze(lay, f"normalises over axis {ax}: removing channels changes the statistics")
+                why = f"normalises over axis {ax}: removing channels changes the statistics"
+                if node.op_type in ("LayerNormalization", "MeanVarianceNormalization"):
+                    ctx.inexact(lay, why)  # the hidden size of a transformer
+                else:
+                    ctx.freeze(lay, why)
         ctx.passthrough(x, node.output[0])
         if node.op_type == "LayerNormalization":
             # Scale and bias are per position of the normalised axes: they belong

@@ -48,7 +48,10 @@ class Reduce(Rule):
             k += 1
         for ax, lay in lays.items():
             if ax in axes:
-                ctx.freeze(lay, f"reduced over axis {ax} (a channel axis)")
+                if node.op_type == "ReduceMean":  # a decomposed LayerNorm / RMSNorm: the hidden size
+                    ctx.inexact(lay, f"averaged over axis {ax} (a channel axis)")
+                else:
+                    ctx.freeze(lay, f"reduced over axis {ax} (a channel axis)")
         ctx.passthrough(x, y, mapping)
 
 
