@@ -4,8 +4,10 @@ TorchScript and dynamo exports) and on the digits transformer trained there.
 
     python benchmarks/transformers.py [--models gpt2_ts ...] [--ratios 0.25 0.5]
 
-Per model: the share of parameters in head groups, in neuron groups, in the
-hidden size (``prune='hidden'``: only norms freeze it) and frozen; then for
+Per model: the share of parameters in weights that head groups slice, that
+neuron groups slice, that the hidden size slices (``prune='hidden'``: only
+norms freeze it; these overlap: a projection is sliced by its heads and by
+the hidden size) and in weights no prunable group slices ("frozen"); then for
 heads alone (``prune='heads'``), neurons alone and the hidden size alone at
 each ratio, with the defaults (calibration data -> obs, lsq, sequential): whether
 the output is valid (full checker, onnxruntime), the exactness oracle on the
@@ -95,10 +97,20 @@ def main() -> None:
                                      prune=("heads", "neurons", "hidden"))
         groups = pipeline.analyze(pipeline.load(path, acfg), acfg)
         total = max(groups.params_total, 1)
-        hidden = sum(g.params for g in groups.prunable if g.inexact) / total
-        heads = sum(g.params for g in groups.prunable if g.width > 1 and not g.inexact) / total
-        neurons = sum(g.params for g in groups.prunable if g.width == 1 and not g.inexact) / total
-        frozen = 1.0 - heads - neurons - hidden
+        sizes = {}
+        for g in groups.groups:
+            for t, _ in g.weights:
+                shape = groups.view.const_shape(t)
+                sizes[t] = int(np.prod(shape)) if shape is not None else 0
+
+        def share(groups_of_kind) -> float:  # parameters in weights a group of this kind slices
+            names = {t for g in groups_of_kind for t, _ in g.weights}
+            return sum(sizes.get(t, 0) for t in names) / total
+
+        hidden = share([g for g in groups.prunable if g.inexact])
+        heads = share([g for g in groups.prunable if g.width > 1 and not g.inexact])
+        neurons = share([g for g in groups.prunable if g.width == 1 and not g.inexact])
+        frozen = 1.0 - share(groups.prunable)
         ref = session(model).run(None, val)[0]
         head = f"{name:<16} {heads:6.2f} {neurons:7.2f} {hidden:6.2f} {frozen:6.2f} |"
         for kind in ("heads", "neurons", "hidden"):
@@ -107,7 +119,8 @@ def main() -> None:
                 continue
             for r in args.ratios:
                 data = dict(cal)
-                io = {"allow_io_change": True} if "_kv_" in name else {}  # the KV cache may shrink
+                # the KV cache may shrink (its heads); the hidden size stays the step's interface
+                io = {"allow_io_change": True} if "_kv_" in name and kind == "heads" else {}
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     try:

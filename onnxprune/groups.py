@@ -549,8 +549,20 @@ def analyze_model(model: onnx.ModelProto, shapes: dict[str, tuple], strict: bool
     """``allow_io``: a state carried from a graph input to a graph output (a
     KV cache) may change size (``io_change.py``)."""
     view = GraphView(model, shapes)
+    strict = strict_default() if strict is None else strict
     analysis = Analysis(allow_io=allow_io)
-    _run_rules(view, analysis, strict_default() if strict is None else strict)
+    _run_rules(view, analysis, strict)
+    seeds = [(name, ax) for name in view.graph_inputs for ax in analysis.layouts.get(name, {})] \
+        if allow_io else []
+    if seeds:
+        # A graph input's channels are found where a later node needs them; nodes before it
+        # (a Shape, a norm) ran without them. Run again with those layouts there from the start.
+        analysis = Analysis(allow_io=allow_io)
+        for name, ax in seeds:
+            size = view.static(name, ax)
+            if size:
+                analysis.layouts.setdefault(name, {})[ax] = analysis.atoms.plain(size)
+        _run_rules(view, analysis, strict)
     _settle_literals(view, analysis)
     _couple_shared_weights(view, analysis)
     _freeze_interface(view, analysis, allow_io)

@@ -176,8 +176,14 @@ class Context:
             size = self.view.static(tensor, ax)
         if size is None or ax is None:
             return None
-        io = self.a.allow_io and tensor in self.view.graph_inputs  # a cache: groups._freeze_interface decides
-        lay = self.atoms.plain(size, None if io else self.origin_reason(tensor))
+        why = self.origin_reason(tensor)
+        if self.a.allow_io and tensor in self.view.graph_inputs:
+            # a cache: groups._freeze_interface decides -- unless a node before this one read the
+            # input without these channels (its rule ran without the layout: it would not follow)
+            earlier = [c for c, _ in self.view.consumers.get(tensor, []) if self.view.index_of[id(c)] < self.index]
+            why = (f"graph input '{tensor}' is read by node '{earlier[0].name}' before its channels are "
+                   f"tracked") if earlier else None
+        lay = self.atoms.plain(size, why)
         self.a.layouts.setdefault(tensor, {})[ax] = lay
         return lay
 
