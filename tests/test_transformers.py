@@ -200,3 +200,25 @@ def test_the_digits_transformer_keeps_its_accuracy_with_a_quarter_of_the_hidden_
                           validate=True, round_to=1)
     v = res.validation
     assert v.accuracy_before - v.accuracy_after <= 0.03, (v.accuracy_before, v.accuracy_after)
+
+
+def test_an_input_whose_channels_are_found_late_is_analysed_with_them_from_the_start():
+    """With --allow-io-change, x (the decoder step's hidden input) gets its
+    channels where the residual Add needs them, after a Shape and the first
+    RMSNorm read it: those must see them too (a second pass), or the norm's
+    weight would stay full size and the model break (found by the benchmark)."""
+    from onnxprune.io_change import adapt_feeds
+
+    for name in ("llama_kv_ts", "llama_kv_dyn"):
+        path = os.path.join(HERE, f"{name}.onnx")
+        model = onnx.load(path)
+        shapes = {"x": [None, 3, 32], "past_k": [None, 2, 5, 8], "past_v": [None, 2, 5, 8]}
+        groups = onnxprune.analyze(model, input_shapes=shapes, allow_io_change=True,
+                                   prune=("heads", "neurons", "hidden"))
+        assert not any("not tracked" in r for g in groups.groups for r in g.frozen), \
+            [g.frozen for g in groups.groups]
+        res = onnxprune.prune(path, ratio=0.25, prune="hidden", allow_io_change=True, round_to=1,
+                              calib=feeds(model, 48, 3), input_shapes=shapes)
+        onnx.checker.check_model(res.model, full_check=True)
+        (y, *_) = run(res.model, adapt_feeds(res.io, feeds(model, 2, 4)))
+        assert y.shape == (2, 4, 24)
