@@ -49,7 +49,9 @@ def test_reduce_over_channel_axis_freezes(op, opset):
     r = reduce_node(g, op, a, [1], 1, opset)
     y = g.conv(r, 1, 4, name="c2")
     groups = exact(g.build({"x": [1, 3, 5, 5]}, [y]))
-    assert_frozen(group_at(groups, "c1"), "'red'", "reduced over axis 1")
+    # a mean over channels is a norm's statistic: inexact, lifted only by --prune hidden
+    assert_frozen(group_at(groups, "c1"), "'red'", "averaged over axis 1" if op == "ReduceMean"
+                  else "reduced over axis 1")
     assert not groups.prunable
 
 

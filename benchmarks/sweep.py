@@ -1,0 +1,63 @@
+"""Sensitivity sweeps: serial against a process pool and Ray actors (issue 10).
+
+    python benchmarks/sweep.py [--model resnet_mnist] [--jobs 2] [--no-ray]
+
+Runs the same sweep (default ratios, 192 calibration samples of the model's
+data, the last quarter held out) serially, on a pool of ``--jobs`` processes
+and on a local Ray instance with as many actors, checks that the rows are
+identical, and prints each wall time and its ratio to the serial one. The
+parallel runs pay a start-up (workers build their own calibration), so the
+speed-up grows with the number of jobs.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+
+for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from onnxprune.sensitivity import sweep  # noqa: E402
+
+
+def key(rows):
+    return [(r["group"], r["ratio"], r["kept"], round(r["damage"], 12)) for r in rows]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="resnet_mnist")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--no-ray", action="store_true")
+    args = ap.parse_args()
+    model = os.path.join(ROOT, "models", f"{args.model}.onnx")
+    data = os.path.join(ROOT, "models", f"{args.model}_data.npz")
+    runs = [("serial", {}), (f"pool --jobs {args.jobs}", {"jobs": args.jobs})]
+    if not args.no_ray:
+        runs.append((f"ray local, {args.jobs} actors", {"jobs": args.jobs, "ray": "local"}))
+    base = None
+    for label, kw in runs:
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                res = sweep(model, calib=data, calib_samples=192, **kw)
+            except Exception as e:  # noqa: BLE001 - Ray missing or failing: say so, go on
+                print(f"{label:<24} skipped: {e}")
+                continue
+        dt = time.perf_counter() - t0
+        if base is None:
+            base, rows = dt, key(res.rows)
+        same = key(res.rows) == rows
+        print(f"{label:<24} {len(res.rows):4d} jobs {dt:7.1f} s  x{dt / base:5.2f} of serial  "
+              f"rows {'identical' if same else 'DIFFER'}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
