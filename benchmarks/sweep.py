@@ -2,8 +2,8 @@
 
     python benchmarks/sweep.py [--model resnet_mnist] [--jobs 2] [--no-ray]
 
-Runs the same sweep (default ratios, 192 calibration samples of the model's
-data, the last quarter held out) serially, on a pool of ``--jobs`` processes
+Runs the same sweep (default ratios, ``--samples`` calibration samples of
+the model's data, the last quarter held out) serially, on a pool of ``--jobs`` processes
 and on a local Ray instance with as many actors, checks that the rows are
 identical, and prints each wall time and its ratio to the serial one. The
 parallel runs pay a start-up (workers build their own calibration), so the
@@ -32,12 +32,18 @@ def key(rows):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="resnet_mnist")
+    ap.add_argument("--model", default="resnet_mnist", help="a sample model's name, or a path to an .onnx")
+    ap.add_argument("--data", help="calibration .npz for a --model path")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--no-ray", action="store_true")
+    ap.add_argument("--samples", type=int, default=192, help="calibration samples (a quarter is held out)")
     args = ap.parse_args()
-    model = os.path.join(ROOT, "models", f"{args.model}.onnx")
-    data = os.path.join(ROOT, "models", f"{args.model}_data.npz")
+    ap_model = args.model
+    if ap_model.endswith(".onnx"):  # any model, with --data
+        model, data = ap_model, args.data
+    else:
+        model = os.path.join(ROOT, "models", f"{ap_model}.onnx")
+        data = os.path.join(ROOT, "models", f"{ap_model}_data.npz")
     runs = [("serial", {}), (f"pool --jobs {args.jobs}", {"jobs": args.jobs})]
     if not args.no_ray:
         runs.append((f"ray local, {args.jobs} actors", {"jobs": args.jobs, "ray": "local"}))
@@ -47,7 +53,7 @@ def main() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                res = sweep(model, calib=data, calib_samples=192, **kw)
+                res = sweep(model, calib=data, calib_samples=args.samples, **kw)
             except Exception as e:  # noqa: BLE001 - Ray missing or failing: say so, go on
                 print(f"{label:<24} skipped: {e}")
                 continue
