@@ -4,7 +4,7 @@ the hidden size it normalises, with the reason. Each prunable case runs the
 oracle (onnxruntime runs these ops on CPU)."""
 from __future__ import annotations
 
-import numpy as np
+import numpy as np  # noqa: F401 - used by the GQA graph
 
 from graphs import Graph, assert_frozen, assert_prunable, exact, group_at
 
@@ -85,3 +85,46 @@ def test_multi_head_attention_prunes_heads_of_q_k_v_and_the_output():
     assert {"q", "k", "v", "proj"} <= set(heads.members)
     m = pruned(groups, keep_of(heads, [3]))
     assert _attr(m, "mha", "num_heads").i == 1
+
+
+def _gqa_graph(rotary: str | None = None):
+    """x (1, 6, 32) -> q (4 heads of 8), k, v (2 K/V heads) -> [RotaryEmbedding on q]
+    -> GroupQueryAttention -> proj."""
+    g = _graph()
+    q, k, v = g.matmul("x", 32, 32, name="q"), g.matmul("x", 32, 16, name="k"), g.matmul("x", 32, 16, name="v")
+    if rotary is not None:
+        pos = g.init("pos", np.arange(6, dtype=np.int64)[None])
+        cos, sin = g.rand("cos", (16, 4)), g.rand("sin", (16, 4))
+        attrs = {"num_heads": 4} if rotary == "stated" else {}
+        q = g.add("RotaryEmbedding", [q, pos, cos, sin], domain=MS, name="rope", **attrs)
+    seqlens = g.init("seqlens", np.array([5], dtype=np.int32))
+    total = g.init("total", np.array(6, dtype=np.int32))
+    att = g.add("GroupQueryAttention", [q, k, v, "", "", seqlens, total], domain=MS, name="gqa",
+                outputs=["att", "present_k", "present_v"], num_heads=4, kv_num_heads=2)
+    y = g.matmul(att if isinstance(att, str) else att[0], 32, 5, name="proj")
+    return g.build({"x": [1, 6, 32]}, {y: [1, 6, 5]})
+
+
+def test_group_query_attention_prunes_a_kv_head_with_its_query_heads():
+    from graphs import keep_of, pruned
+
+    groups = exact(_gqa_graph())
+    unit = group_at(groups, "att", 2)
+    assert_prunable(unit)
+    assert unit.channels == 2 and {"q", "k", "v", "proj"} <= set(unit.members)
+    m = pruned(groups, keep_of(unit, [1]))
+    assert _attr(m, "gqa", "num_heads").i == 2 and _attr(m, "gqa", "kv_num_heads").i == 1
+    dims = {t.name: list(t.dims) for t in m.graph.initializer}
+    assert dims["q_W"][1] == 16 and dims["k_W"][1] == 8
+
+
+def test_rotary_embedding_keeps_heads_whole():
+    from graphs import keep_of, pruned
+
+    for how in ("stated", "from_cache"):
+        groups = exact(_gqa_graph(rotary=how))
+        unit = group_at(groups, "att", 2)
+        assert_prunable(unit)
+        m = pruned(groups, keep_of(unit, [0]))
+        if how == "stated":
+            assert _attr(m, "rope", "num_heads").i == 2

@@ -117,14 +117,25 @@ def ray_cluster():
     if ray_bin is None:
         pytest.skip("the ray command is not on PATH")
     port = _free_port()
-    start = subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=2",
-                            "--include-dashboard=false", "--disable-usage-stats"],
-                           capture_output=True, text=True, timeout=180)
-    assert start.returncode == 0, start.stderr[-2000:]
+    # Ray turns token authentication on when ~/.ray/auth_token exists (any earlier local
+    # ray.init writes one), and a driver connecting by address may not send it: the test's
+    # cluster runs without, head and driver alike, whatever the home folder holds.
+    saved = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     try:
-        yield f"127.0.0.1:{port}"
+        start = subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=2",
+                                "--include-dashboard=false", "--disable-usage-stats"],
+                               capture_output=True, text=True, timeout=180)
+        assert start.returncode == 0, start.stderr[-2000:]
+        try:
+            yield f"127.0.0.1:{port}"
+        finally:
+            subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=120)
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=120)
+        if saved is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = saved
 
 
 def test_ray_actors_give_the_serial_rows(tmp_path, ray_cluster):

@@ -139,4 +139,103 @@ class Attention(_HeadsRule):
         return x[0] * x[1] * x[2] * w[1] + x[0] * x[1] * x[1] * (q + v)
 
 
-__all__ = ["Attention", "MultiHeadAttention"]
+@register("GroupQueryAttention", domain="com.microsoft")
+class GroupQueryAttention(_HeadsRule):
+    """Grouped-query attention: a unit is one K/V head with the num_heads /
+    kv_num_heads query heads it serves (contiguous in Q). Q, K, V (or packed
+    QKV), the output and the past/present caches (B, kv_heads, S, head) lose
+    whole units; num_heads and kv_num_heads are rewritten."""
+
+    def analyze(self, node, ctx):
+        n, kv = int(ctx.attr("num_heads", 0)), int(ctx.attr("kv_num_heads", 0))
+        q = node.input[0]
+        k = node.input[1] if len(node.input) > 1 else ""
+        v = node.input[2] if len(node.input) > 2 else ""
+        dq = ctx.view.static(q, 2) if ctx.view.rank(q) == 3 else None
+        if kv <= 0 or n <= 0 or n % kv or dq is None:
+            ctx.freeze_node(f"GroupQueryAttention with num_heads {n}, kv_num_heads {kv} or sizes unknown")
+            return
+        rep = n // kv
+        packed = not k
+        head = dq // (n + 2 * kv) if packed else dq // n
+        if head <= 0 or (packed and dq != (n + 2 * kv) * head) or (not packed and dq != n * head):
+            ctx.freeze_node("GroupQueryAttention sizes do not match its head counts")
+            return
+        u = ctx.atoms.new(kv)
+        lq, lkv = (Segment(u, 1, rep * head),), (Segment(u, 1, head),)
+        if packed:
+            ctx.unify(ctx.require(q, 2), (Segment(u, 1, rep * head), Segment(u, 1, head), Segment(u, 1, head)))
+        else:
+            if ctx.view.static(k, 2) != kv * head or ctx.view.static(v, 2) != kv * head:
+                ctx.freeze_node("GroupQueryAttention key/value sizes do not match kv_num_heads")
+                return
+            ctx.unify(ctx.require(q, 2), lq)
+            ctx.unify(ctx.require(k, 2), lkv)
+            ctx.unify(ctx.require(v, 2), lkv)
+        ctx.set(node.output[0], 2, lq)
+        one = (Segment(u, 1, 1),)  # the caches: (batch, kv heads, sequence, head)
+        for slot in (3, 4):
+            if slot < len(node.input) and node.input[slot]:
+                if ctx.view.rank(node.input[slot]) != 4:
+                    ctx.freeze(lkv, "GroupQueryAttention with a past cache that is not (B, kv_heads, S, head)")
+                    return
+                ctx.unify(ctx.require(node.input[slot], 1), one)
+        for out in node.output[1:3]:
+            if out:
+                ctx.set(out, 1, one)
+        for slot, what in ((10, "an attention bias"), (11, "head sinks")):
+            if slot < len(node.input) and node.input[slot]:
+                ctx.freeze(lkv, f"GroupQueryAttention with {what}: its heads are not sliced")
+                return
+        ctx.state(heads=one, rep=rep)
+
+    def rewrite(self, node, index, rw):
+        st = rw.state(index)
+        if "heads" not in st or not rw.changed(node.output[0]):
+            return
+        kv = rw.size(st["heads"])
+        set_attr(node, "kv_num_heads", int(kv))
+        set_attr(node, "num_heads", int(kv * st["rep"]))
+
+
+@register("RotaryEmbedding", domain="com.microsoft")
+class RotaryEmbedding(Rule):
+    """Rotates pairs of positions inside each head: heads pass through
+    whole (a 3-D input is num_heads blocks of head_size, and num_heads is
+    rewritten); the head size itself is frozen."""
+
+    def analyze(self, node, ctx):
+        x, y = node.input[0], node.output[0]
+        rank = ctx.view.rank(x)
+        if rank == 4:  # (B, heads, S, head) or (B, S, heads, head): which one is not stated
+            lays = ctx.axes(x)
+            for ax, lay in lays.items():
+                ctx.freeze(lay, "RotaryEmbedding on a 4-D input: the heads axis is not stated")
+            ctx.passthrough(x, y)
+            return
+        n = int(ctx.attr("num_heads", 0))
+        size = ctx.view.static(x, 2) if rank == 3 else None
+        lay = ctx.get(x, 2) if rank == 3 else None
+        if lay is None:
+            ctx.passthrough(x, y)
+            return
+        stated = n > 0
+        cos = ctx.const_shape(2)
+        if not stated and cos is not None and len(cos) == 2 and not int(ctx.attr("rotary_embedding_dim", 0)):
+            n = size // (2 * cos[1]) if size else 0  # head size = 2 x the cache's width
+        if n <= 0 or size is None or size % n:
+            ctx.freeze(lay, "RotaryEmbedding without num_heads: where heads start is not stated")
+            ctx.passthrough(x, y)
+            return
+        h = ctx.atoms.new(n)
+        ctx.unify(lay, (Segment(h, 1, size // n),))
+        ctx.passthrough(x, y)
+        ctx.state(heads=(Segment(h, 1, 1),), stated=stated)
+
+    def rewrite(self, node, index, rw):
+        st = rw.state(index)
+        if st.get("stated") and rw.changed(node.output[0]):
+            set_attr(node, "num_heads", int(rw.size(st["heads"])))
+
+
+__all__ = ["Attention", "MultiHeadAttention", "GroupQueryAttention", "RotaryEmbedding"]
