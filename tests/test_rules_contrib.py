@@ -4,7 +4,7 @@ the hidden size it normalises, with the reason. Each prunable case runs the
 oracle (onnxruntime runs these ops on CPU)."""
 from __future__ import annotations
 
-import numpy as np  # noqa: F401 - used by the GQA graph
+import numpy as np
 
 from graphs import Graph, assert_frozen, assert_prunable, exact, group_at
 
