@@ -518,6 +518,58 @@ def _run_rules(view: GraphView, analysis: Analysis, strict: bool) -> None:
             ctx.freeze_node(f"internal error in {where}: {type(e).__name__}: {e}")
 
 
+_MERGE_SAFE = {"Transpose", "Reshape", "Identity", "Cast", "Softmax", "LogSoftmax", "Relu", "Gelu", "Tanh",
+               "Sigmoid", "Erf", "Exp", "Neg", "Sqrt", "Reciprocal"}
+
+
+def _check_batch_merged(view: GraphView, analysis: Analysis) -> None:
+    """An axis that merges the batch with channels (``s*K``, see
+    ``reshape._batch_merge``) carries the channels' layout within each period
+    of K positions. Only ops that move it or work element-wise on it keep
+    that true (Transpose, Reshape back, unary ops, Softmax over another axis,
+    element-wise ops with operands that broadcast or merge the same way,
+    MatMul on it as a batch axis); any other reader would index positions
+    that are not channels, so the channels freeze."""
+    from .ops.reshape import factor
+
+    for tensor, axes in list(analysis.layouts.items()):
+        shape = view.shape(tensor)
+        for ax, lay in axes.items():
+            dim = shape[ax] if shape is not None and ax < len(shape) else None
+            f = factor(dim)
+            if f is None or f[1] == 1 or f[0] == dim:
+                continue
+            for node, slot in view.consumers.get(tensor, []):
+                if not _merge_safe(view, node, tensor, ax, dim):
+                    analysis.atoms.freeze(lay, f"node '{node.name}' ({node.op_type}) reads an axis that merges "
+                                               f"the batch with channels ('{dim}')")
+            if view.escapes(tensor):
+                analysis.atoms.freeze(lay, f"an axis merging the batch with channels ('{dim}') leaves the graph")
+
+
+def _merge_safe(view: GraphView, node, tensor: str, ax: int, dim: str) -> bool:
+    op = node.op_type
+    rank = view.rank(tensor)
+    if op in _MERGE_SAFE:
+        return True
+    others = [n for n in node.input if n and n != tensor]
+    if op in ("Mul", "Div", "Add", "Sub", "Where", "MatMul"):
+        if op == "MatMul" and (rank is None or ax >= rank - 2):
+            return False  # a contracted or output row axis, not a batch axis
+        out_rank = view.rank(node.output[0])
+        for other in others:
+            shape, r = view.shape(other), view.rank(other)
+            if shape is None or r is None or out_rank is None or rank is None:
+                return False
+            k = ax + (out_rank - rank) - (out_rank - r)
+            if k < 0:
+                continue  # broadcast from the left
+            if shape[k] != 1 and shape[k] != dim:
+                return False
+        return True
+    return False
+
+
 def _settle_literals(view: GraphView, analysis: Analysis) -> None:
     """A literal that several Reshape/Expand targets share (one shape vector
     for K and V) is rewritten once: every node sharing it must have claimed it
@@ -564,6 +616,7 @@ def analyze_model(model: onnx.ModelProto, shapes: dict[str, tuple], strict: bool
                 analysis.layouts.setdefault(name, {})[ax] = analysis.atoms.plain(size)
         _run_rules(view, analysis, strict)
     _settle_literals(view, analysis)
+    _check_batch_merged(view, analysis)
     _couple_shared_weights(view, analysis)
     _freeze_interface(view, analysis, allow_io)
     return _collect(model, view, analysis)

@@ -229,7 +229,14 @@ def shapes(model: onnx.ModelProto, input_shapes: dict | None = None, sample: dic
             prev = old[k] if old is not None and len(old) == len(seen) else None
             varies = two is not None and name in two and len(two[name]) == len(seen) and two[name][k] != d
             if varies:
-                new.append(prev if isinstance(prev, str) and not _unknown(prev, known) else batch_name)
+                if isinstance(prev, str) and not _unknown(prev, known):
+                    new.append(prev)
+                elif d == 1:
+                    new.append(batch_name)
+                elif two[name][k] == 2 * d:
+                    new.append(f"{batch_name}*{d}")  # the batch times d (batch x heads merged)
+                else:
+                    new.append(f"{batch_name}~{name}:{k}")  # follows the batch some other way
             elif isinstance(prev, int) or (isinstance(prev, str) and not _unknown(prev, known)):
                 new.append(prev)  # known to inference: a size, or a real symbolic dim
             else:

@@ -678,3 +678,56 @@ def test_a_head_count_literal_shared_by_two_reshape_targets_is_one_count_for_bot
             assert ha.id == hb.id and ha.prunable, (ha, hb)
         else:
             assert ha.frozen and hb.frozen
+
+
+def _merged_heads(reader: str | None = None, deep: bool = False):
+    """Attention whose K^T goes through (N*4, D, S), as the dynamo exporter
+    writes scaled_dot_product_attention: heads must survive the merge with
+    the batch and the split back. ``reader``: an extra consumer of the
+    merged tensor that indexes the merged axis."""
+    g = Graph(opset=17)
+    q, k, v = (g.matmul("x", 16, 16, name=n) for n in ("q", "k", "v"))
+
+    def heads(t, name):  # (N, 6, 16) -> (N, 4, 6, 4)
+        return g.add("Transpose", [g.add("Reshape", [t, g.ints(f"{name}_s", [0, 6, 4, 4])])], perm=[0, 2, 1, 3],
+                     name=name)
+
+    qh, kh, vh = heads(q, "qh"), heads(k, "kh"), heads(v, "vh")
+    if deep:  # (N*4*6, 4) and back: the heads sit in periods of 24 rows, 6 rows each
+        merged = g.add("Reshape", [kh, g.ints("m_s", [-1, 4])], name="merge")
+        kh2 = g.add("Reshape", [merged, g.add("Concat", [
+            g.add("Slice", [g.add("Shape", [kh]), g.ints("d0", [0]), g.ints("d2", [2])]),
+            g.ints("six_four", [6, 4])], axis=0)], name="unmerge")
+        merged = g.add("Reshape", [kh2, g.ints("m2_s", [-1, 6, 4])], name="merge2")
+    else:
+        merged = g.add("Reshape", [kh, g.ints("m_s", [-1, 6, 4])], name="merge")  # (N*4, 6, 4)
+    kt = g.add("Transpose", [merged], perm=[0, 2, 1], name="kt")  # (N*4, 4, 6)
+    n = g.add("Slice", [g.add("Shape", [kh]), g.ints("b0", [0]), g.ints("b2", [2])])  # (N, heads)
+    back = g.add("Reshape", [kt, g.add("Concat", [n, g.ints("tail", [4, 6])], axis=0)], name="back")
+    att = g.add("Softmax", [g.add("MatMul", [qh, back])], axis=-1)
+    o = g.add("Transpose", [g.add("MatMul", [att, vh])], perm=[0, 2, 1, 3])
+    y = g.matmul(g.add("Reshape", [o, g.ints("o_s", [0, 6, 16])], name="ctx"), 16, 5, name="proj")
+    outs = {y: ["N", 6, 5]}
+    if reader == "gather":  # the first row of the merged axis: batch 0, head 0
+        outs[g.add("Gather", [merged, g.ints("i0", [0])], axis=0)] = [1, 6, 4]
+    return g.build({"x": ["N", 6, 16]}, outs)
+
+
+@pytest.mark.parametrize("deep", [False, True], ids=["batch_x_heads", "batch_x_heads_x_seq"])
+def test_heads_survive_a_merge_with_the_batch_and_the_split_back(deep):
+    from graphs import keep_of, pruned
+
+    groups = exact(_merged_heads(deep=deep))
+    h = group_at(groups, "qh")
+    assert_prunable(h)
+    assert h.channels == 4 and {"q", "k", "v", "proj"} <= set(h.members)
+    m = pruned(groups, keep_of(h, [1, 3]))
+    dims = {t.name: list(t.dims) for t in m.graph.initializer}
+    assert dims["k_W"] == [16, 8]
+
+
+def test_a_reader_that_indexes_the_merged_axis_freezes_the_heads():
+    groups = exact(_merged_heads(reader="gather"))
+    h = group_at(groups, "qh")
+    assert any("node 'gather' (Gather) reads an axis that merges the batch with channels" in r
+               for r in h.frozen), h.frozen

@@ -26,8 +26,8 @@ ZOO = sorted(glob.glob(os.path.join(HERE, "*.onnx")))
 EXPECTED = {
     "gpt2_ts": {4, 128}, "gpt2_dyn": {4, 128},  # heads, Conv1D MLP
     "llama_gqa_ts": {2, 64}, "llama_gqa_dyn": {2, 64},  # K/V heads with their Q groups, gated MLP
-    "distilbert_ts": {4, 64}, "distilbert_dyn": {64},
-    "whisper_enc_ts": {4, 64}, "whisper_enc_dyn": {64},
+    "distilbert_ts": {4, 64}, "distilbert_dyn": {4, 64},  # dyn: K^T goes through (B*H, D, S)
+    "whisper_enc_ts": {4, 64}, "whisper_enc_dyn": {4, 64},
     "llama_kv_ts": {64}, "llama_kv_dyn": {64},  # K/V heads reach the cache inputs: frozen
     "digits_tf_ts": {4, 64}, "digits_tf_dyn": {4, 64},  # trained on digits
 }

@@ -24,6 +24,38 @@ def _prod(xs) -> int:
     return p
 
 
+def factor(dim):
+    """A symbolic dim as (symbol, multiplier): ``'s*4'`` (the probe's name for
+    the batch times 4) -> ``('s', 4)``, ``'s'`` -> ``('s', 1)``; None for ints."""
+    if not isinstance(dim, str):
+        return None
+    base, _, k = dim.rpartition("*")
+    return (base, int(k)) if base and k.isdigit() else (dim, 1)
+
+
+def _merge(ins, outs, ia, oa):
+    """A symbol times the int axes after it on one side, one axis named
+    ``symbol*product`` on the other: -> (input axes, output axes) or None."""
+    fi, fo = factor(ins[ia[0]]), factor(outs[oa[0]])
+    if fi is None or fo is None or fi[0] != fo[0] or fi[1] == fo[1]:
+        return None
+    side, dims, need = (ia, ins, fo[1]) if fi[1] < fo[1] else (oa, outs, fi[1])
+    have = min(fi[1], fo[1])
+    if need % have:
+        return None
+    take, prod = [side[0]], 1
+    for nxt in side[1:]:
+        if prod == need // have:
+            break
+        if not isinstance(dims[nxt], int) or dims[nxt] <= 0:
+            return None
+        prod *= dims[nxt]
+        take.append(nxt)
+    if prod != need // have:
+        return None
+    return (take, [oa[0]]) if side is ia else ([ia[0]], take)
+
+
 def align_blocks(ins: tuple, outs: tuple):
     """Cut two shapes into blocks of axes of equal product.
 
@@ -37,6 +69,12 @@ def align_blocks(ins: tuple, outs: tuple):
             if isinstance(ins[ia[0]], str) and ins[ia[0]] == outs[oa[0]]:
                 blocks.append(([ia[0]], [oa[0]], True))  # the same symbolic dim
                 ia, oa = ia[1:], oa[1:]
+                continue
+            merged = _merge(ins, outs, ia, oa) if step == 1 else None
+            if merged is not None:  # (batch, heads) <-> (batch*heads): the probe names it so
+                a, b = merged
+                blocks.append((sorted(a), sorted(b), True))
+                ia, oa = ia[len(a):], oa[len(b):]
                 continue
             if not (isinstance(ins[ia[0]], int) and isinstance(outs[oa[0]], int)):
                 break
@@ -115,6 +153,29 @@ def map_block(atoms, in_sizes, out_sizes, pos: int, layout):
     return {k0: tuple(Segment(s.atom, s.outer, s.inner // strides[k0]) for s in flat)}
 
 
+def _batch_merge(ctx, y, ins, outs, in_axes, out_axes, a, lay) -> None:
+    """(batch, ..channels..) -> (batch*K) or back: the merged axis carries the
+    channels' layout within each period of K positions (its index is
+    b*K + position). The dynamo exporter's attention (K^T as (B*H, D, S))
+    does this; ``groups._check_batch_merged`` keeps such an axis away from
+    ops that would index it."""
+    try:
+        if len(out_axes) == 1 and a != in_axes[0] and isinstance(ins[in_axes[0]], str):
+            ints = [ins[i] for i in in_axes[1:]]
+            mapped = map_block(ctx.atoms, ints, [_prod(ints)], in_axes[1:].index(a), lay)
+            ctx.set(y, out_axes[0], mapped[0])
+            return
+        if len(in_axes) == 1 and a == in_axes[0] and isinstance(outs[out_axes[0]], str):
+            ints = [outs[o] for o in out_axes[1:]]
+            for k, part in map_block(ctx.atoms, [_prod(ints)], ints, 0, lay).items():
+                ctx.set(y, out_axes[1 + k], part)
+            return
+    except LayoutError as e:
+        ctx.freeze(lay, str(e))
+        return
+    ctx.freeze(lay, "reshape over symbolic dims")
+
+
 def reshape_target(ins, inferred, entries, allowzero: bool):
     """Output shape of a Reshape: inference, completed from the shape vector."""
     if entries is None:
@@ -174,6 +235,9 @@ def reshape_layouts(ctx, x: str, y: str, outs=None) -> None:
                 ctx.freeze(lays[a], "a reshape merges two channel axes")
             continue
         a = carrying[0]
+        if any(isinstance(ins[i], str) for i in in_axes) or any(isinstance(outs[o], str) for o in out_axes):
+            _batch_merge(ctx, y, ins, outs, in_axes, out_axes, a, lays[a])
+            continue
         try:
             mapped = map_block(ctx.atoms, [ins[i] for i in in_axes], [outs[o] for o in out_axes],
                                in_axes.index(a), lays[a])
