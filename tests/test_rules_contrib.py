@@ -128,3 +128,37 @@ def test_rotary_embedding_keeps_heads_whole():
         m = pruned(groups, keep_of(unit, [0]))
         if how == "stated":
             assert _attr(m, "rope", "num_heads").i == 2
+
+
+def test_embed_layer_norm_is_the_hidden_size_pruned_only_with_prune_hidden():
+    """The optimizer's fused embeddings: tables, gamma and beta are the
+    hidden size's (accounted, not "no rule"); --prune hidden slices them and
+    the model still runs (inexact by nature: no oracle)."""
+    import onnxprune
+    from onnxprune.rewrite import apply
+    from oracle import run
+
+    from onnx import TensorProto
+
+    g = _graph()
+    ids = "ids"
+    seg = "seg"
+    out = g.add("EmbedLayerNormalization",
+                [ids, seg, g.rand("word", (20, 16)), g.rand("pos", (8, 16)), g.rand("segtab", (2, 16)),
+                 g.rand("gamma", (16,), 0.5, 1.5), g.rand("beta", (16,))],
+                domain=MS, name="eln", outputs=["emb", "mask_index"])
+    y = g.matmul(out[0] if isinstance(out, list) else out, 16, 5, name="head")
+    model = g.build({ids: ([1, 6], TensorProto.INT32), seg: ([1, 6], TensorProto.INT32)}, {y: [1, 6, 5]})
+    plain = onnxprune.analyze(model)
+    hid = group_at(plain, "emb", 2)
+    assert hid.frozen and "inexact (prune with --prune hidden)" in hid.frozen[0]
+    assert {"word", "pos", "segtab", "gamma", "beta"} <= {w for w, _ in hid.weights}
+    groups = onnxprune.analyze(model, prune="hidden")
+    hid = group_at(groups, "emb", 2)
+    assert hid.prunable and hid.inexact
+    pruned = apply(groups, {hid.id: np.arange(0, 16, 2)})
+    dims = {t.name: list(t.dims) for t in pruned.graph.initializer}
+    assert dims["word"] == [20, 8] and dims["gamma"] == [8]
+    feeds = {ids: np.array([[1, 5, 7, 2, 0, 3]], dtype=np.int32), seg: np.zeros((1, 6), dtype=np.int32)}
+    (out,) = run(pruned, feeds)
+    assert out.shape == (1, 6, 5) and np.isfinite(out).all()
