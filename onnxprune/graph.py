@@ -383,6 +383,9 @@ class GraphView:
                 out.append(d)
             elif d in self.batch_symbols:
                 out.append(1)
+            elif isinstance(d, str) and d.rpartition("*")[0] in self.batch_symbols \
+                    and d.rpartition("*")[2].isdigit():
+                out.append(int(d.rpartition("*")[2]))  # the batch times k (shapes.py's name): k per sample
             else:
                 return None
         return out
