@@ -222,3 +222,13 @@ def test_an_input_whose_channels_are_found_late_is_analysed_with_them_from_the_s
         onnx.checker.check_model(res.model, full_check=True)
         (y, *_) = run(res.model, adapt_feeds(res.io, feeds(model, 2, 4)))
         assert y.shape == (2, 4, 24)
+
+
+def test_both_exporters_count_the_same_macs():
+    """The dynamo export's attention runs over (batch*heads, S, D) axes; MACs
+    count those as heads per sample, so both exports of a model agree."""
+    for name, shapes in (("gpt2", {"input_ids": [None, 12], "attention_mask": [None, 12]}),
+                         ("distilbert", {"input_ids": [None, 12]})):
+        macs = {e: onnxprune.analyze(os.path.join(HERE, f"{name}_{e}.onnx"), input_shapes=shapes).macs
+                for e in ("ts", "dyn")}
+        assert macs["ts"] and macs["ts"] == macs["dyn"], (name, macs)
