@@ -32,7 +32,8 @@ def groups_table(groups: Groups, show_all: bool = False, max_members: int = 4) -
         if len(g.members) > max_members:
             members += f" (+{len(g.members) - max_members})"
         ch = f"{g.channels}" if g.width == 1 else f"{g.channels} x{g.width}"
-        status = "[green]prunable[/]" if g.prunable else f"[yellow]frozen:[/] {g.frozen[0]}"
+        status = ("[green]prunable[/]" + (" [magenta](inexact: --prune hidden)[/]" if g.inexact else "")
+                  if g.prunable else f"[yellow]frozen:[/] {g.frozen[0]}")
         if len(g.frozen) > 1:
             status += f" (+{len(g.frozen) - 1} more)"
         t.add_row(str(g.id), ch, _num(g.params), members, status)
