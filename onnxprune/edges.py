@@ -252,7 +252,7 @@ def prune_edges(groups, calibration, *, ratio: float | None, pattern=None, crite
     if staged:
         original = ModelProto()
         original.CopyFrom(groups.model)
-    levels = sequential._levels(groups, {x.node for x in layers})
+    levels = sequential.levels_of(groups, {x.node for x in layers})
     by_level: dict[int, list] = {}
     for x in layers:
         by_level.setdefault(levels[x.node], []).append(x)

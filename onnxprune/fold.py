@@ -238,7 +238,7 @@ def known_ints(values: np.ndarray | None) -> list | None:
     return out
 
 
-def _blind(view: GraphView, reader, slot: int) -> bool:
+def blind_reader(view: GraphView, reader, slot: int) -> bool:
     """A reader a new (positive) count cannot affect: Shape/Size (the
     vector's length), or a comparison with constants <= 0 (TorchScript's
     ``s == -1`` in expand)."""
@@ -265,7 +265,7 @@ def literal_source(view: GraphView, name: str, index: int, depth: int = 0, share
     node = view.producer.get(name)
     if node is None or depth > 32 or view.escapes(name):
         return None
-    readers = [(r, slot) for r, slot in view.consumers.get(name, []) if not _blind(view, r, slot)]
+    readers = [(r, slot) for r, slot in view.consumers.get(name, []) if not blind_reader(view, r, slot)]
     if len(readers) != 1:
         if shared is None or not readers or \
                 any(r.op_type not in ("Reshape", "Expand") or slot != 1 for r, slot in readers):

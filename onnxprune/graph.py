@@ -383,9 +383,8 @@ class GraphView:
                 out.append(d)
             elif d in self.batch_symbols:
                 out.append(1)
-            elif isinstance(d, str) and d.rpartition("*")[0] in self.batch_symbols \
-                    and d.rpartition("*")[2].isdigit():
-                out.append(int(d.rpartition("*")[2]))  # the batch times k (shapes.py's name): k per sample
+            elif isinstance(d, str) and factor(d)[0] in self.batch_symbols and factor(d)[1] > 1:
+                out.append(factor(d)[1])  # the batch times k (shapes.py's name): k per sample
             else:
                 return None
         return out
@@ -407,6 +406,15 @@ def attr(node: onnx.NodeProto, name: str, default=None):
         if a.name == name:
             return onnx.helper.get_attribute_value(a)
     return default
+
+
+def factor(dim):
+    """A symbolic dim as (symbol, multiplier): ``'s*4'`` (``shapes.py``'s name
+    for the batch times 4) -> ``('s', 4)``, ``'s'`` -> ``('s', 1)``; None for ints."""
+    if not isinstance(dim, str):
+        return None
+    base, _, k = dim.rpartition("*")
+    return (base, int(k)) if base and k.isdigit() else (dim, 1)
 
 
 def set_attr(node: onnx.NodeProto, name: str, value) -> None:

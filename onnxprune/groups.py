@@ -23,7 +23,7 @@ import onnx
 
 from .costs import count_macs, count_params
 from .errors import InternalError
-from .graph import GraphView
+from .graph import GraphView, factor
 from .layout import LayoutError
 from .weights import trace
 from .ops import UNSUPPORTED, Analysis, Context, LinearForm, WeightUse, rule_for
@@ -319,8 +319,7 @@ class Groups:
             raise OnnxPruneError(f"--prune takes heads, neurons or hidden, not {', '.join(sorted(unknown))}")
         if "hidden" in kinds:
             for g in self.groups:  # frozen only because a norm reads them: prunable, not exactly
-                if g.frozen and all(r.split(": ", 1)[-1].startswith(INEXACT) or r.startswith(INEXACT)
-                                    for r in g.frozen):
+                if g.frozen and all(INEXACT in r for r in g.frozen):
                     g.inexact = list(g.frozen)
                     g.frozen = []
         if not kinds or kinds == {"heads", "neurons"} or kinds == {"heads", "neurons", "hidden"}:
@@ -530,8 +529,6 @@ def _check_batch_merged(view: GraphView, analysis: Analysis) -> None:
     element-wise ops with operands that broadcast or merge the same way,
     MatMul on it as a batch axis); any other reader would index positions
     that are not channels, so the channels freeze."""
-    from .ops.reshape import factor
-
     for tensor, axes in list(analysis.layouts.items()):
         shape = view.shape(tensor)
         for ax, lay in axes.items():

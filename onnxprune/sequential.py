@@ -137,7 +137,7 @@ def _rows(x: np.ndarray, axis: int, size: int) -> np.ndarray:
     return np.ascontiguousarray(sub.transpose(1, 0, 2)).reshape(size, -1).astype(np.float64)
 
 
-def _levels(groups: Groups, nodes: set) -> dict:
+def levels_of(groups: Groups, nodes: set) -> dict:
     """Node index -> level for ``nodes``: the most of them on any path to
     its input (0: none)."""
     view = groups.view
@@ -285,7 +285,7 @@ def plan_stages(groups: Groups, targets: list, calibration, cfg, rep) -> tuple[l
     """Group ``targets`` (anything with a ``node`` index) into stages by level,
     at most as many as the work budget allows (a note says when fewer), and
     the batch size calibration ran with. -> (stages, batch)."""
-    levels = _levels(groups, {t.node for t in targets})
+    levels = levels_of(groups, {t.node for t in targets})
     by_level: dict[int, list] = {}
     for t in targets:
         by_level.setdefault(levels[t.node], []).append(t)

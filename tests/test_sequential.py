@@ -16,7 +16,7 @@ import onnx
 import onnxprune
 from onnxprune import sequential
 from onnxprune.compensate import _regress
-from onnxprune.sequential import CrossStats, _levels, _refit, _stages
+from onnxprune.sequential import CrossStats, levels_of, _refit, _stages
 from graphs import Graph
 from oracle import run
 
@@ -114,10 +114,10 @@ def _chain_with_branches():
 def test_levels_count_refitted_consumers_on_the_longest_path():
     groups = onnxprune.analyze(_chain_with_branches())
     index = {n.name: i for i, n in enumerate(groups.view.nodes)}
-    lv = _levels(groups, {index[n] for n in "ABCD"})
+    lv = levels_of(groups, {index[n] for n in "ABCD"})
     assert lv[index["A"]] == 0 and lv[index["B"]] == lv[index["C"]] == 1 and lv[index["D"]] == 2
     # only refitted consumers count: without B and C, D follows A directly
-    lv = _levels(groups, {index["A"], index["D"]})
+    lv = levels_of(groups, {index["A"], index["D"]})
     assert lv[index["D"]] == 1
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..fold import known_ints, partial_value
+from ..graph import factor
 from ..layout import LayoutError, Segment
 from .base import Rule
 from .registry import register
@@ -22,15 +23,6 @@ def _prod(xs) -> int:
     for x in xs:
         p *= x
     return p
-
-
-def factor(dim):
-    """A symbolic dim as (symbol, multiplier): ``'s*4'`` (the probe's name for
-    the batch times 4) -> ``('s', 4)``, ``'s'`` -> ``('s', 1)``; None for ints."""
-    if not isinstance(dim, str):
-        return None
-    base, _, k = dim.rpartition("*")
-    return (base, int(k)) if base and k.isdigit() else (dim, 1)
 
 
 def _merge(ins, outs, ia, oa):

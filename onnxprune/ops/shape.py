@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..fold import Dim, follows, known_ints, partial_value
+from ..fold import Dim, blind_reader, follows, known_ints, partial_value
 from ..graph import set_attr
 from .base import Rule, attr_of
 from .registry import register
@@ -217,15 +217,6 @@ class Slice(Rule):
 
 
 _SELECT = ("Identity", "Cast", "Gather", "Slice", "Unsqueeze", "Squeeze", "Reshape", "Flatten")
-_COMPARE = ("Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual")
-
-
-def _against_non_positive(ctx, node, slot: int) -> bool:
-    """A comparison of the shape vector with a constant of values <= 0 (a
-    kept channel count is at least 1, so the result does not depend on it)."""
-    other = node.input[1 - slot] if len(node.input) == 2 and slot in (0, 1) else None
-    value = partial_value(ctx.view, other) if other else None
-    return value is not None and value.size > 0 and all(v is not None and v <= 0 for v in value.reshape(-1))
 
 
 @register("Shape")
@@ -278,10 +269,8 @@ class Shape(Rule):
                     todo.append(out)
                 elif op == "Where" and slot in (1, 2) and follow:
                     todo.append(out)  # picks entries (TorchScript's expand: Where(s == -1, 1, s))
-                elif op in ("Shape", "Size"):
-                    continue  # the vector's length, not its entries
-                elif op in _COMPARE and _against_non_positive(ctx, consumer, slot):
-                    continue  # a count (>= 1) compared with -1 or 0: the answer never changes
+                elif blind_reader(ctx.view, consumer, slot):
+                    continue  # its length (Shape), or a count (>= 1) compared with -1 or 0
                 elif op in ("Reshape", "Expand") and slot == 1:
                     if partial_value(ctx.view, name) is None:
                         read |= here  # the reader cannot see where the count lands
