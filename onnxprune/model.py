@@ -29,6 +29,7 @@ class Loaded:
     path: str | None
     external: frozenset = frozenset()  # initializers the input file stored as external data
     files: frozenset = frozenset()  # real paths of the model file and its external-data files
+    notes: tuple = ()  # what the user should know about the input (e.g. onnxruntime's dialect)
 
     @property
     def external_data(self) -> bool:

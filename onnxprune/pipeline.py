@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 import onnx
 
-from . import importance, invariants, io_change, model as modelio, planner
+from . import dialect, importance, invariants, io_change, model as modelio, planner
 from .calibration import Calibration
 from .calibration import calibrate as run_calibration
 from .compensate import MODES, Compensation
@@ -228,6 +228,7 @@ def load(source, cfg: PruneConfig) -> modelio.Loaded:
     """Read the model and check it first: a broken input is reported as the
     input's fault, never blamed on the pruned model."""
     loaded = modelio.load(source)
+    loaded.notes = tuple(dialect.declare(loaded.model))
     check_input(loaded.model, f"{loaded.path or 'the input model'}: input model")
     return loaded
 
@@ -249,6 +250,7 @@ def sample(cfg: PruneConfig, model: onnx.ModelProto) -> dict | None:
 def analyze(loaded: modelio.Loaded, cfg: PruneConfig) -> Groups:
     info = shape_info(loaded.model, cfg.input_shapes, sample(cfg, loaded.model))
     groups = analyze_model(loaded.model, info.dims, strict=cfg.strict, allow_io=cfg.allow_io_change)
+    info.notes[:0] = list(loaded.notes)
     groups.shape_info = info
     groups.exclude(cfg.exclude)
     groups.select(cfg.prune)

@@ -197,7 +197,11 @@ def _one_line(e: Exception, limit: int = 300) -> str:
 def check_input(model: onnx.ModelProto, label: str = "input model") -> None:
     """A broken input is reported as such, before any work (exit code 2).
     Stale value_info hints are not held against it: they are hints, and the
-    rewrite drops the ones that no longer hold."""
+    rewrite drops the ones that no longer hold. onnxruntime's own ops in the
+    ONNX domain are declared first (``dialect``): onnxruntime runs them."""
+    from . import dialect
+
+    dialect.declare(model)
     full_check(model, what=label, error=OnnxPruneError, hints=False)
 
 

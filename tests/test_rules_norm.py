@@ -150,3 +150,55 @@ def test_decomposed_batchnorm_with_sqrt_of_constants_prunes():
     grp = group_at(groups, "c1")
     assert_prunable(grp)
     assert {"centre", "scale", "shift"} <= set(grp.members)
+
+
+def _hidden_mlp(op: str, opset: int, norm_inputs, domain: str = ""):
+    """x (N, 5, 16) -> MatMul 16->12 -> norm over the last axis -> Relu ->
+    MatMul 12->20 -> Relu -> MatMul 20->4: the 12 are the hidden size under
+    the norm, the 20 are MLP neurons."""
+    g = Graph(opset=opset)
+    h = g.matmul("x", 16, 12, name="up")
+    n = g.add(op, [h] + [g.rand(name, (12,), 0.5, 1.5) for name in norm_inputs], name="norm", axis=-1,
+              domain=domain)
+    a = g.add("Relu", [g.matmul(g.add("Relu", [n]), 12, 20, name="mid")])
+    y = g.matmul(a, 20, 4, name="down")
+    return g.build({"x": ["N", 5, 16]}, {y: ["N", 5, 4]})
+
+
+@pytest.mark.parametrize("op, opset, inputs", [
+    ("RMSNormalization", 23, ["scale"]),  # ONNX's RMSNorm
+    ("SimplifiedLayerNormalization", 17, ["scale"]),  # onnxruntime's RMSNorm in the ONNX domain
+    ("LayerNormalization", 14, ["scale", "bias"]),  # onnxruntime's LayerNorm below opset 17
+])
+def test_rms_norms_and_onnxruntimes_layernorm_are_the_hidden_size(op, opset, inputs):
+    """The transformer optimizer (and optimum, onnxruntime-genai) writes
+    LayerNormalization at opsets below 17 and SimplifiedLayerNormalization,
+    which onnx.checker does not know but onnxruntime runs (``dialect``). They
+    make the hidden size inexact, slice their scale with it under --prune
+    hidden, and keep the MLP's neurons exact; the written model passes the
+    checker and onnxruntime, and the report says which dialect it used."""
+    import onnx
+
+    import onnxprune
+    from onnxprune import dialect
+
+    model = _hidden_mlp(op, opset, inputs)
+    assert (op in dialect.needed(model)) == (op != "RMSNormalization")
+    groups = exact(model)  # declares the dialect first, as every entry point does
+    assert_prunable(group_at(groups, "mid", 2))
+    hidden = group_at(groups, "up", 2)
+    assert_frozen(hidden, "'norm'", "inexact", "normalises over axis 2")
+    assert {"scale"} <= {w for w, _ in hidden.weights}
+    res = onnxprune.prune(model, ratio=0.25, prune=("hidden",), round_to=1)
+    w = {t.name: t for t in res.model.graph.initializer}
+    assert tuple(w["scale"].dims) == (9,)
+    onnx.checker.check_model(res.model, full_check=True)
+    assert any(n.op_type == op for n in res.model.graph.node)
+    notes = " ".join(res.report.notes)
+    assert (f"onnxruntime's {op} in the ONNX domain at opset {opset}" in notes) == (op != "RMSNormalization")
+
+
+def test_an_opset_17_layernorm_needs_no_dialect():
+    from onnxprune import dialect
+
+    assert dialect.needed(_hidden_mlp("LayerNormalization", 17, ["scale", "bias"])) == {}

@@ -30,6 +30,9 @@ EXPECTED = {
     "whisper_enc_ts": {4, 64}, "whisper_enc_dyn": {4, 64},
     "llama_kv_ts": {64}, "llama_kv_dyn": {64},  # K/V heads reach the cache inputs: frozen
     "digits_tf_ts": {4, 64}, "digits_tf_dyn": {4, 64},  # trained on digits
+    # after onnxruntime's transformer optimizer: fused norms (LayerNormalization at
+    # opset 14 and SimplifiedLayerNormalization are onnxruntime's own), BiasGelu
+    "bert_opt": {4, 64}, "distilbert_opt": {4, 64}, "llama_gqa_opt": {2, 64},
 }
 
 
@@ -191,6 +194,28 @@ def test_the_hidden_size_prunes_only_when_asked_and_says_it_is_not_exact():
     assert emb["model.transformer.wte.weight"] == [50, 24]
     (y,) = run(res.model, feeds(model, 3, 7))
     assert y.shape == (3, 7, 50)
+
+
+@pytest.mark.parametrize("name", ["bert_opt", "distilbert_opt", "llama_gqa_opt"])
+def test_optimized_models_prune_their_hidden_size_through_the_fused_norms(name):
+    """EmbedLayerNormalization, SkipLayerNormalization, SkipSimplified- and
+    SimplifiedLayerNormalization slice their gamma/beta/bias with the hidden
+    size; the model is valid and runs at another batch and length."""
+    path = os.path.join(HERE, f"{name}.onnx")
+    model = onnx.load(path)
+    shapes = {i.name: [None, 12] for i in model.graph.input}
+    groups = onnxprune.analyze(model, input_shapes=shapes, prune="hidden")
+    (hidden,) = groups.prunable
+    assert hidden.channels == 32 and hidden.inexact
+    res = onnxprune.prune(path, ratio=0.25, prune="hidden", round_to=1, calib=feeds(model, 32, 12),
+                          input_shapes=shapes)
+    onnx.checker.check_model(res.model, full_check=True)
+    fused = [n for n in res.model.graph.node if "Normalization" in n.op_type]
+    w = {t.name: t for t in res.model.graph.initializer}
+    params = [tuple(w[i].dims) for n in fused for i in n.input[1:] if i in w and len(w[i].dims) == 1]
+    assert len(params) >= len(fused) and set(params) == {(24,)}, params
+    (y,) = run(res.model, feeds(model, 3, 7))
+    assert y.shape[:2] == (3, 7) or y.shape[0] == 3
 
 
 def test_the_digits_transformer_keeps_its_accuracy_with_a_quarter_of_the_hidden_size_gone():

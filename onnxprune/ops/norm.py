@@ -45,12 +45,20 @@ class PerChannelNorm(Rule):
         return np.asarray(bias, dtype=np.float64), np.abs(np.asarray(scale, dtype=np.float64))
 
 
-@register("LayerNormalization", "LRN", "GroupNormalization", "MeanVarianceNormalization")
+# Normalise from ``axis`` to the last axis, with a scale (and LayerNorm's bias)
+# per position of those axes: ONNX's LayerNormalization (opset 17, and
+# onnxruntime's below it), RMSNormalization (opset 23) and onnxruntime's
+# SimplifiedLayerNormalization (RMSNorm in the ONNX domain, see dialect.py).
+_OVER_LAST = ("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization")
+
+
+@register("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization", "LRN",
+          "GroupNormalization", "MeanVarianceNormalization")
 class NormOverAxes(Rule):
     """Normalises over some axes; a channel axis among them freezes."""
 
     def normalized(self, node, ctx, rank):
-        if node.op_type == "LayerNormalization":
+        if node.op_type in _OVER_LAST:
             a = int(ctx.attr("axis", -1))
             return set(range(a % rank, rank))
         if node.op_type == "MeanVarianceNormalization":
@@ -67,12 +75,12 @@ class NormOverAxes(Rule):
         for ax, lay in ctx.axes(x).items():
             if ax in axes:
                 why = f"normalises over axis {ax}: removing channels changes the statistics"
-                if node.op_type in ("LayerNormalization", "MeanVarianceNormalization"):
+                if node.op_type in _OVER_LAST or node.op_type == "MeanVarianceNormalization":
                     ctx.inexact(lay, why)  # the hidden size of a transformer
                 else:
                     ctx.freeze(lay, why)
         ctx.passthrough(x, node.output[0])
-        if node.op_type == "LayerNormalization":
+        if node.op_type in _OVER_LAST:
             # Scale and bias are per position of the normalised axes: they belong
             # to those (frozen) channel spaces, so ``analyze`` accounts for them.
             first = min(axes)
