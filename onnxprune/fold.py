@@ -70,6 +70,11 @@ def _binary(op: str, a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
         if x is None or y is None:
             out[idx] = None
             continue
+        if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
+            out[idx] = _vector(op, x, y)  # an entry at many sizes at once (``evaluate_with``)
+            if out[idx] is None:
+                return None
+            continue
         if op == "Mul" and isinstance(x, Dim) != isinstance(y, Dim) and \
                 isinstance(x if isinstance(y, Dim) else y, (int, np.integer)):
             d, k = (x, y) if isinstance(x, Dim) else (y, x)
@@ -96,6 +101,29 @@ def _binary(op: str, a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
     return out
 
 
+def _vector(op: str, x, y):
+    """``_binary`` on an entry evaluated at many sizes (a numpy array)."""
+    x, y = np.asarray(x), np.asarray(y)
+    ints = x.dtype.kind in "iu" and y.dtype.kind in "iu"
+    if op == "Add":
+        return x + y
+    if op == "Sub":
+        return x - y
+    if op == "Mul":
+        return x * y
+    if op == "Div":
+        if np.any(y == 0):
+            return None
+        return np.sign(x) * np.sign(y) * (np.abs(x) // np.abs(y)) if ints else x / y  # ONNX truncates
+    if op == "Max":
+        return np.maximum(x, y)
+    if op == "Min":
+        return np.minimum(x, y)
+    if op == "Mod":
+        return None if np.any(y == 0) else np.mod(x, y)
+    return None
+
+
 def partial_value(view: GraphView, name: str, depth: int = 0) -> np.ndarray | None:
     """An object array of known ints/floats and None, or None when unknowable."""
     cache = view.__dict__.setdefault("_partial_cache", {})
@@ -107,6 +135,24 @@ def partial_value(view: GraphView, name: str, depth: int = 0) -> np.ndarray | No
         value = None
     cache[name] = value
     return value
+
+
+def evaluate_with(view: GraphView, name: str, dims) -> np.ndarray | None:
+    """``partial_value`` of ``name`` with every entry ``Shape`` reads replaced
+    by ``dims(tensor, axis, static)`` (an int, an int64 array of sizes, or
+    None for unknown): the same shape arithmetic at other sizes, e.g. a slice
+    bound at every channel count pruning could leave, in one pass (entries
+    that depend on an array are arrays). Nothing is cached across calls."""
+    saved = view.__dict__.get("_partial_cache"), view.__dict__.get("_dims_override")
+    view.__dict__["_partial_cache"], view.__dict__["_dims_override"] = {}, dims
+    try:
+        return partial_value(view, name)
+    finally:
+        for key, value in zip(("_partial_cache", "_dims_override"), saved):
+            if value is None:
+                view.__dict__.pop(key, None)
+            else:
+                view.__dict__[key] = value
 
 
 def _evaluate(view: GraphView, name: str, depth: int) -> np.ndarray | None:
@@ -135,6 +181,10 @@ def _evaluate(view: GraphView, name: str, depth: int) -> np.ndarray | None:
         start = max(0, min(r, start + r if start < 0 else start))
         end = r if end is None else max(0, min(r, int(end) + r if int(end) < 0 else int(end)))
         x = node.input[0]
+        override = view.__dict__.get("_dims_override")
+        if override is not None:
+            return _arr(override(x, start + k, d if isinstance(d, int) else None)
+                        for k, d in enumerate(shape[start:end]))
         return _arr(Dim(d, (x, start + k)) if isinstance(d, int) else None
                     for k, d in enumerate(shape[start:end]))
     if op in ("Identity", "Cast", "Squeeze", "Unsqueeze", "Reshape", "Flatten"):
@@ -146,14 +196,19 @@ def _evaluate(view: GraphView, name: str, depth: int) -> np.ndarray | None:
             if int(np.prod(out_shape)) == x.size:
                 x = x.reshape(out_shape)
         if op == "Cast":
-            x = _arr(v if v is None or isinstance(v, Dim) else (int(v) if float(v).is_integer() else v)
+            x = _arr(v if v is None or isinstance(v, (Dim, np.ndarray)) else (int(v) if float(v).is_integer() else v)
                      for v in x.reshape(-1)).reshape(x.shape)
         return x
     if op == "Gather":
         data, idx = arg(0), view.const(node.input[1])
         if data is None or idx is None or data.ndim != 1 or int(attr(node, "axis", 0)) != 0:
             return None
-        return np.asarray(data[np.asarray(idx, dtype=np.int64)], dtype=object)
+        picked = data[np.asarray(idx, dtype=np.int64)]
+        if isinstance(picked, np.ndarray) and picked.dtype == object:
+            return picked
+        out = np.empty((), dtype=object)
+        out[()] = picked  # one entry (an array of sizes stays one entry)
+        return out
     if op == "Concat":
         parts = [arg(k) for k in range(len(node.input))]
         if any(p is None for p in parts):
@@ -195,6 +250,8 @@ def _evaluate(view: GraphView, name: str, depth: int) -> np.ndarray | None:
             a2, b2 = np.broadcast_arrays(a, b)
         except ValueError:
             return None
+        if any(isinstance(v, np.ndarray) for v in list(a.reshape(-1)) + list(b.reshape(-1))):
+            return None  # a comparison at many sizes: not followed
         return _arr(None if x is None or y is None else bool(x == y)
                     for x, y in zip(a2.reshape(-1), b2.reshape(-1))).reshape(a2.shape)
     if op == "Where":
@@ -215,7 +272,8 @@ def _evaluate(view: GraphView, name: str, depth: int) -> np.ndarray | None:
         if a is None:
             return None
         f = np.floor if op == "Floor" else np.ceil
-        return _arr(None if v is None else float(f(v)) for v in a.reshape(-1)).reshape(a.shape)
+        return _arr(None if v is None else f(v) if isinstance(v, np.ndarray) else float(f(v))
+                    for v in a.reshape(-1)).reshape(a.shape)
     if op == "ConstantOfShape":
         shape = arg(0)
         if shape is None or any(v is None for v in shape.reshape(-1)):

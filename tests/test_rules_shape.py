@@ -731,3 +731,75 @@ def test_a_reader_that_indexes_the_merged_axis_freezes_the_heads():
     h = group_at(groups, "qh")
     assert any("node 'gather' (Gather) reads an axis that merges the batch with channels" in r
                for r in h.frozen), h.frozen
+
+
+def _chunk3(bound):
+    """qkv (N, 96) = x @ W (+ b), cut in three at run time with bounds
+    ``bound(C, i)`` computed from Shape(qkv)[-1], as torch's ``qkv.chunk(3)``
+    exports with dynamic shapes; then q * k + v -> MatMul 32 -> 4."""
+    g = Graph()
+    qkv = g.add("Add", [g.matmul("x", 16, 96, name="qkv"), g.rand("qkv_b", (96,))], name="qkv_add")
+    size = g.add("Gather", [g.add("Shape", [qkv], name="shape"), g.ints("last", -1)], name="size", axis=0)
+    cuts = [g.ints("zero", [0])] + [g.add("Unsqueeze", [bound(g, size, i), g.ints("axis0", [0])], name=f"cut{i}")
+                                    for i in (1, 2)] + [g.ints("end", [INT_MAX])]
+    q, k, v = (g.add("Slice", [qkv, cuts[i], cuts[i + 1], g.ints(f"ax{i}", [1])], name=f"slice{i}")
+               for i in range(3))
+    y = g.matmul(g.add("Add", [g.add("Mul", [q, k]), v]), 32, 4, name="out")
+    return g.build({"x": ["N", 16]}, [y])
+
+
+def _torch_chunk(g, size, i):  # (C + 2) // 3 * i
+    third = g.add("Div", [g.add("Add", [size, g.ints("two", 2)]), g.ints("three", 3)])
+    return g.add("Mul", [third, g.ints(f"i{i}", i)])
+
+
+def test_slice_bounds_computed_from_the_channel_count_follow_the_pruned_size():
+    """``qkv.chunk(3)`` at run time: the three pieces become one channel
+    space repeated three times (the same neurons go from q, k and v), and the
+    bounds, evaluated at every size the pruned axis could have, still cut it
+    in three, so nothing is rewritten and pruned == masked."""
+    model = _chunk3(_torch_chunk)
+    groups = exact(model)
+    grp = group_at(groups, "qkv_add")
+    assert_prunable(grp)
+    assert grp.channels == 32 and group_at(groups, "slice2") is grp
+    out = pruned(groups, keep_of(grp, [0, 5, 9, 31]))
+    w = {t.name: tuple(t.dims) for t in out.graph.initializer}
+    assert w["qkv_W"] == (16, 12) and w["out_W"] == (4, 4)
+
+
+@pytest.mark.parametrize("bound, why", [
+    (lambda g, size, i: g.add("Mul", [g.add("Max", [g.add("Div", [size, g.ints("three", 3)]), g.ints("floor", 32)]),
+                                      g.ints(f"i{i}", i)]),
+     "at 3 channels they give 0:3, not 0:1"),  # max(C // 3, 32) * i: right at 96 only
+    (lambda g, size, i: g.add("Sub", [size, g.ints(f"off{i}", 32 * (3 - i))]),
+     "at 3 channels they give 0:0, not 0:1"),  # C - 64, C - 32: right at 96 only
+])
+def test_slice_bounds_that_do_not_follow_every_pruned_size_freeze(bound, why):
+    groups = exact(_chunk3(bound))
+    assert_frozen(group_at(groups, "qkv_add"), "do not follow the pruned size", why)
+
+
+def test_slice_bounds_computed_from_another_channel_count_freeze():
+    """A bound read from another tensor's channel axis is a count pruning
+    could change independently: not followed."""
+    g = Graph()
+    a = g.matmul("x", 16, 24, name="a")
+    b = g.add("Relu", [g.matmul("x", 16, 36, name="b")])
+    end = g.add("Unsqueeze", [g.add("Gather", [g.add("Shape", [b]), g.ints("last", -1)], axis=0), g.ints("axis0", [0])])
+    s = g.add("Slice", [a, g.ints("zero", [0]), end, g.ints("ax", [1])], name="cut")
+    y = g.add("Add", [g.matmul(s, 24, 4, name="o1"), g.matmul(b, 36, 4, name="o2")])
+    groups = exact(g.build({"x": ["N", 16]}, [y]))
+    assert_frozen(group_at(groups, "a"), "from something other than its own size")
+
+
+def test_a_channel_count_that_bounds_a_slice_of_a_fixed_axis_freezes():
+    """``x[:, :a.size(1)]`` on an input: pruning a would cut x differently."""
+    g = Graph()
+    a = g.add("Relu", [g.matmul("x", 16, 24, name="a")])
+    end = g.add("Unsqueeze", [g.add("Gather", [g.add("Shape", [a]), g.ints("last", -1)], axis=0),
+                              g.ints("axis0", [0])])
+    s = g.add("Slice", [g.add("Identity", ["w"]), g.ints("zero", [0]), end, g.ints("ax", [1])], name="cut")
+    y = g.add("Add", [g.matmul(s, 24, 4, name="o1"), g.matmul(a, 24, 4, name="o2")])
+    groups = exact(g.build({"x": ["N", 16], "w": ["N", 40]}, [y]))
+    assert_frozen(group_at(groups, "a"), "sets the bound of a slice along axis 1", "which has no channels")

@@ -4,6 +4,8 @@ in ``reshape.py``.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..fold import Dim, blind_reader, follows, known_ints, partial_value
@@ -153,20 +155,34 @@ class Slice(Rule):
     def analyze(self, node, ctx):
         x, y = node.input[0], node.output[0]
         lays = ctx.axes(x)
-        if not lays:
+        computed = ctx.view.opset >= 10 and any(ctx.view.const(node.input[i]) is None for i in (1, 2))
+        deps = self._counts_read(node, ctx) if computed else {}
+        if not lays and not deps:
             return
+
+        def give_up(why):
+            ctx.freeze_tensor(x, why)
+            for read in deps.values():
+                for lay in read:
+                    ctx.freeze(lay, f"its size sets a slice bound: {why}")
+
         starts, ends, axes, steps = self._params(node, ctx, ctx.view)
         if "dynamic" in (starts, ends, axes, steps):
-            ctx.freeze_tensor(x, "slice bounds computed at run time")
+            give_up("slice bounds computed at run time")
             return
         rank = ctx.view.rank(x)
-        if axes is not None and None in axes:
-            ctx.freeze_tensor(x, "slice axes computed at run time")
+        if axes is not None and None in axes or rank is None:
+            give_up("slice axes computed at run time")
             return
         axes = [a % rank for a in (axes if axes is not None else range(len(starts)))]
         steps = steps or [1] * len(axes)
         sliced = {a: k for k, a in enumerate(axes)}
         ctx.passthrough(x, y, {a: a for a in range(rank) if a not in sliced})
+        for k, read in deps.items():
+            if k < len(axes) and axes[k] not in lays:
+                for lay in read:  # pruning would change how much of a fixed axis is kept
+                    ctx.freeze(lay, f"its size sets the bound of a slice along axis {axes[k]} of '{x}', "
+                                    "which has no channels")
         state = {}
         for ax, lay in lays.items():
             if ax not in sliced:
@@ -179,17 +195,17 @@ class Slice(Rule):
             if steps[k] != 1:
                 ctx.freeze(lay, "strided slice along a channel axis")
                 continue
-            s, e = starts[k], ends[k]
-            s = max(0, min(n, s + n if s < 0 else s))
-            e = max(0, min(n, e + n if e < 0 else e))
-            if s == 0 and e >= n:
-                ctx.set(y, ax, lay)
-                continue
+            s, e = _clip(starts[k], n), _clip(ends[k], n)
             if e <= s:
                 ctx.freeze(lay, "empty slice along a channel axis")
                 continue
-            if ctx.view.opset >= 10 and any(ctx.view.const(node.input[i]) is None for i in (1, 2)):
-                ctx.freeze(lay, "slice bounds on a channel axis computed at run time")
+            if computed:  # bounds from the shape: they must follow every pruned size themselves
+                if not self._computed(node, ctx, y, ax, k, lay, n, s, e):
+                    for read in deps.get(k, ()):
+                        ctx.freeze(read, f"its size sets a bound of slice '{node.name}' that does not follow")
+                continue
+            if s == 0 and e >= n:
+                ctx.set(y, ax, lay)
                 continue
             before, kept, after = (ctx.atoms.plain(m) if m else () for m in (s, e - s, n - e))
             if ctx.unify(lay, before + kept + after):
@@ -197,6 +213,94 @@ class Slice(Rule):
                 state[ax] = (k, before, kept)
         if state:
             ctx.state(slices=state)
+
+    def _counts_read(self, node, ctx) -> dict:
+        """Entry k of the starts/ends -> the channel layouts whose size it
+        reads (known normally, unknown once that size is)."""
+        from ..fold import evaluate_with
+
+        asked = {}
+
+        def note(tensor, axis, static):
+            lay = ctx.get(tensor, axis)
+            if lay is not None:
+                asked[ctx.atoms.resolve(lay)] = lay
+            return static
+
+        def entries(dims):
+            out = []
+            for q in (1, 2):
+                v = evaluate_with(ctx.view, node.input[q], dims) if len(node.input) > q and node.input[q] else None
+                out.append(None if v is None else [None if e is None else e for e in v.reshape(-1)])
+            return out
+
+        base = entries(note)
+        deps: dict = {}
+        for key, lay in asked.items():
+            blind = entries(lambda t, a, st: None if ctx.get(t, a) is not None
+                            and ctx.atoms.resolve(ctx.get(t, a)) == key else st)
+            for b, o in zip(base, blind):
+                for k, e in enumerate(b or ()):
+                    if e is not None and (o is None or k >= len(o) or o[k] is None):
+                        deps.setdefault(k, []).append(lay)
+        return deps
+
+    def _computed(self, node, ctx, y, ax, k, lay, n, s, e) -> bool:
+        """Bounds computed from the shape at run time (``qkv.chunk(3)`` with
+        dynamic shapes: ``(C + 2) // 3 * i``). The slice must cut the axis
+        into r equal pieces (its bounds multiples of n / r), which become one
+        channel space repeated r times (so every piece keeps the same count),
+        and the same arithmetic, evaluated at every size the pruned axis
+        could have (r x 1 .. n / r), must give the same pieces. Nothing is
+        rewritten: the bounds follow by themselves."""
+        from ..fold import evaluate_with
+        from ..layout import Segment
+
+        piece = math.gcd(math.gcd(s, e), n)
+        r, i, j = n // piece, s // piece, e // piece
+        same = ctx.atoms.resolve(lay)
+
+        if piece > _MAX_COUNTS:
+            ctx.freeze(lay, f"slice bounds on a channel axis computed at run time: {piece} sizes to check")
+            return False
+        counts = np.arange(1, piece + 1, dtype=np.int64)  # per piece, every count pruning could leave
+        sizes = r * counts
+
+        def dims(tensor, axis, static):
+            other = ctx.get(tensor, axis)
+            if other is None:
+                return static  # not a channel axis: pruning leaves it
+            return sizes if ctx.atoms.resolve(other) == same else None  # another count: unknown
+
+        got = []
+        for q in (1, 2):
+            try:
+                v = evaluate_with(ctx.view, node.input[q], dims)
+                v = None if v is None or v.size <= k or v.reshape(-1)[k] is None else v.reshape(-1)[k]
+                got.append(None if v is None else np.broadcast_to(np.asarray(v, dtype=np.int64), sizes.shape))
+            except (TypeError, ValueError, OverflowError):
+                got.append(None)
+        if any(v is None for v in got):
+            ctx.freeze(lay, "slice bounds on a channel axis computed at run time from something other "
+                            "than its own size")
+            return False
+        lo = np.clip(np.where(got[0] < 0, got[0] + sizes, got[0]), 0, sizes)
+        hi = np.clip(np.where(got[1] < 0, got[1] + sizes, got[1]), 0, sizes)
+        bad = np.flatnonzero((lo != i * counts) | (hi != j * counts))
+        if bad.size:
+            c = int(counts[bad[0]])
+            ctx.freeze(lay, f"slice bounds on a channel axis computed at run time do not follow the "
+                            f"pruned size: at {r * c} channels they give {int(lo[bad[0]])}:{int(hi[bad[0]])}, "
+                            f"not {i * c}:{j * c}")
+            return False
+        if r == 1:
+            ctx.set(y, ax, lay)
+            return True
+        base = ctx.atoms.plain(piece)[0].atom
+        if ctx.unify(lay, (Segment(base, r, 1),)):
+            ctx.set(y, ax, (Segment(base, j - i, 1),))
+            return True
+        return False
 
     def rewrite(self, node, index, rw):
         state = rw.state(index).get("slices")
@@ -216,6 +320,34 @@ class Slice(Rule):
             rw.set_const(index, 2, np.array(ends, dtype=dt))
 
 
+def _clip(bound: int, n: int) -> int:
+    """A Slice bound on an axis of size n, as ONNX clamps it."""
+    return max(0, min(n, bound + n if bound < 0 else bound))
+
+
+_ARITH = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Mod", "Neg", "Floor", "Ceil")
+
+
+def _only_bounds(view, name: str, depth: int = 0) -> bool:
+    """Whether arithmetic on a count reaches nothing but Slice bounds (through
+    more arithmetic and entry picking): the one place its value is checked
+    at every pruned size (``Slice._computed``)."""
+    if depth > 16 or view.escapes(name):
+        return False
+    readers = view.consumers.get(name, [])
+    for consumer, slot in readers:
+        op = consumer.op_type
+        if op == "Slice" and slot in (1, 2):
+            continue
+        if op in _ARITH or op in _SELECT or op == "Concat":
+            if not (consumer.output and _only_bounds(view, consumer.output[0], depth + 1)):
+                return False
+            continue
+        return False
+    return bool(readers)
+
+
+_MAX_COUNTS = 16384  # sizes a computed slice bound is evaluated at
 _SELECT = ("Identity", "Cast", "Gather", "Slice", "Unsqueeze", "Squeeze", "Reshape", "Flatten")
 
 
@@ -249,23 +381,35 @@ class Shape(Rule):
             return {e.src[1] for e in value.reshape(-1) if isinstance(e, Dim) and e.src[0] == x}
 
         read: set[int] = set()
+        computed: dict[str, set] = {}  # arithmetic on counts -> the axes it depends on
         todo, seen = [node.output[0]], set()
         while todo:
             name = todo.pop()
             if name in seen:
                 continue
             seen.add(name)
-            here = carried(name)
+            here = computed.get(name) or carried(name)
             if ctx.view.escapes(name):
                 read |= here
             for consumer, slot in ctx.view.consumers.get(name, []):
                 op = consumer.op_type
                 out = consumer.output[0] if consumer.output else ""
                 follow = out and partial_value(ctx.view, out) is not None  # still a shape vector
-                if ((op in _SELECT and slot == 0) or op == "Concat") and follow:
+                if name in computed and follow and (op in _SELECT or op in _ARITH or op == "Concat"):
+                    computed[out] = computed.get(out, set()) | here  # still arithmetic on the counts
+                    todo.append(out)
+                elif op == "Slice" and slot in (1, 2):
+                    continue  # bounds: the Slice rule checks them at every pruned size
+                elif ((op in _SELECT and slot == 0) or op == "Concat") and follow:
                     todo.append(out)  # picks or joins entries: dropping one is no read
+                elif op == "Mul" and follow and here - carried(out) and _only_bounds(ctx.view, out):
+                    computed[out] = set(here)  # a product that only bounds slices
+                    todo.append(out)
                 elif op == "Mul" and follow:
                     read |= here - carried(out)  # a count used in a product is read
+                    todo.append(out)
+                elif op in _ARITH and follow and _only_bounds(ctx.view, out):
+                    computed[out] = set(here)  # ``(C + 2) // 3``: followed to the slice bounds
                     todo.append(out)
                 elif op == "Where" and slot in (1, 2) and follow:
                     todo.append(out)  # picks entries (TorchScript's expand: Where(s == -1, 1, s))

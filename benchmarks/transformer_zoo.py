@@ -2,7 +2,7 @@
 neurons costs, on the zoo of ``tests/fixtures/transformers`` (random weights,
 TorchScript and dynamo exports) and on the digits transformer trained there.
 
-    python benchmarks/transformers.py [--models gpt2_ts ...] [--ratios 0.25 0.5]
+    python benchmarks/transformer_zoo.py [--models gpt2_ts ...] [--ratios 0.25 0.5]
 
 Per model: the share of parameters in weights that head groups slice, that
 neuron groups slice, that the hidden size slices (``prune='hidden'``: only
