@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from .data import rows
 from .errors import OnnxPruneError
 
 
@@ -120,7 +121,7 @@ def auto_prune(source, cfg, max_drop: float, step: float = 0.1, floor: float | N
     for name, value in floors.items():
         if value is not None and not 0.0 < value < 1.0:
             raise OnnxPruneError(f"the {name} target must be in (0, 1), got {value}")
-    one = {k: v[:1] for k, v in feeds.items()}
+    one = rows(feeds, slice(0, 1))
     base = session(original, cfg.threads)
     run = AutoRun(max_drop, step, held_out=dict(feeds, **({"labels": labels} if labels is not None else {})))
     current, current_frac, params_total = original, 1.0, None

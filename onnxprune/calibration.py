@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from .data import check_array, model_inputs, random_feeds, read_npy, read_npz
+from .data import check_array, join, model_inputs, random_feeds, read_npy, read_npz, rows, sample_count
 from .errors import OnnxPruneError
 
 RANDOM_WARNING = ("no calibration data: using random inputs. Data-driven criteria "
@@ -379,21 +379,21 @@ def hold_out(source, model: onnx.ModelProto, fraction: float = 0.25, cap: int = 
     if not _rereadable(source):
         return None
     names = [i.name for i in model_inputs(model)]
-    total = sum(len(next(iter(c.values()))) for c in _batches(load_data(source, model)[0], names, model, 64, None))
+    total = sum(sample_count(c) for c in _batches(load_data(source, model)[0], names, model, 64, None))
     if total < 2:
         return None
     k = max(1, min(int(total * fraction), cap))
     # A second pass keeps only the held-out tail: memory stays bounded by it.
-    seen, kept = 0, {n: [] for n in names}
+    seen, kept = 0, []
     for chunk in _batches(load_data(source, model)[0], names, model, 64, None):
-        n = len(next(iter(chunk.values())))
+        n = sample_count(chunk)
         if seen + n > total - k:
-            start = max(0, total - k - seen)
-            for name in names:
-                kept[name].append(chunk[name][start:])
+            kept.append(rows(chunk, slice(max(0, total - k - seen), None)))
         seen += n
+    if any(not np.array_equal(v, kept[0][n]) for part in kept for n, v in part.items() if not np.ndim(v)):
+        return None  # held-out samples with different scalar inputs cannot run as one set
     try:
-        return total - k, {n: np.concatenate(v) for n, v in kept.items()}
+        return total - k, join(kept)
     except ValueError:  # held-out samples of different sizes cannot form one validation set
         return None
 
@@ -411,7 +411,7 @@ def hold_out_labelled(source, model: onnx.ModelProto):
 
         _, all_labels = load_npz(source, model)
         if all_labels is not None:
-            labels = all_labels[len(all_labels) - len(next(iter(feeds.values()))):]
+            labels = all_labels[len(all_labels) - sample_count(feeds):]
     return limit, feeds, labels
 
 
@@ -439,6 +439,7 @@ def _batches(samples, names: list[str], model: onnx.ModelProto, batch: int, limi
             fixed[vi.name] = len(dims)
     infos = {vi.name: vi for vi in model_inputs(model)}
     pending: dict[str, list] = {n: [] for n in names}
+    shared: dict = {}
     have = seen = 0
     for item in _guarded(samples):
         if not isinstance(item, dict):
@@ -453,28 +454,40 @@ def _batches(samples, names: list[str], model: onnx.ModelProto, batch: int, limi
                 a = a[None]  # a single sample without the sample axis
             # As --data does: numbers, finite, the input's dims; float64 feeds float32.
             arrays[n] = check_array(a, infos[n], getattr(item, "source", "calibration data"))
-        count = len(next(iter(arrays.values())))
+        # A scalar input (no sample axis) holds one value for every sample in the item.
+        scalars = {n: a for n, a in arrays.items() if not a.ndim}
+        batched = [n for n in names if n not in scalars]
+        count = sample_count(arrays) if batched else 1
         if limit is not None:
             count = min(count, limit - seen)
-        if have and any(arrays[n].shape[1:] != pending[n][0].shape[1:] for n in names):
-            # Samples of another size (a folder of images of different sizes):
-            # they cannot share a batch, so what is pending goes on its own.
-            yield {n: np.concatenate(pending[n]) for n in names}
+        if have and (any(arrays[n].shape[1:] != pending[n][0].shape[1:] for n in batched)
+                     or any(not np.array_equal(a, shared[n]) for n, a in scalars.items())):
+            # Samples of another size (a folder of images of different sizes), or
+            # another value of a scalar input: they cannot share a batch, so what
+            # is pending goes on its own.
+            yield dict(shared, **{n: np.concatenate(pending[n]) for n in batched})
             pending, have = {n: [] for n in names}, 0
-        for n in names:
+        shared = scalars
+        if not batched:  # nothing per sample: each item is one run
+            yield dict(scalars)
+            seen += 1
+            if limit is not None and seen >= limit:
+                break
+            continue
+        for n in batched:
             pending[n].append(arrays[n][:count])
         have += count
         seen += count
         while have >= batch:
             # One array (a whole .npz or dict) is sliced, not copied again for every batch.
-            joined = {n: p[0] if len(p) == 1 else np.concatenate(p) for n, p in pending.items()}
-            yield {n: v[:batch] for n, v in joined.items()}
+            joined = {n: p[0] if len(p) == 1 else np.concatenate(p) for n, p in pending.items() if p}
+            yield dict(shared, **{n: v[:batch] for n, v in joined.items()})
             pending = {n: [v[batch:]] for n, v in joined.items()}
             have -= batch
         if limit is not None and seen >= limit:
             break
     if have:
-        yield {n: p[0] if len(p) == 1 else np.concatenate(p) for n, p in pending.items()}
+        yield dict(shared, **{n: p[0] if len(p) == 1 else np.concatenate(p) for n, p in pending.items() if p})
 
 
 # -- the pass ----------------------------------------------------------------
@@ -743,7 +756,7 @@ def calibrate(model: onnx.ModelProto, source, requests: dict, *, samples: int | 
     try:
         with _one_blas_thread():
             for feeds in _batches(data, names, model, _batch_size(model, batch), samples):
-                n = len(next(iter(feeds.values())))
+                n = sample_count(feeds)
                 if not cal.one_at_a_time:
                     try:
                         run(feeds)
@@ -757,7 +770,7 @@ def calibrate(model: onnx.ModelProto, source, requests: dict, *, samples: int | 
                     t = time.perf_counter()
                     for i in range(n):
                         try:
-                            run({k: v[i:i + 1] for k, v in feeds.items()})
+                            run(rows(feeds, slice(i, i + 1)))
                         except _RunFailed as e:
                             raise OnnxPruneError(f"calibration run failed: {e}") from None
                     single_seconds += time.perf_counter() - t

@@ -38,6 +38,12 @@ def check_array(arr, vi: onnx.ValueInfoProto, where: str, fixed: dict | None = N
     if arr.dtype.kind not in "biuf":
         raise OnnxPruneError(f"{where}: array '{name}' holds {arr.dtype} values, not real numbers")
     dims = input_dims(vi, fixed)
+    if not dims:  # a scalar input (a flag, a step): one value shared by every sample
+        if arr.ndim:
+            raise OnnxPruneError(f"{where}: array '{name}' has shape {list(arr.shape)}; the model "
+                                 f"expects a scalar (one value for every sample)")
+        want = NP_TYPES.get(vi.type.tensor_type.elem_type)
+        return arr.astype(want) if want is not None and arr.dtype != want else arr
     if arr.ndim != len(dims) or arr.ndim == 0:
         what = "a scalar" if arr.ndim == 0 else f"shape {list(arr.shape)}"
         raise OnnxPruneError(f"{where}: array '{name}' is {what}; the model expects "
@@ -53,6 +59,24 @@ def check_array(arr, vi: onnx.ValueInfoProto, where: str, fixed: dict | None = N
         raise OnnxPruneError(f"{where}: array '{name}' holds {bad} values")
     want = NP_TYPES.get(vi.type.tensor_type.elem_type)
     return arr.astype(want) if want is not None and arr.dtype != want else arr
+
+
+def sample_count(feeds: dict) -> int:
+    """Samples in a feed dict: the length of its per-sample arrays (a scalar
+    input's value is shared by every sample and has no sample axis)."""
+    return next((len(v) for v in feeds.values() if np.ndim(v)), 1)
+
+
+def rows(feeds: dict, index) -> dict:
+    """Samples ``index`` (a slice or index array) of every per-sample array;
+    scalar inputs pass whole."""
+    return {k: v[index] if np.ndim(v) else v for k, v in feeds.items()}
+
+
+def join(parts: list) -> dict:
+    """Feed dicts end to end along the sample axis (scalars from the first)."""
+    first = parts[0]
+    return {k: np.concatenate([p[k] for p in parts]) if np.ndim(v) else v for k, v in first.items()}
 
 
 def _show(dims) -> str:
@@ -144,11 +168,11 @@ def load_npz(path, model: onnx.ModelProto):
             raise OnnxPruneError(f"{path}: has no array named '{vi.name}' "
                                  f"(arrays: {', '.join(sorted(arrays))})")
         feeds[vi.name] = check_array(arrays[vi.name], vi, path)
-    counts = {len(a) for a in feeds.values()}
-    if len(counts) != 1:
+    counts = {len(a) for a in feeds.values() if a.ndim}
+    if len(counts) > 1:
         raise OnnxPruneError(f"{path}: inputs have different sample counts {sorted(counts)}")
     labels = arrays.get("labels")
-    if labels is not None:
+    if labels is not None and counts:
         n = counts.pop()
         whole = labels.dtype.kind in "iu" or (
             labels.dtype.kind == "f" and bool(np.isfinite(labels).all() and (labels % 1 == 0).all()))

@@ -29,11 +29,11 @@ class LatencySearch:
 
 
 def _feeds(groups, cfg) -> dict:
-    from .data import random_feeds
+    from .data import random_feeds, rows
 
     sample = groups.shape_info.sample if groups.shape_info is not None else None
     if sample:
-        return {k: v[:1] for k, v in sample.items()}
+        return rows(sample, slice(0, 1))
     known = dict(groups.shape_info.inputs) if groups.shape_info is not None else dict(cfg.input_shapes or {})
     return random_feeds(groups.model, 1, known, 0)
 

@@ -26,6 +26,7 @@ from .calibration import calibrate as run_calibration
 from .compensate import MODES, Compensation
 from .compensate import compensate as run_compensation
 from .costs import count_macs, count_params
+from .data import rows, sample_count
 from .errors import OnnxPruneError
 from .graph import GraphView
 from .groups import Groups, analyze_model
@@ -241,9 +242,9 @@ def sample(cfg: PruneConfig, model: onnx.ModelProto) -> dict | None:
 
     if isinstance(cfg.data, (str, os.PathLike)):
         feeds, _ = load_npz(cfg.data, model)
-        return {k: v[:1] for k, v in feeds.items()}
+        return rows(feeds, slice(0, 1))
     if isinstance(cfg.data, dict):
-        return {k: np.asarray(v)[:1] for k, v in cfg.data.items() if k != "labels"}
+        return rows({k: np.asarray(v) for k, v in cfg.data.items() if k != "labels"}, slice(0, 1))
     return first_sample(cfg.calib, model)
 
 
@@ -296,13 +297,12 @@ def hold_out(groups: Groups, cfg: PruneConfig) -> tuple[PruneConfig, str | None]
         from .data import load_npz
 
         feeds, labels = load_npz(cfg.data, groups.model)
-        total = len(next(iter(feeds.values())))
+        total = sample_count(feeds)
         if not cfg.validate:
             return replace(cfg, calib=feeds), "calibrating on --data"
         if total >= 4:
             k = max(1, min(total // 4, 256))
-            calib = {n: a[:total - k] for n, a in feeds.items()}
-            held = {n: a[total - k:] for n, a in feeds.items()}
+            calib, held = rows(feeds, slice(0, total - k)), rows(feeds, slice(total - k, None))
             if labels is not None:
                 held["labels"] = labels[total - k:]
             note = (f"calibrating on the first {total - k} samples of --data and validating on "
@@ -314,7 +314,7 @@ def hold_out(groups: Groups, cfg: PruneConfig) -> tuple[PruneConfig, str | None]
     if parts is None:
         return cfg, None
     limit, held = parts
-    n = len(next(iter(held.values())))
+    n = sample_count(held)
     samples = limit if cfg.calib_samples is None else min(cfg.calib_samples, limit)
     note = (f"validating on the last {n} calibration samples, held out of calibration "
             f"(calibrating on {samples}); pass --data for a separate validation set")
@@ -349,7 +349,7 @@ def choose_allocation(groups: Groups, cfg: PruneConfig, asked: str | None) -> tu
     if samples is None and isinstance(cfg.calib, (str, os.PathLike)) and os.fspath(cfg.calib).endswith(".npz"):
         from .data import load_npz
 
-        samples = len(next(iter(load_npz(cfg.calib, groups.model)[0].values())))
+        samples = sample_count(load_npz(cfg.calib, groups.model)[0])
     if not samples:
         return cfg, None
     if cfg.allow_io_change:

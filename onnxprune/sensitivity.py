@@ -262,11 +262,10 @@ def prepare(model, calib, data, criterion: str | None, compensate: str | None, i
 def _first(source, model, n: int) -> dict:
     """The first ``n`` samples of a calibration source, as one dict."""
     from .calibration import _batches, load_data
-    from .data import model_inputs
+    from .data import join, model_inputs
 
     names = [i.name for i in model_inputs(model)]
-    parts = list(_batches(load_data(source, model)[0], names, model, 64, n))
-    return {k: np.concatenate([p[k] for p in parts]) for k in names}
+    return join(list(_batches(load_data(source, model)[0], names, model, 64, n)))
 
 
 def _fingerprint(model, settings: dict) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from .costs import count_macs, count_params
-from .data import feeds_and_labels, input_dims, model_inputs, random_feeds
+from .data import feeds_and_labels, input_dims, model_inputs, random_feeds, rows, sample_count
 from . import runtime
 from .errors import InternalError, OnnxPruneError
 from .graph import GraphView
@@ -94,18 +94,17 @@ def _batch_size(model: onnx.ModelProto, fixed: dict | None) -> int | None:
 def run_batched(sess, feeds: dict, batch: int | None, chunk: int = 32) -> list[np.ndarray]:
     """Run every sample, ``batch`` (the model's fixed leading dim) or ``chunk``
     at a time; a model that only runs with batch 1 inside is run one by one."""
-    n = len(next(iter(feeds.values())))
+    n = sample_count(feeds)
     step = batch or chunk
     outs: list[list[np.ndarray]] = []
     for start in range(0, n - (n % step if batch else 0), step):
-        part = {k: v[start:start + step] for k, v in feeds.items()}
+        part = rows(feeds, slice(start, start + step))
         try:
             res = sess.run(None, part)
         except Exception:  # noqa: BLE001 - a graph that fixes batch 1 inside
-            if batch or len(next(iter(part.values()))) == 1:
+            if batch or sample_count(part) == 1:
                 raise
-            singles = [sess.run(None, {k: v[i:i + 1] for k, v in part.items()})
-                       for i in range(len(next(iter(part.values()))))]
+            singles = [sess.run(None, rows(part, slice(i, i + 1))) for i in range(sample_count(part))]
             res = [np.concatenate([r[j] for r in singles]) for j in range(len(singles[0]))]
         outs.append(res)
     if not outs:
@@ -132,7 +131,7 @@ def latency_ms(sess, feeds: dict, runs: int, budget_s: float = 3.0) -> float:
     """Median latency of one sample: after warm-up, ``runs`` runs or as many as
     fit in ``budget_s`` seconds (at least five), so a large model does not
     spend minutes here."""
-    one = {k: v[:1] if v.ndim else v for k, v in feeds.items()}
+    one = rows(feeds, slice(0, 1))
     start = time.perf_counter()
     for _ in range(max(2, runs // 5)):
         sess.run(None, one)
@@ -288,9 +287,9 @@ def reference(a: onnx.ModelProto, data=None, *, input_shapes: dict | None = None
         raise OnnxPruneError(f"the original model fails in onnxruntime on these inputs: "
                              f"{str(e).splitlines()[0]}") from None
     names = [o.name for o in sa.get_outputs()]
-    lat_a = latency_ms(sa, {k: v[:batch or 1] for k, v in feeds.items()}, latency_runs)
+    lat_a = latency_ms(sa, rows(feeds, slice(0, batch or 1)), latency_runs)
     del sa  # before the pruned model's session
-    first = {k: v[:1] for k, v in feeds.items()}
+    first = rows(feeds, slice(0, 1))
     va = GraphView(a, shape_info(a, input_shapes, first).dims)
     return Reference(feeds=feeds, labels=labels, batch=batch, names=names, outputs=ya, latency_ms=lat_a,
                      params=count_params(a), macs=count_macs(va), size_bytes=_model_bytes(a),
@@ -333,9 +332,9 @@ def compare(ref: Reference, b: onnx.ModelProto, label: str | None = None, io: li
             n = len(ya[cls])
             acc_a = float(np.mean(ya[cls].argmax(1) == labels[:n]))
             acc_b = float(np.mean(yb[cls].argmax(1) == labels[:n]))
-    lat_b = latency_ms(sb, {k: v[:batch or 1] for k, v in feeds.items()}, ref.latency_runs)
+    lat_b = latency_ms(sb, rows(feeds, slice(0, batch or 1)), ref.latency_runs)
     del sb
-    first = {k: v[:1] for k, v in feeds.items()}
+    first = rows(feeds, slice(0, 1))
     vb = GraphView(b, shape_info(b, ref.input_shapes, first).dims)
     return Validation(
         samples=len(ya[0]) if ya and ya[0].ndim else 0, random_inputs=ref.random_inputs,

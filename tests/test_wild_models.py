@@ -155,3 +155,50 @@ def test_validate_report_cannot_overwrite_either_model(tmp_path):
     r = CliRunner().invoke(main, ["validate", path, path, "--report", path,
                                   "--input-shape", "images:1,3,8,8"])
     assert r.exit_code == 2 and open(path, "rb").read() == before
+
+
+def _flagged():
+    """x (N, 16) -> MLP -> Where(flag, y, -y): ``flag`` is a scalar input
+    (optimum's ``use_cache_branch`` is one), one value for every sample."""
+    g = Graph()
+    h = g.add("Relu", [g.matmul("x", 16, 24, name="up")])
+    y = g.matmul(h, 24, 4, name="down")
+    z = g.add("Where", ["flag", y, g.add("Neg", [y])], name="sel")
+    return g.build({"x": ["N", 16], "flag": ([], onnx.TensorProto.BOOL)}, [z])
+
+
+def test_a_scalar_input_is_one_value_shared_by_every_sample(tmp_path):
+    """A rank-0 input has no sample axis: a 0-d array in the data is its value
+    for every sample; calibration batches, the held-out split, validation and
+    the sensitivity sweep all pass it whole. Another value in a stream of
+    samples starts a new batch; an array with a sample axis is refused."""
+    from onnxprune.calibration import _batches
+
+    model = _flagged()
+    path, data, cal = (str(tmp_path / n) for n in ("m.onnx", "d.npz", "c.npz"))
+    onnx.save(model, path)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 16)).astype(np.float32)
+    np.savez(data, x=x, flag=np.array(False))
+    np.savez(cal, x=x[:40], flag=np.array(False))
+    for args in (["--data", data], ["--calib", cal], ["--calib", cal, "--data", data]):
+        res = CliRunner().invoke(main, ["prune", path, "-o", str(tmp_path / "p.onnx"), "--ratio", "0.25",
+                                        "--round-to", "1", "-q"] + args)
+        assert res.exit_code == 0, (args, res.output)
+    for args in (["sensitivity", path, "--calib", cal, "-q"],
+                 ["prune", path, "-o", str(tmp_path / "a.onnx"), "--auto", "--max-drop", "0.5", "--data", data, "-q"]):
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 0, (args, res.output)
+    res = onnxprune.prune(path, ratio=0.25, calib={"x": x, "flag": np.array(True)}, round_to=1,
+                          data={"x": x[:16], "flag": np.array(True)}, validate=True)
+    assert res.validation.samples == 16 and res.validation.outputs[0].cosine_mean > 0.5
+    from oracle import run
+    (out,) = run(res.model, {"x": x[:3], "flag": np.array(False)})
+    assert out.shape == (3, 4)
+    stream = [{"x": x[:5], "flag": np.array(True)}, {"x": x[5:9], "flag": np.array(True)},
+              {"x": x[9:12], "flag": np.array(False)}]
+    batches = list(_batches(stream, ["x", "flag"], model, 64, None))
+    assert [(len(b["x"]), bool(b["flag"])) for b in batches] == [(9, True), (3, False)]
+    np.savez(data, x=x, flag=np.ones(64, bool))
+    res = CliRunner().invoke(main, ["prune", path, "-o", str(tmp_path / "p.onnx"), "--data", data])
+    assert res.exit_code == 2 and "expects a scalar" in res.output
