@@ -13,7 +13,7 @@ few minutes and about 14 GB of memory.
 
 Then, each in a fresh process under ``/usr/bin/time -v``:
 
-- ``onnxprune prune llama.onnx -o out.onnx --ratio R --prune P --input-shape
+- ``onnxprune prune llama.onnx -o out.onnx --ratio R --prune heads --prune neurons --input-shape
   input_ids:1,16 --input-shape attention_mask:1,16 --no-validate`` (no data: ``l2`` scores, no compensation;
   the input shape lets the shape probe run, so the analysis is the one users
   get with data);
@@ -89,7 +89,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         out, rep = os.path.join(tmp, "out.onnx"), os.path.join(tmp, "report.json")
         tp, mp, _ = timed([py, "-m", "onnxprune.cli", "prune", path, "-o", out, "--ratio", str(args.ratio),
-                           "--prune", args.prune, "--input-shape", "input_ids:1,16", "--input-shape",
+                           *[a for k in args.prune.split(",") for a in ("--prune", k)], "--input-shape", "input_ids:1,16", "--input-shape",
                            "attention_mask:1,16", "--no-validate", "-q",
                            "--report", rep])
         report = json.load(open(rep))
@@ -99,8 +99,10 @@ def main() -> None:
                                      "save_as_external_data=True, location='copy.onnx.data')"])
     groups = report.get("groups", [])
     changed = [g for g in groups if g.get("kept") != g.get("channels")]
-    print(f"model {size / 1e9:.2f} GB, {report.get('params_before', 0) / 1e9:.3f}e9 parameters -> "
-          f"{out_size / 1e9:.2f} GB; groups pruned {len(changed)} of {len(groups)}")
+    params = report.get("params", {})
+    print(f"model {size / 1e9:.2f} GB, {params.get('before', 0) / 1e9:.3f}e9 parameters -> "
+          f"{out_size / 1e9:.2f} GB, {params.get('after', 0) / 1e9:.3f}e9; groups pruned {len(changed)} "
+          f"of {len(groups)}")
     print(f"{'':<10} {'wall s':>8} {'peak GB':>8}")
     print(f"{'prune':<10} {tp:>8.1f} {mp / 1024:>8.2f}")
     print(f"{'load+save':<10} {ti:>8.1f} {mi / 1024:>8.2f}")
