@@ -49,6 +49,7 @@ class Group:
     frozen: list[str]
     min_keep: int = 1
     inexact: list = field(default_factory=list)  # with --prune hidden: why pruned != masked here
+    approximate: list = field(default_factory=list)  # pruned == masked up to a run-time quantization step
 
     @property
     def params(self) -> int:
@@ -62,7 +63,8 @@ class Group:
         return {"id": self.id, "units": self.channels, "unit_width": self.width,
                 "channels": self.channels, "params": self.params,
                 "weights": [{"tensor": t, "axis": a} for t, a in self.weights],
-                "members": self.members, "frozen": self.frozen, "inexact": self.inexact}
+                "members": self.members, "frozen": self.frozen, "inexact": self.inexact,
+                "approximate": self.approximate}
 
 
 @dataclass
@@ -664,16 +666,20 @@ def _collect(model, view: GraphView, analysis: Analysis) -> Groups:
             if atom in per_channel:
                 tensors.setdefault(atom, []).append(tensor)
                 width[atom] = max(width.get(atom, 1), count)
+    from .ops.base import APPROX
+
     order = sorted(per_channel, key=lambda a: (min(members[a]), a))
     groups = []
     for gid, atom in enumerate(order):
+        reasons = atoms.frozen(atom)
         names = [view.nodes[i].name for i in sorted(set(members[atom]))]
         groups.append(Group(
             id=gid, atom=atom, channels=atoms.size[atom], width=width.get(atom, 1),
             per_channel=per_channel[atom], members=names,
             tensors=list(dict.fromkeys(tensors.get(atom, []))),
             weights=list(dict.fromkeys(weights[atom])),
-            frozen=list(atoms.frozen(atom)), min_keep=atoms.min_keep.get(atom, 1)))
+            frozen=[r for r in reasons if APPROX not in r], min_keep=atoms.min_keep.get(atom, 1),
+            approximate=[r for r in reasons if APPROX in r]))
     index = {"uses": uses_of, "activation": _activation_index(view, analysis)}
     return Groups(groups=groups, params_total=count_params(model), macs=count_macs(view),
                   model=model, view=view, analysis=analysis, _index=index)

@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto
 
 import onnxprune
-from graphs import Graph, assert_frozen, assert_prunable, exact, group_at, keep_of, pruned, value
+from graphs import Graph, assert_prunable, exact, group_at, keep_of, pruned, value
 from onnxprune.invariants import violations, weight_bytes
 
 
@@ -92,15 +92,66 @@ def test_quantize_dequantize_on_activations_passes_channels(per_channel):
         assert value(m, next(n for n in m.graph.node if n.name == "q").input[1]).shape == (2,)
 
 
-def test_dynamic_quantization_freezes_what_it_reads():
+def _dynamic_mlp(per_column_zp: bool):
+    """``quantize_dynamic``'s pattern twice: x -> DynamicQuantizeLinear ->
+    MatMulInteger (uint8 weight 16 x 32, zero point per column or per
+    tensor) -> Cast -> Mul(x_scale * w_scale) -> Relu -> again with a 32 x 4
+    weight. Columns 0..7 of the first weight are tiny (their activations
+    never hold the range's extreme), column 31 is an outlier (it always does)."""
     g = Graph(opset=13)
-    a = g.add("Relu", [g.matmul("x", 4, 6, name="up")])
-    q, scale, zp = g.add("DynamicQuantizeLinear", [a], n_out=3, name="dql")
-    w = g.init("w8", np.ones((6, 3)), dtype=np.uint8)
-    y = g.add("Cast", [g.add("MatMulInteger", [q, w, zp], name="mmi")], to=TensorProto.FLOAT)
-    y = g.add("Mul", [y, scale])
-    groups = exact(g.build({"x": [2, 4]}, {y: [2, 3]}))
-    assert_frozen(group_at(groups, "up", -1), "dynamic quantization takes one scale")
+    rng = np.random.default_rng(3)
+    w1 = rng.standard_normal((16, 32))
+    w1[:, :8] *= 1e-3
+    w1[:, 31] = np.abs(w1[:, 31]) * 20
+
+    def layer(x, w, name, zp_shape):
+        q, x_scale, x_zp = g.add("DynamicQuantizeLinear", [x], n_out=3, name=f"{name}_dql")
+        w_scale = float(np.abs(w).max() / 127)
+        zp = np.full(zp_shape, 128, np.uint8)
+        wq = g.init(f"{name}_w", np.clip(np.round(w / w_scale) + 128, 0, 255), dtype=np.uint8)
+        mm = g.add("MatMulInteger", [q, wq, x_zp, g.init(f"{name}_zp", zp)], name=name)
+        scale = g.add("Mul", [x_scale, g.init(f"{name}_scale", np.float32(w_scale))])
+        return g.add("Mul", [g.add("Cast", [mm], to=TensorProto.FLOAT), scale])
+
+    h = g.add("Relu", [layer("x", w1, "mmi1", (32,) if per_column_zp else ())], name="relu")
+    y = layer(h, rng.standard_normal((32, 4)), "mmi2", ())
+    return g.build({"x": ["N", 16]}, {y: ["N", 4]}), w1
+
+
+@pytest.mark.parametrize("per_column_zp", [True, False])
+def test_dynamic_quantization_prunes_approximately_and_says_so(per_column_zp):
+    """MatMulInteger's stored weight (and per-column zero point) is sliced
+    like a MatMul's; DynamicQuantizeLinear passes channels but makes the
+    group *approximate*: without the channels that never hold the range's
+    extreme, pruned == masked exactly; without the outlier, the kept
+    channels are quantized finer, so the pruned model is nearer the float
+    computation than the masked one."""
+    from graphs import feeds, keep_of, pruned
+    from oracle import run
+    from onnxprune.rewrite import apply
+
+    model, w1 = _dynamic_mlp(per_column_zp)
+    groups = onnxprune.analyze(model)
+    grp = group_at(groups, "mmi1", -1)
+    assert_prunable(grp)
+    assert grp.approximate and "dynamic quantization" in grp.approximate[0]
+    assert ("mmi1_zp", 0) in grp.weights if per_column_zp else ("mmi1_zp", 0) not in grp.weights
+    x = feeds(model, seed=1, symbolic=64)
+    small = keep_of(grp, range(8, 32))
+    (a,), (b,) = run(pruned(groups, small), x), run(apply(groups, small, masked=True), x)
+    np.testing.assert_array_equal(a, b)
+    w = {t.name: tuple(t.dims) for t in pruned(groups, small).graph.initializer}
+    assert w["mmi1_w"] == (16, 24) and w["mmi2_w"] == (24, 4)
+    assert w.get("mmi1_zp", ()) == ((24,) if per_column_zp else ())
+    no_outlier = keep_of(grp, range(31))
+    (a,), (b,) = run(pruned(groups, no_outlier), x), run(apply(groups, no_outlier, masked=True), x)
+    h = np.maximum(x["x"].astype(np.float64) @ w1, 0)[:, :31]
+    w2 = (value(model, "mmi2_w").astype(np.float64) - 128) * float(value(model, "mmi2_scale"))
+    ref = h @ w2[:31]
+    assert np.abs(a - b).max() > 0  # not exact: the range changed
+    assert np.abs(a - ref).mean() < np.abs(b - ref).mean()
+    res = onnxprune.prune(model, keep={grp.id: list(range(8, 32))}, validate=False)
+    assert any("dynamic quantization" in n for n in res.report.notes)
 
 
 def test_a_weight_behind_an_op_that_cannot_be_traced_is_folded_and_its_chain_removed():

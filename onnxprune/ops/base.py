@@ -30,6 +30,9 @@ from .registry import domain_of, node_attr
 # other per-channel parameter of a channel-wise op.
 ROLES = ("out", "in", "scale", "param")
 INEXACT = "inexact (prune with --prune hidden): "  # a freeze reason --prune hidden lifts
+# Not a freeze: pruned == masked up to one step of a quantization the model does
+# at run time (see ``Ctx.approximate``); groups list these apart from freezes.
+APPROX = "approximate: "
 
 
 @dataclass
@@ -224,6 +227,14 @@ class Context:
         removing these channels changes a statistic (a norm's mean and
         variance), so pruned != masked; the validation shows the real error."""
         self.freeze(layout, INEXACT + why)
+
+    def approximate(self, layout: Layout | None, why: str) -> None:
+        """Prunable, but pruned == masked only up to a run-time quantization
+        step: ``DynamicQuantizeLinear`` takes its scale from the range of the
+        whole tensor, so without a removed channel that held the extreme
+        value the kept ones are quantized a little finer. The report says
+        so and the validation measures the real error."""
+        self.freeze(layout, APPROX + why)
 
     def freeze_tensor(self, tensor: str, why: str) -> None:
         for lay in self.axes(tensor).values():

@@ -8,15 +8,20 @@ folds away: the layer reads its value, and the rewrite slices the int8 weight
 and its scales where they are stored.)
 
 DynamicQuantizeLinear computes one scale from the min and max of the whole
-tensor: removing channels could change it, so the channels it reads freeze.
-The integer compute ops (ConvInteger, MatMulInteger, QLinear*) read those
-dynamic or static quantization parameters; they freeze with their reason.
+tensor: channels pass, but removing the one that held the extreme makes
+the scale finer, so those groups are *approximate* (pruned == masked up to
+a quantization step; the report says so, validation measures it).
+MatMulInteger with a stored weight (``quantize_dynamic``'s output) is
+sliced like a MatMul. The other integer compute ops (ConvInteger,
+QLinear*) read static quantization parameters; they freeze with their
+reason.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .base import Rule
+from .linear import MatMul
 from .registry import register
 
 
@@ -49,14 +54,50 @@ class QuantizeDequantize(Rule):
 
 @register("DynamicQuantizeLinear")
 class DynamicQuantize(Rule):
-    """One scale from the whole tensor's range: the channels it reads freeze."""
+    """Element-wise, with one scale from the whole tensor's range: channels
+    pass, approximately (``Ctx.approximate``)."""
 
     def analyze(self, node, ctx):
-        ctx.freeze_node("dynamic quantization takes one scale from the whole tensor's range; "
-                        "removing channels could change it")
+        x, y = node.input[0], node.output[0]
+        for ax, lay in ctx.axes(x).items():
+            ctx.set(y, ax, lay)
+            ctx.approximate(lay, "dynamic quantization takes its scale from the whole tensor's range; "
+                                 "without a removed channel that held the extreme, the kept ones are "
+                                 "quantized a little finer")
 
 
-@register("ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul")
+@register("MatMulInteger")
+class MatMulInteger(MatMul):
+    """``quantize_dynamic``'s MatMul: activations (uint8/int8 from a
+    DynamicQuantizeLinear) times a stored integer weight, int32 out. The
+    weight is sliced like a MatMul's, with its per-column zero point; the
+    scales are applied after (a Mul by a scalar, element-wise). Compensation
+    does not refit integer weights (``linear`` is None)."""
+
+    def analyze(self, node, ctx):
+        a, y = node.input[0], node.output[0]
+        bv = ctx.const_shape(1)
+        if bv is None or len(bv) != 2 or ctx.view.is_const(a):
+            ctx.freeze_node("MatMulInteger without a stored 2-D weight is not rewritten")
+            return
+        rows = ctx.get(a, -2) if (ctx.view.rank(a) or 0) >= 2 else None
+        a_zp = node.input[2] if len(node.input) > 2 else ""
+        if rows is not None and a_zp and ctx.view.rank(a_zp) != 0:
+            ctx.freeze(rows, "per-row zero point of the activations along a channel axis")
+        super().analyze(node, ctx)
+        out = ctx.get(y, -1)
+        if out is not None and len(node.input) > 3 and node.input[3]:
+            zp = ctx.const_shape(3)
+            if zp is None:
+                ctx.freeze(out, "weight zero point computed at run time")
+            elif int(np.prod(zp)) > 1:
+                ctx.weight(3, len(zp) - 1, out, "param")  # per output column
+
+    def linear(self, node, view):
+        return None
+
+
+@register("ConvInteger", "QLinearConv", "QLinearMatMul")
 class IntegerCompute(Rule):
     """Integer kernels with quantization parameters: their channels freeze (not rewritten yet)."""
 
