@@ -1,6 +1,8 @@
 """Transformers (issue 11): what prunes, and what pruning heads or MLP
 neurons costs, on the zoo of ``tests/fixtures/transformers`` (random weights,
-TorchScript and dynamo exports) and on the digits transformer trained there.
+TorchScript and dynamo exports, and the transformer optimizer's ``*_opt``),
+on the BERT, ViT and CNN-with-attention fixtures of ``tests/fixtures``, and
+on the digits transformer trained there.
 
     python benchmarks/transformer_zoo.py [--models gpt2_ts ...] [--ratios 0.25 0.5]
 
@@ -51,6 +53,12 @@ def data_for(name: str, model) -> tuple[dict, dict, np.ndarray | None]:
     if name.startswith("digits_tf"):
         d = np.load(os.path.join(ZOO, "digits_data.npz"))
         return {"x": d["x"][:300]}, {"x": d["x"][300:]}, d["labels"][300:]
+    if all(len(i.type.tensor_type.shape.dim) > 1 and i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+           and all(d.dim_value > 0 for d in i.type.tensor_type.shape.dim[1:]) for i in model.graph.input):
+        rng = np.random.default_rng(0)  # images (ViT, the hybrid CNN): every dim but the batch is static
+        dims = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim[1:]] for i in model.graph.input}
+        return ({k: rng.standard_normal([96] + v).astype(np.float32) for k, v in dims.items()},
+                {k: rng.standard_normal([32] + v).astype(np.float32) for k, v in dims.items()}, None)
     cal = feeds(model, 96, 12)
     val = feeds(model, 32, 12)
     return cal, val, None
@@ -81,7 +89,9 @@ def main() -> None:
     ap.add_argument("--models", nargs="+")
     ap.add_argument("--ratios", nargs="+", type=float, default=[0.25, 0.5])
     args = ap.parse_args()
-    paths = sorted(glob.glob(os.path.join(ZOO, "*.onnx")))
+    paths = sorted(glob.glob(os.path.join(ZOO, "*.onnx"))) + [
+        os.path.join(ROOT, "tests", "fixtures", f"{n}.onnx")  # BERT, ViT, a CNN with attention (issue 6)
+        for n in ("hf_bert_ts", "hf_bert_dyn", "hf_vit_ts", "hf_vit_dyn", "mixed_ts", "mixed_dyn")]
     if args.models:
         paths = [p for p in paths if os.path.basename(p)[:-5] in args.models]
     print(f"{'model':<16} {'heads':>6} {'neurons':>7} {'hidden':>6} {'frozen':>6} | {'pruned':<8} {'ratio':>5} {'valid':>5} "

@@ -55,8 +55,13 @@ def _declared(model: onnx.ModelProto) -> frozenset:
 
 
 def fix_inputs(model: onnx.ModelProto, input_shapes: dict) -> None:
-    """Give the named inputs of ``model`` (a skeleton, edited in place) fixed dims."""
+    """Give the named inputs of ``model`` (a skeleton, edited in place) fixed
+    dims. A symbol a fixed dim replaces is that value wherever the model
+    states it (ONNX: one name, one value): the value_info an optimizer kept
+    for a fused op's output, which inference cannot recompute, says ``s50``
+    for the sequence the input fixed at 12."""
     known = {i.name: i for i in model.graph.input}
+    values: dict[str, int] = {}
     for name, dims in (input_shapes or {}).items():
         if name not in known:
             raise OnnxPruneError(f"--input-shape names '{name}', which is not a model input "
@@ -70,8 +75,20 @@ def fix_inputs(model: onnx.ModelProto, input_shapes: dict) -> None:
                 continue  # keep the model's own dim (a symbolic batch)
             if int(v) < 1:
                 raise OnnxPruneError(f"--input-shape {name}: dims must be positive, got {list(dims)}")
+            if d.dim_param:
+                values[d.dim_param] = int(v)
             d.Clear()
             d.dim_value = int(v)
+    if not values:
+        return
+    for g in all_graphs(model.graph):
+        for vi in list(g.value_info) + list(g.output) + list(g.input):
+            if vi.type.HasField("tensor_type"):
+                for d in vi.type.tensor_type.shape.dim:
+                    if d.dim_param in values:
+                        v = values[d.dim_param]
+                        d.Clear()
+                        d.dim_value = v
 
 
 def inferred(model: onnx.ModelProto, input_shapes: dict | None = None) -> dict:
