@@ -53,12 +53,18 @@ def data_for(name: str, model) -> tuple[dict, dict, np.ndarray | None]:
     if name.startswith("digits_tf"):
         d = np.load(os.path.join(ZOO, "digits_data.npz"))
         return {"x": d["x"][:300]}, {"x": d["x"][300:]}, d["labels"][300:]
-    if all(len(i.type.tensor_type.shape.dim) > 1 and i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
-           and all(d.dim_value > 0 for d in i.type.tensor_type.shape.dim[1:]) for i in model.graph.input):
-        rng = np.random.default_rng(0)  # images (ViT, the hybrid CNN): every dim but the batch is static
-        dims = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim[1:]] for i in model.graph.input}
-        return ({k: rng.standard_normal([96] + v).astype(np.float32) for k, v in dims.items()},
-                {k: rng.standard_normal([32] + v).astype(np.float32) for k, v in dims.items()}, None)
+    if all(len(i.type.tensor_type.shape.dim) > 1 and all(d.dim_value > 0 for d in i.type.tensor_type.shape.dim[1:])
+           for i in model.graph.input):  # every dim but the batch is static (the fixtures)
+        rng = np.random.default_rng(0)
+
+        def draw(n):
+            out = {}
+            for i in model.graph.input:
+                shape = [n] + [d.dim_value for d in i.type.tensor_type.shape.dim[1:]]
+                out[i.name] = (rng.integers(0, 50, shape) if i.type.tensor_type.elem_type == onnx.TensorProto.INT64
+                               else rng.standard_normal(shape).astype(np.float32))
+            return out
+        return draw(96), draw(32), None
     cal = feeds(model, 96, 12)
     val = feeds(model, 32, 12)
     return cal, val, None
@@ -71,6 +77,13 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(np.einsum("ij,ij->i", a, b) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
 
 
+def _run(model, feeds) -> np.ndarray:
+    """Output 0 on every sample (one at a time where the model fixes batch 1)."""
+    from onnxprune.validate import _batch_size, run_batched
+
+    return run_batched(session(model), feeds, _batch_size(model, None))[0]
+
+
 def oracle(path, plan_keep, cfg, val) -> float:
     from onnxprune import pipeline
     from onnxprune.io_change import adapt_feeds, changed
@@ -79,8 +92,8 @@ def oracle(path, plan_keep, cfg, val) -> float:
     io = changed(groups, plan_keep)
     pruned, masked = apply(groups, plan_keep), apply(groups, plan_keep, masked=True)
     one = {k: v[:4] for k, v in val.items()}
-    yp = session(pruned).run(None, adapt_feeds(io, one))[0]
-    ym = session(masked).run(None, one)[0]
+    yp = _run(pruned, adapt_feeds(io, one))
+    ym = _run(masked, one)
     return float(np.abs(yp - ym).max() / max(np.abs(ym).max(), 1e-12))
 
 
@@ -121,7 +134,7 @@ def main() -> None:
         heads = share([g for g in groups.prunable if g.width > 1 and not g.inexact])
         neurons = share([g for g in groups.prunable if g.width == 1 and not g.inexact])
         frozen = 1.0 - share(groups.prunable)
-        ref = session(model).run(None, val)[0]
+        ref = _run(model, val)
         head = f"{name:<16} {heads:6.2f} {neurons:7.2f} {hidden:6.2f} {frozen:6.2f} |"
         for kind in ("heads", "neurons", "hidden"):
             if {"heads": heads, "neurons": neurons, "hidden": hidden}[kind] == 0:
@@ -144,7 +157,7 @@ def main() -> None:
                 onnx.checker.check_model(res.model, full_check=True)
                 from onnxprune.io_change import adapt_feeds
 
-                out = session(res.model).run(None, adapt_feeds(res.io, val))[0]
+                out = _run(res.model, adapt_feeds(res.io, val))
                 v = res.validation
                 fid = (f"acc {np.mean(ref.argmax(1) == labels):.3f}->{np.mean(out.argmax(1) == labels):.3f}"
                        if labels is not None else f"cos {cosine(ref, out):.4f}")

@@ -127,3 +127,29 @@ def test_space_to_depth_repeats_each_channel_over_the_block():
     m = pruned(groups, keep_of(grp, [1, 3]))
     w0, w1 = input_value(groups.model, "c2", 1), input_value(m, "c2", 1)
     np.testing.assert_array_equal(w1, w0[:, [1, 3, 5, 7, 9, 11, 13, 15]])
+
+
+@pytest.mark.parametrize("stated", [False, True])
+def test_a_constant_expanded_to_the_batch_is_sliced_with_the_channels_it_meets(stated):
+    """A ViT's class token: ``cls (1, 1, 8)`` expanded to ``(N, 1, 8)`` by a
+    target computed at run time, then concatenated with the patch
+    projections (N, S, 8): the token is a parameter of those 8 channels,
+    sliced where it is stored, and pruning them is exact. A target that
+    states 8 itself would not follow: the channels freeze as before."""
+    g = Graph()
+    batch = g.add("Slice", [g.add("Shape", ["x"]), g.ints("s0", [0]), g.ints("e1", [1])])
+    last = g.ints("eight", [8]) if stated else g.ints("one", [1])
+    target = g.add("Concat", [batch, g.ints("one_seq", [1]), last], axis=0)
+    cls = g.add("Expand", [g.rand("cls", (1, 1, 8)), target], name="expand")
+    patches = g.matmul("x", 6, 8, name="proj")
+    tokens = g.add("Concat", [cls, patches], axis=1, name="cat")
+    y = g.matmul(g.add("Relu", [tokens]), 8, 4, name="head")
+    groups = exact(g.build({"x": ["N", 5, 6]}, [y]))
+    grp = group_at(groups, "proj", 2)
+    if stated:
+        assert_frozen(grp, "'expand'", "not tracked")
+        return
+    assert_prunable(grp)
+    assert ("cls", 2) in grp.weights
+    w = {t.name: tuple(t.dims) for t in pruned(groups, keep_of(grp, [1, 4, 6])).graph.initializer}
+    assert w["cls"] == (1, 1, 3) and w["head_W"] == (3, 4)

@@ -179,6 +179,9 @@ class Context:
             size = self.view.static(tensor, ax)
         if size is None or ax is None:
             return None
+        lay = self._expanded_constant(tensor, ax, size)
+        if lay is not None:
+            return lay
         why = self.origin_reason(tensor)
         if self.a.allow_io and tensor in self.view.graph_inputs:
             # a cache: groups._freeze_interface decides -- unless a node before this one read the
@@ -187,6 +190,32 @@ class Context:
             why = (f"graph input '{tensor}' is read by node '{earlier[0].name}' before its channels are "
                    f"tracked") if earlier else None
         lay = self.atoms.plain(size, why)
+        self.a.layouts.setdefault(tensor, {})[ax] = lay
+        return lay
+
+    def _expanded_constant(self, tensor: str, ax: int, size: int) -> Layout | None:
+        """A stored constant broadcast by Expand to the batch (a ViT's class
+        token ``cls.expand(B, -1, -1)``) meets channels here: a parameter of
+        those channels, sliced where it is stored. Only along an axis the
+        constant has whole (size > 1) and the target keeps (entry 1, or not
+        stated), and only when no reader of the Expand ran before this one
+        (it would not have seen the channels)."""
+        from ..fold import known_ints, partial_value
+
+        p = self.view.producer.get(tensor)
+        if p is None or p.op_type != "Expand" or size <= 1 or not self.view.is_const(p.input[0]):
+            return None
+        shape, ry = self.view.const_shape(p.input[0]), self.view.rank(tensor)
+        target = known_ints(partial_value(self.view, p.input[1]))
+        if shape is None or ry is None or target is None:
+            return None
+        src, k = ax - (ry - len(shape)), ax - (ry - len(target))
+        if src < 0 or shape[src] != size or (k >= 0 and target[k] != 1):
+            return None
+        if any(self.view.index_of[id(c)] < self.index for c, _ in self.view.consumers.get(tensor, [])):
+            return None
+        lay = self.atoms.plain(size)
+        self.a.uses.append(WeightUse(self.view.index_of[id(p)], 0, src, lay, "param"))
         self.a.layouts.setdefault(tensor, {})[ax] = lay
         return lay
 
