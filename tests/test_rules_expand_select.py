@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from graphs import (Graph, assert_frozen, assert_prunable, attr, exact, group_at, input_value,
+from graphs import (Graph, assert_frozen, assert_prunable, exact, group_at, input_value,
                     keep_of, pruned, value)
 
 

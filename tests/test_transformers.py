@@ -33,6 +33,7 @@ EXPECTED = {
     # after onnxruntime's transformer optimizer: fused norms (LayerNormalization at
     # opset 14 and SimplifiedLayerNormalization are onnxruntime's own), BiasGelu
     "bert_opt": {4, 64}, "distilbert_opt": {4, 64}, "llama_gqa_opt": {2, 64},
+    "bert_attention_opt": {4, 64},  # com.microsoft Attention (packed QKV, num_heads) x 2 layers
 }
 
 
@@ -47,6 +48,9 @@ def feeds(model: onnx.ModelProto, batch: int, seq: int) -> dict:
             out[i.name] = rng.integers(0, 50, (batch, seq)).astype(np.int64)
         elif i.name == "attention_mask":
             out[i.name] = np.ones((batch, seq), np.int64)
+            out[i.name][:, seq - 2:] = 0 if "token_type_ids" in [j.name for j in model.graph.input] else 1
+        elif i.name == "token_type_ids":
+            out[i.name] = np.zeros((batch, seq), np.int64)
         elif i.name == "input_features":
             out[i.name] = rng.standard_normal((batch, 8, 16)).astype(np.float32)
         elif i.name == "x":
@@ -196,7 +200,7 @@ def test_the_hidden_size_prunes_only_when_asked_and_says_it_is_not_exact():
     assert y.shape == (3, 7, 50)
 
 
-@pytest.mark.parametrize("name", ["bert_opt", "distilbert_opt", "llama_gqa_opt"])
+@pytest.mark.parametrize("name", ["bert_opt", "distilbert_opt", "llama_gqa_opt", "bert_attention_opt"])
 def test_optimized_models_prune_their_hidden_size_through_the_fused_norms(name):
     """EmbedLayerNormalization, SkipLayerNormalization, SkipSimplified- and
     SimplifiedLayerNormalization slice their gamma/beta/bias with the hidden
