@@ -170,3 +170,37 @@ def test_a_weight_behind_an_op_that_cannot_be_traced_is_folded_and_its_chain_rem
     assert not any(n.name == "unflatten" for n in m.graph.node)
     assert {t.name for t in m.graph.initializer}.isdisjoint({"w_flat", "wshape"})
     assert not violations(groups.model, m)
+
+
+def test_quantized_attention_scores_keep_heads_prunable():
+    """optimum's dynamic quantization also quantizes attention's Q.K^T: a
+    MatMulInteger of two activations with scalar zero points. Heads are its
+    batch axis: they stay prunable (approximately: the scores pass a
+    DynamicQuantizeLinear); the head dim it contracts freezes, as MatMul's."""
+    from graphs import feeds, keep_of, pruned
+    from oracle import run
+
+    g = Graph(opset=13)
+
+    def heads(name, perm):
+        h = g.add("Reshape", [g.matmul("x", 8, 8, name=name), g.ints(f"{name}_shape", [0, 0, 2, 4])])
+        return g.add("Transpose", [h], perm=perm)
+
+    q, k, v = heads("q", [0, 2, 1, 3]), heads("k", [0, 2, 3, 1]), heads("v", [0, 2, 1, 3])
+    qq, qs, qz = g.add("DynamicQuantizeLinear", [q], n_out=3, name="dq_q")
+    kq, ks, kz = g.add("DynamicQuantizeLinear", [k], n_out=3, name="dq_k")
+    s = g.add("Cast", [g.add("MatMulInteger", [qq, kq, qz, kz], name="scores")], to=TensorProto.FLOAT)
+    p = g.add("Softmax", [g.add("Mul", [s, g.add("Mul", [qs, ks])])], axis=-1)
+    c = g.add("Reshape", [g.add("Transpose", [g.add("MatMul", [p, v])], perm=[0, 2, 1, 3]),
+                          g.ints("merge", [0, 0, 8])])
+    y = g.matmul(c, 8, 3, name="o")
+    model = g.build({"x": ["N", 5, 8]}, {y: ["N", 5, 3]})
+    groups = onnxprune.analyze(model)
+    grp = group_at(groups, "q", -1)
+    assert_prunable(grp)
+    assert grp.channels == 2 and grp.approximate
+    out = pruned(groups, keep_of(grp, [1]))
+    w = {t.name: tuple(t.dims) for t in out.graph.initializer}
+    assert w["q_W"] == w["k_W"] == w["v_W"] == (8, 4) and w["o_W"] == (4, 3)
+    (y1,) = run(out, feeds(model, seed=2, symbolic=3))
+    assert y1.shape == (3, 5, 3)

@@ -225,3 +225,28 @@ def test_masked_output_may_carry_the_biases_compensation_adds(tmp_path):
     assert result.compensation.biases
     masked = onnx.load(tmp_path / "m2.onnx")
     assert any(n.op_type == "Add" for n in masked.graph.node)
+
+
+def test_a_deduplicated_zero_bias_may_be_copied_when_the_model_shrinks():
+    """Exporters deduplicate constants by value: one zero vector is the bias of
+    a norm that stays whole and of a layer that is pruned (optimum's
+    quantized BERT). Each reader gets its own slice, a few float bytes more,
+    while the int8 weights shrink by more: the model is written. A model
+    that grows gets no such allowance."""
+    g = Graph(opset=13)
+    zeros = g.init("zeros", np.zeros(24, np.float32))
+
+    def dq(name, shape):
+        w = np.random.default_rng(len(name)).integers(-127, 127, shape)
+        return g.add("DequantizeLinear", [g.init(name, w, dtype=np.int8), g.init(f"{name}_s", np.float32(0.01))])
+
+    ln = g.add("LayerNormalization", ["x", g.rand("gamma", (24,), 0.5, 1.5), zeros], axis=-1, name="ln")
+    h = g.add("Relu", [g.add("Add", [g.add("MatMul", [ln, dq("w1", (24, 24))], name="fc1"), zeros])])
+    y = g.add("MatMul", [h, dq("w2", (24, 4))], name="fc2")
+    model = g.build({"x": ["N", 24]}, {y: ["N", 4]})
+    res = onnxprune.prune(model, ratio=0.25, round_to=1)
+    w = {t.name: tuple(t.dims) for t in res.model.graph.initializer}
+    assert w["w1"] == (24, 18) and w["zeros"] == (24,) and (18,) in w.values()
+    assert weight_bytes(res.model)["float"] > weight_bytes(model)["float"]
+    bigger = _with_extra_initializer(model, "extra", np.zeros(100, np.float32), used=True)
+    assert any("float weight bytes" in v for v in violations(model, bigger, allow_io_change=True))

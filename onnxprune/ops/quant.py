@@ -72,13 +72,22 @@ class MatMulInteger(MatMul):
     DynamicQuantizeLinear) times a stored integer weight, int32 out. The
     weight is sliced like a MatMul's, with its per-column zero point; the
     scales are applied after (a Mul by a scalar, element-wise). Compensation
-    does not refit integer weights (``linear`` is None)."""
+    does not refit integer weights (``linear`` is None). Two quantized
+    activations (attention's Q.K^T and P.V) with scalar zero points are a
+    MatMul of activations: batch axes, the heads, pass."""
 
     def analyze(self, node, ctx):
         a, y = node.input[0], node.output[0]
         bv = ctx.const_shape(1)
-        if bv is None or len(bv) != 2 or ctx.view.is_const(a):
-            ctx.freeze_node("MatMulInteger without a stored 2-D weight is not rewritten")
+        if ctx.view.is_const(a) or (bv is not None and len(bv) != 2):
+            ctx.freeze_node("MatMulInteger with a stored first operand, or a weight not 2-D, is not rewritten")
+            return
+        if bv is None:  # two activations (attention's scores and context): batch axes (heads) pass
+            zps = [node.input[k] for k in (2, 3) if len(node.input) > k and node.input[k]]
+            if any(ctx.view.rank(z) != 0 for z in zps):
+                ctx.freeze_node("MatMulInteger of two activations with per-row or per-column zero points")
+                return
+            super().analyze(node, ctx)
             return
         rows = ctx.get(a, -2) if (ctx.view.rank(a) or 0) >= 2 else None
         a_zp = node.input[2] if len(node.input) > 2 else ""
