@@ -43,7 +43,7 @@ def load(source, label: str | None = None) -> Loaded:
     if isinstance(source, onnx.ModelProto):
         model = copy.deepcopy(source)
         toposort(model.graph)
-        return Loaded(model, None)
+        return Loaded(model, None, notes=_unshadow(model))
     path = os.fspath(source)
     if not os.path.exists(path):
         raise OnnxPruneError(f"{path}: no such file")
@@ -71,7 +71,17 @@ def load(source, label: str | None = None) -> Loaded:
         toposort(model.graph)
     except OnnxPruneError as e:
         raise OnnxPruneError(f"{path}: {e}") from None
-    return Loaded(model, path, external, frozenset(files))
+    return Loaded(model, path, external, frozenset(files), notes=_unshadow(model))
+
+
+def _unshadow(model: onnx.ModelProto) -> tuple:
+    """Subgraph names that repeat another scope's get fresh ones (``walk.unshadow``)."""
+    from .walk import unshadow
+
+    n = unshadow(model.graph)
+    return (f"{n} name(s) defined inside If branches or loop bodies repeated names of other scopes "
+            "(optimum's merged decoders do): they were renamed there, so the branches are analysed; "
+            "the written model keeps the new names",) if n else ()
 
 
 def _attribute_external(model: onnx.ModelProto) -> bool:

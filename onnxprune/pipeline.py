@@ -229,7 +229,7 @@ def load(source, cfg: PruneConfig) -> modelio.Loaded:
     """Read the model and check it first: a broken input is reported as the
     input's fault, never blamed on the pruned model."""
     loaded = modelio.load(source)
-    loaded.notes = tuple(dialect.declare(loaded.model))
+    loaded.notes = tuple(loaded.notes) + tuple(dialect.declare(loaded.model))
     check_input(loaded.model, f"{loaded.path or 'the input model'}: input model")
     return loaded
 

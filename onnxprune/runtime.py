@@ -106,12 +106,15 @@ def upto(model: onnx.ModelProto, tensors) -> onnx.ModelProto:
 def exposing(model: onnx.ModelProto, tensors, threads: int | None = None, optimize: bool = True,
              spinning: bool = True):
     """(session, exposed names): a session whose outputs are the model's own
-    outputs followed by ``tensors`` (those that can be typed)."""
+    outputs followed by ``tensors`` (those of the main graph: a subgraph's
+    tensors are left out, and callers get no statistics for them)."""
     types = tensor_types(model)
     present = {o.name for o in model.graph.output}
+    g = model.graph  # a tensor inside an If branch or loop body cannot be a graph output: not exposed
+    main = {i.name for i in g.input} | {t.name for t in g.initializer} | {o for n in g.node for o in n.output}
     added = []
     for t in dict.fromkeys(tensors):
-        if t in present:
+        if t in present or t not in main:
             continue
         if t in types:
             model.graph.output.append(onnx.helper.make_tensor_value_info(t, types[t], None))

@@ -61,3 +61,61 @@ def read_names(graph: onnx.GraphProto) -> set[str]:
 
 
 __all__ = ["subgraphs", "all_graphs", "captured_names", "node_reads", "read_names"]
+
+
+def unshadow(graph: onnx.GraphProto) -> int:
+    """Give every name a subgraph defines that some other scope defines too
+    (the main graph, a sibling branch, an enclosing graph) a fresh name,
+    everywhere it is read in that subgraph. -> how many were renamed.
+
+    Exporters write If branches that repeat each other's names and the If's
+    own outputs (optimum's merged decoders: both ``use_cache_branch``
+    branches define ``logits`` and every ``/decoder/...`` tensor). ONNX
+    binds branch and body outputs by position, so the rename changes
+    nothing the model computes; it lets the branches be analysed as
+    networks of their own (``GraphView``) instead of staying opaque. The
+    main graph's names never change."""
+    taken = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    taken |= {o for n in graph.node for o in n.output if o}
+    count = 0
+
+    def fresh(name: str) -> str:
+        k = 1
+        while f"{name}__{k}" in taken:
+            k += 1
+        taken.add(f"{name}__{k}")
+        return f"{name}__{k}"
+
+    def define(name: str, active: dict) -> str:
+        nonlocal count
+        if not name:
+            return name
+        if name in taken:
+            active[name] = fresh(name)
+            count += 1
+            return active[name]
+        taken.add(name)
+        return name
+
+    def visit(g: onnx.GraphProto, outer: dict) -> None:
+        active = dict(outer)  # old name -> new name, as seen at this point of g
+        for vi in g.input:
+            vi.name = define(vi.name, active)
+        for t in g.initializer:
+            t.name = define(t.name, active)
+        for node in g.node:
+            for k, name in enumerate(node.input):
+                if name in active:
+                    node.input[k] = active[name]
+            for sub in subgraphs(node):
+                visit(sub, active)  # what the node's subgraphs capture is what is defined so far
+            for k, name in enumerate(node.output):
+                node.output[k] = define(name, active)
+        for vi in list(g.output) + list(g.value_info):
+            if vi.name in active:
+                vi.name = active[vi.name]
+
+    todo = [sub for node in graph.node for sub in subgraphs(node)]
+    for sub in todo:
+        visit(sub, {})
+    return count

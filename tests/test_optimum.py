@@ -33,6 +33,15 @@ def feeds(name: str, batch: int, seq: int, past: int = 5) -> dict:
             for kv in ("key", "value"):
                 out[f"past_key_values.{layer}.{kv}"] = rng.standard_normal((batch, 4, past, 8)).astype(np.float32)
         return out
+    if name == "t5_decoder_merged":
+        enc = 7
+        out = {"encoder_attention_mask": np.ones((batch, enc), np.int64), "input_ids": ids[:, :1],
+               "encoder_hidden_states": rng.standard_normal((batch, enc, 32)).astype(np.float32),
+               "use_cache_branch": np.array([True])}
+        for part, length in (("decoder", past), ("encoder", enc)):
+            for kv in ("key", "value"):
+                out[f"past_key_values.0.{part}.{kv}"] = rng.standard_normal((batch, 4, length, 8)).astype(np.float32)
+        return out
     mask = np.ones((batch, seq), np.int64)
     mask[:, seq - 2:] = 0  # padding
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros((batch, seq), np.int64)}
@@ -68,6 +77,35 @@ def test_optimum_exports_prune_heads_and_neurons_exactly_at_any_size(name):
                 if a.shape != b.shape:  # a present.* output: the kept heads of the masked cache
                     continue
                 np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(b).max())))
+
+
+def test_a_merged_decoder_prunes_inside_both_branches_exactly():
+    """``decoder_model_merged.onnx``: the decoder sits twice in the branches of
+    an If on ``use_cache_branch``; the branches repeat each other's names
+    (renamed on load) and share the weights, so its MLP neurons are one
+    group across both, exact whichever branch runs."""
+    name = "t5_decoder_merged"
+    model = onnx.load(os.path.join(HERE, f"{name}.onnx"))
+    sample = feeds(name, 1, 1)
+    groups = onnxprune.analyze(model, input_shapes={k: [None] + list(v.shape[1:]) if k != "use_cache_branch"
+                                                    else [1] for k, v in sample.items()})
+    mlp = next(g for g in groups.prunable if g.channels == 64)
+    assert sum("wi/MatMul" in m for m in mlp.members) == 2  # the same layer in each branch
+    keep = {mlp.id: np.arange(0, 64, 3)}
+    pruned, masked = apply(groups, keep), apply(groups, keep, masked=True)
+    onnx.checker.check_model(pruned, full_check=True)
+    for branch in (True, False):
+        for batch in (1, 2):
+            fd = feeds(name, batch, 1)
+            fd["use_cache_branch"] = np.array([branch])
+            (a, *_), (b, *_) = run(pruned, fd), run(masked, fd)
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(b).max())))
+    # With data: what lives in the branches cannot be observed (no statistics, a weight criterion); it prunes
+    cal = feeds(name, 8, 1)
+    cal["use_cache_branch"] = np.ones(8, bool)  # a [1] input: one value per sample, one sample per run
+    res = onnxprune.prune(os.path.join(HERE, f"{name}.onnx"), ratio=0.25, calib=cal, data=cal, validate=True,
+                          round_to=1)
+    assert res.validation.outputs[0].cosine_min > 0.9
 
 
 def test_optimum_dynamic_quantization_prunes_heads_and_neurons_approximately():

@@ -124,6 +124,62 @@ def test_sibling_branches_that_reuse_a_name_stay_opaque_with_the_reason():
     check_exact(model, feeds=_feeds(True), trials=2)
 
 
+def test_branches_that_repeat_each_others_names_are_renamed_on_load_and_prune():
+    """optimum's merged decoders: both branches define the same names, and
+    the If's output has the name of the branches' outputs. Loading renames
+    them inside the branches (``walk.unshadow``; ONNX binds branch outputs
+    by position), so both networks are analysed and prune exactly."""
+    import onnxprune
+
+    model = if_model(weights_outside=True)
+    for a in model.graph.node[0].attribute:  # both branches: the same internal names, output 'feat'
+        prefix = a.name.split("_")[0]
+        for node in a.g.node:
+            node.input[:] = [n.replace(prefix, "net") if n.startswith(prefix + "_h") or n.startswith(
+                prefix + "_pre") or n.startswith(prefix + "_mm") else n for n in node.input]
+            node.output[:] = [("feat" if n == f"{prefix}_y" else n.replace(prefix, "net")) for n in node.output]
+        a.g.output[0].name = "feat"
+    onnx.checker.check_model(model, full_check=True)  # legal ONNX, and opaque as it is
+    assert "switch" in _analyse(model).view.opaque
+    groups = onnxprune.analyze(model)
+    assert not groups.view.opaque
+    assert any("renamed" in n for n in groups.shape_info.notes)
+    assert {16, 10, 12} <= {g.channels for g in groups.prunable}
+    keep = {g.id: np.arange(g.channels // 2) for g in groups.prunable}
+    pruned, masked = apply(groups, keep), apply(groups, keep, masked=True)
+    onnx.checker.check_model(pruned, full_check=True)
+    for cond in (True, False):
+        feeds = _feeds(cond)
+        np.testing.assert_allclose(run(pruned, feeds)[0], run(masked, feeds)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_unshadow_leaves_captured_outer_names_and_the_main_graph_alone():
+    """A nested body that reads a name its enclosing branch renamed reads the
+    new name; a name captured from the main graph keeps its name."""
+    from onnxprune.walk import unshadow
+
+    inner = h.make_graph([h.make_node("Add", ["t", "x"], ["u"], name="inner_add")], "inner", [],
+                         [h.make_tensor_value_info("u", T.FLOAT, None)])
+    branch = h.make_graph([h.make_node("Relu", ["x"], ["t"], name="b_relu"),
+                           h.make_node("If", ["cond"], ["y"], name="inner_if", then_branch=inner,
+                                       else_branch=inner)], "b", [], [h.make_tensor_value_info("y", T.FLOAT, None)])
+    g = h.make_graph([h.make_node("Relu", ["x"], ["t"], name="main_relu"),
+                      h.make_node("If", ["cond"], ["y"], name="outer", then_branch=branch, else_branch=branch)],
+                     "g", [h.make_tensor_value_info("x", T.FLOAT, [2]), h.make_tensor_value_info("cond", T.BOOL, [])],
+                     [h.make_tensor_value_info("y", T.FLOAT, [2]), h.make_tensor_value_info("t", T.FLOAT, [2])])
+    model = h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+    assert unshadow(model.graph) > 0
+    assert [n.output[0] for n in model.graph.node] == ["t", "y"]
+    then = model.graph.node[1].attribute[0].g
+    assert then.node[0].input[0] == "x" and then.node[0].output[0] != "t"
+    nested = then.node[1].attribute[0].g
+    assert nested.node[0].input[:] == [then.node[0].output[0], "x"]
+    x = np.array([-1.0, 2.0], np.float32)
+    for cond in (True, False):
+        y, t = run(model, {"x": x, "cond": np.array(cond)})
+        np.testing.assert_allclose(y, np.maximum(x, 0) + x)
+
+
 def loop_model() -> onnx.ModelProto:
     """A Loop whose body applies a residual MLP 6->20->6 to the carried state."""
     body_inits: list = []
