@@ -94,6 +94,10 @@ def compensate(groups: Groups, keep: dict, calibration, mode: str = "bias",
             continue
         if not form.dense:
             continue  # channel-wise (grouped) consumers need no compensation
+        if not form.refit:
+            comp.skipped.append(f"{node.name}: its weight is stored as integers, which compensation does "
+                                f"not rewrite")
+            continue
         stored = groups.view.const_root(node.input[form.weight])
         if stored is None:
             comp.skipped.append(f"{node.name}: its weight is computed from stored constants "

@@ -637,6 +637,9 @@ def _activation_index(view: GraphView, analysis: Analysis) -> dict:
             found = next((ax for ax, lay in analysis.layouts.get(name, {}).items()
                           if atoms.resolve(lay) == want), None)
             if found is not None:
+                p = view.producer.get(name)
+                if p is not None and p.op_type == "DynamicQuantizeLinear" and p.output[0] == name:
+                    name = p.input[0]  # the float values it quantizes, same layout (scores read those)
                 out[(use.node, use.input, use.axis)] = (name, found)
                 break
     return out

@@ -199,7 +199,7 @@ def _targets(groups: Groups, keep: dict, calibration) -> tuple[list, list]:
     view = groups.view
     found, skipped = [], []
     for use, node, form in groups.linear_readers(g.id for g in groups.groups):
-        if form is None or not form.dense:
+        if form is None or not form.dense or not form.refit:
             continue
         dim = groups.activation(use)
         if dim is None or view.scope.get(id(node)) is not None:

@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto
 
 import onnxprune
-from graphs import Graph, assert_prunable, exact, group_at, keep_of, pruned, value
+from graphs import Graph, assert_frozen, assert_prunable, exact, group_at, keep_of, pruned, value
 from onnxprune.invariants import violations, weight_bytes
 
 
@@ -92,29 +92,31 @@ def test_quantize_dequantize_on_activations_passes_channels(per_channel):
         assert value(m, next(n for n in m.graph.node if n.name == "q").input[1]).shape == (2,)
 
 
-def _dynamic_mlp(per_column_zp: bool):
+def _dynamic_mlp(per_column_zp: bool, second_zp: int = 0):
     """``quantize_dynamic``'s pattern twice: x -> DynamicQuantizeLinear ->
-    MatMulInteger (uint8 weight 16 x 32, zero point per column or per
+    MatMulInteger (uint8 weight 16 x 32, zero point 128 per column or per
     tensor) -> Cast -> Mul(x_scale * w_scale) -> Relu -> again with a 32 x 4
-    weight. Columns 0..7 of the first weight are tiny (their activations
-    never hold the range's extreme), column 31 is an outlier (it always does)."""
+    weight (int8, zero point ``second_zp``). Columns 0..7 of the first weight
+    are tiny (their activations never hold the range's extreme), column 31 is
+    an outlier (it always does)."""
     g = Graph(opset=13)
     rng = np.random.default_rng(3)
     w1 = rng.standard_normal((16, 32))
     w1[:, :8] *= 1e-3
     w1[:, 31] = np.abs(w1[:, 31]) * 20
 
-    def layer(x, w, name, zp_shape):
+    def layer(x, w, name, zp_shape, zp_value=128):
         q, x_scale, x_zp = g.add("DynamicQuantizeLinear", [x], n_out=3, name=f"{name}_dql")
         w_scale = float(np.abs(w).max() / 127)
-        zp = np.full(zp_shape, 128, np.uint8)
-        wq = g.init(f"{name}_w", np.clip(np.round(w / w_scale) + 128, 0, 255), dtype=np.uint8)
+        dtype = np.uint8 if zp_value >= 128 else np.int8
+        zp = np.full(zp_shape, zp_value, dtype)
+        wq = g.init(f"{name}_w", np.clip(np.round(w / w_scale) + zp_value, -127, 255), dtype=dtype)
         mm = g.add("MatMulInteger", [q, wq, x_zp, g.init(f"{name}_zp", zp)], name=name)
         scale = g.add("Mul", [x_scale, g.init(f"{name}_scale", np.float32(w_scale))])
         return g.add("Mul", [g.add("Cast", [mm], to=TensorProto.FLOAT), scale])
 
     h = g.add("Relu", [layer("x", w1, "mmi1", (32,) if per_column_zp else ())], name="relu")
-    y = layer(h, rng.standard_normal((32, 4)), "mmi2", ())
+    y = layer(h, rng.standard_normal((32, 4)), "mmi2", (), second_zp)
     return g.build({"x": ["N", 16]}, {y: ["N", 4]}), w1
 
 
@@ -146,12 +148,27 @@ def test_dynamic_quantization_prunes_approximately_and_says_so(per_column_zp):
     no_outlier = keep_of(grp, range(31))
     (a,), (b,) = run(pruned(groups, no_outlier), x), run(apply(groups, no_outlier, masked=True), x)
     h = np.maximum(x["x"].astype(np.float64) @ w1, 0)[:, :31]
-    w2 = (value(model, "mmi2_w").astype(np.float64) - 128) * float(value(model, "mmi2_scale"))
+    w2 = value(model, "mmi2_w").astype(np.float64) * float(value(model, "mmi2_scale"))
     ref = h @ w2[:31]
     assert np.abs(a - b).max() > 0  # not exact: the range changed
     assert np.abs(a - ref).mean() < np.abs(b - ref).mean()
     res = onnxprune.prune(model, keep={grp.id: list(range(8, 32))}, validate=False)
     assert any("dynamic quantization" in n for n in res.report.notes)
+    # With data: scores read the float activations before the quantization and
+    # the stored integers (obs); compensation leaves integer weights alone.
+    from onnxprune import pipeline
+
+    cfg = onnxprune.PruneConfig(calib={"x": np.random.default_rng(5).standard_normal((64, 16)).astype(np.float32)},
+                                ratio=0.25, round_to=1).resolved()
+    again = pipeline.analyze(pipeline.load(model, cfg), cfg)
+    reads = {again.activation(u)[0] for u in again.consumers(grp.id)}
+    assert reads == {"relu"}  # the float activations, not the quantized ones
+    calibration = pipeline.calibrate(again, cfg)
+    assert cfg.criterion == "obs" and grp.id in pipeline.score(again, calibration, cfg).orders
+    res = onnxprune.prune(model, ratio=0.25, calib=cfg.calib, round_to=1, validate=False)
+    assert any("stored as integers" in n for n in res.compensation.skipped)
+    frozen = group_at(onnxprune.analyze(_dynamic_mlp(per_column_zp, second_zp=128)[0]), "mmi1", -1)
+    assert_frozen(frozen, "zero point is not 0")
 
 
 def test_a_weight_behind_an_op_that_cannot_be_traced_is_folded_and_its_chain_removed():

@@ -56,6 +56,8 @@ class LinearForm:
     takes none: compensation then adds an Add node); ``bias_scale``: what the
     op multiplies its bias by (Gemm's beta).
     ``dense``: every input feeds every output (False for grouped convs).
+    ``refit``: compensation may rewrite W and the bias (False for integer
+    weights, which scores still read).
     """
 
     weight: int
@@ -67,6 +69,7 @@ class LinearForm:
     bias: int | None = None
     bias_scale: float = 1.0
     dense: bool = True
+    refit: bool = True  # False: stored as integers (MatMulInteger): scored, never rewritten by compensation
 
     def matrix(self, value: np.ndarray) -> np.ndarray:
         """W as (inputs, outputs, kernel taps), float64."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Rule
+from .base import LinearForm, Rule
 from .linear import MatMul
 from .registry import register
 
@@ -95,15 +95,25 @@ class MatMulInteger(MatMul):
             ctx.freeze(rows, "per-row zero point of the activations along a channel axis")
         super().analyze(node, ctx)
         out = ctx.get(y, -1)
-        if out is not None and len(node.input) > 3 and node.input[3]:
-            zp = ctx.const_shape(3)
+        if len(node.input) > 3 and node.input[3]:
+            zp = ctx.const(3)
             if zp is None:
                 ctx.freeze(out, "weight zero point computed at run time")
-            elif int(np.prod(zp)) > 1:
-                ctx.weight(3, len(zp) - 1, out, "param")  # per output column
+                ctx.freeze(ctx.get(a, -1), "weight zero point computed at run time")
+                return
+            if np.any(np.asarray(zp) != 0):  # the masked model's zeroed row would read -zero_point
+                ctx.freeze(ctx.get(a, -1), "the weight's zero point is not 0: a removed input row "
+                                           "would not read as zero")
+            if out is not None and np.size(zp) > 1:
+                ctx.weight(3, np.ndim(zp) - 1, out, "param")  # per output column
 
     def linear(self, node, view):
-        return None
+        """Scores read the stored integers (times one scale per tensor, the
+        same for every channel); compensation leaves them (``refit``)."""
+        b = view.const_shape(node.input[1])
+        if b is None or len(b) != 2 or view.is_const(node.input[0]):
+            return None
+        return LinearForm(weight=1, in_axis=0, out_axis=1, x=0, x_axis=-1, y_axis=-1, refit=False)
 
 
 @register("ConvInteger", "QLinearConv", "QLinearMatMul")
