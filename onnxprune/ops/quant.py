@@ -71,8 +71,10 @@ class MatMulInteger(MatMul):
     """``quantize_dynamic``'s MatMul: activations (uint8/int8 from a
     DynamicQuantizeLinear) times a stored integer weight, int32 out. The
     weight is sliced like a MatMul's, with its per-column zero point; the
-    scales are applied after (a Mul by a scalar, element-wise). Compensation
-    does not refit integer weights (``linear`` is None). Two quantized
+    scales are applied after (a Mul by a scalar, element-wise). A weight
+    zero point other than 0 freezes the input channels: the masked model's
+    zeroed row would read as -zero_point. Scores read the stored integers;
+    compensation does not refit them (``LinearForm.refit``). Two quantized
     activations (attention's Q.K^T and P.V) with scalar zero points are a
     MatMul of activations: batch axes, the heads, pass."""
 
@@ -108,8 +110,11 @@ class MatMulInteger(MatMul):
                 ctx.weight(3, np.ndim(zp) - 1, out, "param")  # per output column
 
     def linear(self, node, view):
-        """Scores read the stored integers (times one scale per tensor, the
-        same for every channel); compensation leaves them (``refit``)."""
+        """Scores read the stored integers: with quantize_dynamic's one scale
+        per tensor, the weight up to a factor that is the same for every
+        channel (per-column scales, where a model has them, are not applied:
+        its scores are then approximate). Compensation leaves them
+        (``refit``)."""
         b = view.const_shape(node.input[1])
         if b is None or len(b) != 2 or view.is_const(node.input[0]):
             return None
