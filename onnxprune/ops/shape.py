@@ -231,7 +231,7 @@ class Slice(Rule):
             out = []
             for q in (1, 2):
                 v = evaluate_with(ctx.view, node.input[q], dims) if len(node.input) > q and node.input[q] else None
-                out.append(None if v is None else [None if e is None else e for e in v.reshape(-1)])
+                out.append(None if v is None else list(v.reshape(-1)))
             return out
 
         base = entries(note)
