@@ -108,6 +108,26 @@ def test_split_on_channel_axis_rewrites_sizes(opset, form):
     exact(model, keep)
 
 
+@pytest.mark.parametrize("opset", [11, 13])
+def test_split_with_an_empty_piece_keeps_it_empty(opset):
+    """A split size of 0 gives an empty output with no channel space; the
+    rewrite keeps its 0 while the other sizes shrink (it once read the empty
+    piece's layout: a TypeError, found by the control-flow fuzz)."""
+    g = Graph(opset=opset)
+    a = g.conv("x", 3, 10, name="c1")
+    if opset < 13:
+        p, e, q = g.add("Split", [a], n_out=3, name="split", axis=1, split=[4, 0, 6])
+    else:
+        p, e, q = g.add("Split", [a, g.ints("sizes", [4, 0, 6])], n_out=3, name="split", axis=1)
+    y = g.add("Add", [g.conv(p, 4, 3, name="ya"), g.conv(q, 6, 3, name="yb")])
+    model = g.build({"x": [1, 3, 5, 5]}, [y, e])
+    groups = exact(model, trials=5)
+    gp, gq = group_at(groups, p), group_at(groups, q)
+    m = pruned(groups, {**keep_of(gp, [1, 2]), **keep_of(gq, [0, 3, 5])})
+    sizes = attr(m, "split", "split") if opset < 13 else list(input_value(m, "split", 1))
+    assert sizes == [2, 0, 3]
+
+
 def test_split_on_spatial_axis_passes_channels_to_every_part():
     g = Graph(opset=13)
     a = g.conv("x", 3, 6, name="c1")

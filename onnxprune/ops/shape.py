@@ -104,22 +104,21 @@ class Split(Rule):
         if not ctx.unify(lay, tuple(seg for p in parts for seg in p)):
             return
         it = iter(parts)
-        for o, s in zip(outs, sizes):
-            if s > 0:
-                part = next(it)
-                if o:
-                    ctx.set(o, axis, part)
-        ctx.state(axis=axis)
+        pieces = [next(it) if s > 0 else None for s in sizes]  # an empty piece stays empty
+        for o, part in zip(outs, pieces):
+            if o and part is not None:
+                ctx.set(o, axis, part)
+        ctx.state(axis=axis, pieces=pieces)  # also the pieces of outputs nothing reads
 
     def rewrite(self, node, index, rw):
         st = rw.state(index)
         if "axis" not in st:
             return
         axis = st["axis"]
-        lays = [rw.layout(o, axis) for o in node.output]
-        if not any(lay is not None and rw.size(lay) != rw.a.atoms.layout_size(lay) for lay in lays):
+        lays = st["pieces"]
+        if not any(lay is not None and rw.size(lay) != rw.full_size(lay) for lay in lays):
             return
-        sizes = np.array([rw.size(lay) for lay in lays], dtype=np.int64)
+        sizes = np.array([rw.size(lay) if lay is not None else 0 for lay in lays], dtype=np.int64)
         if rw.view.opset >= 13:  # split sizes are an input from opset 13
             for i, a in enumerate(node.attribute):
                 if a.name == "num_outputs":
