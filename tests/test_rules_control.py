@@ -266,3 +266,39 @@ def test_a_loop_scan_output_freezes_its_channels():
     groups = _analyse(model)
     assert_frozen(group_at(groups, "z", 1), "output of a subgraph of node 'loop'")
     check_exact(model, feeds={"x": RNG.standard_normal((2, 6)).astype(np.float32)}, trials=2)
+
+
+def test_a_split_inside_a_branch_with_an_output_nothing_reads_prunes():
+    """When shape inference leaves a branch's unread Split output without a
+    shape, that piece freezes, the other prunes, and the rewrite keeps the unread
+    piece's size (it once read the piece's missing layout: the control-flow
+    fuzz found it)."""
+    own: list = []
+    nodes = _mlp("t", "x", [8, 16], "t_h", own)
+    own.append(numpy_helper.from_array(np.array([10, 6], np.int64), "sizes"))
+    nodes.append(h.make_node("Split", ["t_h", "sizes"], ["kept", "unread"], name="split", axis=1))
+    nodes += _mlp("u", "kept", [10, 12], "then_y", own)
+    then = h.make_graph(nodes, "then", [], [h.make_tensor_value_info("then_y", T.FLOAT, ["n", 12])],
+                        initializer=own)
+    other: list = []
+    other_nodes = _mlp("e", "x", [8, 12], "else_y", other)
+    other_g = h.make_graph(other_nodes, "else", [], [h.make_tensor_value_info("else_y", T.FLOAT, ["n", 12])],
+                           initializer=other)
+    g = h.make_graph([h.make_node("If", ["cond"], ["y"], name="switch", then_branch=then, else_branch=other_g)],
+                     "g", [h.make_tensor_value_info("x", T.FLOAT, ["n", 8]),
+                           h.make_tensor_value_info("cond", T.BOOL, [])],
+                     [h.make_tensor_value_info("y", T.FLOAT, ["n", 12])])
+    model = h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+    dims = shapes(model).dims
+    del dims["unread"]  # as shape inference left it in a fuzz model (its input's batch dim was unk__22)
+    groups = analyze_model(model, dims, strict=True)
+    assert groups.view.shape("unread") is None
+    kept = group_at(groups, "kept", 1)
+    assert_prunable(kept)
+    pruned = apply(groups, {kept.id: np.arange(4)})
+    then = {a.name: a.g for a in pruned.graph.node[0].attribute}["then_branch"]
+    split = next(n for n in then.node if n.name == "split")
+    values = {t.name: numpy_helper.to_array(t) for t in list(then.initializer) + list(pruned.graph.initializer)}
+    assert list(values[split.input[1]]) == [4, 6]
+    for cond in (True, False):
+        check_exact(model, feeds=_feeds(cond), trials=4, seed=int(cond))

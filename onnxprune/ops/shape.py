@@ -108,13 +108,12 @@ class Split(Rule):
         for o, part in zip(outs, pieces):
             if o and part is not None:
                 ctx.set(o, axis, part)
-        ctx.state(axis=axis, pieces=pieces)  # also the pieces of outputs nothing reads
+        ctx.state(pieces=pieces)  # also of outputs with no layout (shape unknown, or no output)
 
     def rewrite(self, node, index, rw):
         st = rw.state(index)
-        if "axis" not in st:
+        if "pieces" not in st:
             return
-        axis = st["axis"]
         lays = st["pieces"]
         if not any(lay is not None and rw.size(lay) != rw.full_size(lay) for lay in lays):
             return
