@@ -312,8 +312,9 @@ def blind_reader(view: GraphView, reader, slot: int) -> bool:
 def literal_source(view: GraphView, name: str, index: int, depth: int = 0, shared: set | None = None):
     """Where entry ``index`` of a shape vector built at run time is stated as a
     literal: ``(reader node index, input slot, flat index)`` of the constant
-    that holds it, seen through Concat, Unsqueeze, Squeeze, Cast and Identity
-    (TorchScript's ``Concat(Shape(x)[:2], [heads], [head_dim])``). None when
+    that holds it, seen through Concat, Unsqueeze, Squeeze, Cast, Identity and
+    Gather (TorchScript's ``Concat(Shape(x)[:2], [heads], [head_dim])``), or
+    a dimension of a constant read only by a Shape (``_dim_source``). None when
     the entry is not a literal, or when a tensor on the way has another reader
     (rewriting it would change what that reader sees) -- unless ``shared`` is
     given and every reader is a Reshape or Expand target (the dynamo
@@ -360,4 +361,34 @@ def literal_source(view: GraphView, name: str, index: int, depth: int = 0, share
         if view.const_root(part) is not None:
             return at, 0, index
         return literal_source(view, part, index, depth + 1, shared)
+    if node.op_type == "Gather" and int(attr(node, "axis", 0)) == 0:  # picks entries of a shape vector
+        picks, vector = partial_value(view, node.input[1]), partial_value(view, node.input[0])
+        if picks is None or vector is None or vector.ndim != 1 or index >= picks.size:
+            return None
+        pick = picks.reshape(-1)[index]
+        if pick is None:
+            return None
+        if view.const_root(node.input[0]) is not None:
+            return at, 0, int(pick) % vector.size
+        return literal_source(view, node.input[0], int(pick) % vector.size, depth + 1, shared)
+    if node.op_type == "Shape":
+        return _dim_source(view, node, at, index)
     return None
+
+
+def _dim_source(view: GraphView, node, at: int, index: int):
+    """Entry ``index`` of ``Shape(C)`` where C is a stored constant that
+    nothing else reads: tf2onnx keeps an einsum kernel in its original shape
+    ``[1, 1, heads, head_dim, hidden]`` only to compute the reshape to heads
+    from it (``Gather(Shape(C), [2, 3])``) while the Gemm reads a folded copy.
+    The literal is then a dimension of C: ``(reader, 0, ("dim", axis))``,
+    rewritten by cutting C along that axis (``Rewriter.rewrite_literals``)."""
+    data = node.input[0]
+    rank = view.rank(data)
+    if view.const_root(data) != data or rank is None or view.escapes(data) or \
+            [r for r, _ in view.consumers.get(data, [])] != [node]:
+        return None
+    start = int(attr(node, "start", 0))
+    start = start + rank if start < 0 else start
+    axis = min(max(start, 0), rank) + index
+    return (at, 0, ("dim", axis)) if 0 <= index and axis < rank else None

@@ -656,6 +656,42 @@ def test_head_split_reshape_with_a_run_time_shape_rewrites_its_literal_head_coun
     assert list(value(m, "dim")) == [4]
 
 
+def test_head_count_picked_by_gather_from_a_constant_vector_is_rewritten():
+    g = Graph()
+    q = g.matmul("x", 8, 12, name="q")  # (N, S, 12) = 3 heads of 4
+    bs = g.add("Slice", [g.add("Shape", [q]), g.ints("s0", [0]), g.ints("s2", [2])])
+    hd = g.add("Gather", [g.ints("dims", [7, 3, 4]), g.ints("pick", [1, 2])], axis=0)
+    split = g.add("Reshape", [q, g.add("Concat", [bs, hd], axis=0)], name="split")
+    back = g.add("Reshape", [g.add("Relu", [split]), g.ints("merged", [0, 0, -1])], name="merge")
+    groups = exact(g.build({"x": [2, 5, 8]}, [g.matmul(back, 12, 3, name="out")]), trials=5)
+    grp = group_at(groups, "q", -1)
+    assert (grp.channels, grp.width) == (3, 4)
+    assert list(value(pruned(groups, keep_of(grp, [1])), "dims")) == [7, 1, 4]
+
+
+def test_head_count_read_from_the_shape_of_a_constant_is_rewritten_by_cutting_the_constant():
+    # tf2onnx's einsum: Reshape(q, Concat(Shape(q)[0:2], Gather(Shape(kernel), [2, 3]))) where the
+    # kernel, stored as [1, 1, heads, head_dim, hidden], is read only by that Shape.
+    g = Graph()
+    q = g.matmul("x", 8, 12, name="q")  # (N, S, 12) = 3 heads of 4
+    bs = g.add("Slice", [g.add("Shape", [q]), g.ints("s0", [0]), g.ints("s2", [2])])
+    kernel = g.rand("kernel", (1, 1, 3, 4, 8))
+    hd = g.add("Gather", [g.add("Shape", [kernel], name="kshape"), g.ints("pick", [-3, 3])], axis=0)
+    split = g.add("Reshape", [q, g.add("Concat", [bs, hd], axis=0)], name="split")
+    back = g.add("Reshape", [g.add("Relu", [split]), g.ints("merged", [0, 0, -1])], name="merge")
+    model = g.build({"x": [2, 5, 8]}, [g.matmul(back, 12, 3, name="out")])
+    groups = exact(model, trials=5)
+    grp = group_at(groups, "q", -1)
+    assert_prunable(grp)
+    assert (grp.channels, grp.width) == (3, 4)
+    m = pruned(groups, keep_of(grp, [0, 2]))
+    assert list(value(m, "kernel").shape) == [1, 1, 2, 4, 8]
+    # read by something else too, the constant is no literal: the heads freeze
+    g.add("Identity", [kernel], name="other")
+    frozen = onnxprune.analyze(g.build({"x": [2, 5, 8]}, [g.matmul(back, 12, 3, name="out2"), "other"]))
+    assert_frozen(group_at(frozen, "q", -1), "names the channel count")
+
+
 def test_a_shared_uniform_constant_does_not_tie_the_layers_that_read_it():
     # Exporters deduplicate identical constants: every zero bias of a randomly
     # initialised model becomes one initializer. That is no tie between layers.

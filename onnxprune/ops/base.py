@@ -388,8 +388,11 @@ class Rewriter:
         new = self.new_shape(tensor)
         for ax, (reader, slot, flat) in self.state(index).get("literals", {}).items():
             if self.layout(tensor, ax) is not None and new[ax] != self.view.shape(tensor)[ax]:
-                value = np.array(self.current(reader, slot), copy=True)
-                value.reshape(-1)[flat] = new[ax]
+                if isinstance(flat, tuple):  # ("dim", axis): a constant read only for its shape
+                    value = np.take(self.current(reader, slot), np.arange(new[ax]), axis=flat[1])
+                else:
+                    value = np.array(self.current(reader, slot), copy=True)
+                    value.reshape(-1)[flat] = new[ax]
                 self.set_const(reader, slot, value)
 
     def new_const(self, hint: str, value: np.ndarray) -> str:  # pragma: no cover - see rewrite._Edits
