@@ -326,7 +326,9 @@ def _update_value_info(rw: _Edits, g: onnx.GraphProto, main: bool = True) -> Non
         if new is None:
             continue
         for ax, d in enumerate(vi.type.tensor_type.shape.dim):
-            if ax < len(new) and d.HasField("dim_value") and isinstance(new[ax], int):
+            # -1 is how Paddle's exporter writes "any size": it stays (an interface dim of -1
+            # once became the --input-shape's 1)
+            if ax < len(new) and d.HasField("dim_value") and d.dim_value > 0 and isinstance(new[ax], int):
                 d.dim_value = new[ax]
     if len(infos) != len(g.value_info):
         del g.value_info[:]

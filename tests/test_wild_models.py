@@ -201,3 +201,22 @@ def test_a_scalar_input_is_one_value_shared_by_every_sample(tmp_path):
     np.savez(data, x=x, flag=np.ones(64, bool))
     res = CliRunner().invoke(main, ["prune", path, "-o", str(tmp_path / "p.onnx"), "--data", data])
     assert res.exit_code == 2 and "expects a scalar" in res.output
+
+
+def test_paddle_minus_one_dims_stay_in_the_written_interface(tmp_path):
+    """Paddle's exporter writes an unknown dim as dim_value -1 (ch_ppocr's
+    classifier: x (-1, 3, ?, ?), output (-1, 2)). With --input-shape the
+    interface once came out with the shape's 1 there, which the invariants
+    refused (exit 1)."""
+    model = _detector()
+    for vi in (model.graph.input[0], model.graph.output[0]):
+        vi.type.tensor_type.shape.dim[0].Clear()
+        vi.type.tensor_type.shape.dim[0].dim_value = -1
+    path = _save(model, tmp_path)
+    out = tmp_path / "o.onnx"
+    r = CliRunner().invoke(main, ["prune", path, "-o", os.fspath(out), "--ratio", "0.5",
+                                  "--input-shape", "images:1,3,8,8"])
+    assert r.exit_code == 0, r.output
+    written = onnx.load(os.fspath(out))
+    for vi in (written.graph.input[0], written.graph.output[0]):
+        assert vi.type.tensor_type.shape.dim[0].dim_value == -1
