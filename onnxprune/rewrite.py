@@ -323,12 +323,15 @@ def _update_value_info(rw: _Edits, g: onnx.GraphProto, main: bool = True) -> Non
         if not vi.type.HasField("tensor_type"):
             continue
         new = list(inits[vi.name].dims) if vi.name in inits else rw.new_shape(vi.name)
-        if new is None:
+        dims = vi.type.tensor_type.shape.dim
+        if new is None or len(new) != len(dims):  # a stated rank that is wrong stays as stated
             continue
-        for ax, d in enumerate(vi.type.tensor_type.shape.dim):
-            # -1 is how Paddle's exporter writes "any size": it stays (an interface dim of -1
-            # once became the --input-shape's 1)
-            if ax < len(new) and d.HasField("dim_value") and d.dim_value > 0 and isinstance(new[ax], int):
+        old = None if vi.name in inits else rw.view.shape(vi.name)
+        for ax, d in enumerate(dims):
+            # Only what the prune changed: a stated dim that disagrees with inference (an
+            # exporter's wrong output shape) or -1 (Paddle's "any size") stays as stated.
+            if d.HasField("dim_value") and d.dim_value > 0 and isinstance(new[ax], int) and \
+                    (old is None or old[ax] != new[ax]):
                 d.dim_value = new[ax]
     if len(infos) != len(g.value_info):
         del g.value_info[:]

@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import onnx
+import pytest
 from click.testing import CliRunner
 
 import onnxprune
@@ -220,3 +221,26 @@ def test_paddle_minus_one_dims_stay_in_the_written_interface(tmp_path):
     written = onnx.load(os.fspath(out))
     for vi in (written.graph.input[0], written.graph.output[0]):
         assert vi.type.tensor_type.shape.dim[0].dim_value == -1
+
+
+@pytest.mark.parametrize("computed", [(1, 5, 1), (1, 5)])
+def test_a_wrongly_stated_output_shape_stays_as_stated(computed):
+    """ddddocr's OCR model states its output (1, seqlen) where it computes
+    (seq, 1, classes); onnxruntime only warns. The rules know the computed
+    shape (the Reshape rule fills in what inference missed), and the rewrite
+    once wrote its 32 over the stated 1: the invariants refused the model.
+    The stated interface changes only where the prune changes it."""
+    from onnxprune.rewrite import apply
+
+    g = Graph()
+    a = g.add("Relu", [g.conv("images", 3, 8, name="c1")])
+    flat = g.add("Flatten", [g.add("GlobalAveragePool", [g.add("Relu", [g.conv(a, 8, 8, name="c2")])])])
+    y = g.gemm(flat, 8, 5, trans_b=1, bias_shape=(5,), name="head")
+    shape = g.add("Concat", [g.add("Shape", [y]), g.ints("one", [1])], axis=0)
+    r = g.add("Reshape", [y, shape])
+    groups = onnxprune.analyze(g.build({"images": ["N", 3, "h", "w"]}, {r: [4, "k", "j"]}),
+                               input_shapes={"images": [1, 3, 8, 8]})
+    groups.view.shapes[r] = computed  # what the rules computed, against the statement
+    pruned = apply(groups, {grp.id: np.arange(grp.channels // 2) for grp in groups.prunable})
+    stated = pruned.graph.output[0].type.tensor_type.shape.dim
+    assert [d.dim_value or d.dim_param for d in stated] == [4, "k", "j"]
