@@ -126,7 +126,8 @@ def print_validation(v, console: Console) -> None:
         t.add_column(col, justify="right")
     for o in v.outputs:
         top1 = "-" if o.top1_agreement is None else f"{o.top1_agreement:.3f}"
-        t.add_row(o.name, f"{o.cosine_mean:.5f}", f"{o.cosine_min:.5f}", f"{o.max_abs_diff:.4g}", top1)
+        cos = ["-" if c is None else f"{c:.5f}" for c in (o.cosine_mean, o.cosine_min)]
+        t.add_row(o.name, *cos, f"{o.max_abs_diff:.4g}", top1)
     console.print(t)
     c = Table(title="Cost")
     for col in ("", "before", "after", "ratio"):

@@ -177,7 +177,9 @@ def observe(model: onnx.ModelProto, feeds: dict, tensors: list[str]) -> dict:
     outputs = [o.name for o in sess.get_outputs()]
     values = sess.run(None, feeds)  # the model's own outputs too: the whole graph must run
     wanted = set(names)
-    return {n: tuple(int(d) for d in v.shape) for n, v in zip(outputs, values) if n in wanted}
+    # a sequence or map (scikit-learn's ZipMap output) has no shape
+    return {n: tuple(int(d) for d in v.shape) for n, v in zip(outputs, values)
+            if n in wanted and isinstance(v, np.ndarray)}
 
 
 def data_shapes(model: onnx.ModelProto, sample: dict | None, input_shapes: dict | None = None) -> dict:

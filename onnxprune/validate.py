@@ -27,9 +27,12 @@ from .shapes import shapes as shape_info
 
 @dataclass
 class OutputFidelity:
+    """How one output moved. An integer output (class labels, indices) has
+    no cosine (one label per sample would always read 1.0): it has the share
+    of samples whose values all stay equal, as ``top1_agreement``."""
     name: str
-    cosine_mean: float
-    cosine_min: float
+    cosine_mean: float | None
+    cosine_min: float | None
     max_abs_diff: float
     top1_agreement: float | None = None
 
@@ -47,13 +50,17 @@ class Validation:
     accuracy_after: float | None = None
     warnings: list[str] = field(default_factory=list)
 
+    def _cosines(self, which: str) -> list[float]:
+        """Each output's cosine; an integer output counts by its agreement."""
+        return [getattr(o, which) if getattr(o, which) is not None else o.top1_agreement for o in self.outputs]
+
     @property
     def cosine_min(self) -> float:
-        return min(o.cosine_min for o in self.outputs)
+        return min(self._cosines("cosine_min"))
 
     @property
     def cosine_mean(self) -> float:
-        return float(np.mean([o.cosine_mean for o in self.outputs]))
+        return float(np.mean(self._cosines("cosine_mean")))
 
     @property
     def max_abs_diff(self) -> float:
@@ -109,7 +116,18 @@ def run_batched(sess, feeds: dict, batch: int | None, chunk: int = 32) -> list[n
         outs.append(res)
     if not outs:
         raise OnnxPruneError(f"need at least {step} samples for a model with fixed batch {step}")
-    return [np.concatenate([o[i] for o in outs]) for i in range(len(outs[0]))]
+    return [_numeric(np.concatenate([o[i] for o in outs])) for i in range(len(outs[0]))]
+
+
+def _numeric(out: np.ndarray) -> np.ndarray:
+    """An output as numbers: a sequence of maps (scikit-learn's ZipMap, one
+    {label: probability} per sample) becomes a (samples, labels) array in the
+    maps' key order, so it compares like any probability output."""
+    if out.dtype == object and out.ndim == 1 and len(out) and all(isinstance(m, dict) for m in out):
+        keys = list(out[0])
+        if all(list(m) == keys for m in out):
+            return np.array([[m[k] for k in keys] for m in out], dtype=np.float64)
+    return out
 
 
 def _fidelity(name: str, a: np.ndarray, b: np.ndarray) -> OutputFidelity:
@@ -117,6 +135,9 @@ def _fidelity(name: str, a: np.ndarray, b: np.ndarray) -> OutputFidelity:
         return OutputFidelity(name, 1.0, 1.0, 0.0, None)
     a64 = a.reshape(len(a), -1).astype(np.float64) if a.ndim else a.reshape(1, 1).astype(np.float64)
     b64 = b.reshape(len(b), -1).astype(np.float64) if b.ndim else b.reshape(1, 1).astype(np.float64)
+    diff = float(np.abs(a64 - b64).max()) if a64.size else 0.0
+    if all(np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_ for x in (a, b)):
+        return OutputFidelity(name, None, None, diff, float(np.mean(np.all(a64 == b64, axis=1))))
     na, nb = np.linalg.norm(a64, axis=1), np.linalg.norm(b64, axis=1)
     dot = (a64 * b64).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -125,8 +146,13 @@ def _fidelity(name: str, a: np.ndarray, b: np.ndarray) -> OutputFidelity:
     top1 = None
     if a.ndim == 2 and a.shape[1] > 1 and np.issubdtype(a.dtype, np.floating):
         top1 = float(np.mean(a.argmax(1) == b.argmax(1)))
-    return OutputFidelity(name, float(cos.mean()), float(cos.min()),
-                          float(np.abs(a64 - b64).max()) if a64.size else 0.0, top1)
+    return OutputFidelity(name, float(cos.mean()), float(cos.min()), diff, top1)
+
+
+def _predicted(y: np.ndarray) -> np.ndarray:
+    """Class per sample: the argmax of (samples, classes) scores, or an
+    integer label output as it is (scikit-learn's ``label``)."""
+    return y.argmax(1) if y.ndim == 2 and np.issubdtype(y.dtype, np.floating) else y.reshape(len(y), -1)[:, 0]
 
 
 def latency_ms(sess, feeds: dict, runs: int, budget_s: float = 3.0) -> float:
@@ -332,8 +358,8 @@ def compare(ref: Reference, b: onnx.ModelProto, label: str | None = None, io: li
         cls = next((i for i, o in enumerate(outputs) if o.top1_agreement is not None), None)
         if cls is not None:
             n = len(ya[cls])
-            acc_a = float(np.mean(ya[cls].argmax(1) == labels[:n]))
-            acc_b = float(np.mean(yb[cls].argmax(1) == labels[:n]))
+            acc_a = float(np.mean(_predicted(ya[cls]) == labels[:n]))
+            acc_b = float(np.mean(_predicted(yb[cls]) == labels[:n]))
     lat_b = latency_ms(sb, rows(feeds, slice(0, batch or 1)), ref.latency_runs)
     del sb
     first = rows(feeds, slice(0, 1))

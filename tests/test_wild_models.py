@@ -244,3 +244,52 @@ def test_a_wrongly_stated_output_shape_stays_as_stated(computed):
     pruned = apply(groups, {grp.id: np.arange(grp.channels // 2) for grp in groups.prunable})
     stated = pruned.graph.output[0].type.tensor_type.shape.dim
     assert [d.dim_value or d.dim_param for d in stated] == [4, "k", "j"]
+
+
+def _sklearn_like(zipmap: bool) -> onnx.ModelProto:
+    """What skl2onnx writes for an MLPClassifier: MatMul/Add/Relu layers,
+    Softmax, an int64 label (ArgMax) and, by default, the probabilities as a
+    sequence of {label: probability} maps (ai.onnx.ml ZipMap)."""
+    from onnx import TensorProto as T
+    from onnx import helper as h
+
+    g = Graph()
+    hidden = g.add("Relu", [g.add("Add", [g.matmul("X", 8, 16, name="l1"), g.rand("b1", (16,))])])
+    probs = g.add("Softmax", [g.add("Add", [g.matmul(hidden, 16, 3, name="l2"), g.rand("b2", (3,))])], axis=1)
+    label = g.add("ArgMax", [probs], axis=1, keepdims=0, name="label")
+    model = g.build({"X": ["N", 8]}, {label: ["N"], **({} if zipmap else {probs: ["N", 3]})})
+    if zipmap:
+        model.graph.node.append(h.make_node("ZipMap", [probs], ["output_probability"], domain="ai.onnx.ml",
+                                            classlabels_int64s=[0, 1, 2], name="zipmap"))
+        vi = onnx.ValueInfoProto(name="output_probability")
+        vi.type.sequence_type.elem_type.map_type.key_type = T.INT64
+        vi.type.sequence_type.elem_type.map_type.value_type.tensor_type.elem_type = T.FLOAT
+        model.graph.output.append(vi)
+    model.graph.output[0].type.tensor_type.elem_type = T.INT64
+    if zipmap:
+        model.opset_import.append(h.make_opsetid("ai.onnx.ml", 1))
+    return model
+
+
+@pytest.mark.parametrize("zipmap", [False, True])
+def test_a_scikit_learn_classifier_prunes_and_its_labels_compare_by_agreement(tmp_path, zipmap):
+    """ZipMap's maps once stopped the shape probe ('list' has no shape) so
+    nothing was analysed, and then validation ('float() ... dict'). Maps
+    compare as a (samples, labels) array; the int64 label output compares by
+    agreement, not by a cosine that one label per sample would always make 1."""
+    import json
+
+    path = _save(_sklearn_like(zipmap), tmp_path)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", X=rng.standard_normal((64, 8)).astype(np.float32),
+             labels=rng.integers(0, 3, 64))
+    r = CliRunner().invoke(main, ["prune", path, "-o", os.fspath(tmp_path / "o.onnx"), "--ratio", "0.5",
+                                  "--data", os.fspath(tmp_path / "d.npz"), "--report", os.fspath(tmp_path / "r.json")])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "r.json").read_text())
+    outs = {o["name"]: o for o in rep["validation"]["outputs"]}
+    assert rep["params"]["after"] < rep["params"]["before"]
+    assert outs["label"]["cosine_min"] is None and 0 <= outs["label"]["top1_agreement"] <= 1
+    probs = outs["output_probability" if zipmap else next(n for n in outs if n != "label")]
+    assert 0 < probs["cosine_min"] <= 1 + 1e-9
+    assert rep["validation"]["cosine_min"] == min(probs["cosine_min"], outs["label"]["top1_agreement"])
