@@ -27,9 +27,12 @@ from .shapes import shapes as shape_info
 
 @dataclass
 class OutputFidelity:
-    """How one output moved. An integer output (class labels, indices) has
-    no cosine (one label per sample would always read 1.0): it has the share
-    of samples whose values all stay equal, as ``top1_agreement``."""
+    """How one output moved: the cosine of each sample's values with the
+    original's. An integer output (class labels, indices) has no cosine (one
+    label per sample would always read 1.0): it has the share of samples
+    whose values all stay equal, as ``top1_agreement``. An output of one
+    float per sample has one cosine, over the samples, centred
+    (``_centered_cosine``)."""
     name: str
     cosine_mean: float | None
     cosine_min: float | None
@@ -116,7 +119,9 @@ def run_batched(sess, feeds: dict, batch: int | None, chunk: int = 32) -> list[n
         outs.append(res)
     if not outs:
         raise OnnxPruneError(f"need at least {step} samples for a model with fixed batch {step}")
-    return [_numeric(np.concatenate([o[i] for o in outs])) for i in range(len(outs[0]))]
+    # an output with no sample axis (one score per run) stacks: one value per run
+    return [_numeric(np.concatenate([np.reshape(o[i], (1,)) if np.ndim(o[i]) == 0 else o[i] for o in outs]))
+            for i in range(len(outs[0]))]
 
 
 def _numeric(out: np.ndarray) -> np.ndarray:
@@ -138,6 +143,9 @@ def _fidelity(name: str, a: np.ndarray, b: np.ndarray) -> OutputFidelity:
     diff = float(np.abs(a64 - b64).max()) if a64.size else 0.0
     if all(np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_ for x in (a, b)):
         return OutputFidelity(name, None, None, diff, float(np.mean(np.all(a64 == b64, axis=1))))
+    if a64.shape[1] == 1 and len(a64) > 1:
+        c = _centered_cosine(a64[:, 0], b64[:, 0])
+        return OutputFidelity(name, c, c, diff, None)
     na, nb = np.linalg.norm(a64, axis=1), np.linalg.norm(b64, axis=1)
     dot = (a64 * b64).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -147,6 +155,22 @@ def _fidelity(name: str, a: np.ndarray, b: np.ndarray) -> OutputFidelity:
     if a.ndim == 2 and a.shape[1] > 1 and np.issubdtype(a.dtype, np.floating):
         top1 = float(np.mean(a.argmax(1) == b.argmax(1)))
     return OutputFidelity(name, float(cos.mean()), float(cos.min()), diff, top1)
+
+
+def _centered_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """One value per sample (a wake-word score, a quality rating, a
+    regression): the cosine of one value with another only says whether the
+    sign stayed (always 1.0 for probabilities), so the samples are compared
+    as one vector, centred (how well the pruned scores follow the original's
+    across samples). Two constant outputs agree only if they are equal."""
+    x, y = a - a.mean(), b - b.mean()
+    nx, ny = np.linalg.norm(x), np.linalg.norm(y)
+    scale = max(float(np.abs(a).max()), float(np.abs(b).max()), 1e-30)
+    if nx <= 1e-9 * scale * np.sqrt(len(a)) and ny <= 1e-9 * scale * np.sqrt(len(b)):
+        return 1.0 if np.allclose(a, b, rtol=1e-3, atol=1e-6 * scale) else 0.0
+    if nx == 0 or ny == 0:
+        return 0.0
+    return float(np.dot(x, y) / (nx * ny))
 
 
 def _predicted(y: np.ndarray) -> np.ndarray:

@@ -52,3 +52,17 @@ def test_validate_accuracy_and_agreement_on_models_with_known_answers():
     assert v.accuracy_after == 0.5  # predicts 1, 0, 2, 1: right on samples 2 and 3
     assert v.top1_agreement == 0.25  # agree on sample 2 only
     assert np.isclose(v.cosine_min, 0.0) and np.isclose(v.max_abs_diff, 1.0)
+
+
+def test_one_value_per_sample_compares_across_samples_centred():
+    """A score per sample: per-sample cosines would all be 1.0 (same sign);
+    the samples compared as one centred vector show whether the pruned
+    scores still follow the original's."""
+    a = np.array([[0.1], [0.2], [0.3], [0.4]], np.float32)
+    follows, flat = a * 2 + 0.05, np.full_like(a, 0.25)
+    assert np.isclose(_fidelity("s", a, follows).cosine_min, 1.0, atol=1e-6)
+    assert _fidelity("s", a, flat).cosine_min == 0.0
+    assert np.isclose(_fidelity("s", a, a[::-1].copy()).cosine_min, -1.0, atol=1e-6)
+    const = np.full((3, 1), 0.5, np.float32)
+    assert _fidelity("s", const, const.copy()).cosine_min == 1.0
+    assert _fidelity("s", const, const + 0.2).cosine_min == 0.0

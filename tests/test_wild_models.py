@@ -293,3 +293,16 @@ def test_a_scikit_learn_classifier_prunes_and_its_labels_compare_by_agreement(tm
     probs = outs["output_probability" if zipmap else next(n for n in outs if n != "label")]
     assert 0 < probs["cosine_min"] <= 1 + 1e-9
     assert rep["validation"]["cosine_min"] == min(probs["cosine_min"], outs["label"]["top1_agreement"])
+
+
+def test_a_model_with_a_scalar_output_validates_one_value_per_run(tmp_path):
+    """plcmos (a speech quality model) returns one score with no sample axis:
+    joining the runs' outputs once failed ('zero-dimensional arrays cannot be
+    concatenated') and was reported as the original model failing."""
+    g = Graph()
+    a = g.add("Relu", [g.conv("images", 3, 8, name="c1")])
+    b = g.add("Relu", [g.conv(a, 8, 8, name="c2")])
+    score = g.add("ReduceMean", [g.conv(b, 8, 1, name="c3")], keepdims=0)
+    path = _save(g.build({"images": [1, 3, 8, 8]}, {score: []}), tmp_path)
+    r = CliRunner().invoke(main, ["prune", path, "-o", os.fspath(tmp_path / "o.onnx"), "--ratio", "0.5"])
+    assert r.exit_code == 0, r.output
