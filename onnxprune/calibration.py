@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from .data import check_array, join, model_inputs, random_feeds, read_npy, read_npz, rows, sample_count
+from .data import (check_array, join, model_inputs, per_run_inputs, per_sample, random_feeds, read_npy, read_npz,
+                   rows, sample_count)
 from .errors import OnnxPruneError
 
 RANDOM_WARNING = ("no calibration data: using random inputs. Data-driven criteria "
@@ -390,7 +391,7 @@ def hold_out(source, model: onnx.ModelProto, fraction: float = 0.25, cap: int = 
         if seen + n > total - k:
             kept.append(rows(chunk, slice(max(0, total - k - seen), None)))
         seen += n
-    if any(not np.array_equal(v, kept[0][n]) for part in kept for n, v in part.items() if not np.ndim(v)):
+    if any(not np.array_equal(v, kept[0][n]) for part in kept for n, v in part.items() if not per_sample(v)):
         return None  # held-out samples with different scalar inputs cannot run as one set
     try:
         return total - k, join(kept)
@@ -438,6 +439,7 @@ def _batches(samples, names: list[str], model: onnx.ModelProto, batch: int, limi
         if dims:
             fixed[vi.name] = len(dims)
     infos = {vi.name: vi for vi in model_inputs(model)}
+    whole = per_run_inputs(model)  # given at their own shape, to every run
     pending: dict[str, list] = {n: [] for n in names}
     shared: dict = {}
     have = seen = 0
@@ -450,12 +452,13 @@ def _batches(samples, names: list[str], model: onnx.ModelProto, batch: int, limi
         arrays = {}
         for n in names:
             a = np.asarray(item[n])
-            if n in fixed and a.ndim == fixed[n] - 1:
+            if n in fixed and a.ndim == fixed[n] - 1 and n not in whole:
                 a = a[None]  # a single sample without the sample axis
             # As --data does: numbers, finite, the input's dims; float64 feeds float32.
-            arrays[n] = check_array(a, infos[n], getattr(item, "source", "calibration data"))
-        # A scalar input (no sample axis) holds one value for every sample in the item.
-        scalars = {n: a for n, a in arrays.items() if not a.ndim}
+            arrays[n] = check_array(a, infos[n], getattr(item, "source", "calibration data"),
+                                    per_run=n in whole)
+        # A scalar or Shared input (no sample axis) holds one value for every sample in the item.
+        scalars = {n: a for n, a in arrays.items() if not per_sample(a)}
         batched = [n for n in names if n not in scalars]
         count = sample_count(arrays) if batched else 1
         if limit is not None:
@@ -492,7 +495,10 @@ def _batches(samples, names: list[str], model: onnx.ModelProto, batch: int, limi
 
 # -- the pass ----------------------------------------------------------------
 def _batch_size(model: onnx.ModelProto, wanted: int) -> int:
+    whole = per_run_inputs(model)
     for vi in model_inputs(model):
+        if vi.name in whole:
+            continue
         dims = vi.type.tensor_type.shape.dim
         if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
             return int(dims[0].dim_value)

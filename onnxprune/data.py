@@ -29,15 +29,55 @@ def input_dims(vi: onnx.ValueInfoProto, fixed: dict | None = None) -> list:
             for d in vi.type.tensor_type.shape.dim]
 
 
-def check_array(arr, vi: onnx.ValueInfoProto, where: str, fixed: dict | None = None) -> np.ndarray:
+class Shared(np.ndarray):
+    """An input array every sample shares: passed whole to every run, with no
+    sample axis, like a scalar input. A recurrent state of fixed shape beside
+    inputs with a batch axis is one (silero-vad's ``state`` [2, 1, 128] beside
+    its audio [1, 576]; a CRNN's ``h0`` [4, 1, 64] beside images [N, 3, h, w]):
+    its leading dim is layers x directions, not samples (``per_run_inputs``)."""
+
+
+def per_sample(value) -> bool:
+    """Whether a feed has a sample axis (not a scalar, not ``Shared``)."""
+    return bool(np.ndim(value)) and not isinstance(value, Shared)
+
+
+def per_run_inputs(model: onnx.ModelProto, fixed: dict | None = None) -> set[str]:
+    """Inputs whose leading dim is fixed and is not the batch: > 1 where
+    another input's leading dim is symbolic, or, when every leading dim is
+    fixed, any other than the smallest (the batch). Such an input is given
+    whole to every run (``Shared``); the others carry the samples."""
+    leads = {}
+    for vi in model_inputs(model):
+        dims = input_dims(vi, fixed)
+        if dims:
+            leads[vi.name] = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
+    known = {n: d for n, d in leads.items() if d is not None}
+    if len(known) == len(leads):
+        batch = min(known.values(), default=None)
+        return {n for n, d in known.items() if d != batch}
+    return {n for n, d in known.items() if d > 1}
+
+
+def check_array(arr, vi: onnx.ValueInfoProto, where: str, fixed: dict | None = None,
+                per_run: bool = False) -> np.ndarray:
     """One input array as data for ``vi``: numbers (cast to the input's dtype),
-    finite, the input's rank with a leading sample axis, and its static dims.
+    finite, the input's rank with a leading sample axis, and its static dims
+    (a ``per_run`` input: exactly its shape, no sample axis, ``Shared``).
     Anything else is a clear error naming ``where`` and the input."""
     arr = np.asarray(arr)
     name = vi.name
     if arr.dtype.kind not in "biuf":
         raise OnnxPruneError(f"{where}: array '{name}' holds {arr.dtype} values, not real numbers")
     dims = input_dims(vi, fixed)
+    if per_run:
+        if arr.ndim != len(dims) or any(isinstance(d, int) and d > 0 and h != d for h, d in zip(arr.shape, dims)):
+            raise OnnxPruneError(f"{where}: array '{name}' has shape {list(arr.shape)}; the model expects "
+                                 f"{_show(dims)}, one for every run (its leading dim is not the samples)")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise OnnxPruneError(f"{where}: array '{name}' holds NaN or inf values")
+        want = NP_TYPES.get(vi.type.tensor_type.elem_type)
+        return (arr.astype(want) if want is not None and arr.dtype != want else arr).view(Shared)
     if not dims:  # a scalar input (a flag, a step): one value shared by every sample
         if arr.ndim:
             raise OnnxPruneError(f"{where}: array '{name}' has shape {list(arr.shape)}; the model "
@@ -64,19 +104,19 @@ def check_array(arr, vi: onnx.ValueInfoProto, where: str, fixed: dict | None = N
 def sample_count(feeds: dict) -> int:
     """Samples in a feed dict: the length of its per-sample arrays (a scalar
     input's value is shared by every sample and has no sample axis)."""
-    return next((len(v) for v in feeds.values() if np.ndim(v)), 1)
+    return next((len(v) for v in feeds.values() if per_sample(v)), 1)
 
 
 def rows(feeds: dict, index) -> dict:
     """Samples ``index`` (a slice or index array) of every per-sample array;
     scalar inputs pass whole."""
-    return {k: v[index] if np.ndim(v) else v for k, v in feeds.items()}
+    return {k: v[index] if per_sample(v) else v for k, v in feeds.items()}
 
 
 def join(parts: list) -> dict:
     """Feed dicts end to end along the sample axis (scalars from the first)."""
     first = parts[0]
-    return {k: np.concatenate([p[k] for p in parts]) if np.ndim(v) else v for k, v in first.items()}
+    return {k: np.concatenate([p[k] for p in parts]) if per_sample(v) else v for k, v in first.items()}
 
 
 def _show(dims) -> str:
@@ -155,7 +195,9 @@ def feeds_and_labels(data, model: onnx.ModelProto):
     if missing:
         raise OnnxPruneError(f"data has no array for input(s) {', '.join(missing)}")
     labels = data.get("labels")
-    return {k: np.asarray(data[k]) for k in names}, None if labels is None else np.asarray(labels)
+    whole = per_run_inputs(model)
+    feeds = {k: np.asarray(data[k]).view(Shared) if k in whole else np.asarray(data[k]) for k in names}
+    return feeds, None if labels is None else np.asarray(labels)
 
 
 def load_npz(path, model: onnx.ModelProto):
@@ -163,12 +205,13 @@ def load_npz(path, model: onnx.ModelProto):
     path = os.fspath(path)
     arrays = read_npz(path)
     feeds = {}
+    shared = per_run_inputs(model)
     for vi in model_inputs(model):
         if vi.name not in arrays:
             raise OnnxPruneError(f"{path}: has no array named '{vi.name}' "
                                  f"(arrays: {', '.join(sorted(arrays))})")
-        feeds[vi.name] = check_array(arrays[vi.name], vi, path)
-    counts = {len(a) for a in feeds.values() if a.ndim}
+        feeds[vi.name] = check_array(arrays[vi.name], vi, path, per_run=vi.name in shared)
+    counts = {len(a) for a in feeds.values() if per_sample(a)}
     if len(counts) > 1:
         raise OnnxPruneError(f"{path}: inputs have different sample counts {sorted(counts)}")
     labels = arrays.get("labels")
@@ -195,6 +238,7 @@ def random_feeds(model: onnx.ModelProto, samples: int, fixed: dict | None = None
     ``guess`` (tests only) sets it to 1."""
     rng = np.random.default_rng(seed)
     feeds = {}
+    shared = per_run_inputs(model, fixed)
     for vi in model_inputs(model):
         dims = input_dims(vi, fixed)
         own = input_dims(vi)
@@ -207,7 +251,9 @@ def random_feeds(model: onnx.ModelProto, samples: int, fixed: dict | None = None
                                  f"{', '.join(unknown)}; give --data (or --calib) or --input-shape "
                                  f"{vi.name}:D1,D2,...")
         shape = [samples] + [d if isinstance(d, int) and d > 0 else 1 for d in dims[1:]]
-        if isinstance(dims[0], int) and dims[0] > 0 and not (fixed and vi.name in fixed and fixed[vi.name][0]):
+        if vi.name in shared:  # one for every run (a recurrent state): its own shape, no sample axis
+            shape[0] = dims[0]
+        elif isinstance(dims[0], int) and dims[0] > 0 and not (fixed and vi.name in fixed and fixed[vi.name][0]):
             shape[0] = samples * dims[0]
         want = NP_TYPES.get(vi.type.tensor_type.elem_type, np.float32)
         need = int(np.prod(shape, dtype=np.float64)) * np.dtype(want).itemsize
@@ -220,4 +266,6 @@ def random_feeds(model: onnx.ModelProto, samples: int, fixed: dict | None = None
             feeds[vi.name] = rng.random(shape) > 0.5
         else:
             feeds[vi.name] = rng.integers(0, 2, size=shape).astype(want)
+        if vi.name in shared:
+            feeds[vi.name] = feeds[vi.name].view(Shared)
     return feeds

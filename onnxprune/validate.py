@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from .costs import count_macs, count_params
-from .data import feeds_and_labels, input_dims, model_inputs, random_feeds, rows, sample_count
+from .data import feeds_and_labels, input_dims, model_inputs, per_run_inputs, random_feeds, rows, sample_count
 from . import runtime
 from .errors import InternalError, OnnxPruneError
 from .graph import GraphView
@@ -94,7 +94,10 @@ def session(model: onnx.ModelProto, threads: int = 1):
 def _batch_size(model: onnx.ModelProto, fixed: dict | None) -> int | None:
     """Samples one run takes: None when the leading dim is symbolic (any batch)."""
     sizes = set()
+    shared = per_run_inputs(model, fixed)
     for vi in model_inputs(model):
+        if vi.name in shared:
+            continue
         d = input_dims(vi, fixed)[:1]
         if d and isinstance(d[0], int) and d[0] > 0:
             sizes.add(d[0])

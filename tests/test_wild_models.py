@@ -306,3 +306,42 @@ def test_a_model_with_a_scalar_output_validates_one_value_per_run(tmp_path):
     path = _save(g.build({"images": [1, 3, 8, 8]}, {score: []}), tmp_path)
     r = CliRunner().invoke(main, ["prune", path, "-o", os.fspath(tmp_path / "o.onnx"), "--ratio", "0.5"])
     assert r.exit_code == 0, r.output
+
+
+def _with_state(batch):
+    """images (batch, 3, 8, 8) -> convs -> features, plus a recurrent-style
+    state [2, 1, 8] (layers x batch x hidden, as silero-vad's and CRNNs' h0)
+    summed over its layers and added to the features -> head."""
+    g = Graph()
+    a = g.add("Relu", [g.conv("images", 3, 8, name="c1")])
+    feat = g.add("Flatten", [g.add("GlobalAveragePool", [g.add("Relu", [g.conv(a, 8, 8, name="c2")])])])
+    h = g.add("ReduceSum", ["state", g.ints("layers", [0])], keepdims=0)
+    y = g.gemm(g.add("Add", [feat, h]), 8, 5, trans_b=1, bias_shape=(5,), name="head")
+    return g.build({"images": [batch, 3, 8, 8], "state": [2, 1, 8]}, {y: [batch, 5]})
+
+
+@pytest.mark.parametrize("batch", [1, "N"])
+def test_a_state_input_whose_leading_dim_is_not_the_batch_is_given_whole_to_every_run(tmp_path, batch):
+    """silero-vad (audio [1, 576], state [2, 1, 128]) and CRNNs with h0
+    [4, 1, 64]: random inputs stacked samples on the state's leading dim, and
+    the original model 'failed' ('invalid dimensions for input: state')."""
+    from onnxprune.data import Shared, per_run_inputs, random_feeds
+
+    model = _with_state(batch)
+    assert per_run_inputs(model) == {"state"}
+    feeds = random_feeds(model, 4)
+    assert isinstance(feeds["state"], Shared) and feeds["state"].shape == (2, 1, 8)
+    path = _save(model, tmp_path)
+    r = CliRunner().invoke(main, ["prune", path, "-o", os.fspath(tmp_path / "o.onnx"), "--ratio", "0.5"])
+    assert r.exit_code == 0, r.output
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((40, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", images=images, state=np.zeros((2, 1, 8), np.float32))
+    r = CliRunner().invoke(main, ["prune", path, "-o", os.fspath(tmp_path / "o2.onnx"), "--ratio", "0.5",
+                                  "--data", os.fspath(tmp_path / "d.npz")])
+    assert r.exit_code == 0, r.output
+    np.savez(tmp_path / "bad.npz", images=images, state=np.zeros((40, 1, 8), np.float32))
+    r = CliRunner().invoke(main, ["prune", path, "-o", os.fspath(tmp_path / "o3.onnx"), "--ratio", "0.5",
+                                  "--data", os.fspath(tmp_path / "bad.npz")])
+    assert r.exit_code == 2 and "one for every run" in r.output
+    assert not (tmp_path / "o3.onnx").exists()
