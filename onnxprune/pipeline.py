@@ -395,6 +395,11 @@ def plan(groups: Groups, scores, cfg: PruneConfig) -> Plan:
     elif cfg.keep is not None:
         result = planner.plan_from_keep(groups, cfg.keep)
     else:
+        if not groups.groups:  # no channel axis reached a weight: say what the weights sit in
+            loose = sorted((w for w in groups.weight_status() if w.status == "none"), key=lambda w: -w.params)
+            hint = f" (the largest weight, '{loose[0].tensor}', is {loose[0].why})" if loose else ""
+            raise OnnxPruneError(f"nothing to prune: no weight is in a channel group{hint}; run "
+                                 f"'onnxprune analyze' for every weight")
         if not groups.prunable:
             reasons = sorted({r for g in groups.groups for r in g.frozen})
             hint = f" ({reasons[0]}{'; ...' if len(reasons) > 1 else ''})" if reasons else ""

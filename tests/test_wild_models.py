@@ -345,3 +345,20 @@ def test_a_state_input_whose_leading_dim_is_not_the_batch_is_given_whole_to_ever
                                   "--data", os.fspath(tmp_path / "bad.npz")])
     assert r.exit_code == 2 and "one for every run" in r.output
     assert not (tmp_path / "o3.onnx").exists()
+
+
+def test_nothing_to_prune_with_no_group_names_the_largest_weight_and_its_reader():
+    """A dynamically quantized detector (ConvInteger throughout) has no
+    group at all: the error once read 'all 0 channel groups are frozen'."""
+    from onnxprune import pipeline
+    from onnxprune.errors import OnnxPruneError
+
+    g = Graph()
+    g.extra_opsets["example.custom"] = 1
+    y = g.add("Mystery", ["x", g.rand("big_w", (8, 8))], domain="example.custom", name="mystery")
+    model = g.build({"x": ["N", 8]}, {y: ["N", 8]})
+    groups = onnxprune.analyze(model)
+    assert not groups.groups
+    with pytest.raises(OnnxPruneError, match=r"no weight is in a channel group \(the largest weight, 'big_w', "
+                                             r"is read by 1 Mystery \(an op with no rule\)"):
+        pipeline.plan(groups, None, pipeline.PruneConfig(ratio=0.3))
