@@ -656,13 +656,18 @@ def test_head_split_reshape_with_a_run_time_shape_rewrites_its_literal_head_coun
     assert list(value(m, "dim")) == [4]
 
 
+def _split_to_heads(g, head_dims: str) -> str:
+    """x (2, 5, 8) -> q (N, S, 12) = 3 heads of 4 -> Reshape(q, Concat(Shape(q)[0:2], head_dims))
+    -> Relu -> merged back to (N, S, 12)."""
+    q = g.matmul("x", 8, 12, name="q")
+    bs = g.add("Slice", [g.add("Shape", [q]), g.ints("s0", [0]), g.ints("s2", [2])])
+    split = g.add("Reshape", [q, g.add("Concat", [bs, head_dims], axis=0)], name="split")
+    return g.add("Reshape", [g.add("Relu", [split]), g.ints("merged", [0, 0, -1])], name="merge")
+
+
 def test_head_count_picked_by_gather_from_a_constant_vector_is_rewritten():
     g = Graph()
-    q = g.matmul("x", 8, 12, name="q")  # (N, S, 12) = 3 heads of 4
-    bs = g.add("Slice", [g.add("Shape", [q]), g.ints("s0", [0]), g.ints("s2", [2])])
-    hd = g.add("Gather", [g.ints("dims", [7, 3, 4]), g.ints("pick", [1, 2])], axis=0)
-    split = g.add("Reshape", [q, g.add("Concat", [bs, hd], axis=0)], name="split")
-    back = g.add("Reshape", [g.add("Relu", [split]), g.ints("merged", [0, 0, -1])], name="merge")
+    back = _split_to_heads(g, g.add("Gather", [g.ints("dims", [7, 3, 4]), g.ints("pick", [1, 2])], axis=0))
     groups = exact(g.build({"x": [2, 5, 8]}, [g.matmul(back, 12, 3, name="out")]), trials=5)
     grp = group_at(groups, "q", -1)
     assert (grp.channels, grp.width) == (3, 4)
@@ -673,14 +678,10 @@ def test_head_count_read_from_the_shape_of_a_constant_is_rewritten_by_cutting_th
     # tf2onnx's einsum: Reshape(q, Concat(Shape(q)[0:2], Gather(Shape(kernel), [2, 3]))) where the
     # kernel, stored as [1, 1, heads, head_dim, hidden], is read only by that Shape.
     g = Graph()
-    q = g.matmul("x", 8, 12, name="q")  # (N, S, 12) = 3 heads of 4
-    bs = g.add("Slice", [g.add("Shape", [q]), g.ints("s0", [0]), g.ints("s2", [2])])
     kernel = g.rand("kernel", (1, 1, 3, 4, 8))
-    hd = g.add("Gather", [g.add("Shape", [kernel], name="kshape"), g.ints("pick", [-3, 3])], axis=0)
-    split = g.add("Reshape", [q, g.add("Concat", [bs, hd], axis=0)], name="split")
-    back = g.add("Reshape", [g.add("Relu", [split]), g.ints("merged", [0, 0, -1])], name="merge")
-    model = g.build({"x": [2, 5, 8]}, [g.matmul(back, 12, 3, name="out")])
-    groups = exact(model, trials=5)
+    back = _split_to_heads(g, g.add("Gather", [g.add("Shape", [kernel], name="kshape"),
+                                               g.ints("pick", [-3, 3])], axis=0))
+    groups = exact(g.build({"x": [2, 5, 8]}, [g.matmul(back, 12, 3, name="out")]), trials=5)
     grp = group_at(groups, "q", -1)
     assert_prunable(grp)
     assert (grp.channels, grp.width) == (3, 4)
