@@ -221,3 +221,54 @@ def test_quantized_attention_scores_keep_heads_prunable():
     assert w["q_W"] == w["k_W"] == w["v_W"] == (8, 4) and w["o_W"] == (4, 3)
     (y1,) = run(out, feeds(model, seed=2, symbolic=3))
     assert y1.shape == (3, 5, 3)
+
+
+def _dynamic_cnn(w_zp: int = 0, per_channel: bool = True):
+    """``quantize_dynamic`` on a CNN (rapid_table_det's detector is 152 of
+    these): images -> DynamicQuantizeLinear -> ConvInteger (int8 weight
+    8 x 3 x 3 x 3, zero point ``w_zp`` per output channel or per tensor) ->
+    Cast -> Mul(x_scale * w_scale) -> Relu -> the same with 8 -> 4."""
+    g = Graph(opset=13)
+    rng = np.random.default_rng(4)
+
+    def layer(x, cin, cout, name):
+        q, x_scale, x_zp = g.add("DynamicQuantizeLinear", [x], n_out=3, name=f"{name}_dql")
+        w = rng.standard_normal((cout, cin, 3, 3))
+        w_scale = float(np.abs(w).max() / 100)
+        wq = g.init(f"{name}_w", np.round(w / w_scale) + w_zp, dtype=np.int8)
+        zp = g.init(f"{name}_zp", np.full((cout,) if per_channel else (), w_zp, np.int8))
+        conv = g.add("ConvInteger", [q, wq, x_zp, zp], name=name, pads=[1, 1, 1, 1])
+        scale = g.add("Mul", [x_scale, g.init(f"{name}_scale", np.float32(w_scale))])
+        return g.add("Mul", [g.add("Cast", [conv], to=TensorProto.FLOAT), scale])
+
+    h = g.add("Relu", [layer("x", 3, 8, "ci1")], name="relu")
+    return g.build({"x": ["N", 3, 6, 6]}, [layer(h, 8, 4, "ci2")])
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_conv_integer_slices_its_weight_and_zero_points_like_a_conv(per_channel):
+    from graphs import feeds, keep_of, pruned
+    from oracle import run
+    from onnxprune.rewrite import apply
+
+    model = _dynamic_cnn(per_channel=per_channel)
+    groups = onnxprune.analyze(model)
+    grp = group_at(groups, "ci1")
+    assert_prunable(grp)
+    assert grp.approximate and "dynamic quantization" in grp.approximate[0]
+    assert (("ci1_zp", 0) in grp.weights) == per_channel
+    keep = keep_of(grp, [0, 2, 3, 7])
+    m = pruned(groups, keep)
+    onnx.checker.check_model(m, full_check=True)
+    dims = {t.name: tuple(t.dims) for t in m.graph.initializer}
+    assert dims["ci1_w"] == (4, 3, 3, 3) and dims["ci2_w"] == (4, 4, 3, 3)
+    assert dims["ci1_zp"] == ((4,) if per_channel else ())
+    if not per_channel:  # onnxruntime's ConvInteger takes one weight zero point only
+        x = feeds(model, seed=2, symbolic=3)
+        (a,), (b,) = run(m, x), run(apply(groups, keep, masked=True), x)
+        assert a.shape == b.shape == (3, 4, 6, 6)
+        # approximate: the kept channels may be quantized a step finer than in the masked model
+        assert np.abs(a - b).max() <= 0.1 * np.abs(b).max()
+    assert group_at(groups, "ci2").frozen  # reaches the graph output
+    frozen = group_at(onnxprune.analyze(_dynamic_cnn(w_zp=3, per_channel=per_channel)), "ci1")
+    assert_frozen(frozen, "zero point is not 0")

@@ -21,6 +21,7 @@ class Conv(Rule):
 
     # ConvTranspose keeps W as (C_in, C_out/g, k...): the axes swap roles.
     in_axis, out_axis = 1, 0
+    bias_input = 2  # ConvInteger has no bias (its input 2 is the activations' zero point)
 
     def analyze(self, node, ctx):
         x, y = node.input[0], node.output[0]
@@ -34,7 +35,8 @@ class Conv(Rule):
         else:
             cin, cout = w[0], w[1] * g
         lin = ctx.require(x, 1, cin)
-        has_bias = len(node.input) > 2 and node.input[2]
+        b = self.bias_input
+        has_bias = b is not None and len(node.input) > b and node.input[b]
         if g == 1:
             ctx.weight(1, self.in_axis, lin, "in")
             lout = ctx.fresh(y, 1, cout)

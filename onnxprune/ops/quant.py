@@ -11,9 +11,9 @@ DynamicQuantizeLinear computes one scale from the min and max of the whole
 tensor: channels pass, but removing the one that held the extreme makes
 the scale finer, so those groups are *approximate* (pruned == masked up to
 a quantization step; the report says so, validation measures it).
-MatMulInteger with a stored weight (``quantize_dynamic``'s output) is
-sliced like a MatMul. The other integer compute ops (ConvInteger,
-QLinear*) read static quantization parameters; they freeze with their
+MatMulInteger and ConvInteger with a stored weight (``quantize_dynamic``'s
+output) are sliced like a MatMul and a Conv. The other integer compute ops
+(QLinear*) read static quantization parameters; they freeze with their
 reason.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import LinearForm, Rule
+from .conv import Conv
 from .linear import MatMul
 from .registry import register
 
@@ -121,7 +122,45 @@ class MatMulInteger(MatMul):
         return LinearForm(weight=1, in_axis=0, out_axis=1, x=0, x_axis=-1, y_axis=-1, refit=False)
 
 
-@register("ConvInteger", "QLinearConv", "QLinearMatMul")
+@register("ConvInteger")
+class ConvInteger(Conv):
+    """``quantize_dynamic``'s Conv: activations quantized by a
+    DynamicQuantizeLinear, a stored integer weight, int32 out (no bias; the
+    scales are a Mul after). Channels as a Conv's, with the weight's per
+    output channel zero point sliced along; a weight zero point other than
+    0 freezes the input channels (a masked, zeroed weight would read as
+    -zero_point), as MatMulInteger's. Compensation does not refit integers."""
+
+    bias_input = None
+
+    def analyze(self, node, ctx):
+        x, y = node.input[0], node.output[0]
+        x_zp = node.input[2] if len(node.input) > 2 else ""
+        if x_zp and ctx.view.rank(x_zp) not in (0, None) and int(np.prod(ctx.view.shape(x_zp) or (2,))) > 1:
+            ctx.freeze_node("ConvInteger with a zero point per input channel")
+            return
+        super().analyze(node, ctx)
+        if ctx.view.const_shape(node.input[1]) is None or not (len(node.input) > 3 and node.input[3]):
+            return
+        out, lin = ctx.get(y, 1), ctx.get(x, 1)
+        zp = ctx.const(3)
+        if zp is None:
+            ctx.freeze(out, "weight zero point computed at run time")
+            ctx.freeze(lin, "weight zero point computed at run time")
+            return
+        if np.any(np.asarray(zp) != 0):
+            ctx.freeze(lin, "the weight's zero point is not 0: a removed input channel would not read as zero")
+        if out is not None and np.size(zp) > 1:
+            ctx.weight(3, 0, out, "param")  # one per output channel
+
+    def linear(self, node, view):
+        form = super().linear(node, view)
+        if form is None:
+            return None
+        return LinearForm(weight=1, in_axis=1, out_axis=0, x=0, x_axis=1, y_axis=1, dense=form.dense, refit=False)
+
+
+@register("QLinearConv", "QLinearMatMul")
 class IntegerCompute(Rule):
     """Integer kernels with quantization parameters: their channels freeze (not rewritten yet)."""
 
