@@ -74,7 +74,7 @@ def check_array(arr, vi: onnx.ValueInfoProto, where: str, fixed: dict | None = N
         if arr.ndim != len(dims) or any(isinstance(d, int) and d > 0 and h != d for h, d in zip(arr.shape, dims)):
             raise OnnxPruneError(f"{where}: array '{name}' has shape {list(arr.shape)}; the model expects "
                                  f"{_show(dims)}, one for every run (its leading dim is not the samples)")
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        if arr.dtype.kind == "f" and not bool(np.all(np.isfinite(arr))):
             raise OnnxPruneError(f"{where}: array '{name}' holds NaN or inf values")
         want = NP_TYPES.get(vi.type.tensor_type.elem_type)
         return (arr.astype(want) if want is not None and arr.dtype != want else arr).view(Shared)

@@ -125,8 +125,15 @@ class Groups:
         return self.view.nodes[use.node]
 
     def weight(self, use: WeightUse) -> np.ndarray:
-        """The (effective) constant value a slice reads."""
-        return self.view.const(self.view.nodes[use.node].input[use.input])
+        """The (effective) constant value a slice reads; an integer weight
+        with a zero point as it computes, minus the zero point."""
+        node = self.view.nodes[use.node]
+        value = self.view.const(node.input[use.input])
+        form = self.linear(use.node)
+        if form is not None and form.zero_point is not None and use.input == form.weight and value is not None:
+            zp = node.input[form.zero_point] if len(node.input) > form.zero_point else ""
+            return form.effective(value, self.view.const(zp) if zp else None)
+        return value
 
     def weight_name(self, use: WeightUse) -> str:
         name = self.view.nodes[use.node].input[use.input]

@@ -99,18 +99,36 @@ def _weight_edit(rw: _Edits, index: int, slot: int, uses: list, masked: bool):
     return key, steps
 
 
-def _apply_steps(value: np.ndarray, steps, masked: bool) -> np.ndarray:
+def _apply_steps(value: np.ndarray, steps, masked: bool, fill=0) -> np.ndarray:
     if masked:
         value = np.array(value, copy=True)
         for axis, removed in steps:
             idx = [slice(None)] * value.ndim
             idx[axis] = removed
-            value[tuple(idx)] = 0
+            value[tuple(idx)] = fill
         return value
     for axis, pos in steps:
         if len(pos) != value.shape[axis]:
             value = np.take(value, pos, axis=axis)
     return value
+
+
+def _mask_fill(rw: _Edits, index: int, slot: int):
+    """What a masked integer weight with a zero point holds at a removed
+    input: the zero point (broadcast along the output axis), so that the
+    position computes W - zp = 0 as a zeroed float weight does; None for a
+    plain weight (zeroed)."""
+    node = rw.view.nodes[index]
+    form = rule_for(node, rw.view).linear(node, rw.view)
+    if form is None or form.zero_point is None or slot != form.weight or len(node.input) <= form.zero_point \
+            or not node.input[form.zero_point]:
+        return None
+    zp = np.asarray(rw.value(index, form.zero_point))
+    if zp.size > 1:
+        shape = [1] * len(rw.view.const_shape(node.input[slot]))
+        shape[form.out_axis] = zp.size
+        zp = zp.reshape(shape)
+    return zp if np.any(zp != 0) else None
 
 
 def _rewrite_weights(rw: _Edits, masked: bool) -> None:
@@ -138,8 +156,12 @@ def _rewrite_weights(rw: _Edits, masked: bool) -> None:
             key, steps = _weight_edit(rw, index, slot, uses, masked)
             if key is None:
                 continue
+            fill = _mask_fill(rw, index, slot) if masked else None
+            if fill is not None:
+                key = (key, index, slot)
             if key not in computed:
-                computed[key] = np.ascontiguousarray(_apply_steps(rw.value(index, slot), steps, masked))
+                computed[key] = np.ascontiguousarray(_apply_steps(rw.value(index, slot), steps, masked,
+                                                                  0 if fill is None else fill))
             edits.append((index, slot, computed[key]))
         if edits:
             _write_source(rw, source, edits, masked)

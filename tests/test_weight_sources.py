@@ -167,8 +167,17 @@ def test_dynamic_quantization_prunes_approximately_and_says_so(per_column_zp):
     assert cfg.criterion == "obs" and grp.id in pipeline.score(again, calibration, cfg).orders
     res = onnxprune.prune(model, ratio=0.25, calib=cfg.calib, round_to=1, validate=False)
     assert any("stored as integers" in n for n in res.compensation.skipped)
-    frozen = group_at(onnxprune.analyze(_dynamic_mlp(per_column_zp, second_zp=128)[0]), "mmi1", -1)
-    assert_frozen(frozen, "zero point is not 0")
+    # uint8 weights around a zero point of 128: the masked model fills a removed row with the
+    # zero point (W - zp = 0 there), and scores read W - zp
+    offset, _ = _dynamic_mlp(per_column_zp, second_zp=128)
+    og = onnxprune.analyze(offset)
+    ogrp = group_at(og, "mmi1", -1)
+    assert_prunable(ogrp)
+    (a,), (b,) = run(pruned(og, keep_of(ogrp, range(8, 32))), x), run(apply(og, keep_of(ogrp, range(8, 32)),
+                                                                            masked=True), x)
+    np.testing.assert_array_equal(a, b)
+    use = next(u for u in og.consumers(ogrp.id) if og.view.nodes[u.node].name == "mmi2")
+    np.testing.assert_array_equal(og.weight(use), value(offset, "mmi2_w").astype(np.float64) - 128)
 
 
 def test_a_weight_behind_an_op_that_cannot_be_traced_is_folded_and_its_chain_removed():
@@ -270,5 +279,14 @@ def test_conv_integer_slices_its_weight_and_zero_points_like_a_conv(per_channel)
         # approximate: the kept channels may be quantized a step finer than in the masked model
         assert np.abs(a - b).max() <= 0.1 * np.abs(b).max()
     assert group_at(groups, "ci2").frozen  # reaches the graph output
-    frozen = group_at(onnxprune.analyze(_dynamic_cnn(w_zp=3, per_channel=per_channel)), "ci1")
-    assert_frozen(frozen, "zero point is not 0")
+    # a weight zero point of 3: a removed input channel is masked with it, not with 0
+    offset = _dynamic_cnn(w_zp=3, per_channel=per_channel)
+    og = onnxprune.analyze(offset)
+    ogrp = group_at(og, "ci1")
+    assert_prunable(ogrp)
+    masked = apply(og, keep_of(ogrp, [0, 2, 3, 7]), masked=True)
+    w = value(masked, "ci2_w")
+    assert (w[:, [1, 4, 5, 6]] == 3).all() and (w[:, [0, 2, 3, 7]] == value(offset, "ci2_w")[:, [0, 2, 3, 7]]).all()
+    if not per_channel:
+        (a,), (b,) = run(pruned(og, keep_of(ogrp, [0, 2, 3, 7])), x), run(masked, x)
+        assert np.abs(a - b).max() <= 0.1 * np.abs(b).max()

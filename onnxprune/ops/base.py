@@ -70,6 +70,20 @@ class LinearForm:
     bias_scale: float = 1.0
     dense: bool = True
     refit: bool = True  # False: stored as integers (MatMulInteger): scored, never rewritten by compensation
+    zero_point: int | None = None  # the input slot of W's zero point: the effective weight is W - zp
+
+    def effective(self, value: np.ndarray, zp) -> np.ndarray:
+        """W as it computes: minus its zero point (a scalar, or one per
+        output neuron along ``out_axis``), in float64."""
+        w = np.asarray(value, dtype=np.float64)
+        if zp is None:
+            return w
+        zp = np.asarray(zp, dtype=np.float64)
+        if zp.size > 1:
+            shape = [1] * w.ndim
+            shape[self.out_axis] = zp.size
+            zp = zp.reshape(shape)
+        return w - zp
 
     def matrix(self, value: np.ndarray) -> np.ndarray:
         """W as (inputs, outputs, kernel taps), float64."""

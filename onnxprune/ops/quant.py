@@ -73,9 +73,10 @@ class MatMulInteger(MatMul):
     DynamicQuantizeLinear) times a stored integer weight, int32 out. The
     weight is sliced like a MatMul's, with its per-column zero point; the
     scales are applied after (a Mul by a scalar, element-wise). A weight
-    zero point other than 0 freezes the input channels: the masked model's
-    zeroed row would read as -zero_point. Scores read the stored integers;
-    compensation does not refit them (``LinearForm.refit``). Two quantized
+    with a zero point computes W - zp: scores read that
+    (``LinearForm.zero_point``), and the masked model fills a removed row
+    with the zero point, not 0 (``rewrite._mask_fill``). Compensation does
+    not refit integers (``LinearForm.refit``). Two quantized
     activations (attention's Q.K^T and P.V) with scalar zero points are a
     MatMul of activations: batch axes, the heads, pass."""
 
@@ -104,9 +105,6 @@ class MatMulInteger(MatMul):
                 ctx.freeze(out, "weight zero point computed at run time")
                 ctx.freeze(ctx.get(a, -1), "weight zero point computed at run time")
                 return
-            if np.any(np.asarray(zp) != 0):  # the masked model's zeroed row would read -zero_point
-                ctx.freeze(ctx.get(a, -1), "the weight's zero point is not 0: a removed input row "
-                                           "would not read as zero")
             if out is not None and np.size(zp) > 1:
                 ctx.weight(3, np.ndim(zp) - 1, out, "param")  # per output column
 
@@ -119,7 +117,7 @@ class MatMulInteger(MatMul):
         b = view.const_shape(node.input[1])
         if b is None or len(b) != 2 or view.is_const(node.input[0]):
             return None
-        return LinearForm(weight=1, in_axis=0, out_axis=1, x=0, x_axis=-1, y_axis=-1, refit=False)
+        return LinearForm(weight=1, in_axis=0, out_axis=1, x=0, x_axis=-1, y_axis=-1, refit=False, zero_point=3)
 
 
 @register("ConvInteger")
@@ -127,9 +125,8 @@ class ConvInteger(Conv):
     """``quantize_dynamic``'s Conv: activations quantized by a
     DynamicQuantizeLinear, a stored integer weight, int32 out (no bias; the
     scales are a Mul after). Channels as a Conv's, with the weight's per
-    output channel zero point sliced along; a weight zero point other than
-    0 freezes the input channels (a masked, zeroed weight would read as
-    -zero_point), as MatMulInteger's. Compensation does not refit integers."""
+    output channel zero point sliced along; the zero point is handled as
+    MatMulInteger's. Compensation does not refit integers."""
 
     bias_input = None
 
@@ -148,8 +145,6 @@ class ConvInteger(Conv):
             ctx.freeze(out, "weight zero point computed at run time")
             ctx.freeze(lin, "weight zero point computed at run time")
             return
-        if np.any(np.asarray(zp) != 0):
-            ctx.freeze(lin, "the weight's zero point is not 0: a removed input channel would not read as zero")
         if out is not None and np.size(zp) > 1:
             ctx.weight(3, 0, out, "param")  # one per output channel
 
@@ -157,7 +152,8 @@ class ConvInteger(Conv):
         form = super().linear(node, view)
         if form is None:
             return None
-        return LinearForm(weight=1, in_axis=1, out_axis=0, x=0, x_axis=1, y_axis=1, dense=form.dense, refit=False)
+        return LinearForm(weight=1, in_axis=1, out_axis=0, x=0, x_axis=1, y_axis=1, dense=form.dense, refit=False,
+                          zero_point=3)
 
 
 @register("QLinearConv", "QLinearMatMul")
