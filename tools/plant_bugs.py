@@ -328,8 +328,10 @@ def run_one(name: str, timeout: int, tests: list | None = None) -> tuple[str, st
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mutant-") as tmp:
         repo = os.path.join(tmp, "repo")
+        # test_mutant_snippets.py checks the snippets are in place: in a mutant's copy it would kill every mutant
         shutil.copytree(ROOT, repo, ignore=shutil.ignore_patterns(".git", "__pycache__", ".hypothesis",
-                                                                   ".pytest_cache", ".cache", "*.egg-info"))
+                                                                   ".pytest_cache", ".cache", "*.egg-info",
+                                                                   "test_mutant_snippets.py"))
         target = os.path.join(repo, path)
         with open(target) as f:
             text = f.read()
