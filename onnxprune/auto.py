@@ -24,6 +24,7 @@ import numpy as np
 
 from .data import rows
 from .errors import OnnxPruneError
+from .similarity import centred_cosines
 
 
 @dataclass
@@ -61,12 +62,7 @@ def _metric(outs: np.ndarray, ref: np.ndarray, labels) -> tuple[str, float, floa
         return "accuracy", float(np.mean(outs.argmax(1) == labels)), float(np.mean(ref.argmax(1) == labels))
     if ref.ndim == 2 and ref.shape[1] > 1:
         return "top-1 agreement", float(np.mean(outs.argmax(1) == ref.argmax(1))), 1.0
-    a = ref.reshape(len(ref), -1).astype(np.float64)
-    b = outs.reshape(len(outs), -1).astype(np.float64)
-    a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
-    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    cos = np.where(den > 0, np.einsum("ij,ij->i", a, b) / np.maximum(den, 1e-300), 1.0)
-    return "centred cosine", float(cos.mean()), 1.0
+    return "centred cosine", float(centred_cosines(ref, outs).mean()), 1.0
 
 
 def _held_out(source_model, cfg):

@@ -130,9 +130,9 @@ class Groups:
         node = self.view.nodes[use.node]
         value = self.view.const(node.input[use.input])
         form = self.linear(use.node)
-        if form is not None and form.zero_point is not None and use.input == form.weight and value is not None:
-            zp = node.input[form.zero_point] if len(node.input) > form.zero_point else ""
-            return form.effective(value, self.view.const(zp) if zp else None)
+        zp = form.zero_point_input(node) if form is not None and use.input == form.weight else ""
+        if zp and value is not None:
+            return form.effective(value, self.view.const(zp))
         return value
 
     def weight_name(self, use: WeightUse) -> str:

@@ -120,14 +120,9 @@ def _mask_fill(rw: _Edits, index: int, slot: int):
     plain weight (zeroed)."""
     node = rw.view.nodes[index]
     form = rule_for(node, rw.view).linear(node, rw.view)
-    if form is None or form.zero_point is None or slot != form.weight or len(node.input) <= form.zero_point \
-            or not node.input[form.zero_point]:
+    if form is None or slot != form.weight or not form.zero_point_input(node):
         return None
-    zp = np.asarray(rw.value(index, form.zero_point))
-    if zp.size > 1:
-        shape = [1] * len(rw.view.const_shape(node.input[slot]))
-        shape[form.out_axis] = zp.size
-        zp = zp.reshape(shape)
+    zp = form.along_outputs(rw.value(index, form.zero_point), len(rw.view.const_shape(node.input[slot])))
     return zp if np.any(zp != 0) else None
 
 

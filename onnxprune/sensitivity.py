@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import OnnxPruneError
+from .similarity import centred_cosines
 
 FORMAT = "onnxprune-sensitivity/1"
 DEFAULT_RATIOS = (0.1, 0.25, 0.5, 0.75)
@@ -71,13 +72,7 @@ def damage(a: np.ndarray, b: np.ndarray) -> tuple[str, float]:
         p, q = _softmax(a64), _softmax(b64)
         kl = np.sum(p * (np.log(np.maximum(p, 1e-30)) - np.log(np.maximum(q, 1e-30))), axis=1)
         return "kl", float(np.mean(kl))
-    a2 = a64.reshape(len(a64), -1)
-    b2 = b64.reshape(len(b64), -1)
-    a2 = a2 - a2.mean(axis=1, keepdims=True)
-    b2 = b2 - b2.mean(axis=1, keepdims=True)
-    den = np.linalg.norm(a2, axis=1) * np.linalg.norm(b2, axis=1)
-    cos = np.where(den > 0, np.einsum("ij,ij->i", a2, b2) / np.maximum(den, 1e-300), 1.0)
-    return "1-cos", float(np.mean(1.0 - cos))
+    return "1-cos", float(np.mean(1.0 - centred_cosines(a64, b64)))
 
 
 # -- one job -------------------------------------------------------------------------------------

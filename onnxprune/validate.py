@@ -23,6 +23,7 @@ from .errors import InternalError, OnnxPruneError
 from .graph import GraphView
 from .model import load
 from .shapes import shapes as shape_info
+from .similarity import across_samples
 
 
 @dataclass
@@ -32,7 +33,7 @@ class OutputFidelity:
     label per sample would always read 1.0): it has the share of samples
     whose values all stay equal, as ``top1_agreement``. An output of one
     float per sample has one cosine, over the samples, centred
-    (``_centered_cosine``)."""
+    (``similarity.across_samples``)."""
     name: str
     cosine_mean: float | None
     cosine_min: float | None
@@ -147,7 +148,7 @@ def _fidelity(name: str, a: np.ndarray, b: np.ndarray) -> OutputFidelity:
     if all(np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_ for x in (a, b)):
         return OutputFidelity(name, None, None, diff, float(np.mean(np.all(a64 == b64, axis=1))))
     if a64.shape[1] == 1 and len(a64) > 1:
-        c = _centered_cosine(a64[:, 0], b64[:, 0])
+        c = across_samples(a64[:, 0], b64[:, 0])
         return OutputFidelity(name, c, c, diff, None)
     na, nb = np.linalg.norm(a64, axis=1), np.linalg.norm(b64, axis=1)
     dot = (a64 * b64).sum(axis=1)
@@ -158,22 +159,6 @@ def _fidelity(name: str, a: np.ndarray, b: np.ndarray) -> OutputFidelity:
     if a.ndim == 2 and a.shape[1] > 1 and np.issubdtype(a.dtype, np.floating):
         top1 = float(np.mean(a.argmax(1) == b.argmax(1)))
     return OutputFidelity(name, float(cos.mean()), float(cos.min()), diff, top1)
-
-
-def _centered_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """One value per sample (a wake-word score, a quality rating, a
-    regression): the cosine of one value with another only says whether the
-    sign stayed (always 1.0 for probabilities), so the samples are compared
-    as one vector, centred (how well the pruned scores follow the original's
-    across samples). Two constant outputs agree only if they are equal."""
-    x, y = a - a.mean(), b - b.mean()
-    nx, ny = np.linalg.norm(x), np.linalg.norm(y)
-    scale = max(float(np.abs(a).max()), float(np.abs(b).max()), 1e-30)
-    if nx <= 1e-9 * scale * np.sqrt(len(a)) and ny <= 1e-9 * scale * np.sqrt(len(b)):
-        return 1.0 if np.allclose(a, b, rtol=1e-3, atol=1e-6 * scale) else 0.0
-    if nx == 0 or ny == 0:
-        return 0.0
-    return float(np.dot(x, y) / (nx * ny))
 
 
 def _predicted(y: np.ndarray) -> np.ndarray:

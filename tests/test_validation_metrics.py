@@ -66,3 +66,17 @@ def test_one_value_per_sample_compares_across_samples_centred():
     const = np.full((3, 1), 0.5, np.float32)
     assert _fidelity("s", const, const.copy()).cosine_min == 1.0
     assert _fidelity("s", const, const + 0.2).cosine_min == 0.0
+
+
+def test_one_value_per_sample_moves_the_sweep_damage_and_the_auto_metric_too():
+    """The sensitivity sweep and the automatic loop use the same centred
+    cosine (``similarity.centred_cosines``): per sample, one value always
+    read 1.0, so a score model's damage was 0 whatever was removed."""
+    from onnxprune.auto import _metric
+    from onnxprune.sensitivity import damage
+
+    a = np.array([[0.1], [0.2], [0.3], [0.4]])
+    flat = np.full_like(a, 0.25)
+    assert damage(a, flat) == ("1-cos", 1.0)
+    assert damage(a, a * 2 + 0.05)[1] < 1e-9
+    assert _metric(flat, a, None)[1] == 0.0

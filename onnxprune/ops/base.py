@@ -72,18 +72,25 @@ class LinearForm:
     refit: bool = True  # False: stored as integers (MatMulInteger): scored, never rewritten by compensation
     zero_point: int | None = None  # the input slot of W's zero point: the effective weight is W - zp
 
+    def zero_point_input(self, node) -> str:
+        """The name of W's zero point input ('' when the op has none)."""
+        k = self.zero_point
+        return node.input[k] if k is not None and len(node.input) > k else ""
+
+    def along_outputs(self, zp, ndim: int) -> np.ndarray:
+        """A zero point (a scalar, or one per output neuron) shaped to
+        broadcast against a W of ``ndim`` axes."""
+        zp = np.asarray(zp)
+        if zp.size <= 1:
+            return zp
+        shape = [1] * ndim
+        shape[self.out_axis] = zp.size
+        return zp.reshape(shape)
+
     def effective(self, value: np.ndarray, zp) -> np.ndarray:
-        """W as it computes: minus its zero point (a scalar, or one per
-        output neuron along ``out_axis``), in float64."""
+        """W as it computes: minus its zero point, in float64."""
         w = np.asarray(value, dtype=np.float64)
-        if zp is None:
-            return w
-        zp = np.asarray(zp, dtype=np.float64)
-        if zp.size > 1:
-            shape = [1] * w.ndim
-            shape[self.out_axis] = zp.size
-            zp = zp.reshape(shape)
-        return w - zp
+        return w if zp is None else w - self.along_outputs(np.asarray(zp, np.float64), w.ndim)
 
     def matrix(self, value: np.ndarray) -> np.ndarray:
         """W as (inputs, outputs, kernel taps), float64."""

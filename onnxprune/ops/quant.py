@@ -26,6 +26,21 @@ from .linear import MatMul
 from .registry import register
 
 
+def _weight_zero_point(ctx, node, out, lin) -> None:
+    """MatMulInteger's and ConvInteger's weight zero point (input 3): one
+    computed at run time freezes both channel axes; one per output neuron
+    (along its last axis) is sliced with them. A nonzero one is no reason to
+    freeze: scores read W - zp and the masked model fills with it."""
+    if not (len(node.input) > 3 and node.input[3]):
+        return
+    zp = ctx.const(3)
+    if zp is None:
+        ctx.freeze(out, "weight zero point computed at run time")
+        ctx.freeze(lin, "weight zero point computed at run time")
+    elif out is not None and np.size(zp) > 1:
+        ctx.weight(3, np.ndim(zp) - 1, out, "param")  # one per output neuron
+
+
 @register("QuantizeLinear", "DequantizeLinear")
 class QuantizeDequantize(Rule):
     """Per-tensor: channels pass. Per-axis: that axis is channel-wise, its scale and zero point sliced."""
@@ -98,15 +113,7 @@ class MatMulInteger(MatMul):
         if rows is not None and a_zp and ctx.view.rank(a_zp) != 0:
             ctx.freeze(rows, "per-row zero point of the activations along a channel axis")
         super().analyze(node, ctx)
-        out = ctx.get(y, -1)
-        if len(node.input) > 3 and node.input[3]:
-            zp = ctx.const(3)
-            if zp is None:
-                ctx.freeze(out, "weight zero point computed at run time")
-                ctx.freeze(ctx.get(a, -1), "weight zero point computed at run time")
-                return
-            if out is not None and np.size(zp) > 1:
-                ctx.weight(3, np.ndim(zp) - 1, out, "param")  # per output column
+        _weight_zero_point(ctx, node, ctx.get(y, -1), ctx.get(a, -1))
 
     def linear(self, node, view):
         """Scores read the stored integers: with quantize_dynamic's one scale
@@ -133,20 +140,12 @@ class ConvInteger(Conv):
     def analyze(self, node, ctx):
         x, y = node.input[0], node.output[0]
         x_zp = node.input[2] if len(node.input) > 2 else ""
-        if x_zp and ctx.view.rank(x_zp) not in (0, None) and int(np.prod(ctx.view.shape(x_zp) or (2,))) > 1:
+        if x_zp and int(np.prod(ctx.view.shape(x_zp) or ())) > 1:
             ctx.freeze_node("ConvInteger with a zero point per input channel")
             return
         super().analyze(node, ctx)
-        if ctx.view.const_shape(node.input[1]) is None or not (len(node.input) > 3 and node.input[3]):
-            return
-        out, lin = ctx.get(y, 1), ctx.get(x, 1)
-        zp = ctx.const(3)
-        if zp is None:
-            ctx.freeze(out, "weight zero point computed at run time")
-            ctx.freeze(lin, "weight zero point computed at run time")
-            return
-        if out is not None and np.size(zp) > 1:
-            ctx.weight(3, 0, out, "param")  # one per output channel
+        if ctx.view.const_shape(node.input[1]) is not None:
+            _weight_zero_point(ctx, node, ctx.get(y, 1), ctx.get(x, 1))
 
     def linear(self, node, view):
         form = super().linear(node, view)
