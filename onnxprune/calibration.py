@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import importlib.util
+import io
 import os
 import sys
 import threading
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
+from threadpoolctl import threadpool_limits
 
 from .data import (check_array, join, model_inputs, per_run_inputs, per_sample, random_feeds, read_npy, read_npz,
                    rows, sample_count)
@@ -287,28 +289,43 @@ def _folder_samples(path: str, names: list[str]):
             yield batch
 
 
+def _user_call(fn, *args, what: str):
+    """Call the user's code with what it prints held back: a module that
+    parses its own command line at import (argparse) prints a usage text and
+    exits, which becomes one line naming the exit status and the first line
+    it printed. What it prints on success goes to stderr as it would have."""
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            result = fn(*args)
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - user code may raise anything, or exit
+        printed = next((line.strip() for line in out.getvalue().splitlines() if line.strip()), "")
+        said = f" (it printed: {printed})" if printed else ""
+        if isinstance(e, SystemExit):
+            raise OnnxPruneError(f"{what} exited (SystemExit: {e.code}){said}") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise OnnxPruneError(f"{what} raised {type(e).__name__}: {first}{said}") from None
+    if out.getvalue():
+        sys.stderr.write(out.getvalue())
+    return result
+
+
 def _callable_samples(spec: str):
     path, _, func = spec.rpartition(":")
     if not os.path.exists(path):
         raise OnnxPruneError(f"--calib {spec}: no such file {path}")
+    name = f"onnxprune_calib_{abs(hash(os.path.abspath(path)))}"
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
     try:
-        name = f"onnxprune_calib_{abs(hash(os.path.abspath(path)))}"
-        module_spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(module_spec)
-        sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
-        try:
-            module_spec.loader.exec_module(module)
-        finally:
-            sys.path.pop(0)
-    except (Exception, SystemExit) as e:  # noqa: BLE001 - user code may raise anything, or exit
-        raise OnnxPruneError(f"--calib {spec}: importing {path} failed: {type(e).__name__}: {e}") from None
+        _user_call(module_spec.loader.exec_module, module, what=f"--calib {spec}: importing {path}")
+    finally:
+        sys.path.pop(0)
     fn = getattr(module, func, None)
     if not callable(fn):
         raise OnnxPruneError(f"--calib {spec}: {path} has no function '{func}'")
-    try:
-        result = fn()
-    except (Exception, SystemExit) as e:  # noqa: BLE001 - user code may raise anything, or exit
-        raise OnnxPruneError(f"--calib {spec}: {func}() raised {type(e).__name__}: {e}") from None
+    result = _user_call(fn, what=f"--calib {spec}: {func}()")
     try:
         return iter(result)
     except TypeError:
@@ -427,7 +444,8 @@ def _guarded(samples):
         except OnnxPruneError:
             raise
         except (Exception, SystemExit) as e:  # noqa: BLE001 - user generators may raise anything, or exit
-            raise OnnxPruneError(f"calibration data source raised {type(e).__name__}: {e}") from None
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise OnnxPruneError(f"calibration data source raised {type(e).__name__}: {first}") from None
         yield item
 
 
@@ -535,19 +553,11 @@ class _RunFailed(Exception):
     """onnxruntime failed on a batch (as opposed to the statistics failing)."""
 
 
-def _can_limit_blas() -> bool:
-    return importlib.util.find_spec("threadpoolctl") is not None
-
-
 def _one_blas_thread():
-    """Hold BLAS to one thread meanwhile (threadpoolctl; where it is not
-    installed, nothing). The Gram products run beside onnxruntime's own
-    threads: more BLAS threads on top of those only oversubscribe the cores,
-    and a small product then costs many times its single-thread time."""
-    if not _can_limit_blas():
-        return contextlib.nullcontext()
-    from threadpoolctl import threadpool_limits
-
+    """Hold BLAS to one thread meanwhile. The Gram products run beside
+    onnxruntime's own threads: more BLAS threads on top of those only
+    oversubscribe the cores, and a small product then costs many times its
+    single-thread time."""
     return threadpool_limits(limits=1, user_api="blas")
 
 
@@ -681,8 +691,7 @@ def calibrate(model: onnx.ModelProto, source, requests: dict, *, samples: int | 
     run ends runs on every core; two batches of the tensors are then alive
     at once. Without it (``overlap=False``, the sequential mode) the jobs run
     on every core between the runs and ``wait_seconds`` is their whole cost.
-    Without threadpoolctl one thread takes them between the runs, with
-    BLAS's own threads. The session's idle threads do not spin
+    The session's idle threads do not spin
     (``spinning``): they would hold the cores the statistics need.
     ``progress``: a bar on stderr."""
     from .runtime import Fetcher, exposing
@@ -696,10 +705,8 @@ def calibrate(model: onnx.ModelProto, source, requests: dict, *, samples: int | 
     available = set(want) | set(names)
     jobs = [(tensor, axis, gram) for (tensor, axis), gram in requests.items() if tensor in available]
     fetch = Fetcher(sess, want)
-    # Without threadpoolctl BLAS keeps its own threads: one thread then takes
-    # the statistics, between runs.
-    workers = max(1, min(threads or _cores(), len(jobs))) if _can_limit_blas() else 1
-    beside = 1 if overlap and _can_limit_blas() else 0  # jobs running beside onnxruntime
+    workers = max(1, min(threads or _cores(), len(jobs)))
+    beside = 1 if overlap else 0  # jobs running beside onnxruntime
     cal.overlapped = bool(beside)
     pool = _StatsPool(workers)
     pending = None  # (input signature, outputs) of the batch the pool works on

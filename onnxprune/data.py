@@ -9,12 +9,14 @@ import onnx
 
 from .errors import OnnxPruneError
 
-NP_TYPES = {
-    onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
-    onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.INT64: np.int64,
-    onnx.TensorProto.INT32: np.int32, onnx.TensorProto.INT8: np.int8,
-    onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.BOOL: np.bool_,
-}
+def np_type(elem_type: int) -> np.dtype | None:
+    """The numpy type of an ONNX element type, from onnx's own table (int16,
+    uint64, bfloat16... included); None for strings and unknown types."""
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
+    except (KeyError, ValueError, TypeError):
+        return None
+    return None if dtype.kind == "O" else dtype
 
 
 def model_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -59,6 +61,14 @@ def per_run_inputs(model: onnx.ModelProto, fixed: dict | None = None) -> set[str
     return {n for n, d in known.items() if d > 1}
 
 
+def _kind(arr: np.ndarray) -> str:
+    """What an array holds, in words (``<U5`` means nothing to most users)."""
+    if arr.dtype.kind in "US":
+        kind = "strings" if arr.dtype.kind == "U" else "byte strings"
+        return kind + (f" (such as {arr.reshape(-1)[0].item()!r})" if arr.size else "")
+    return "Python objects" if arr.dtype.kind == "O" else f"{arr.dtype} values"
+
+
 def check_array(arr, vi: onnx.ValueInfoProto, where: str, fixed: dict | None = None,
                 per_run: bool = False) -> np.ndarray:
     """One input array as data for ``vi``: numbers (cast to the input's dtype),
@@ -68,7 +78,7 @@ def check_array(arr, vi: onnx.ValueInfoProto, where: str, fixed: dict | None = N
     arr = np.asarray(arr)
     name = vi.name
     if arr.dtype.kind not in "biuf":
-        raise OnnxPruneError(f"{where}: array '{name}' holds {arr.dtype} values, not real numbers")
+        raise OnnxPruneError(f"{where}: array '{name}' holds {_kind(arr)}, not real numbers")
     dims = input_dims(vi, fixed)
     if per_run:
         if arr.ndim != len(dims) or any(isinstance(d, int) and d > 0 and h != d for h, d in zip(arr.shape, dims)):
@@ -76,13 +86,13 @@ def check_array(arr, vi: onnx.ValueInfoProto, where: str, fixed: dict | None = N
                                  f"{_show(dims)}, one for every run (its leading dim is not the samples)")
         if arr.dtype.kind == "f" and not bool(np.all(np.isfinite(arr))):
             raise OnnxPruneError(f"{where}: array '{name}' holds NaN or inf values")
-        want = NP_TYPES.get(vi.type.tensor_type.elem_type)
+        want = np_type(vi.type.tensor_type.elem_type)
         return (arr.astype(want) if want is not None and arr.dtype != want else arr).view(Shared)
     if not dims:  # a scalar input (a flag, a step): one value shared by every sample
         if arr.ndim:
             raise OnnxPruneError(f"{where}: array '{name}' has shape {list(arr.shape)}; the model "
                                  f"expects a scalar (one value for every sample)")
-        want = NP_TYPES.get(vi.type.tensor_type.elem_type)
+        want = np_type(vi.type.tensor_type.elem_type)
         return arr.astype(want) if want is not None and arr.dtype != want else arr
     if arr.ndim != len(dims) or arr.ndim == 0:
         what = "a scalar" if arr.ndim == 0 else f"shape {list(arr.shape)}"
@@ -97,7 +107,7 @@ def check_array(arr, vi: onnx.ValueInfoProto, where: str, fixed: dict | None = N
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         bad = "NaN" if np.isnan(arr).any() else "inf"
         raise OnnxPruneError(f"{where}: array '{name}' holds {bad} values")
-    want = NP_TYPES.get(vi.type.tensor_type.elem_type)
+    want = np_type(vi.type.tensor_type.elem_type)
     return arr.astype(want) if want is not None and arr.dtype != want else arr
 
 
@@ -255,17 +265,22 @@ def random_feeds(model: onnx.ModelProto, samples: int, fixed: dict | None = None
             shape[0] = dims[0]
         elif isinstance(dims[0], int) and dims[0] > 0 and not (fixed and vi.name in fixed and fixed[vi.name][0]):
             shape[0] = samples * dims[0]
-        want = NP_TYPES.get(vi.type.tensor_type.elem_type, np.float32)
+        want = np_type(vi.type.tensor_type.elem_type)
+        if want is None:
+            kind = onnx.TensorProto.DataType.Name(vi.type.tensor_type.elem_type).lower() \
+                if vi.type.tensor_type.elem_type in onnx.TensorProto.DataType.values() else "an unknown type"
+            raise OnnxPruneError(f"input '{vi.name}' holds {kind} values, for which random inputs cannot be "
+                                 f"made; give --data (or --calib)")
         need = int(np.prod(shape, dtype=np.float64)) * np.dtype(want).itemsize
         if need > MAX_RANDOM_BYTES:
             raise OnnxPruneError(f"random inputs for '{vi.name}' of shape {shape} would take "
                                  f"{need / 2**30:.1f} GiB; give --data or a smaller --input-shape")
-        if np.issubdtype(want, np.floating):
-            feeds[vi.name] = rng.standard_normal(shape).astype(want)
-        elif want == np.bool_:
+        if want == np.bool_:
             feeds[vi.name] = rng.random(shape) > 0.5
-        else:
+        elif want.kind in "iu":
             feeds[vi.name] = rng.integers(0, 2, size=shape).astype(want)
+        else:  # floats of every width, bfloat16 and float8 included
+            feeds[vi.name] = rng.standard_normal(shape).astype(want)
         if vi.name in shared:
             feeds[vi.name] = feeds[vi.name].view(Shared)
     return feeds

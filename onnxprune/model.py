@@ -170,7 +170,14 @@ def check_writable(path, protect: set[str] = frozenset()) -> str:
     path = os.path.abspath(os.fspath(path))
     folder = os.path.dirname(path)
     if not os.path.isdir(folder):
+        above = folder  # the nearest part of the path that exists says what is wrong
+        while not os.path.lexists(above) and os.path.dirname(above) != above:
+            above = os.path.dirname(above)
+        if os.path.lexists(above) and not os.path.isdir(above):
+            raise OnnxPruneError(f"{path}: {above} is a file, not a folder")
         raise OnnxPruneError(f"{path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise OnnxPruneError(f"{path}: folder {folder} is not writable")
     if os.path.isdir(path):
         raise OnnxPruneError(f"{path}: is a folder")
     if os.path.realpath(path) in protect:

@@ -61,6 +61,36 @@ def session(model: onnx.ModelProto | bytes | str, threads: int | None = 1, optim
         raise OnnxPruneError(f"onnxruntime cannot load the model: {str(e).splitlines()[0]}") from None
 
 
+# The op domains onnxruntime's CPU build implements; an op of any other domain
+# (not a function the model defines) is a custom op, which needs its library.
+RUNTIME_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc",
+                   "com.microsoft.experimental", "ai.onnx.preview.training", "ai.onnx.training")
+
+
+def foreign_ops(model: onnx.ModelProto) -> list[str]:
+    """Custom ops onnxruntime cannot know: ``domain.op (node 'name')``, once per op."""
+    from .walk import all_graphs
+
+    local = {(f.domain, f.name) for f in model.functions}
+    out: dict[tuple, str] = {}
+    for g in all_graphs(model.graph):
+        for n in g.node:
+            if n.domain not in RUNTIME_DOMAINS and (n.domain, n.op_type) not in local:
+                where = f"node '{n.name}'" if n.name else f"the node writing '{n.output[0]}'"
+                out.setdefault((n.domain, n.op_type), f"{n.domain}.{n.op_type} ({where})")
+    return list(out.values())
+
+
+def load_failure(model: onnx.ModelProto | str, error: OnnxPruneError) -> str:
+    """Why onnxruntime does not load a model, naming its custom ops when it has any."""
+    proto = onnx.load(model, load_external_data=False) if isinstance(model, str) else model
+    foreign = foreign_ops(proto)
+    if foreign:
+        return (f"onnxruntime cannot load it: op {', '.join(foreign)} is a custom op onnxruntime does "
+                f"not implement (its library must be registered)")
+    return str(error).replace("the model", "it", 1)
+
+
 def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
     """Element type of every tensor ONNX shape inference can type (on the skeleton)."""
     try:

@@ -127,7 +127,7 @@ def incomplete(model: onnx.ModelProto, dims: dict) -> list[str]:
 def probe_feeds(model: onnx.ModelProto, input_shapes: dict | None, sample: dict | None, seed: int = 0):
     """One sample to observe shapes with: the data's first sample, else random
     inputs when every dim but a symbolic batch is known. None when neither."""
-    from .data import NP_TYPES, model_inputs
+    from .data import model_inputs, np_type
 
     feeds = {}
     rng = np.random.default_rng(seed)
@@ -143,15 +143,15 @@ def probe_feeds(model: onnx.ModelProto, input_shapes: dict | None, sample: dict 
             return None
         if dims and (dims[0] is None or dims[0] < 1):
             dims[0] = 1
-        dtype = NP_TYPES.get(vi.type.tensor_type.elem_type)
+        dtype = np_type(vi.type.tensor_type.elem_type)
         if dtype is None:
             return None
-        if np.issubdtype(dtype, np.floating):
-            feeds[vi.name] = rng.standard_normal(dims).astype(dtype)
-        elif dtype == np.bool_:
+        if dtype == np.bool_:
             feeds[vi.name] = np.ones(dims, dtype=bool)
-        else:
+        elif dtype.kind in "iu":
             feeds[vi.name] = np.zeros(dims, dtype=dtype)
+        else:
+            feeds[vi.name] = rng.standard_normal(dims).astype(dtype)
     return feeds
 
 

@@ -116,11 +116,13 @@ def open_external(model: onnx.ModelProto, folder: str, label: str) -> frozenset:
     """
     lazy = set()
     sizes: dict[str, int] = {}
-    root = os.path.abspath(folder)
+    root = os.path.realpath(folder)
     for t, initializer in _external_tensors(model):
         info = _info(t)
         location = info.get("location", "")
-        path = os.path.normpath(os.path.join(root, location))
+        # The real path: a symlink inside the folder (to a file, or a folder on the
+        # way) that leads out of it is refused like '../x' (onnx does the same).
+        path = os.path.realpath(os.path.join(root, location))
         if not location or os.path.isabs(location) or os.path.commonpath([root, path]) != root:
             raise OnnxPruneError(f"{label}: cannot read its external data (tensor '{t.name}': "
                                  f"location '{location}' is not inside the model's folder)")

@@ -244,9 +244,12 @@ def check_input(model: onnx.ModelProto, label: str = "input model") -> None:
     full_check(model, what=label, error=OnnxPruneError, hints=False)
 
 
-def check_written(path: str) -> None:
+def check_written(path: str, original=None) -> str | None:
     """The model as written: the full checker on the path (external data
-    included) and an onnxruntime session opened from the path."""
+    included) and an onnxruntime session opened from the path. When the
+    session fails and the ``original`` (a path or a ModelProto) does not load
+    in onnxruntime either (a custom op), nothing a session could say about
+    the prune is left to check: -> a note saying so; otherwise None."""
     try:
         onnx.checker.check_model(path, full_check=True)
     except Exception as e:  # noqa: BLE001 - checker raises ValidationError or InferenceError
@@ -255,7 +258,21 @@ def check_written(path: str) -> None:
         # Loading is the check (types, shapes, kernels); optimising the graph is not.
         runtime.session(path, threads=1, optimize=False)
     except OnnxPruneError as e:
-        raise InternalError(str(e).replace("the model", "the written model", 1)) from None
+        refusal = _load_refusal(original) if original is not None else None
+        if refusal is None:
+            raise InternalError(str(e).replace("the model", "the written model", 1)) from None
+        return (f"the written model was not loaded in onnxruntime, because the input model does not load "
+                f"either ({refusal}); it passed onnx.checker (full) and the pruner's invariants")
+    return None
+
+
+def _load_refusal(model) -> str | None:
+    """Why onnxruntime does not load ``model``; None when it does."""
+    try:
+        runtime.session(model, threads=1, optimize=False)
+    except OnnxPruneError as e:
+        return runtime.load_failure(model, e)
+    return None
 
 
 def validate(original, pruned, data=None, *, input_shapes: dict | None = None,
@@ -320,6 +337,11 @@ def reference(a: onnx.ModelProto, data=None, *, input_shapes: dict | None = None
     # data) is at fault, not the prune.
     try:
         sa = session(a, threads)
+    except OnnxPruneError as e:
+        raise OnnxPruneError(f"the original model does not load in onnxruntime, so nothing can be validated: "
+                             f"{runtime.load_failure(a, e)}; --no-validate prunes it without the checks "
+                             f"that need onnxruntime") from None
+    try:
         ya = run_batched(sa, feeds, batch)
     except OnnxPruneError as e:
         raise OnnxPruneError(f"the original model fails in onnxruntime on these inputs: {e}") from None

@@ -174,3 +174,43 @@ def test_external_data_outside_the_model_folder_is_refused(tmp_path):
     onnx.save(model, tmp_path / "sub" / "escape.onnx")
     with pytest.raises(onnxprune.OnnxPruneError, match="not inside the model's folder"):
         load(tmp_path / "sub" / "escape.onnx")
+
+
+def _snapshot(folder) -> dict:
+    """Every path under a folder with its bytes (links as their targets)."""
+    out = {}
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            p = os.path.join(root, name)
+            out[os.path.relpath(p, folder)] = os.readlink(p) if os.path.islink(p) else \
+                (None if os.path.isdir(p) else open(p, "rb").read())
+    return out
+
+
+@pytest.mark.parametrize("how", ["file", "folder"])
+def test_a_symlink_out_of_the_model_folder_is_refused(tmp_path, how):
+    """A location that stays inside the folder by name but whose real path
+    leaves it (a link to a file elsewhere, or a linked folder on the way) is
+    refused: its bytes would otherwise become weights of the written model."""
+    outside, model_dir = tmp_path / "outside", tmp_path / "model"
+    outside.mkdir()
+    model_dir.mkdir()
+    save_external(mlp(), outside, "real.onnx", "mlp.data")  # the bytes a link would reach
+    if how == "file":
+        os.symlink(outside / "mlp.data", model_dir / "mlp.data")
+    else:
+        os.symlink(outside, model_dir / "weights")
+    onnx_model = onnx.load(outside / "real.onnx", load_external_data=False)
+    for t in onnx_model.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = "mlp.data" if how == "file" else "weights/mlp.data"
+    src = model_dir / "mlp.onnx"
+    onnx.save(onnx_model, src)
+    before = _snapshot(tmp_path)
+    out = model_dir / "out.onnx"
+    result = CliRunner().invoke(main, ["prune", os.fspath(src), "-o", os.fspath(out), "--ratio", "0.5"])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "not inside the model's folder" in lines[0], result.output
+    assert _snapshot(tmp_path) == before  # the input untouched, nothing written

@@ -224,7 +224,7 @@ class Context:
         constant has whole (size > 1) and the target keeps (entry 1, or not
         stated), and only when no reader of the Expand ran before this one
         (it would not have seen the channels)."""
-        from ..fold import known_ints, partial_value
+        from .fold import known_ints, partial_value
 
         p = self.view.producer.get(tensor)
         if p is None or p.op_type != "Expand" or size <= 1 or not self.view.is_const(p.input[0]):
@@ -341,7 +341,7 @@ class Context:
     def literal(self, shape_input: str, entry: int, layout: Layout):
         """Where a run-time shape states this channel count as a literal
         (``fold.literal_source``), claimed for this node; None if nowhere."""
-        from ..fold import literal_source
+        from .fold import literal_source
 
         shared: set = set()
         src = literal_source(self.view, shape_input, entry, shared=shared)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..fold import known_ints, partial_value
+from .fold import known_ints, partial_value
 from .base import Rule
 from .registry import register
 

@@ -5,7 +5,7 @@ size they copy from a channel tensor reaches them through Shape, whose rule
 freezes that channel count."""
 from __future__ import annotations
 
-from ..fold import literal_source
+from .fold import literal_source
 from .base import Rule
 from .registry import register
 

@@ -41,6 +41,27 @@ class Entry:
 
 
 _TABLE: dict[tuple[str, str], list[Entry]] = {}
+# The shape-arithmetic folder's evaluators (``fold.py``), one function per op,
+# keyed like the rules: (domain, op type, opset range).
+_EVALUATORS: dict[tuple[str, str], list[Entry]] = {}
+
+
+def _add(table: dict, domain: str, op: str, since: int, until: int | None, obj) -> None:
+    """One registration; two for the same op whose opset ranges overlap are refused."""
+    entries = table.setdefault((domain, op), [])
+    inf = float("inf")
+    for e in entries:
+        if since <= (e.until or inf) and e.since <= (until or inf):
+            raise ValueError(f"two registrations for {domain or 'ai.onnx'}.{op} overlap in opsets")
+    entries.append(Entry(domain, op, since, until, obj))
+
+
+def _find(table: dict, domain: str, op: str, version: int | None):
+    _load_all()
+    for e in table.get((domain_of(domain), op), ()):
+        if e.covers(version):
+            return e.rule
+    return None
 
 
 def register(*ops: str, domain: str = "", since: int = 1, until: int | None = None):
@@ -51,30 +72,43 @@ def register(*ops: str, domain: str = "", since: int = 1, until: int | None = No
         rule.ops = tuple(ops)
         rule.domain = domain_of(domain)
         for op in ops:
-            entries = _TABLE.setdefault((rule.domain, op), [])
-            inf = float("inf")
-            for e in entries:
-                if since <= (e.until or inf) and e.since <= (until or inf):
-                    raise ValueError(f"two rules for {domain or 'ai.onnx'}.{op} overlap in opsets")
-            entries.append(Entry(rule.domain, op, since, until, rule))
+            _add(_TABLE, rule.domain, op, since, until, rule)
         return cls
+
+    return deco
+
+
+def evaluates(*ops: str, domain: str = "", since: int = 1, until: int | None = None):
+    """Function decorator: the folder's evaluator of these op types (``fold.py``)."""
+
+    def deco(fn):
+        for op in ops:
+            _add(_EVALUATORS, domain_of(domain), op, since, until, fn)
+        return fn
 
     return deco
 
 
 def lookup(domain: str, op: str, version: int | None):
     """The rule for an op at an opset version, or None."""
-    _load_all()
-    for e in _TABLE.get((domain_of(domain), op), ()):
-        if e.covers(version):
-            return e.rule
-    return None
+    return _find(_TABLE, domain, op, version)
+
+
+def evaluator(domain: str, op: str, version: int | None):
+    """The folder's evaluator for an op at an opset version, or None."""
+    return _find(_EVALUATORS, domain, op, version)
 
 
 def entries() -> list[Entry]:
     """Every registration, sorted by domain and op (for ``onnxprune ops``)."""
     _load_all()
     return sorted((e for es in _TABLE.values() for e in es), key=lambda e: (e.domain, e.op, e.since))
+
+
+def evaluator_entries() -> list[Entry]:
+    """Every evaluator registration, sorted by domain and op."""
+    _load_all()
+    return sorted((e for es in _EVALUATORS.values() for e in es), key=lambda e: (e.domain, e.op, e.since))
 
 
 @functools.lru_cache(maxsize=None)
@@ -124,5 +158,5 @@ def _load_all() -> None:
     from .. import ops as package
 
     for info in pkgutil.iter_modules(package.__path__):
-        if info.name not in ("registry", "base"):
+        if info.name not in ("registry", "base", "fold"):
             importlib.import_module(f"{package.__name__}.{info.name}")

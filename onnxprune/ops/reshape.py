@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..fold import known_ints, partial_value
+from .fold import known_ints, partial_value
 from ..graph import factor
 from ..layout import LayoutError, Segment
 from .base import Rule

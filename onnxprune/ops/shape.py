@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from ..fold import Dim, blind_reader, follows, known_ints, partial_value
+from .fold import Dim, blind_reader, follows, known_ints, partial_value
 from ..graph import set_attr
 from .base import Rule, attr_of
 from .registry import register
@@ -215,7 +215,7 @@ class Slice(Rule):
     def _counts_read(self, node, ctx) -> dict:
         """Entry k of the starts/ends -> the channel layouts whose size it
         reads (known normally, unknown once that size is)."""
-        from ..fold import evaluate_with
+        from .fold import evaluate_with
 
         asked = {}
 
@@ -251,7 +251,7 @@ class Slice(Rule):
         and the same arithmetic, evaluated at every size the pruned axis
         could have (r x 1 .. n / r), must give the same pieces. Nothing is
         rewritten: the bounds follow by themselves."""
-        from ..fold import evaluate_with
+        from .fold import evaluate_with
         from ..layout import Segment
 
         piece = math.gcd(math.gcd(s, e), n)
