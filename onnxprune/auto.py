@@ -74,8 +74,8 @@ def _held_out(source_model, cfg):
     if cfg.calib is None:
         raise OnnxPruneError("--auto needs calibration data (--calib or --data)")
     if cfg.data is not None:
-        return (cfg, *feeds_and_labels(cfg.data, source_model))
-    parts = hold_out_labelled(cfg.calib, source_model)
+        return (cfg, *feeds_and_labels(cfg.data, source_model, cfg.batch_axes))
+    parts = hold_out_labelled(cfg.calib, source_model, cfg.batch_axes)
     if parts is None:
         raise OnnxPruneError("--auto needs held-out data: --data, or --calib data that can be read twice")
     limit, feeds, labels = parts

@@ -29,8 +29,8 @@ import numpy as np
 import onnx
 from threadpoolctl import threadpool_limits
 
-from .data import (check_array, join, model_inputs, per_run_inputs, per_sample, random_feeds, read_npy, read_npz,
-                   rows, sample_count)
+from .data import (check_array, concat, item_shape, join, model_inputs, per_run_inputs, per_sample, random_feeds,
+                   read_npy, read_npz, rows, sample_axes, sample_count, take)
 from .errors import OnnxPruneError
 
 RANDOM_WARNING = ("no calibration data: using random inputs. Data-driven criteria "
@@ -341,12 +341,12 @@ def _reader_samples(reader):
         yield item
 
 
-def load_data(source, model: onnx.ModelProto, input_shapes: dict | None = None):
+def load_data(source, model: onnx.ModelProto, input_shapes: dict | None = None, batch_axes: dict | None = None):
     """Any supported source -> (iterable of {input: array with sample axis}, is_random)."""
     names = [i.name for i in model_inputs(model)]
     if source is None:
         warnings.warn(RANDOM_WARNING, stacklevel=3)
-        return [random_feeds(model, 8, input_shapes)], True
+        return [random_feeds(model, 8, input_shapes, batch_axes=batch_axes)], True
     if isinstance(source, (str, os.PathLike)):
         spec = os.fspath(source)
         if os.path.isdir(spec):
@@ -378,18 +378,19 @@ def _rereadable(source) -> bool:
     return isinstance(source, (dict, list, tuple))
 
 
-def first_sample(source, model: onnx.ModelProto) -> dict | None:
+def first_sample(source, model: onnx.ModelProto, batch_axes: dict | None = None) -> dict | None:
     """One sample (batch of 1) of a re-readable source, for observing shapes."""
     if not _rereadable(source):
         return None
     data, _ = load_data(source, model)
     names = [i.name for i in model_inputs(model)]
-    for batch in _batches(data, names, model, 1, 1):
+    for batch in _batches(data, names, model, 1, 1, batch_axes):
         return batch
     return None
 
 
-def hold_out(source, model: onnx.ModelProto, fraction: float = 0.25, cap: int = 256):
+def hold_out(source, model: onnx.ModelProto, fraction: float = 0.25, cap: int = 256,
+             batch_axes: dict | None = None):
     """Split a re-readable calibration source into calibration and validation:
     -> (calibration sample limit, held-out feeds {input: array}) or None when
     the source cannot be read twice or has fewer than two samples. The
@@ -397,13 +398,14 @@ def hold_out(source, model: onnx.ModelProto, fraction: float = 0.25, cap: int = 
     if not _rereadable(source):
         return None
     names = [i.name for i in model_inputs(model)]
-    total = sum(sample_count(c) for c in _batches(load_data(source, model)[0], names, model, 64, None))
+    total = sum(sample_count(c) for c in _batches(load_data(source, model)[0], names, model, 64, None,
+                                                  batch_axes))
     if total < 2:
         return None
     k = max(1, min(int(total * fraction), cap))
     # A second pass keeps only the held-out tail: memory stays bounded by it.
     seen, kept = 0, []
-    for chunk in _batches(load_data(source, model)[0], names, model, 64, None):
+    for chunk in _batches(load_data(source, model)[0], names, model, 64, None, batch_axes):
         n = sample_count(chunk)
         if seen + n > total - k:
             kept.append(rows(chunk, slice(max(0, total - k - seen), None)))
@@ -416,10 +418,10 @@ def hold_out(source, model: onnx.ModelProto, fraction: float = 0.25, cap: int = 
         return None
 
 
-def hold_out_labelled(source, model: onnx.ModelProto):
+def hold_out_labelled(source, model: onnx.ModelProto, batch_axes: dict | None = None):
     """``hold_out``, with the held-out samples' labels when the source is an
     .npz that has a 'labels' array: -> (limit, feeds, labels or None) or None."""
-    parts = hold_out(source, model)
+    parts = hold_out(source, model, batch_axes=batch_axes)
     if parts is None:
         return None
     limit, feeds = parts
@@ -427,7 +429,7 @@ def hold_out_labelled(source, model: onnx.ModelProto):
     if isinstance(source, (str, os.PathLike)) and os.fspath(source).endswith(".npz"):
         from .data import load_npz
 
-        _, all_labels = load_npz(source, model)
+        _, all_labels = load_npz(source, model, batch_axes)
         if all_labels is not None:
             labels = all_labels[len(all_labels) - sample_count(feeds):]
     return limit, feeds, labels
@@ -449,15 +451,19 @@ def _guarded(samples):
         yield item
 
 
-def _batches(samples, names: list[str], model: onnx.ModelProto, batch: int, limit: int | None):
-    """Re-chunk any stream of feed dicts into batches of ``batch`` samples."""
-    fixed = {}
+def _batches(samples, names: list[str], model: onnx.ModelProto, batch: int, limit: int | None,
+             batch_axes: dict | None = None, notes: list | None = None):
+    """Re-chunk any stream of feed dicts into batches of ``batch`` samples.
+    Which axis of each input holds the samples is decided on the first item
+    (``sample_axes``; ``batch_axes`` is ``--batch-axis``, ``notes`` receives
+    what was decided)."""
+    ranks = {}
     for vi in model_inputs(model):
         dims = vi.type.tensor_type.shape.dim
         if dims:
-            fixed[vi.name] = len(dims)
+            ranks[vi.name] = len(dims)
     infos = {vi.name: vi for vi in model_inputs(model)}
-    whole = per_run_inputs(model)  # given at their own shape, to every run
+    axes = whole = None
     pending: dict[str, list] = {n: [] for n in names}
     shared: dict = {}
     have = seen = 0
@@ -467,26 +473,31 @@ def _batches(samples, names: list[str], model: onnx.ModelProto, batch: int, limi
         missing = [n for n in names if n not in item]
         if missing:
             raise OnnxPruneError(f"calibration sample has no input {', '.join(missing)}")
+        if axes is None:
+            axes, said = sample_axes(model, _with_sample_axis(item, names, ranks), batch_axes)
+            whole = per_run_inputs(model) - set(axes)  # given at their own shape, to every run
+            if notes is not None:
+                notes.extend(said)
         arrays = {}
         for n in names:
             a = np.asarray(item[n])
-            if n in fixed and a.ndim == fixed[n] - 1 and n not in whole:
-                a = a[None]  # a single sample without the sample axis
+            if n in ranks and a.ndim == ranks[n] - 1 and n not in whole:
+                a = np.expand_dims(a, axes.get(n, 0))  # a single sample without the sample axis
             # As --data does: numbers, finite, the input's dims; float64 feeds float32.
             arrays[n] = check_array(a, infos[n], getattr(item, "source", "calibration data"),
-                                    per_run=n in whole)
+                                    per_run=n in whole, axis=axes.get(n, 0))
         # A scalar or Shared input (no sample axis) holds one value for every sample in the item.
         scalars = {n: a for n, a in arrays.items() if not per_sample(a)}
         batched = [n for n in names if n not in scalars]
-        count = sample_count(arrays) if batched else 1
+        number = sample_count(arrays) if batched else 1
         if limit is not None:
-            count = min(count, limit - seen)
-        if have and (any(arrays[n].shape[1:] != pending[n][0].shape[1:] for n in batched)
+            number = min(number, limit - seen)
+        if have and (any(item_shape(arrays[n]) != item_shape(pending[n][0]) for n in batched)
                      or any(not np.array_equal(a, shared[n]) for n, a in scalars.items())):
             # Samples of another size (a folder of images of different sizes), or
             # another value of a scalar input: they cannot share a batch, so what
             # is pending goes on its own.
-            yield dict(shared, **{n: np.concatenate(pending[n]) for n in batched})
+            yield dict(shared, **{n: concat(pending[n]) for n in batched})
             pending, have = {n: [] for n in names}, 0
         shared = scalars
         if not batched:  # nothing per sample: each item is one run
@@ -496,19 +507,29 @@ def _batches(samples, names: list[str], model: onnx.ModelProto, batch: int, limi
                 break
             continue
         for n in batched:
-            pending[n].append(arrays[n][:count])
-        have += count
-        seen += count
+            pending[n].append(take(arrays[n], slice(0, number)))
+        have += number
+        seen += number
         while have >= batch:
             # One array (a whole .npz or dict) is sliced, not copied again for every batch.
-            joined = {n: p[0] if len(p) == 1 else np.concatenate(p) for n, p in pending.items() if p}
-            yield dict(shared, **{n: v[:batch] for n, v in joined.items()})
-            pending = {n: [v[batch:]] for n, v in joined.items()}
+            joined = {n: p[0] if len(p) == 1 else concat(p) for n, p in pending.items() if p}
+            yield dict(shared, **{n: take(v, slice(0, batch)) for n, v in joined.items()})
+            pending = {n: [take(v, slice(batch, None))] for n, v in joined.items()}
             have -= batch
         if limit is not None and seen >= limit:
             break
     if have:
-        yield dict(shared, **{n: p[0] if len(p) == 1 else np.concatenate(p) for n, p in pending.items() if p})
+        yield dict(shared, **{n: p[0] if len(p) == 1 else concat(p) for n, p in pending.items() if p})
+
+
+def _with_sample_axis(item: dict, names: list[str], ranks: dict) -> dict:
+    """An item's arrays as ``sample_axes`` reads them: one sample given
+    without its sample axis counts as one (a leading axis of 1)."""
+    out = {}
+    for n in names:
+        a = np.asarray(item[n])
+        out[n] = a[None] if n in ranks and a.ndim == ranks[n] - 1 else a
+    return out
 
 
 # -- the pass ----------------------------------------------------------------
@@ -679,7 +700,7 @@ def _cores() -> int:
 def calibrate(model: onnx.ModelProto, source, requests: dict, *, samples: int | None = None,
               batch: int = 16, progress: bool = False, threads: int | None = None,
               input_shapes: dict | None = None, overlap: bool = True,
-              spinning: bool = False) -> Calibration:
+              spinning: bool = False, batch_axes: dict | None = None) -> Calibration:
     """One onnxruntime pass; ``requests``: {(tensor, axis): need_gram}.
 
     One session returns the requested tensors beside the model's outputs
@@ -693,11 +714,11 @@ def calibrate(model: onnx.ModelProto, source, requests: dict, *, samples: int | 
     on every core between the runs and ``wait_seconds`` is their whole cost.
     The session's idle threads do not spin
     (``spinning``): they would hold the cores the statistics need.
-    ``progress``: a bar on stderr."""
+    ``progress``: a bar on stderr. ``batch_axes``: ``--batch-axis``."""
     from .runtime import Fetcher, exposing
 
     t0 = time.perf_counter()
-    data, is_random = load_data(source, model, input_shapes)
+    data, is_random = load_data(source, model, input_shapes, batch_axes)
     names = [i.name for i in model_inputs(model)]
     tensors = sorted({t for t, _ in requests} - set(names))
     sess, want = exposing(model, tensors, threads=threads, spinning=spinning)
@@ -768,7 +789,7 @@ def calibrate(model: onnx.ModelProto, source, requests: dict, *, samples: int | 
     single_seconds, failed_batch = 0.0, 0
     try:
         with _one_blas_thread():
-            for feeds in _batches(data, names, model, _batch_size(model, batch), samples):
+            for feeds in _batches(data, names, model, _batch_size(model, batch), samples, batch_axes, cal.notes):
                 n = sample_count(feeds)
                 if not cal.one_at_a_time:
                     try:

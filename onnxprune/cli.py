@@ -16,6 +16,7 @@ from rich.console import Console
 
 from . import api, pipeline
 from .calibration import RANDOM_WARNING
+from .data import parse_batch_axes
 from .errors import OnnxPruneError
 from .importance import ALL_CRITERIA, DATA_CRITERIA, GRAM_CRITERIA
 from .model import check_writable, parse_input_shapes
@@ -88,6 +89,9 @@ def _write_json(path: str, payload: dict) -> None:
 
 input_shape_opt = click.option("--input-shape", "input_shape", multiple=True, metavar="NAME:D1,D2,..",
                                help="Fix symbolic input dims, e.g. input:1,3,224,224 (repeatable).")
+batch_axis_opt = click.option("--batch-axis", "batch_axis", multiple=True, metavar="NAME:AXIS",
+                              help="The axis of an input's data that holds the samples, where it is not 0 "
+                                   "(a recurrent state [layers, batch, hidden]: state:1; repeatable).")
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -201,13 +205,14 @@ def analyze(model, as_json, show_all, exclude, prune_kinds, allow_io_change, str
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="onnxruntime threads for latency.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @input_shape_opt
+@batch_axis_opt
 def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, compensate, sequential,
           group_reduction, member_norm, macs_target, params_target, latency_target, min_channels, round_to, allocate,
           sensitivity_path, max_group_ratio, mode, pattern, edge_ratio, auto_loop, max_drop, auto_step, n_steps,
           trajectory_path,
           exclude, allow_io_change, prune_kinds, plan_path,
           save_plan, masked_output, data, report_path, no_validate, strict, seed, threads, quiet,
-          input_shape):
+          input_shape, batch_axis):
     """Prune MODEL and write the result to OUTPUT."""
     for path in (output, masked_output, report_path, save_plan):
         if path and api.same_file(model, path):
@@ -219,7 +224,7 @@ def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, co
         ratio=ratio, criterion=criterion, min_channels=min_channels, round_to=round_to,
         mode=mode, pattern=pattern, edge_ratio=edge_ratio, allocate=allocate, sensitivity=sensitivity_path, max_group_ratio=max_group_ratio,
         exclude=tuple(exclude), prune=tuple(prune_kinds), allow_io_change=allow_io_change,
-        input_shapes=parse_input_shapes(input_shape),
+        input_shapes=parse_input_shapes(input_shape), batch_axes=parse_batch_axes(batch_axis) or None,
         seed=seed, calib=calib,
         calib_samples=calib_samples, calib_batch=calib_batch, compensate=compensate,
         sequential=sequential, group_reduction=group_reduction, normalize=member_norm, macs_target=macs_target,
@@ -363,13 +368,14 @@ def ops(as_json):
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="onnxruntime threads for latency.")
 @click.option("-q", "--quiet", is_flag=True)
 @input_shape_opt
-def validate(original, pruned, data, report_path, samples, threads, quiet, input_shape):
+@batch_axis_opt
+def validate(original, pruned, data, report_path, samples, threads, quiet, input_shape, batch_axis):
     """Compare PRUNED against ORIGINAL on the same inputs."""
     if report_path:  # before any work: never over an input
         protect = {os.path.realpath(p) for p in (original, pruned, data) if p and os.path.exists(p)}
         check_writable(report_path, protect)
     v = run_validate(original, pruned, data, input_shapes=parse_input_shapes(input_shape),
-                     samples=samples, threads=threads)
+                     samples=samples, threads=threads, batch_axes=parse_batch_axes(batch_axis) or None)
     print_validation(v, _console(quiet))
     for msg in v.warnings:
         click.echo(f"onnxprune: warning: {msg}", err=True)

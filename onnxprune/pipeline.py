@@ -76,6 +76,7 @@ class PruneConfig:
     compensate: str | None = None  # None: "lsq" with calibration data, else "none"
     sequential: bool | None = None  # refit consumers stage by stage on the pruned model's inputs (``sequential.py``)
     input_shapes: dict | None = None
+    batch_axes: dict | None = None  # input -> the axis holding its samples (--batch-axis), where not axis 0
     # checks
     strict: bool | None = None  # None: the ONNXPRUNE_STRICT environment variable
     check: bool = True
@@ -244,14 +245,12 @@ def sample(cfg: PruneConfig, model: onnx.ModelProto) -> dict | None:
     """One input sample from the user's data (validation data first, then
     calibration data), to take shapes from; None when there is none."""
     from .calibration import first_sample
-    from .data import load_npz
+    from .data import feeds_and_labels
 
-    if isinstance(cfg.data, (str, os.PathLike)):
-        feeds, _ = load_npz(cfg.data, model)
+    if isinstance(cfg.data, (str, os.PathLike, dict)):
+        feeds, _ = feeds_and_labels(cfg.data, model, cfg.batch_axes)
         return rows(feeds, slice(0, 1))
-    if isinstance(cfg.data, dict):
-        return rows({k: np.asarray(v) for k, v in cfg.data.items() if k != "labels"}, slice(0, 1))
-    return first_sample(cfg.calib, model)
+    return first_sample(cfg.calib, model, cfg.batch_axes)
 
 
 def analyze(loaded: modelio.Loaded, cfg: PruneConfig) -> Groups:
@@ -279,7 +278,8 @@ def calibrate(groups: Groups, cfg: PruneConfig) -> Calibration | None:
     requests = importance.calibration_requests(groups, gram=gram)
     batch = 1 if groups.shape_info is not None and groups.shape_info.fixed_batch else cfg.calib_batch
     return run_calibration(groups.model, cfg.calib, requests, samples=cfg.calib_samples,
-                           batch=batch, progress=cfg.progress, input_shapes=_known_inputs(groups, cfg))
+                           batch=batch, progress=cfg.progress, input_shapes=_known_inputs(groups, cfg),
+                           batch_axes=cfg.batch_axes)
 
 
 def _known_inputs(groups: Groups, cfg: PruneConfig) -> dict:
@@ -302,7 +302,7 @@ def hold_out(groups: Groups, cfg: PruneConfig) -> tuple[PruneConfig, str | None]
             and isinstance(cfg.data, (str, os.PathLike)):
         from .data import load_npz
 
-        feeds, labels = load_npz(cfg.data, groups.model)
+        feeds, labels = load_npz(cfg.data, groups.model, cfg.batch_axes)
         total = sample_count(feeds)
         if not cfg.validate:
             return replace(cfg, calib=feeds), "calibrating on --data"
@@ -316,7 +316,7 @@ def hold_out(groups: Groups, cfg: PruneConfig) -> tuple[PruneConfig, str | None]
             return replace(cfg, calib=calib, data=held), note
     if not cfg.validate or cfg.data is not None or cfg.calib is None:
         return cfg, None
-    parts = split(cfg.calib, groups.model)
+    parts = split(cfg.calib, groups.model, batch_axes=cfg.batch_axes)
     if parts is None:
         return cfg, None
     limit, held = parts
@@ -387,7 +387,8 @@ def score(groups: Groups, calibration: Calibration | None, cfg: PruneConfig):
         elif cfg.calib is not None:
             sweep = sensitivity.sweep(groups.model, calib=cfg.calib, criterion=cfg.criterion,
                                       compensate=cfg.compensate, input_shapes=_known_inputs(groups, cfg),
-                                      calib_samples=cfg.calib_samples, prune=cfg.prune)
+                                      calib_samples=cfg.calib_samples, prune=cfg.prune,
+                                      batch_axes=cfg.batch_axes)
         else:
             raise OnnxPruneError("--allocate sensitivity needs a sweep: --calib (one is run), or "
                                  "--sensitivity FILE from 'onnxprune sensitivity'")
@@ -520,7 +521,7 @@ def reference(groups: Groups, cfg: PruneConfig) -> Reference | None:
     if groups.consumed:
         raise OnnxPruneError("internal: the original model was already rewritten in place")
     return run_reference(groups.model, cfg.data, input_shapes=_known_inputs(groups, cfg),
-                         samples=cfg.samples, threads=cfg.threads)
+                         samples=cfg.samples, threads=cfg.threads, batch_axes=cfg.batch_axes)
 
 
 def validate(groups: Groups, pruned: onnx.ModelProto, cfg: PruneConfig,

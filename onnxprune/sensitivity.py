@@ -220,7 +220,7 @@ def _ray_rows(address: str, build: tuple, todo: list, jobs: int):
 
 # -- the sweep -----------------------------------------------------------------------------------
 def prepare(model, calib, data, criterion: str | None, compensate: str | None, input_shapes,
-            calib_samples: int | None = None, prune: tuple = ()) -> Sweep:
+            calib_samples: int | None = None, prune: tuple = (), batch_axes: dict | None = None) -> Sweep:
     """Load, analyse, calibrate and score once: what every job shares. With
     no ``data``, the last quarter of ``calib`` is held out for measuring."""
     from . import pipeline
@@ -230,17 +230,17 @@ def prepare(model, calib, data, criterion: str | None, compensate: str | None, i
 
     cfg = pipeline.PruneConfig(calib=calib, data=data, criterion=criterion, compensate=compensate,
                                input_shapes=input_shapes, calib_samples=calib_samples, sequential=False,
-                               prune=tuple(prune))
+                               prune=tuple(prune), batch_axes=batch_axes)
     groups = pipeline.analyze(pipeline.load(model, cfg), cfg)
     if data is not None:
-        feeds, labels = feeds_and_labels(data, groups.model)
+        feeds, labels = feeds_and_labels(data, groups.model, batch_axes)
     else:
         if calib_samples is not None:
             # only the first calib_samples may be used (the rest may be a
             # prune's validation samples): the held-out part comes from them
-            calib = _first(calib, groups.model, calib_samples)
+            calib = _first(calib, groups.model, calib_samples, batch_axes)
             calib_samples = None
-        parts = hold_out_labelled(calib, groups.model)
+        parts = hold_out_labelled(calib, groups.model, batch_axes)
         if parts is None:
             raise OnnxPruneError("sensitivity needs held-out data: give --data, or --calib data that "
                                  "can be read twice with at least 2 samples")
@@ -254,13 +254,13 @@ def prepare(model, calib, data, criterion: str | None, compensate: str | None, i
                  None if labels is None else np.asarray(labels), reference)
 
 
-def _first(source, model, n: int) -> dict:
+def _first(source, model, n: int, batch_axes: dict | None = None) -> dict:
     """The first ``n`` samples of a calibration source, as one dict."""
     from .calibration import _batches, load_data
     from .data import join, model_inputs
 
     names = [i.name for i in model_inputs(model)]
-    return join(list(_batches(load_data(source, model)[0], names, model, 64, n)))
+    return join(list(_batches(load_data(source, model)[0], names, model, 64, n, batch_axes)))
 
 
 def _fingerprint(model, settings: dict) -> str:
@@ -301,7 +301,8 @@ def _read_jsonl(path: str) -> tuple[dict | None, list]:
 def sweep(model, *, calib, data=None, ratios=DEFAULT_RATIOS, criterion: str | None = None,
           compensate: str | None = None, input_shapes: dict | None = None, jobs: int = 1,
           shard: tuple[int, int] = (0, 1), out: str | None = None, calib_samples: int | None = None,
-          ray: str | None = None, progress=None, prune: tuple = ()) -> SensitivityResult:
+          ray: str | None = None, progress=None, prune: tuple = (),
+          batch_axes: dict | None = None) -> SensitivityResult:
     """Every (prunable group, ratio) job of this shard, run serially, on a
     pool of ``jobs`` processes or on Ray actors (``ray``: a cluster address or
     ``local``; ``jobs`` actors, or one per CPU of the cluster); rows stream
@@ -316,7 +317,7 @@ def sweep(model, *, calib, data=None, ratios=DEFAULT_RATIOS, criterion: str | No
                 "calib": os.fspath(calib) if isinstance(calib, (str, os.PathLike)) else "in memory",
                 "data": os.fspath(data) if isinstance(data, (str, os.PathLike)) else data is not None,
                 "calib_samples": calib_samples, **({"prune": sorted(prune)} if prune else {})}
-    build = (model, calib, data, criterion, compensate, input_shapes, calib_samples, tuple(prune))
+    build = (model, calib, data, criterion, compensate, input_shapes, calib_samples, tuple(prune), batch_axes)
     local = prepare(*build)
     header = {"format": FORMAT, "model": os.path.basename(os.fspath(model))
               if isinstance(model, (str, os.PathLike)) else "in memory",

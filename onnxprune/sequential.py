@@ -261,7 +261,7 @@ def _measure(s_o, s_p, exposed: set, model, tensors: list, cfg, batch: int) -> t
     stats: dict = {}
     runs = 0
     data, _ = load_data(cfg.calib, model)
-    for feeds in _batches(data, names, model, batch, cfg.calib_samples):
+    for feeds in _batches(data, names, model, batch, cfg.calib_samples, cfg.batch_axes):
         try:
             out_o = dict(zip(wanted, s_o.run(wanted, feeds))) if wanted else {}
             out_p = dict(zip(wanted, s_p.run(wanted, feeds))) if wanted else {}

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from .data import concat, model_inputs, np_type, per_sample
 from .errors import OnnxPruneError
 from .graph import _tensor_shape, skeleton
 from .tensors import is_lazy
@@ -127,15 +128,13 @@ def incomplete(model: onnx.ModelProto, dims: dict) -> list[str]:
 def probe_feeds(model: onnx.ModelProto, input_shapes: dict | None, sample: dict | None, seed: int = 0):
     """One sample to observe shapes with: the data's first sample, else random
     inputs when every dim but a symbolic batch is known. None when neither."""
-    from .data import model_inputs, np_type
-
     feeds = {}
     rng = np.random.default_rng(seed)
     for vi in model_inputs(model):
         if sample is not None:
             if vi.name not in sample:
                 return None
-            feeds[vi.name] = np.asarray(sample[vi.name])
+            feeds[vi.name] = np.asanyarray(sample[vi.name])  # keeps where its samples are (``data.Along``)
             continue
         dims = list((input_shapes or {}).get(vi.name) or
                     [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim])
@@ -157,8 +156,6 @@ def probe_feeds(model: onnx.ModelProto, input_shapes: dict | None, sample: dict 
 
 def _batch_symbol(model: onnx.ModelProto, input_shapes: dict | None) -> str | None:
     """The name of the symbolic leading dim of the inputs, if there is one."""
-    from .data import model_inputs
-
     for vi in model_inputs(model):
         given = (input_shapes or {}).get(vi.name)
         if given is not None and given and given[0] is not None:
@@ -185,8 +182,6 @@ def observe(model: onnx.ModelProto, feeds: dict, tensors: list[str]) -> dict:
 def data_shapes(model: onnx.ModelProto, sample: dict | None, input_shapes: dict | None = None) -> dict:
     """Input dims taken from the data: every dim of the sample except a
     symbolic batch (kept symbolic); the user's ``--input-shape`` wins."""
-    from .data import model_inputs
-
     out = dict(input_shapes or {})
     if not sample:
         return out
@@ -234,7 +229,7 @@ def shapes(model: onnx.ModelProto, input_shapes: dict | None = None, sample: dic
     two = None
     batch_name = _batch_symbol(model, input_shapes)
     if batch_name is not None:
-        doubled = {k: np.concatenate([v, v]) if v.ndim else v for k, v in feeds.items()}
+        doubled = {k: concat([v, v]) if per_sample(v) else v for k, v in feeds.items()}
         try:
             two = observe(model, doubled, missing)
             result.fixed_batch = False

@@ -196,7 +196,9 @@ def copy_except(msg, skip: set[str]):
     for field, value in msg.ListFields():
         if field.name in skip:
             continue
-        if field.is_repeated:
+        # ``is_repeated`` is protobuf 5's name; older releases only have ``label``
+        repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+        if repeated:
             getattr(out, field.name).extend(value)
         elif field.message_type is not None:
             getattr(out, field.name).CopyFrom(value)

@@ -277,7 +277,7 @@ def _load_refusal(model) -> str | None:
 
 def validate(original, pruned, data=None, *, input_shapes: dict | None = None,
              samples: int = 8, latency_runs: int = 30, threads: int = 1,
-             seed: int = 0) -> Validation:
+             seed: int = 0, batch_axes: dict | None = None) -> Validation:
     """Compare two models (paths or ModelProtos) on the same inputs.
 
     A model given as a path is the user's file: one the checker refuses, or
@@ -291,7 +291,7 @@ def validate(original, pruned, data=None, *, input_shapes: dict | None = None,
         check_input(b, f"{os.fspath(pruned)}: pruned model")
     check_interface(a, b)
     ref = reference(a, data, input_shapes=input_shapes, samples=samples, latency_runs=latency_runs,
-                    threads=threads, seed=seed)
+                    threads=threads, seed=seed, batch_axes=batch_axes)
     del a
     return compare(ref, b, label=os.fspath(pruned) if user_pruned else None)
 
@@ -321,17 +321,19 @@ class Reference:
 
 
 def reference(a: onnx.ModelProto, data=None, *, input_shapes: dict | None = None, samples: int = 8,
-              latency_runs: int = 30, threads: int = 1, seed: int = 0) -> Reference:
-    """Run the original model (loaded, not copied) on the validation inputs."""
+              latency_runs: int = 30, threads: int = 1, seed: int = 0,
+              batch_axes: dict | None = None) -> Reference:
+    """Run the original model (loaded, not copied) on the validation inputs
+    (``batch_axes``: ``--batch-axis``)."""
     notes: list[str] = []
     labels = None
     if data is None:
-        feeds = random_feeds(a, samples, input_shapes, seed)
+        feeds = random_feeds(a, samples, input_shapes, seed, batch_axes=batch_axes)
         msg = "no --data given: comparing on random inputs (fidelity on real data may differ)"
         warnings.warn(msg, stacklevel=3)
         notes.append(msg)
     else:
-        feeds, labels = feeds_and_labels(data, a)
+        feeds, labels = feeds_and_labels(data, a, batch_axes, notes)
     batch = _batch_size(a, input_shapes)
     # The original first: if it fails on these inputs, the input (model or
     # data) is at fault, not the prune.

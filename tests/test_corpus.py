@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import onnx
 import pytest
 from click.testing import CliRunner
 
@@ -52,6 +53,8 @@ MODELS = {
     "duplicate_output_names.onnx": "",  # any one line (see test_known_gaps)
     "no_nodes.onnx": "no graph nodes",
 }
+# Valid models that cannot be pruned: refused by analyze and prune.
+REFUSED = {"no_inputs.onnx": "has no graph inputs"}
 # Passes the checker, fails in onnxruntime: caught where the model is run.
 RUNTIME_BROKEN = {"inconsistent_shapes.onnx": "fails in onnxruntime"}
 
@@ -80,11 +83,12 @@ CALIB_ONLY = {
     "calib_raises.py:midway": "KeyError",
     "calib_garbage.py:number": "returned int",
     "calib_garbage.py:strings": "dicts",
-    "calib_garbage.py:text_arrays": "not real numbers",
+    "calib_garbage.py:text_arrays": "holds strings",
     "calib_garbage.py:nothing": "no samples",
     "calib_exits.py:data": "SystemExit: 3",
     "calib_exits.py:midway": "SystemExit: giving up",
     "calib_import_fails.py:data": "torchvision",
+    "calib_argparse.py:data": "exited (SystemExit: 2) (it printed: usage:",
 }
 # Usage errors: click's own checks, one line too.
 USAGE = {
@@ -94,6 +98,8 @@ USAGE = {
     "unknown_option": (["prune", MODEL, "-o", OUT, "--frobnicate"], "--frobnicate"),
     "unknown_command": (["frobnicate", MODEL], "frobnicate"),
     "missing_argument": (["validate", MODEL], "PRUNED"),
+    "output_under_a_file": (["prune", MODEL, "-o", f"{MODEL}/{OUT}"], f"{MODEL} is a file, not a folder"),
+    "custom_op_validated": (["prune", "custom_op.onnx", "-o", OUT], "com.example.Relu"),
 }
 
 
@@ -108,6 +114,9 @@ def _cases():
                    frag),
                   (f"validate-original:{f}", ["validate", f, MODEL], frag),
                   (f"validate-pruned:{f}", ["validate", MODEL, f, "--report", "v.json"], frag)]
+    for f, frag in REFUSED.items():
+        cases += [(f"analyze:{f}", ["analyze", f], frag), (f"prune:{f}", ["prune", f, "-o", OUT], frag),
+                  (f"prune-calib:{f}", ["prune", f, "-o", OUT, "--calib", "single_array.npy"], frag)]
     for f, frag in RUNTIME_BROKEN.items():
         cases += [(f"prune:{f}", ["prune", f, "-o", OUT], frag),
                   (f"validate-original:{f}", ["validate", f, MODEL], frag),
@@ -194,7 +203,7 @@ def test_corpus_files_are_small():
 
 
 def test_every_corpus_file_has_a_case():
-    named = set(MODELS) | set(RUNTIME_BROKEN) | set(DATA) | set(DATA_ONLY)
+    named = set(MODELS) | set(REFUSED) | set(RUNTIME_BROKEN) | set(DATA) | set(DATA_ONLY) | {"custom_op.onnx"}
     named |= {spec.split(":")[0] for spec in CALIB_ONLY}
     named |= {MODEL, "truncated_external_data.bin"}
     top = {p.name for p in CORPUS.iterdir() if p.name not in ("build_corpus.py", "__pycache__")}
@@ -216,6 +225,20 @@ def test_bad_input_fails_cleanly(corpus, args, fragment):
     assert isinstance(result.exception, SystemExit), repr(result.exception)  # handled, not a crash
     assert_clean_error(result.exit_code, result.stderr, result.stdout, fragment)
     assert_untouched(corpus.parent, before)
+
+
+def test_a_custom_op_prunes_unvalidated_and_says_what_was_not_checked(corpus):
+    """onnxruntime cannot load the input (an op of its own domain): with
+    --no-validate the written model is checked as far as it can be (the full
+    checker, the invariants), and a note says the session check was skipped."""
+    result = CliRunner().invoke(main, ["prune", "custom_op.onnx", "-o", OUT, "--no-validate", "--ratio", "0.5",
+                                       "--report", "r.json"])
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.stderr.splitlines() if "not loaded in onnxruntime" in line]
+    assert len(notes) == 1 and "com.example.Relu" in notes[0], result.stderr
+    assert "com.example.Relu" in (corpus / "r.json").read_text()
+    onnx.checker.check_model(os.fspath(corpus / OUT), full_check=True)
+    assert CliRunner().invoke(main, ["analyze", "custom_op.onnx"]).exit_code == 0
 
 
 SUBPROCESS = {

@@ -21,7 +21,9 @@ Classes:
   ``json_text.onnx``, ``declared_shape_mismatch.onnx`` (fails the checker),
   ``inconsistent_shapes.onnx`` (passes the checker, fails in onnxruntime),
   ``unknown_domain.onnx``, ``opset_mismatch.onnx``, ``cyclic.onnx``,
-  ``undefined_tensor.onnx``, ``duplicate_output_names.onnx``, ``no_nodes.onnx``;
+  ``undefined_tensor.onnx``, ``duplicate_output_names.onnx``, ``no_nodes.onnx``,
+  ``no_inputs.onnx`` (its input stored as a weight: nothing depends on data),
+  ``custom_op.onnx`` (valid ONNX with an op onnxruntime does not know);
 - data for ``model.onnx`` (``--data`` / ``--calib``): ``nan.npz``, ``inf.npz``,
   ``strings.npz``, ``object_array.npz``, ``scalar.npz``,
   ``wrong_input_name.npz``, ``wrong_dtype.npz``, ``wrong_shape.npz``,
@@ -35,7 +37,8 @@ Classes:
   ``mixed_folder/`` (one good sample, one of another channel count, one
   string array, and a stray text file);
 - calibration modules (``--calib module.py:function``): ``calib_raises.py``,
-  ``calib_garbage.py``, ``calib_exits.py``, ``calib_import_fails.py``.
+  ``calib_garbage.py``, ``calib_exits.py``, ``calib_import_fails.py``,
+  ``calib_argparse.py`` (parses its own command line at import).
 """
 from __future__ import annotations
 
@@ -230,6 +233,23 @@ def data():
 '''
 
 
+CALIB_ARGPARSE = '''\
+"""A script that parses its own command line when imported (argparse prints a
+usage text and exits with status 2)."""
+import argparse
+
+import numpy as np
+
+parser = argparse.ArgumentParser(description="export calibration images")
+parser.add_argument("--images", required=True)
+args = parser.parse_args()
+
+
+def data():
+    yield {"input": np.zeros((1, 3, 4, 4), np.float32)}
+'''
+
+
 # -- the corpus -------------------------------------------------------------------------
 def files() -> dict[str, bytes]:
     """Relative path -> bytes, for every file of the corpus."""
@@ -280,6 +300,16 @@ def files() -> dict[str, bytes]:
                                                              ["N", C_IN, SIDE, SIDE]))
     out["no_nodes.onnx"] = m.SerializeToString()
 
+    m = model()  # the input stored as a weight: nothing depends on data
+    m.graph.initializer.append(numpy_helper.from_array(inputs(2), "input"))
+    del m.graph.input[:]
+    m.graph.output[0].CopyFrom(helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2, CLASSES]))
+    out["no_inputs.onnx"] = m.SerializeToString()
+    m = model()  # a custom op: valid ONNX, unknown to onnxruntime
+    _node(m, "relu2").domain = "com.example"
+    m.opset_import.append(helper.make_opsetid("com.example", 1))
+    out["custom_op.onnx"] = m.SerializeToString()
+
     # data for model.onnx
     x = inputs()
     flat = np.arange(x.size).reshape(x.shape)
@@ -313,6 +343,7 @@ def files() -> dict[str, bytes]:
     out["calib_garbage.py"] = CALIB_GARBAGE.encode()
     out["calib_exits.py"] = CALIB_EXITS.encode()
     out["calib_import_fails.py"] = CALIB_IMPORT_FAILS.encode()
+    out["calib_argparse.py"] = CALIB_ARGPARSE.encode()
     return out
 
 
