@@ -8,12 +8,12 @@ evaluates such tensors entry by entry, leaving an entry ``None`` where it
 depends on a symbolic dim, so a rule can accept the graph when the entries it
 cares about are known, and freeze otherwise.
 
-What each op computes lives in its evaluator (``evaluators.py``, registered
-per op and opset like the rules). An evaluator computes in the tensor's own
-element type (int32 wraps as int32 does, float32 rounds as float32 does), so a
-known entry is the value onnxruntime would compute, and returns None for
-whatever it does not model (an attribute, a type, an undefined case): the
-folder never guesses.
+What each op computes lives in its evaluator (``evaluate_shapes.py``,
+``evaluate_math.py``), registered per op and opset like the rules. An
+evaluator computes in the tensor's own element type (int32 wraps as int32
+does, float32 rounds as float32 does), so a known entry is the value
+onnxruntime would compute, and returns None for whatever it does not model
+(an attribute, a type, an undefined case): the folder never guesses.
 """
 from __future__ import annotations
 
@@ -104,9 +104,6 @@ class Inputs:
         self.folder, self.node, self.depth = folder, node, depth
         self.version = folder.view.opsets.get(domain_of(node))
 
-    def __len__(self) -> int:
-        return len(self.node.input)
-
     def given(self, k: int) -> bool:
         return k < len(self.node.input) and bool(self.node.input[k])
 
@@ -174,6 +171,68 @@ class Folder:
         values = out if isinstance(out, (list, tuple)) else [out]
         k = list(node.output).index(name)
         return values[k] if k < len(values) else None
+
+
+# -- what evaluators share (evaluate_shapes.py, evaluate_math.py) ----------------------
+INTS = "iu"  # integer kinds
+
+
+def as_numpy(entry, dtype: np.dtype):
+    """An entry as numpy, in the value's element type."""
+    if isinstance(entry, np.ndarray):
+        return entry.astype(dtype)
+    return np.asarray(entry, dtype=dtype)
+
+
+def as_entry(result):
+    """A numpy result as an entry: a Python number, or an array of them."""
+    result = np.asarray(result)
+    return result.item() if result.ndim == 0 else result
+
+
+def same_dtype(values: list) -> np.dtype | None:
+    dtypes = {v.dtype for v in values}
+    return dtypes.pop() if len(dtypes) == 1 else None
+
+
+def elementwise(values: list, fn, dtype: np.dtype) -> Value | None:
+    """Apply ``fn`` entry by entry under multidirectional broadcasting; an
+    entry is unknown where any operand's is, or where ``fn`` says None."""
+    arrays = np.broadcast_arrays(*(v.entries for v in values))  # ValueError: not broadcastable
+    out = np.empty(arrays[0].shape, dtype=object)
+    if out.size > MAX_ELEMENTS:
+        return None
+    for idx in np.ndindex(out.shape):
+        xs = [a[idx] for a in arrays]
+        out[idx] = None if any(x is None for x in xs) else fn(*xs)
+    return Value(out, dtype)
+
+
+def arithmetic(a: Inputs, fn, kinds: str = "biuf") -> Value | None:
+    """An elementwise op of operands of one element type, computed by
+    ``fn(*numpy operands)`` (which may return None for an undefined entry)."""
+    values = a.values()
+    if values is None or not values:
+        return None
+    dtype = same_dtype(values)
+    if dtype is None or dtype.kind not in kinds:
+        return None
+
+    def entry(*xs):
+        r = fn(*(as_numpy(x, dtype) for x in xs))
+        return None if r is None else as_entry(r)
+
+    return elementwise(values, entry, dtype)
+
+
+def all_ints(v: Value | None) -> np.ndarray | None:
+    """All entries of an integer value as an int64 array (None if any is unknown)."""
+    if v is None or v.dtype.kind not in INTS:
+        return None
+    flat = v.entries.reshape(-1)
+    if any(e is None or isinstance(e, np.ndarray) for e in flat):
+        return None
+    return np.array([int(e) for e in flat], dtype=np.int64).reshape(v.entries.shape)
 
 
 _FOLDERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
