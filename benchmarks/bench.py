@@ -26,7 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 import onnxprune  # noqa: E402
-from onnxprune.validate import session  # noqa: E402
+from onnxprune.check.validate import session  # noqa: E402
 
 
 def load_save_seconds(path: str, repeat: int = 5) -> float:

@@ -74,10 +74,10 @@ import onnxprune  # noqa: E402
 for _m in pkgutil.walk_packages(onnxprune.__path__, "onnxprune."):
     importlib.import_module(_m.name)
 
-from onnxprune.importance import ALL_CRITERIA  # noqa: E402
-from onnxprune.pipeline import PruneConfig  # noqa: E402
-from onnxprune.runtime import session  # noqa: E402
-from onnxprune.validate import run_batched  # noqa: E402
+from onnxprune.select.importance import ALL_CRITERIA  # noqa: E402
+from onnxprune.stages.config import PruneConfig  # noqa: E402
+from onnxprune.core.runtime import session  # noqa: E402
+from onnxprune.check.validate import run_batched  # noqa: E402
 
 _FIELDS = set(PruneConfig.__dataclass_fields__)
 

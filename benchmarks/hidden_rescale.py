@@ -28,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import onnxprune  # noqa: E402
-from onnxprune.runtime import exposing, session  # noqa: E402
+from onnxprune.core.runtime import exposing, session  # noqa: E402
 
 ZOO = os.path.join(ROOT, "tests", "fixtures", "transformers")
 

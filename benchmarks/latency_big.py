@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 import onnxprune  # noqa: E402
-from onnxprune.runtime import session  # noqa: E402
+from onnxprune.core.runtime import session  # noqa: E402
 
 
 def main() -> None:

@@ -25,7 +25,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from onnxprune import pipeline  # noqa: E402
-from onnxprune.pipeline import PruneConfig  # noqa: E402
+
+from onnxprune import stages
+from onnxprune.stages.config import PruneConfig  # noqa: E402
 
 
 def conv_chain(nodes: int, channels: int = 8, seed: int = 0) -> onnx.ModelProto:
@@ -59,13 +61,13 @@ def timed_stages(model: onnx.ModelProto, cfg: PruneConfig) -> dict[str, float]:
         out[name] = out.get(name, 0.0) + time.perf_counter() - t0
         return value
 
-    loaded = t("load", pipeline.load, model, cfg)
-    groups = t("analyze", pipeline.analyze, loaded, cfg)
-    scores = t("score", pipeline.score, groups, None, cfg)
-    plan = t("plan", pipeline.plan, groups, scores, cfg)
-    pruned = t("apply", pipeline.apply, groups, plan, None)
-    t("check", pipeline.check, groups, pruned, cfg)
-    t("report", pipeline.report, groups, plan, pruned, None, None, cfg)
+    loaded = t("load", stages.load, model, cfg)
+    groups = t("analyze", stages.analyze, loaded, cfg)
+    scores = t("score", stages.score, groups, None, cfg)
+    plan = t("plan", stages.plan, groups, scores, cfg)
+    pruned = t("apply", stages.apply, groups, plan, None)
+    t("check", stages.check, groups, pruned, cfg)
+    t("report", stages.report, groups, plan, pruned, None, None, cfg)
     return out
 
 

@@ -23,7 +23,7 @@ for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from onnxprune.sensitivity import sweep  # noqa: E402
+from onnxprune.search.sensitivity import sweep  # noqa: E402
 
 
 def key(rows):

@@ -41,8 +41,8 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import onnxprune  # noqa: E402
-from onnxprune.rewrite import apply  # noqa: E402
-from onnxprune.runtime import session  # noqa: E402
+from onnxprune.rewrite.engine import apply  # noqa: E402
+from onnxprune.core.runtime import session  # noqa: E402
 from test_transformers import feeds  # noqa: E402
 
 ZOO = os.path.join(ROOT, "tests", "fixtures", "transformers")
@@ -79,16 +79,17 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def _run(model, feeds) -> np.ndarray:
     """Output 0 on every sample (one at a time where the model fixes batch 1)."""
-    from onnxprune.validate import _batch_size, run_batched
+    from onnxprune.check.validate import _batch_size, run_batched
 
     return run_batched(session(model), feeds, _batch_size(model, None))[0]
 
 
 def oracle(path, plan_keep, cfg, val) -> float:
     from onnxprune import pipeline
-    from onnxprune.io_change import adapt_feeds, changed
+    from onnxprune import stages
+    from onnxprune.rewrite.io_change import adapt_feeds, changed
 
-    groups = pipeline.analyze(pipeline.load(path, cfg), cfg)
+    groups = stages.analyze(stages.load(path, cfg), cfg)
     io = changed(groups, plan_keep)
     pruned, masked = apply(groups, plan_keep), apply(groups, plan_keep, masked=True)
     one = {k: v[:4] for k, v in val.items()}
@@ -118,7 +119,7 @@ def main() -> None:
 
         acfg = onnxprune.PruneConfig(input_shapes=shapes, allow_io_change="_kv_" in name,
                                      prune=("heads", "neurons", "hidden"))
-        groups = pipeline.analyze(pipeline.load(path, acfg), acfg)
+        groups = stages.analyze(stages.load(path, acfg), acfg)
         total = max(groups.params_total, 1)
         sizes = {}
         for g in groups.groups:
@@ -155,7 +156,7 @@ def main() -> None:
                         print(f"{head} {kind:<8} {r:5.2f} error: {e}")
                         continue
                 onnx.checker.check_model(res.model, full_check=True)
-                from onnxprune.io_change import adapt_feeds
+                from onnxprune.rewrite.io_change import adapt_feeds
 
                 out = _run(res.model, adapt_feeds(res.io, val))
                 v = res.validation

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 
-from . import pipeline
-from .groups import Groups
-from .pipeline import PruneConfig, PruneReport, PruneResult
+from onnxprune import pipeline
+
+from onnxprune import stages
+from onnxprune.analysis.groups import Groups
+from onnxprune.stages.config import PruneConfig
+from onnxprune.stages.results import PruneReport, PruneResult
 
 # Old keyword names, still accepted.
 _ALIASES = {"member_norm": "normalize", "reduction": "group_reduction"}
@@ -25,7 +28,7 @@ def analyze(model, *, input_shapes: dict | None = None, exclude=(), strict: bool
     ``prune`` and ``allow_io_change`` as for ``prune``."""
     cfg = PruneConfig(input_shapes=input_shapes, exclude=tuple(exclude), strict=strict, data=data,
                       prune=(prune,) if isinstance(prune, str) else tuple(prune), allow_io_change=allow_io_change)
-    return pipeline.analyze(pipeline.load(model, cfg), cfg)
+    return stages.analyze(stages.load(model, cfg), cfg)
 
 
 def prune(model, ratio: float = 0.3, criterion: str | None = None, *, config: PruneConfig | None = None,

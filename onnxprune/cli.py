@@ -14,16 +14,24 @@ import warnings
 import click
 from rich.console import Console
 
-from . import api, pipeline
-from .calibration import RANDOM_WARNING
-from .data import parse_batch_axes
-from .errors import OnnxPruneError
-from .importance import ALL_CRITERIA, DATA_CRITERIA, GRAM_CRITERIA
-from .model import check_writable, parse_input_shapes
-from .ops import entries
-from .pipeline import PruneConfig
-from .report import print_groups, print_ops, print_prune, print_sensitivity, print_validation
-from .validate import validate as run_validate
+from onnxprune import api, pipeline
+
+from onnxprune import stages
+from onnxprune.calibration.sources import RANDOM_WARNING
+from onnxprune.check.report import (
+    print_groups,
+    print_ops,
+    print_prune,
+    print_sensitivity,
+    print_validation,
+)
+from onnxprune.check.validate import validate as run_validate
+from onnxprune.core.data import parse_batch_axes
+from onnxprune.core.errors import OnnxPruneError
+from onnxprune.core.model import check_writable, parse_input_shapes
+from onnxprune.ops import entries
+from onnxprune.select.importance import ALL_CRITERIA, DATA_CRITERIA, GRAM_CRITERIA
+from onnxprune.stages.config import PruneConfig
 
 
 class _OneLineUsageError(click.UsageError):
@@ -82,9 +90,9 @@ def _console(quiet: bool = False) -> Console:
     return Console(quiet=quiet, highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 160)
 
 
-def _write_json(path: str, payload: dict) -> None:
-    with pipeline._writing(path):  # a full disk: one line, exit code 2
-        pipeline._write_json(path, payload)
+def write_json(path: str, payload: dict) -> None:
+    with stages.writing(path):  # a full disk: one line, exit code 2
+        stages.write_json(path, payload)
 
 
 input_shape_opt = click.option("--input-shape", "input_shape", multiple=True, metavar="NAME:D1,D2,..",
@@ -280,7 +288,7 @@ def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, co
 def sensitivity(model, calib, data, ratios, criterion, compensate, calib_samples, jobs, shard, ray_address,
                 out_path, json_path, plot_path, quiet, input_shape):
     """Prune each group of MODEL alone at each ratio and measure the output change."""
-    from .sensitivity import plot, sweep
+    from onnxprune.search.sensitivity import plot, sweep
 
     try:
         rs = [float(r) for r in ratios.split(",") if r.strip()]
@@ -297,7 +305,7 @@ def sensitivity(model, calib, data, ratios, criterion, compensate, calib_samples
                    calib_samples=calib_samples, ray=ray_address)
     print_sensitivity(result, console)
     if json_path:
-        _write_json(json_path, {"header": result.header, "rows": result.rows})
+        write_json(json_path, {"header": result.header, "rows": result.rows})
     if plot_path:
         plot(result, plot_path)
         console.print(f"wrote {plot_path}")
@@ -308,7 +316,7 @@ def sensitivity(model, calib, data, ratios, criterion, compensate, calib_samples
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Merged JSONL file.")
 def merge(shards, output):
     """Merge the --out files of a sensitivity sweep's shards."""
-    from .sensitivity import merge as merge_files
+    from onnxprune.search.sensitivity import merge as merge_files
 
     if any(os.path.exists(output) and os.path.samefile(output, s) for s in shards):
         raise OnnxPruneError(f"{output}: output path is one of the shards; choose another path")
@@ -321,14 +329,14 @@ def _auto(model, cfg, max_drop, step, trajectory_path, console):
     the outputs, all or nothing."""
     from dataclasses import replace
 
-    from .auto import auto_prune, plot
-    from .validate import validate as run_validate
+    from onnxprune.check.validate import validate as run_validate
+    from onnxprune.pipeline.auto import auto_prune, plot
 
     if cfg.masked_output or cfg.save_plan or cfg.plan or cfg.allow_io_change:
         raise OnnxPruneError("--auto works with budgets as floors (--macs-target, --params-target, "
                              "--latency-target): not with --masked-output, --save-plan, --plan or "
                              "--allow-io-change")
-    pipeline.preflight(model, cfg)
+    stages.preflight(model, cfg)
     if cfg.calib is None and cfg.data is not None:
         cfg = replace(cfg, calib=cfg.data, data=None)  # --data alone: its last quarter is held out
     floor = cfg.macs_target
@@ -343,7 +351,7 @@ def _auto(model, cfg, max_drop, step, trajectory_path, console):
         result.validation = run_validate(model, result.model, data=run.held_out, threads=cfg.threads)
     if trajectory_path:
         plot(run, trajectory_path)
-    result.written = pipeline.save(result, cfg)
+    result.written = stages.save(result, cfg)
     return result
 
 
@@ -380,7 +388,7 @@ def validate(original, pruned, data, report_path, samples, threads, quiet, input
     for msg in v.warnings:
         click.echo(f"onnxprune: warning: {msg}", err=True)
     if report_path:
-        _write_json(report_path, v.to_dict())
+        write_json(report_path, v.to_dict())
 
 
 if __name__ == "__main__":  # pragma: no cover

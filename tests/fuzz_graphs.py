@@ -35,7 +35,7 @@ from onnx import TensorProto, helper
 
 import oracle
 from graphs import Graph, feeds
-from onnxprune.walk import all_graphs
+from onnxprune.core.walk import all_graphs
 
 BASE_BLOCKS = ("conv", "grouped", "depthwise", "act", "bn", "scale", "residual", "concat", "split",
                "slice", "pool", "resize", "nhwc", "matmul_last", "tile", "if_branch", "transpose_conv")

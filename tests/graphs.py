@@ -18,7 +18,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from oracle import check_exact
-from onnxprune.rewrite import apply
+from onnxprune.rewrite.engine import apply
 
 IR_VERSION = 8
 

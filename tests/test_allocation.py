@@ -11,9 +11,9 @@ import pytest
 
 import onnxprune
 from graphs import Graph
-from onnxprune.errors import OnnxPruneError
-from onnxprune.importance import Scores, score
-from onnxprune.planner import estimate_macs, plan_budget, plan_global, plan_uniform
+from onnxprune.core.errors import OnnxPruneError
+from onnxprune.select.importance import Scores, score
+from onnxprune.select.planner import estimate_macs, plan_budget, plan_global, plan_uniform
 from oracle import run
 
 ROOT = os.path.join(os.path.dirname(__file__), os.pardir, "models")

@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxprune.auto import _metric, auto_prune
-from onnxprune.pipeline import PruneConfig
+from onnxprune.pipeline.auto import _metric, auto_prune
+from onnxprune.stages.config import PruneConfig
 from oracle import run
 
 ROOT = os.path.join(os.path.dirname(__file__), os.pardir, "models")
@@ -68,8 +68,8 @@ def test_params_and_latency_targets_stop_the_loop_when_met(monkeypatch):
     """Each budget is a floor: the loop stops at the first step that meets
     it, and not before. Latency is faked from the MACs to make the check
     exact (the real one is timed)."""
-    import onnxprune.latency as latency
-    from onnxprune.runtime import session as make_session
+    import onnxprune.search.latency as latency
+    from onnxprune.core.runtime import session as make_session
 
     d = np.load(DATA)
     cfg = PruneConfig(calib={"input": d["input"][:160]}, data={"input": d["input"][160:]}, params_target=0.5)
@@ -77,11 +77,10 @@ def test_params_and_latency_targets_stop_the_loop_when_met(monkeypatch):
     assert "reached the params target 0.5" in traj.stopped
     assert traj.steps[-1].params <= 0.5 + 1e-3 and all(s.params > 0.5 for s in traj.steps[:-1])
 
-    import importlib
 
-    from onnxprune.costs import count_params
+    from onnxprune.analysis.costs import count_params
 
-    validate = importlib.import_module("onnxprune.validate")  # the module, not the API function
+    from onnxprune.pipeline import auto
 
     size = {}
 
@@ -90,8 +89,12 @@ def test_params_and_latency_targets_stop_the_loop_when_met(monkeypatch):
         size[id(s)] = count_params(model)
         return s
 
-    monkeypatch.setattr(validate, "session", session)
-    monkeypatch.setattr(latency, "_ratio", lambda base, s, feeds, runs, rounds=3: (size[id(s)] / size[id(base)], 1.0))
+    def ratio(base, s, feeds, runs, rounds=3):
+        return size[id(s)] / size[id(base)], 1.0
+
+    for module in (auto, latency):  # where the sessions are made and timed
+        monkeypatch.setattr(module, "session", session)
+        monkeypatch.setattr(module, "time_ratio", ratio)
     cfg = PruneConfig(calib={"input": d["input"][:160]}, data={"input": d["input"][160:]}, latency_target=0.35)
     _, traj = auto_prune(PATH, cfg, max_drop=1.0, step=0.25)
     assert "reached the latency target 0.35" in traj.stopped

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import onnxprune
-from onnxprune.costs import count_params
-from onnxprune.errors import OnnxPruneError
-from onnxprune.planner import estimate_params
-from onnxprune.rewrite import apply
+from onnxprune.analysis.costs import count_params
+from onnxprune.core.errors import OnnxPruneError
+from onnxprune.select.planner import estimate_params
+from onnxprune.rewrite.engine import apply
 from oracle import random_keep
 
 ROOT = os.path.join(os.path.dirname(__file__), os.pardir, "models")
@@ -70,15 +70,15 @@ def test_a_latency_target_is_searched_by_timing_candidates(monkeypatch):
     """The search keeps the least pruning whose measured ratio meets the
     target: with a fake clock where latency = the kept MACs fraction, it
     lands just under the target."""
-    from onnxprune import latency
+    from onnxprune.search import latency
 
     def fake_ratio(base, sess, feeds, runs, rounds=3):
         return fake_ratio.next.pop(0), 1.0
 
     path = os.path.join(ROOT, "resnet_mnist.onnx")
     groups = onnxprune.analyze(path)
-    from onnxprune.importance import score
-    from onnxprune.planner import estimate_macs, plan_budget
+    from onnxprune.select.importance import score
+    from onnxprune.select.planner import estimate_macs, plan_budget
 
     s = score(groups, "l2")
 
@@ -87,8 +87,8 @@ def test_a_latency_target_is_searched_by_timing_candidates(monkeypatch):
         fake_ratio.next = [estimate_macs(groups, p.keep) / groups.macs]
         return p
 
-    monkeypatch.setattr(latency, "_ratio", fake_ratio)
-    from onnxprune.pipeline import PruneConfig
+    monkeypatch.setattr(latency, "time_ratio", fake_ratio)
+    from onnxprune.stages.config import PruneConfig
 
     plan, search = latency.plan_latency(groups, plan_at, 0.6, PruneConfig())
     assert search.achieved <= 0.6 and search.achieved >= 0.5, search.tried

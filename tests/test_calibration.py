@@ -18,9 +18,11 @@ from onnx import TensorProto, helper
 
 import onnxprune
 from graphs import Graph
-from onnxprune.calibration import Calibration, ChannelStats, calibrate, load_data
-from onnxprune.errors import OnnxPruneError
-from onnxprune.importance import calibration_requests
+from onnxprune.calibration.statistics import Calibration, ChannelStats
+from onnxprune.calibration.run import calibrate
+from onnxprune.calibration.sources import load_data
+from onnxprune.core.errors import OnnxPruneError
+from onnxprune.select.importance import calibration_requests
 from oracle import run
 
 N = 10
@@ -455,7 +457,7 @@ def test_peak_memory_does_not_grow_with_the_number_of_samples():
 
 
 def test_stats_count_exact_zeros_only_and_match_numpy_on_signed_values():
-    from onnxprune.calibration import ChannelStats
+    from onnxprune.calibration.statistics import ChannelStats
 
     x = np.array([[[0.0, -1.0], [2.0, 0.0]], [[-3.0, 0.0], [0.0, 4.0]]], np.float32)  # (2, 2, 2)
     st = ChannelStats(2, gram=True)
@@ -475,7 +477,7 @@ def test_a_big_batch_enters_the_gram_matrix_as_a_strided_subset_with_its_own_mea
     """Past GRAM_ROWS rows per batch the Gram matrix takes every k-th position:
     its covariance stays close to the full one (at a fraction of the cost),
     and small batches are still exact."""
-    from onnxprune.calibration import GRAM_ROWS, ChannelStats
+    from onnxprune.calibration.statistics import GRAM_ROWS, ChannelStats
 
     rng = np.random.default_rng(0)
     mix = rng.standard_normal((6, 6))
@@ -496,7 +498,7 @@ def test_gram_matrices_are_granted_narrowest_first_within_the_budget(monkeypatch
     """A model with wide layers gets Gram matrices only while they fit: the
     widest consumers go without (and fall back to bias compensation)."""
     from graphs import Graph
-    from onnxprune import importance
+    from onnxprune.select import importance
 
     g = Graph(seed=0)
     a = g.add("Relu", [g.gemm("x", 8, 16, name="A")])
@@ -516,7 +518,7 @@ def test_gram_matrices_are_granted_narrowest_first_within_the_budget(monkeypatch
 def _reference_stats(x: np.ndarray, axis: int):
     """float64 statistics of all rows, and the Gram matrix of the strided
     subset ChannelStats documents (every step-th position past GRAM_ROWS)."""
-    from onnxprune.calibration import GRAM_ROWS
+    from onnxprune.calibration.statistics import GRAM_ROWS
 
     rows = rows_of(x, axis)
     x3 = x.reshape(int(np.prod(x.shape[:axis])), x.shape[axis], -1).astype(np.float64)
@@ -539,7 +541,7 @@ def test_channel_stats_match_float64_on_every_layout_and_path(shape, axis, kind,
     row blocks of 2-D tensors, strided Gram subsets, column-chunked copies
     (tiny GRAM_CHUNK) and row-at-a-time blocks (tiny BLOCK): all the same
     statistics as float64 numpy, exact zero counts included."""
-    from onnxprune import calibration
+    from onnxprune.calibration import statistics as calibration
 
     if small_blocks:
         monkeypatch.setattr(calibration, "BLOCK", 50)
@@ -626,30 +628,30 @@ def test_a_model_input_is_read_from_the_feeds(model, x):
 
 
 def test_batches_of_one_array_are_views_not_copies(model, x):
-    from onnxprune.calibration import _batches
+    from onnxprune.calibration.sources import batches as batches
 
-    chunks = list(_batches([{"x": x}], ["x"], model, 4, None))
+    chunks = list(batches([{"x": x}], ["x"], model, 4, None))
     assert [len(c["x"]) for c in chunks] == [4, 4, 2]
     assert all(np.shares_memory(c["x"], x) for c in chunks)
 
 
 def test_progress_bar_goes_to_stderr_and_knows_the_total(model, x, capsys):
-    from onnxprune.calibration import _known_count
+    from onnxprune.calibration.sources import known_count as known_count
 
     cal = calibrate(model, {"x": x}, REQ, batch=4, progress=True)
     assert cal.samples == N
     assert capsys.readouterr().out == ""
-    assert _known_count({"x": x}, model) == N
-    assert _known_count({"x": x[0]}, model) == 1  # one sample without its axis
-    assert _known_count([{"x": x[:3]}, {"x": x[3:]}], model) == N
-    assert _known_count("calib.npz", model) is None
+    assert known_count({"x": x}, model) == N
+    assert known_count({"x": x[0]}, model) == 1  # one sample without its axis
+    assert known_count([{"x": x[:3]}, {"x": x[3:]}], model) == N
+    assert known_count("calib.npz", model) is None
 
 
 def test_fetcher_writes_into_handed_back_arrays_and_falls_back_when_it_cannot(model, x):
     """Runs with the input shapes of a handed-back run write into its arrays
     (no allocation per run); other shapes run plainly; the results are the
     model's either way."""
-    from onnxprune.runtime import Fetcher, exposing
+    from onnxprune.core.runtime import Fetcher, exposing
 
     sess, want = exposing(model, ["relu"], threads=1)
     fetch = Fetcher(sess, want)
@@ -665,7 +667,7 @@ def test_fetcher_writes_into_handed_back_arrays_and_falls_back_when_it_cannot(mo
 
 
 def test_fetcher_falls_back_to_plain_runs_when_output_shapes_depend_on_the_data():
-    from onnxprune.runtime import Fetcher, session
+    from onnxprune.core.runtime import Fetcher, session
 
     g = Graph(seed=0)
     nz = g.add("Cast", [g.add("NonZero", [g.add("Relu", ["x"], name="r")], name="nz")], to=TensorProto.FLOAT)

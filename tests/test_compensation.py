@@ -14,11 +14,11 @@ import pytest
 
 import onnxprune
 from graphs import Graph
-from onnxprune.calibration import calibrate
-from onnxprune.compensate import Compensation, compensate
-from onnxprune.errors import OnnxPruneError
-from onnxprune.importance import calibration_requests
-from onnxprune.rewrite import apply
+from onnxprune.calibration.run import calibrate
+from onnxprune.refit.compensate import Compensation, compensate
+from onnxprune.core.errors import OnnxPruneError
+from onnxprune.select.importance import calibration_requests
+from onnxprune.rewrite.engine import apply
 from oracle import random_keep, run
 
 MODELS = os.path.join(os.path.dirname(__file__), os.pardir, "models")
@@ -379,11 +379,11 @@ def test_lsq_keeps_accuracy_at_half_the_macs_on_trained_models(name, floor):
     channels (a near-singular Gram matrix once sent densenet to chance)."""
     import os
 
-    from onnxprune.calibration import calibrate
-    from onnxprune.compensate import compensate
-    from onnxprune.importance import calibration_requests, score
-    from onnxprune.planner import plan_macs
-    from onnxprune.rewrite import apply
+    from onnxprune.calibration.run import calibrate
+    from onnxprune.refit.compensate import compensate
+    from onnxprune.select.importance import calibration_requests, score
+    from onnxprune.select.planner import plan_macs
+    from onnxprune.rewrite.engine import apply
     from oracle import run
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -398,9 +398,9 @@ def test_lsq_keeps_accuracy_at_half_the_macs_on_trained_models(name, floor):
     without = float(np.mean(run(plain, {"input": x[128:]})[0].argmax(1) == y[128:]))
     assert accuracy >= floor, accuracy
     assert accuracy >= without + 0.3, (accuracy, without)  # compensation is what keeps it
-    from onnxprune.costs import count_macs
-    from onnxprune.graph import GraphView
-    from onnxprune.shapes import shapes
+    from onnxprune.analysis.costs import count_macs
+    from onnxprune.core.graph import GraphView
+    from onnxprune.core.shapes import shapes
 
     macs = count_macs(GraphView(pruned, shapes(pruned).dims)) / groups.macs
     assert 0.45 <= macs <= 0.55, macs

@@ -13,9 +13,10 @@ import pytest
 
 import onnxprune
 from graphs import Graph
-from onnxprune.calibration import Calibration, calibrate
-from onnxprune.errors import OnnxPruneError
-from onnxprune.importance import DATA_CRITERIA, calibration_requests, score
+from onnxprune.calibration.statistics import Calibration
+from onnxprune.calibration.run import calibrate
+from onnxprune.core.errors import OnnxPruneError
+from onnxprune.select.importance import DATA_CRITERIA, calibration_requests, score
 
 C, CIN, HW = 6, 3, 6
 

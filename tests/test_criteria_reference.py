@@ -16,8 +16,8 @@ import pytest
 
 import onnxprune
 from graphs import Graph
-from onnxprune.calibration import calibrate
-from onnxprune.importance import calibration_requests, score
+from onnxprune.calibration.run import calibrate
+from onnxprune.select.importance import calibration_requests, score
 
 RNG = np.random.default_rng(7)
 WA = RNG.standard_normal((6, 3, 3, 3)).astype(np.float32)

@@ -8,9 +8,9 @@ import numpy as np
 
 import onnxprune
 from graphs import Graph
-from onnxprune.calibration import calibrate
-from onnxprune.datafree import moment_statistics
-from onnxprune.importance import calibration_requests
+from onnxprune.calibration.run import calibrate
+from onnxprune.refit.datafree import moment_statistics
+from onnxprune.select.importance import calibration_requests
 from onnxprune.ops.elementwise import rectified
 
 

@@ -24,7 +24,7 @@ from click.testing import CliRunner
 import fixtures_cli as F
 import onnxprune
 from onnxprune.cli import main
-from onnxprune.errors import OnnxPruneError
+from onnxprune.core.errors import OnnxPruneError
 
 ENOSPC_TEXT = "No space left on device"
 

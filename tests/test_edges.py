@@ -11,8 +11,8 @@ import onnx
 import pytest
 
 import onnxprune
-from onnxprune.edges import _mask, parse_pattern
-from onnxprune.errors import OnnxPruneError
+from onnxprune.refit.edges import _mask, parse_pattern
+from onnxprune.core.errors import OnnxPruneError
 from graphs import Graph
 from oracle import run
 
@@ -176,7 +176,7 @@ def test_the_sequential_update_fits_each_layer_to_the_original_from_the_pruned_i
 def test_the_sequential_update_with_nothing_upstream_changed_is_the_one_shot_update():
     """With the pruned inputs equal to the original's (the first layer), the
     refit is the one-shot least-squares update."""
-    from onnxprune.edges import _update
+    from onnxprune.refit.edges import _update
 
     rng = np.random.default_rng(8)
     x = rng.standard_normal((500, 12))

@@ -16,10 +16,11 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune
-from onnxprune import pipeline, runtime, tensors
+from onnxprune import pipeline
+from onnxprune.core import runtime, tensors
 from onnxprune.cli import main
-from onnxprune.model import load
-from onnxprune.validate import full_check
+from onnxprune.core.model import load
+from onnxprune.check.validate import full_check
 
 SIZES = (64, 512, 512, 10)  # w1 is 512 x 512 float32: 1 MiB, so it is aligned when written
 
@@ -119,7 +120,9 @@ def test_big_model_path_on_a_small_model(tmp_path, monkeypatch):
     src = save_external(mlp(), tmp_path)
     before = {n: (tmp_path / n).read_bytes() for n in os.listdir(tmp_path)}
     compared = []
-    real_compare = pipeline.run_compare
+    from onnxprune.stages import results, steps
+
+    real_compare = results.run_compare
 
     def spy(ref, model, **kw):
         compared.append(tensors.has_lazy(model))
@@ -131,7 +134,8 @@ def test_big_model_path_on_a_small_model(tmp_path, monkeypatch):
         assert not isinstance(x, onnx.ModelProto), "a whole model was deep-copied"
         return real_deepcopy(x, memo)
 
-    monkeypatch.setattr(pipeline, "run_compare", spy)
+    for module in (results, steps):  # validation of a model in memory, or as written
+        monkeypatch.setattr(module, "run_compare", spy)
     monkeypatch.setattr(copy, "deepcopy", no_model_copies)
     out, report = tmp_path / "out.onnx", tmp_path / "report.json"
     result = CliRunner().invoke(main, ["prune", src, "-o", os.fspath(out), "--ratio", "0.5",

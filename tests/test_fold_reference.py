@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
-from onnxprune.graph import GraphView
+from onnxprune.core.graph import GraphView
 from onnxprune.ops import registry
 from onnxprune.ops.fold import partial_value, typed_value
 

@@ -7,9 +7,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from onnxprune import runtime
-from onnxprune.data import np_type, random_feeds
-from onnxprune.errors import OnnxPruneError
+from onnxprune.core import runtime
+from onnxprune.core.data import np_type, random_feeds
+from onnxprune.core.errors import OnnxPruneError
 
 TYPES = [TensorProto.INT16, TensorProto.UINT16, TensorProto.UINT32, TensorProto.UINT64, TensorProto.INT8,
          TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BOOL]

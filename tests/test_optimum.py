@@ -15,8 +15,8 @@ import pytest
 
 import onnxprune
 from oracle import random_keep, run
-from onnxprune.io_change import adapt_feeds, changed
-from onnxprune.rewrite import apply
+from onnxprune.rewrite.io_change import adapt_feeds, changed
+from onnxprune.rewrite.engine import apply
 
 HERE = os.path.join(os.path.dirname(__file__), "fixtures", "optimum")
 

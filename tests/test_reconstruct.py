@@ -10,11 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import onnxprune
-from onnxprune.calibration import calibrate
-from onnxprune.compensate import compensate
-from onnxprune.importance import calibration_requests, score
-from onnxprune.reconstruct import RIDGE, obs_order
-from onnxprune.rewrite import apply
+from onnxprune.calibration.run import calibrate
+from onnxprune.refit.compensate import compensate
+from onnxprune.select.importance import calibration_requests, score
+from onnxprune.select.reconstruct import RIDGE, obs_order
+from onnxprune.rewrite.engine import apply
 from oracle import run
 from test_compensation import LINCOMB, conv_data, the_group
 

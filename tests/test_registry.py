@@ -11,7 +11,7 @@ from click.testing import CliRunner
 import onnxprune
 from graphs import Graph, assert_frozen, assert_prunable, exact, group_at
 from onnxprune.cli import main
-from onnxprune.errors import InternalError
+from onnxprune.core.errors import InternalError
 from onnxprune.ops import Rule, entries, lookup, node_attr, register, schema_default
 from onnxprune.ops import registry
 

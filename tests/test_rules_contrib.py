@@ -135,7 +135,7 @@ def test_embed_layer_norm_is_the_hidden_size_pruned_only_with_prune_hidden():
     hidden size's (accounted, not "no rule"); --prune hidden slices them and
     the model still runs (inexact by nature: no oracle)."""
     import onnxprune
-    from onnxprune.rewrite import apply
+    from onnxprune.rewrite.engine import apply
     from oracle import run
 
     from onnx import TensorProto

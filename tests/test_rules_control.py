@@ -13,10 +13,10 @@ from onnx import numpy_helper
 
 from graphs import assert_frozen, assert_prunable, group_at
 from oracle import check_exact, run
-from onnxprune.costs import count_macs
-from onnxprune.groups import analyze_model
-from onnxprune.rewrite import apply
-from onnxprune.shapes import shapes
+from onnxprune.analysis.costs import count_macs
+from onnxprune.analysis.build import analyze_model
+from onnxprune.rewrite.engine import apply
+from onnxprune.core.shapes import shapes
 
 RNG = np.random.default_rng(0)
 
@@ -156,7 +156,7 @@ def test_branches_that_repeat_each_others_names_are_renamed_on_load_and_prune():
 def test_unshadow_leaves_captured_outer_names_and_the_main_graph_alone():
     """A nested body that reads a name its enclosing branch renamed reads the
     new name; a name captured from the main graph keeps its name."""
-    from onnxprune.walk import unshadow
+    from onnxprune.core.walk import unshadow
 
     inner = h.make_graph([h.make_node("Add", ["t", "x"], ["u"], name="inner_add")], "inner", [],
                          [h.make_tensor_value_info("u", T.FLOAT, None)])
@@ -213,7 +213,7 @@ def test_a_loop_body_prunes_inside_and_freezes_its_carried_state():
 def test_bias_nodes_for_consumers_inside_branches_land_in_their_branch():
     """A compensation bias for a consumer with no bias input inside a branch
     (its MatMul) is an Add node in that branch, and the oracle holds."""
-    from onnxprune.compensate import Compensation
+    from onnxprune.refit.compensate import Compensation
 
     model = if_model()
     for a in model.graph.node[0].attribute:  # drop the branches' last biases

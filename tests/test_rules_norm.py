@@ -180,7 +180,7 @@ def test_rms_norms_and_onnxruntimes_layernorm_are_the_hidden_size(op, opset, inp
     import onnx
 
     import onnxprune
-    from onnxprune import dialect
+    from onnxprune.core import dialect
 
     model = _hidden_mlp(op, opset, inputs)
     assert (op in dialect.needed(model)) == (op != "RMSNormalization")
@@ -199,6 +199,6 @@ def test_rms_norms_and_onnxruntimes_layernorm_are_the_hidden_size(op, opset, inp
 
 
 def test_an_opset_17_layernorm_needs_no_dialect():
-    from onnxprune import dialect
+    from onnxprune.core import dialect
 
     assert dialect.needed(_hidden_mlp("LayerNormalization", 17, ["scale", "bias"])) == {}

@@ -704,7 +704,7 @@ def test_a_shared_uniform_constant_does_not_tie_the_layers_that_read_it():
     g1, g2 = group_at(groups, "m1", -1), group_at(groups, "m2", -1)
     assert g1 is not g2
     m = pruned(groups, {**keep_of(g1, [0, 1]), **keep_of(g2, [3, 4, 5])})
-    from onnxprune.invariants import violations
+    from onnxprune.rewrite.invariants import violations
 
     assert not violations(groups.model, m)
 

@@ -13,10 +13,10 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune import data as data_mod
+from onnxprune.core import data as data_mod
 from onnxprune.cli import main
-from onnxprune.data import Along, join, load_npz, random_feeds, rows, sample_axes, sample_count
-from onnxprune.errors import OnnxPruneError
+from onnxprune.core.data import Along, join, load_npz, random_feeds, rows, sample_axes, sample_count
+from onnxprune.core.errors import OnnxPruneError
 
 FEATURES, HIDDEN, STATE, LAYERS, N = 8, 12, 4, 2, 12
 

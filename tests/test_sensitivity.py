@@ -9,8 +9,8 @@ import os
 import numpy as np
 import pytest
 
-from onnxprune.errors import OnnxPruneError
-from onnxprune.sensitivity import damage, merge, sweep
+from onnxprune.core.errors import OnnxPruneError
+from onnxprune.search.sensitivity import damage, merge, sweep
 from graphs import Graph
 
 ROOT = os.path.join(os.path.dirname(__file__), os.pardir, "models")
@@ -61,7 +61,7 @@ def test_each_job_prunes_one_group_and_damage_grows_with_the_ratio():
         assert 0 < by[0.75]["macs_saved"] < 1 and "accuracy_drop" in by[0.75]
     # each job removed its own group's units and nothing else
     import onnxprune
-    from onnxprune.planner import estimate_macs
+    from onnxprune.select.planner import estimate_macs
 
     groups = onnxprune.analyze(os.path.join(ROOT, "resnet_mnist.onnx"))
     for gid, by in table.items():
@@ -158,7 +158,7 @@ def test_ray_actors_give_the_serial_rows(tmp_path, ray_cluster):
 def test_ray_workers_need_only_the_shipped_bytes(tmp_path):
     """The actor builds its sweep from the files' bytes: the originals may be
     gone (another machine) and the rows are the same."""
-    from onnxprune.sensitivity import _pack, _RayWorker
+    from onnxprune.search.sensitivity import _pack, _RayWorker
 
     model, calib = _mlp(tmp_path / "m.onnx")
     serial = sweep(model, calib=calib, ratios=[0.5])
@@ -217,7 +217,7 @@ def _two_groups():
 
 
 def _fake_sweep(groups, damages: dict):
-    from onnxprune.sensitivity import SensitivityResult
+    from onnxprune.search.sensitivity import SensitivityResult
 
     rows = []
     for g in groups.prunable:
@@ -230,9 +230,9 @@ def _fake_sweep(groups, damages: dict):
 
 def test_sensitivity_allocation_spends_the_budget_where_the_sweep_measured_least_damage():
     import onnxprune
-    from onnxprune.importance import score
-    from onnxprune.planner import estimate_macs, plan_budget
-    from onnxprune.sensitivity import removal_costs
+    from onnxprune.select.importance import score
+    from onnxprune.select.planner import estimate_macs, plan_budget
+    from onnxprune.search.sensitivity import removal_costs
 
     groups = onnxprune.analyze(_two_groups(), input_shapes={"x": [1, 8]})
     s = score(groups, "l2")
@@ -274,7 +274,7 @@ def test_a_saved_sweep_drives_the_prune_and_one_of_another_model_is_refused(tmp_
 
 def test_the_default_allocation_follows_the_data_and_the_sweeps_cost(monkeypatch):
     import onnxprune
-    from onnxprune import pipeline
+    from onnxprune.pipeline import prune as pipeline
 
     path = os.path.join(ROOT, "resnet_mnist.onnx")
     d = np.load(os.path.join(ROOT, "resnet_mnist_data.npz"))
@@ -293,7 +293,8 @@ def test_the_default_allocation_follows_the_data_and_the_sweeps_cost(monkeypatch
 def test_a_sweep_limited_to_the_calibration_part_never_measures_on_the_rest(monkeypatch):
     """In a prune that holds out the last quarter for validation, the sweep
     measures on the tail of the calibration part, never on those samples."""
-    from onnxprune import calibration, sensitivity
+    from onnxprune.calibration import sources as calibration
+    from onnxprune.search import sensitivity
 
     seen = {}
     orig = calibration.hold_out

@@ -14,9 +14,9 @@ import numpy as np
 import onnx
 
 import onnxprune
-from onnxprune import sequential
-from onnxprune.compensate import _regress
-from onnxprune.sequential import CrossStats, levels_of, _refit, _stages
+from onnxprune.refit import sequential
+from onnxprune.refit.compensate import _regress
+from onnxprune.refit.sequential import CrossStats, levels_of, _refit, _stages
 from graphs import Graph
 from oracle import run
 

@@ -7,7 +7,7 @@ import onnx
 
 import onnxprune
 from graphs import Graph, assert_prunable, exact, group_at
-from onnxprune.shapes import shapes
+from onnxprune.core.shapes import shapes
 
 
 def _runtime_pad_model(fixed_batch: bool = False, seq: bool = False):

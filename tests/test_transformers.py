@@ -16,7 +16,7 @@ import pytest
 
 import onnxprune
 from oracle import random_keep, run
-from onnxprune.rewrite import apply
+from onnxprune.rewrite.engine import apply
 
 HERE = os.path.join(os.path.dirname(__file__), "fixtures", "transformers")
 ZOO = sorted(glob.glob(os.path.join(HERE, "*.onnx")))
@@ -130,7 +130,7 @@ def test_a_kv_cache_shrinks_only_with_allow_io_change(tmp_path):
     from click.testing import CliRunner
 
     from onnxprune.cli import main
-    from onnxprune.io_change import adapt_feeds, adapt_outputs, changed
+    from onnxprune.rewrite.io_change import adapt_feeds, adapt_outputs, changed
 
     for name in ("llama_kv_ts", "llama_kv_dyn"):
         path = os.path.join(HERE, f"{name}.onnx")
@@ -138,8 +138,8 @@ def test_a_kv_cache_shrinks_only_with_allow_io_change(tmp_path):
         shapes = {"x": [None, 3, 32], "past_k": [None, 2, 5, 8], "past_v": [None, 2, 5, 8]}
         frozen = onnxprune.analyze(model, input_shapes=shapes)
         assert not any(g.channels == 2 for g in frozen.prunable)
-        groups = onnxprune.api.pipeline.analyze(
-            onnxprune.api.pipeline.load(model, onnxprune.PruneConfig()),
+        groups = onnxprune.stages.analyze(
+            onnxprune.stages.load(model, onnxprune.PruneConfig()),
             onnxprune.PruneConfig(input_shapes=shapes, allow_io_change=True))
         kv = next(g for g in groups.prunable if g.channels == 2)
         keep = {kv.id: np.array([1])}
@@ -236,7 +236,7 @@ def test_an_input_whose_channels_are_found_late_is_analysed_with_them_from_the_s
     channels where the residual Add needs them, after a Shape and the first
     RMSNorm read it: those must see them too (a second pass), or the norm's
     weight would stay full size and the model break (found by the benchmark)."""
-    from onnxprune.io_change import adapt_feeds
+    from onnxprune.rewrite.io_change import adapt_feeds
 
     for name in ("llama_kv_ts", "llama_kv_dyn"):
         path = os.path.join(HERE, f"{name}.onnx")

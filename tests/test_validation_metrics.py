@@ -7,7 +7,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune
-from onnxprune.validate import _fidelity
+from onnxprune.check.validate import _fidelity
 
 
 def test_cosine_max_error_and_top1_of_hand_made_outputs():
@@ -72,8 +72,8 @@ def test_one_value_per_sample_moves_the_sweep_damage_and_the_auto_metric_too():
     """The sensitivity sweep and the automatic loop use the same centred
     cosine (``similarity.centred_cosines``): per sample, one value always
     read 1.0, so a score model's damage was 0 whatever was removed."""
-    from onnxprune.auto import _metric
-    from onnxprune.sensitivity import damage
+    from onnxprune.pipeline.auto import _metric
+    from onnxprune.search.sensitivity import damage
 
     a = np.array([[0.1], [0.2], [0.3], [0.4]])
     flat = np.full_like(a, 0.25)

@@ -11,7 +11,7 @@ from onnx import TensorProto
 
 import onnxprune
 from graphs import Graph, assert_frozen, assert_prunable, exact, group_at, keep_of, pruned, value
-from onnxprune.invariants import violations, weight_bytes
+from onnxprune.rewrite.invariants import violations, weight_bytes
 
 
 def _stored(model, name):
@@ -130,7 +130,7 @@ def test_dynamic_quantization_prunes_approximately_and_says_so(per_column_zp):
     computation than the masked one."""
     from graphs import feeds, keep_of, pruned
     from oracle import run
-    from onnxprune.rewrite import apply
+    from onnxprune.rewrite.engine import apply
 
     model, w1 = _dynamic_mlp(per_column_zp)
     groups = onnxprune.analyze(model)
@@ -157,14 +157,15 @@ def test_dynamic_quantization_prunes_approximately_and_says_so(per_column_zp):
     # With data: scores read the float activations before the quantization and
     # the stored integers (obs); compensation leaves integer weights alone.
     from onnxprune import pipeline
+    from onnxprune import stages
 
     cfg = onnxprune.PruneConfig(calib={"x": np.random.default_rng(5).standard_normal((64, 16)).astype(np.float32)},
                                 ratio=0.25, round_to=1).resolved()
-    again = pipeline.analyze(pipeline.load(model, cfg), cfg)
+    again = stages.analyze(stages.load(model, cfg), cfg)
     reads = {again.activation(u)[0] for u in again.consumers(grp.id)}
     assert reads == {"relu"}  # the float activations, not the quantized ones
-    calibration = pipeline.calibrate(again, cfg)
-    assert cfg.criterion == "obs" and grp.id in pipeline.score(again, calibration, cfg).orders
+    calibration = stages.calibrate(again, cfg)
+    assert cfg.criterion == "obs" and grp.id in stages.score(again, calibration, cfg).orders
     res = onnxprune.prune(model, ratio=0.25, calib=cfg.calib, round_to=1, validate=False)
     assert any("stored as integers" in n for n in res.compensation.skipped)
     # uint8 weights around a zero point of 128: the masked model fills a removed row with the
@@ -258,7 +259,7 @@ def _dynamic_cnn(w_zp: int = 0, per_channel: bool = True):
 def test_conv_integer_slices_its_weight_and_zero_points_like_a_conv(per_channel):
     from graphs import feeds, keep_of, pruned
     from oracle import run
-    from onnxprune.rewrite import apply
+    from onnxprune.rewrite.engine import apply
 
     model = _dynamic_cnn(per_channel=per_channel)
     groups = onnxprune.analyze(model)

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 import oracle
 from graphs import assert_frozen, assert_prunable, frozen_text
 from oracle import check_exact
-from onnxprune.rewrite import apply
+from onnxprune.rewrite.engine import apply
 from onnxprune.cli import main
 from variants import VARIANTS
 

@@ -118,8 +118,8 @@ def test_a_constant_chain_thousands_deep_needs_no_recursion():
 
 
 def test_a_calibration_folder_of_mixed_sizes_is_batched_by_size(tmp_path):
-    from onnxprune.calibration import calibrate
-    from onnxprune.importance import calibration_requests
+    from onnxprune.calibration.run import calibrate
+    from onnxprune.select.importance import calibration_requests
 
     model = _detector()
     folder = tmp_path / "imgs"
@@ -172,7 +172,7 @@ def test_a_scalar_input_is_one_value_shared_by_every_sample(tmp_path):
     for every sample; calibration batches, the held-out split, validation and
     the sensitivity sweep all pass it whole. Another value in a stream of
     samples starts a new batch; an array with a sample axis is refused."""
-    from onnxprune.calibration import _batches
+    from onnxprune.calibration.sources import batches as batches
 
     model = _flagged()
     path, data, cal = (str(tmp_path / n) for n in ("m.onnx", "d.npz", "c.npz"))
@@ -197,7 +197,7 @@ def test_a_scalar_input_is_one_value_shared_by_every_sample(tmp_path):
     assert out.shape == (3, 4)
     stream = [{"x": x[:5], "flag": np.array(True)}, {"x": x[5:9], "flag": np.array(True)},
               {"x": x[9:12], "flag": np.array(False)}]
-    batches = list(_batches(stream, ["x", "flag"], model, 64, None))
+    batches = list(batches(stream, ["x", "flag"], model, 64, None))
     assert [(len(b["x"]), bool(b["flag"])) for b in batches] == [(9, True), (3, False)]
     np.savez(data, x=x, flag=np.ones(64, bool))
     res = CliRunner().invoke(main, ["prune", path, "-o", str(tmp_path / "p.onnx"), "--data", data])
@@ -230,7 +230,7 @@ def test_a_wrongly_stated_output_shape_stays_as_stated(computed):
     shape (the Reshape rule fills in what inference missed), and the rewrite
     once wrote its 32 over the stated 1: the invariants refused the model.
     The stated interface changes only where the prune changes it."""
-    from onnxprune.rewrite import apply
+    from onnxprune.rewrite.engine import apply
 
     g = Graph()
     a = g.add("Relu", [g.conv("images", 3, 8, name="c1")])
@@ -325,7 +325,7 @@ def test_a_state_input_whose_leading_dim_is_not_the_batch_is_given_whole_to_ever
     """silero-vad (audio [1, 576], state [2, 1, 128]) and CRNNs with h0
     [4, 1, 64]: random inputs stacked samples on the state's leading dim, and
     the original model 'failed' ('invalid dimensions for input: state')."""
-    from onnxprune.data import Shared, per_run_inputs, random_feeds
+    from onnxprune.core.data import Shared, per_run_inputs, random_feeds
 
     model = _with_state(batch)
     assert per_run_inputs(model) == {"state"}
@@ -351,7 +351,8 @@ def test_nothing_to_prune_with_no_group_names_the_largest_weight_and_its_reader(
     """A dynamically quantized detector (ConvInteger throughout) has no
     group at all: the error once read 'all 0 channel groups are frozen'."""
     from onnxprune import pipeline
-    from onnxprune.errors import OnnxPruneError
+    from onnxprune import stages
+    from onnxprune.core.errors import OnnxPruneError
 
     g = Graph()
     g.extra_opsets["example.custom"] = 1
@@ -361,4 +362,4 @@ def test_nothing_to_prune_with_no_group_names_the_largest_weight_and_its_reader(
     assert not groups.groups
     with pytest.raises(OnnxPruneError, match=r"no weight is in a channel group \(the largest weight, 'big_w', "
                                              r"is read by 1 Mystery \(an op with no rule\)"):
-        pipeline.plan(groups, None, pipeline.PruneConfig(ratio=0.3))
+        stages.plan(groups, None, stages.PruneConfig(ratio=0.3))

@@ -15,9 +15,9 @@ import fixtures_cli as F
 import onnxprune
 from graphs import Graph, exact, group_at
 from onnxprune.cli import main
-from onnxprune.errors import OnnxPruneError
-from onnxprune.invariants import violations, weight_bytes
-from onnxprune.model import save
+from onnxprune.core.errors import OnnxPruneError
+from onnxprune.rewrite.invariants import violations, weight_bytes
+from onnxprune.core.model import save
 
 
 def _reduce_mean_model(opset: int = 18) -> onnx.ModelProto:
@@ -68,7 +68,7 @@ def test_save_checks_the_written_file_and_leaves_nothing_when_it_fails(tmp_path)
 
 def test_written_model_that_onnxruntime_refuses_is_an_error_and_is_removed(tmp_path, monkeypatch):
     # Plant the old bug (every tensor external): the check from disk must catch it.
-    import onnxprune.model as M
+    import onnxprune.core.model as M
 
     monkeypatch.setattr(M, "SMALL_TENSOR", 0)
     src = F.save_external(_reduce_mean_model(), tmp_path, "model.onnx", location="w.data")
@@ -168,9 +168,9 @@ def test_invariants_name_initializers_left_unused():
 
 
 def test_prune_refuses_to_return_a_model_that_breaks_an_invariant(monkeypatch):
-    import onnxprune.pipeline as pipeline
+    from onnxprune.stages import steps
 
-    real = pipeline.run_apply
+    real = steps.run_apply
 
     def grow(*a, **k):  # plant a bug: the rewrite adds a parameter
         m = real(*a, **k)
@@ -179,7 +179,7 @@ def test_prune_refuses_to_return_a_model_that_breaks_an_invariant(monkeypatch):
         m.graph.output.append(helper.make_tensor_value_info("planted_out", TensorProto.FLOAT, None))
         return m
 
-    monkeypatch.setattr(pipeline, "run_apply", grow)
+    monkeypatch.setattr(steps, "run_apply", grow)
     with pytest.raises(OnnxPruneError, match="breaks an invariant"):
         onnxprune.prune(F.classifier(), ratio=0.5)
 

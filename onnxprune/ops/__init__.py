@@ -3,9 +3,18 @@
 an op themselves. Adding an op = one module here and its test."""
 from __future__ import annotations
 
-from .base import (ROLES, UNSUPPORTED, Analysis, Context, LinearForm, Rewriter, Rule, WeightUse,
-                   rule_for)
-from .registry import entries, lookup, node_attr, register, schema_default
+from onnxprune.ops.base import (
+           ROLES,
+           UNSUPPORTED,
+           Analysis,
+           Context,
+           LinearForm,
+           Rewriter,
+           Rule,
+           WeightUse,
+           rule_for,
+)
+from onnxprune.ops.registry import entries, lookup, node_attr, register, schema_default
 
 __all__ = ["Analysis", "Context", "LinearForm", "Rewriter", "Rule", "WeightUse", "ROLES",
            "UNSUPPORTED", "rule_for", "register", "lookup", "entries", "node_attr",

@@ -10,10 +10,10 @@ time, packed K/V (5-D) or a relative position bias.
 """
 from __future__ import annotations
 
-from ..graph import set_attr
-from ..layout import Segment
-from .base import Rule, attr_of
-from .registry import register
+from onnxprune.core.graph import set_attr
+from onnxprune.core.layout import Segment
+from onnxprune.ops.base import Rule, attr_of
+from onnxprune.ops.registry import register
 
 
 def _heads(ctx, n: int, size: int):

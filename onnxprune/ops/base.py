@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from ..graph import GraphView
-from ..layout import Atoms, Layout
-from .registry import domain_of, node_attr
+from onnxprune.core.graph import GraphView
+from onnxprune.core.layout import Atoms, Layout
+from onnxprune.ops.registry import domain_of, node_attr
 
 # Roles of a weight slice. "out": the slice produces the channel (a filter, its
 # bias); "in": a linear consumer reads the channel (the masked model zeroes
@@ -224,7 +224,7 @@ class Context:
         constant has whole (size > 1) and the target keeps (entry 1, or not
         stated), and only when no reader of the Expand ran before this one
         (it would not have seen the channels)."""
-        from .fold import known_ints, partial_value
+        from onnxprune.ops.fold import known_ints, partial_value
 
         p = self.view.producer.get(tensor)
         if p is None or p.op_type != "Expand" or size <= 1 or not self.view.is_const(p.input[0]):
@@ -255,7 +255,7 @@ class Context:
         return lay
 
     def unify(self, l1: Layout | None, l2: Layout | None) -> bool:
-        from ..layout import LayoutError
+        from onnxprune.core.layout import LayoutError
 
         if l1 is None or l2 is None:
             for lay in (l1, l2):
@@ -341,7 +341,7 @@ class Context:
     def literal(self, shape_input: str, entry: int, layout: Layout):
         """Where a run-time shape states this channel count as a literal
         (``fold.literal_source``), claimed for this node; None if nowhere."""
-        from .fold import literal_source
+        from onnxprune.ops.fold import literal_source
 
         shared: set = set()
         src = literal_source(self.view, shape_input, entry, shared=shared)
@@ -474,7 +474,7 @@ UNSUPPORTED = Unsupported()
 
 
 def rule_for(node: onnx.NodeProto, view: GraphView) -> Rule:
-    from .registry import lookup
+    from onnxprune.ops.registry import lookup
 
     key = (node.domain, node.op_type)
     cache = view.__dict__.setdefault("_rules", {})

@@ -13,9 +13,9 @@ freeze for a stated reason instead of "no rule".
 """
 from __future__ import annotations
 
-from .base import Rule
-from .elementwise import Broadcast, Unary
-from .registry import register
+from onnxprune.ops.base import Rule
+from onnxprune.ops.elementwise import Broadcast, Unary
+from onnxprune.ops.registry import register
 
 
 @register("Gelu", "QuickGelu", domain="com.microsoft")

@@ -11,9 +11,9 @@ still prune.
 """
 from __future__ import annotations
 
-from ..walk import subgraphs
-from .base import Rule
-from .registry import register
+from onnxprune.core.walk import subgraphs
+from onnxprune.ops.base import Rule
+from onnxprune.ops.registry import register
 
 
 @register("If")

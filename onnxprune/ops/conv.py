@@ -9,10 +9,10 @@ coarsened into g blocks) and rewrites ``group``. Depthwise is the case
 """
 from __future__ import annotations
 
-from ..graph import set_attr
-from ..layout import Segment
-from .base import LinearForm, Rule, attr_of, numel
-from .registry import register
+from onnxprune.core.graph import set_attr
+from onnxprune.core.layout import Segment
+from onnxprune.ops.base import LinearForm, Rule, attr_of, numel
+from onnxprune.ops.registry import register
 
 
 @register("Conv")

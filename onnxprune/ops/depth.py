@@ -9,9 +9,9 @@ the block size never changes.
 """
 from __future__ import annotations
 
-from ..layout import Segment
-from .base import Rule
-from .registry import register
+from onnxprune.core.layout import Segment
+from onnxprune.ops.base import Rule
+from onnxprune.ops.registry import register
 
 
 @register("DepthToSpace")

@@ -15,8 +15,17 @@ import functools
 import numpy as np
 import onnx
 
-from .fold import INTS, Dim, Inputs, Value, arithmetic, as_entry, as_numpy, elementwise
-from .registry import evaluates
+from onnxprune.ops.fold import (
+    INTS,
+    Dim,
+    Inputs,
+    Value,
+    arithmetic,
+    as_entry,
+    as_numpy,
+    elementwise,
+)
+from onnxprune.ops.registry import evaluates
 
 
 @evaluates("Add")

@@ -14,8 +14,16 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .fold import INTS, MAX_ELEMENTS, Inputs, Value, all_ints, entries_of, same_dtype
-from .registry import evaluates
+from onnxprune.ops.fold import (
+    INTS,
+    MAX_ELEMENTS,
+    Inputs,
+    Value,
+    all_ints,
+    entries_of,
+    same_dtype,
+)
+from onnxprune.ops.registry import evaluates
 
 
 @evaluates("Shape")

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fold import known_ints, partial_value
-from .base import Rule
-from .registry import register
+from onnxprune.ops.base import Rule
+from onnxprune.ops.fold import known_ints, partial_value
+from onnxprune.ops.registry import register
 
 
 @register("Expand")
@@ -21,7 +21,7 @@ class Expand(Rule):
     """Axes that keep their size pass through; a constant target naming a channel count is rewritten."""
 
     def analyze(self, node, ctx):
-        from .shape import check_dims
+        from onnxprune.ops.shape import check_dims
 
         x, y = node.input[0], node.output[0]
         lays = ctx.axes(x)

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..graph import GraphView, attr
-from .registry import domain_of, evaluator, node_attr
+from onnxprune.core.graph import GraphView, attr
+from onnxprune.ops.registry import domain_of, evaluator, node_attr
 
 MAX_ELEMENTS = 64
 MAX_DEPTH = 64

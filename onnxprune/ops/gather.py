@@ -7,8 +7,8 @@ run-time indices) produces a new channel space from the table's last axis.
 """
 from __future__ import annotations
 
-from .base import Rule
-from .registry import register
+from onnxprune.ops.base import Rule
+from onnxprune.ops.registry import register
 
 
 @register("Gather")

@@ -5,9 +5,9 @@ size they copy from a channel tensor reaches them through Shape, whose rule
 freezes that channel count."""
 from __future__ import annotations
 
-from .fold import literal_source
-from .base import Rule
-from .registry import register
+from onnxprune.ops.base import Rule
+from onnxprune.ops.fold import literal_source
+from onnxprune.ops.registry import register
 
 
 @register("Range", "RandomNormal", "RandomUniform", "Size")

@@ -8,8 +8,8 @@ weight can mask; that axis freezes until a rule for it exists.
 """
 from __future__ import annotations
 
-from .base import LinearForm, Rule, attr_of, numel
-from .registry import register
+from onnxprune.ops.base import LinearForm, Rule, attr_of, numel
+from onnxprune.ops.registry import register
 
 
 @register("Gemm")

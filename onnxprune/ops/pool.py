@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fold import known_ints, partial_value
-from .base import Rule
-from .registry import register
+from onnxprune.ops.base import Rule
+from onnxprune.ops.fold import known_ints, partial_value
+from onnxprune.ops.registry import register
 
 
 @register("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import LinearForm, Rule
-from .conv import Conv
-from .linear import MatMul
-from .registry import register
+from onnxprune.ops.base import LinearForm, Rule
+from onnxprune.ops.conv import Conv
+from onnxprune.ops.linear import MatMul
+from onnxprune.ops.registry import register
 
 
 def _weight_zero_point(ctx, node, out, lin) -> None:

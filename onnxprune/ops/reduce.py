@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Rule
-from .registry import register
+from onnxprune.ops.base import Rule
+from onnxprune.ops.registry import register
 
 
 @register("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd", "ReduceL1",

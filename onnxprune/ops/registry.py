@@ -155,7 +155,7 @@ def _load_all() -> None:
     if _loaded:
         return
     _loaded = True
-    from .. import ops as package
+    from onnxprune import ops as package
 
     for info in pkgutil.iter_modules(package.__path__):
         if info.name not in ("registry", "base", "fold"):

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fold import known_ints, partial_value
-from ..graph import factor
-from ..layout import LayoutError, Segment
-from .base import Rule
-from .registry import register
+from onnxprune.core.graph import factor
+from onnxprune.core.layout import LayoutError, Segment
+from onnxprune.ops.base import Rule
+from onnxprune.ops.fold import known_ints, partial_value
+from onnxprune.ops.registry import register
 
 
 def _prod(xs) -> int:
@@ -245,7 +245,7 @@ class Reshape(Rule):
     """Channels follow the row-major index (flatten, unflatten, head split); the shape constant is rewritten."""
 
     def analyze(self, node, ctx):
-        from .shape import check_dims
+        from onnxprune.ops.shape import check_dims
 
         x, y = node.input[0], node.output[0]
         raw = partial_value(ctx.view, node.input[1])

@@ -13,10 +13,10 @@ step into the next).
 """
 from __future__ import annotations
 
-from ..graph import set_attr
-from ..layout import Segment
-from .base import Rule, attr_of
-from .registry import register
+from onnxprune.core.graph import set_attr
+from onnxprune.core.layout import Segment
+from onnxprune.ops.base import Rule, attr_of
+from onnxprune.ops.registry import register
 
 GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 

@@ -6,8 +6,8 @@ reason; the other axes pass through where the op keeps them.
 """
 from __future__ import annotations
 
-from .base import Rule
-from .registry import register
+from onnxprune.ops.base import Rule
+from onnxprune.ops.registry import register
 
 
 @register("TopK")

@@ -8,10 +8,10 @@ import math
 
 import numpy as np
 
-from .fold import Dim, blind_reader, follows, known_ints, partial_value
-from ..graph import set_attr
-from .base import Rule, attr_of
-from .registry import register
+from onnxprune.core.graph import set_attr
+from onnxprune.ops.base import Rule, attr_of
+from onnxprune.ops.fold import Dim, blind_reader, follows, known_ints, partial_value
+from onnxprune.ops.registry import register
 
 
 @register("Transpose")
@@ -215,7 +215,7 @@ class Slice(Rule):
     def _counts_read(self, node, ctx) -> dict:
         """Entry k of the starts/ends -> the channel layouts whose size it
         reads (known normally, unknown once that size is)."""
-        from .fold import evaluate_with
+        from onnxprune.ops.fold import evaluate_with
 
         asked = {}
 
@@ -251,8 +251,8 @@ class Slice(Rule):
         and the same arithmetic, evaluated at every size the pruned axis
         could have (r x 1 .. n / r), must give the same pieces. Nothing is
         rewritten: the bounds follow by themselves."""
-        from .fold import evaluate_with
-        from ..layout import Segment
+        from onnxprune.core.layout import Segment
+        from onnxprune.ops.fold import evaluate_with
 
         piece = math.gcd(math.gcd(s, e), n)
         r, i, j = n // piece, s // piece, e // piece

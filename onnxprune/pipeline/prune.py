@@ -1,0 +1,246 @@
+"""The prune as a whole: ``run`` strings the stages together (``stages``) and,
+where the config asks for it, the searches above them (``search``):
+sensitivity prices for the budget split, a latency search for
+``--latency-target``.
+
+    load -> analyze -> hold out -> calibrate -> score (-> price) -> plan (<- latency search)
+         -> compensate -> refit -> reference -> apply -> check -> report -> validate -> save
+
+(validation's ``reference`` run of the original comes just before ``apply``,
+which then rewrites the loaded model in place: no copy of the weights). The
+CLI and the Python API both call ``run``, so they can never do different
+things.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, replace
+
+from onnxprune.analysis.groups import Groups
+from onnxprune.calibration.sources import known_count, rereadable
+from onnxprune.core import model as modelio
+from onnxprune.core.data import load_npz, sample_count
+from onnxprune.core.errors import OnnxPruneError
+from onnxprune.refit.edges import ratio_for_params
+from onnxprune.rewrite import invariants, io_change
+from onnxprune.search import sensitivity
+from onnxprune.search.latency import plan_latency
+from onnxprune.select.planner import Plan
+from onnxprune.stages.config import PruneConfig
+from onnxprune.stages.loading import analyze, load, preflight
+from onnxprune.stages.results import PruneReport, PruneResult, save
+from onnxprune.stages.steps import (
+    apply,
+    calibrate,
+    check,
+    compensate,
+    edge_stage,
+    edge_summary,
+    hold_out,
+    known_inputs,
+    plan,
+    reference,
+    refit,
+    report,
+    score,
+    validate,
+)
+
+SWEEP_WORK = 2e12  # MACs a default sensitivity sweep may run (jobs x MACs x held-out samples)
+MIN_PRICE_SAMPLES = 32  # calibration samples below which the default allocation is uniform
+
+
+def price(groups: Groups, scores, cfg: PruneConfig):
+    """With ``--allocate sensitivity``: removals priced by measured damage, from
+    a saved sweep or one run now on the calibration data; otherwise the scores
+    as they are."""
+    if scores is None or cfg.allocate != "sensitivity":
+        return scores
+    if cfg.sensitivity is not None:
+        sweep = sensitivity.load(cfg.sensitivity)
+    elif cfg.calib is not None:
+        sweep = sensitivity.sweep(groups.model, calib=cfg.calib, criterion=cfg.criterion,
+                                  compensate=cfg.compensate, input_shapes=known_inputs(groups, cfg),
+                                  calib_samples=cfg.calib_samples, prune=cfg.prune, batch_axes=cfg.batch_axes)
+    else:
+        raise OnnxPruneError("--allocate sensitivity needs a sweep: --calib (one is run), or "
+                             "--sensitivity FILE from 'onnxprune sensitivity'")
+    return sensitivity.removal_costs(sweep, groups, scores)
+
+
+def latency_search(groups: Groups, cfg: PruneConfig):
+    """For ``--latency-target``: the ``search`` the plan stage takes (ratio ->
+    plan, candidates timed in onnxruntime); None without a latency target."""
+    if cfg.latency_target is None:
+        return None
+
+    def search(plan_at):
+        if cfg.macs_target is not None or cfg.params_target is not None:
+            raise OnnxPruneError("give one of --macs-target, --params-target and --latency-target")
+        if cfg.allow_io_change:
+            raise OnnxPruneError("--latency-target times candidates on the original's inputs, which "
+                                 "--allow-io-change changes: use --macs-target or --params-target")
+        result, found = plan_latency(groups, plan_at, cfg.latency_target, cfg)
+        result.notes.append(f"--latency-target {cfg.latency_target:g}: the plan ran in "
+                            f"x{found.achieved:.3f} of the original's time on this machine "
+                            f"({len(found.tried)} candidates timed, original {found.original_ms:.3f} ms)")
+        return result
+
+    return search
+
+
+def choose_allocation(groups: Groups, cfg: PruneConfig, asked: str | None) -> tuple[PruneConfig, str | None]:
+    """With data and no --allocate: ``uniform`` from fewer than
+    ``MIN_PRICE_SAMPLES`` calibration samples (prices measured on a handful
+    of samples are noise: on the devset's 6-sample sets uniform kept more
+    than global on 7 of 10 models); else ``sensitivity`` when its sweep
+    (every prunable group at each default ratio, run on the held-out quarter
+    of the calibration data) fits ``SWEEP_WORK`` multiply-accumulates, else
+    the resolved ``global``. Counted in samples and MACs, so the choice
+    never depends on the machine's load. -> (config, a note)."""
+    if cfg.allow_io_change and (asked == "sensitivity" or cfg.sensitivity):
+        raise OnnxPruneError("--allocate sensitivity measures pruned models on the original's inputs, "
+                             "which --allow-io-change changes: use --allocate global or uniform")
+    if asked is not None or cfg.calib is None or cfg.allocate != "global" or not groups.macs \
+            or not rereadable(cfg.calib) or cfg.keep is not None or cfg.plan is not None:
+        return cfg, None
+    samples = cfg.calib_samples or known_count(cfg.calib, groups.model)
+    if samples is None and isinstance(cfg.calib, (str, os.PathLike)) and os.fspath(cfg.calib).endswith(".npz"):
+        samples = sample_count(load_npz(cfg.calib, groups.model)[0])
+    if not samples:
+        return cfg, None
+    if cfg.allow_io_change:
+        return cfg, None  # a sweep would run pruned models on the original's inputs: global
+    if samples < MIN_PRICE_SAMPLES:
+        return replace(cfg, allocate="uniform"), (
+            f"uniform allocation: {samples} calibration samples are too few to price removals "
+            f"across groups (global and sensitivity allocation need {MIN_PRICE_SAMPLES})")
+    held = max(1, min(samples // 4, 256))
+    work = len(groups.prunable) * len(sensitivity.DEFAULT_RATIOS) * float(groups.macs) * held
+    if work > SWEEP_WORK:
+        return cfg, (f"global allocation by obs costs: a sensitivity sweep ({len(groups.prunable)} groups x "
+                     f"{len(sensitivity.DEFAULT_RATIOS)} ratios) would run {work:.1e} MACs, over {SWEEP_WORK:.0e}; "
+                     f"run 'onnxprune sensitivity' and pass --allocate sensitivity --sensitivity FILE")
+    return replace(cfg, allocate="sensitivity"), None
+
+
+def run_edges(source, cfg: PruneConfig) -> PruneResult:
+    """``--mode edges``: load, analyse (for each layer's linear form),
+    calibrate when the criterion or the weight update needs data, zero
+    weights in place, check, validate, save."""
+    if cfg.masked_output or cfg.save_plan or cfg.plan or cfg.keep is not None:
+        raise OnnxPruneError("--mode edges writes no plan and no masked model (the pruned model is "
+                             "its own masked model)")
+    if cfg.macs_target is not None or cfg.latency_target is not None:
+        raise OnnxPruneError("--mode edges takes --ratio, --pattern or --params-target (zeros change no "
+                             "MACs or latency on dense kernels)")
+    if cfg.params_target is not None and cfg.pattern:
+        raise OnnxPruneError("--mode edges: --params-target or --pattern, not both (N:M fixes the sparsity)")
+    preflight(source, cfg)
+    loaded = load(source, cfg)
+    groups = analyze(loaded, cfg)
+    ratio = cfg.ratio if cfg.params_target is None else ratio_for_params(groups, cfg.params_target)
+    run_cfg, held_note = hold_out(groups, cfg)
+    original = invariants.summarize(groups.model)
+    ref = reference(groups, run_cfg)
+    rep, criterion, update, calibration = edge_stage(groups, run_cfg, cfg.criterion, ratio)
+    pruned = groups.model
+    check(original, pruned, run_cfg)
+    report = PruneReport(criterion=criterion, ratio=None if cfg.pattern else ratio,
+                         params={"before": groups.params_total, "after": groups.params_total - rep.zeroed},
+                         macs={"before": groups.macs, "after": groups.macs},
+                         compensate="lsq" if update else "none", allocate="per layer", notes=list(rep.notes),
+                         target=None if cfg.params_target is None else
+                         {"measure": "params", "fraction": cfg.params_target})
+    report.edges = edge_summary(rep)
+    if calibration is not None:
+        report.calibration = {"samples": calibration.samples, "seconds": calibration.seconds,
+                              "random": calibration.random, "tensors": len(calibration.stats)}
+    if held_note:
+        report.notes.append(held_note)
+    result = PruneResult(pruned, report, groups, Plan(), None, config=cfg, source=source, summary=original)
+    if ref is not None:
+        result.validation = validate(groups, pruned, run_cfg, ref)
+    result.written = save(result, cfg)
+    return result
+
+
+def run(source, cfg: PruneConfig) -> PruneResult:
+    """Every stage in order."""
+    if cfg.mode == "edges":
+        return run_edges(source, cfg)
+    if cfg.mode != "channels":
+        raise OnnxPruneError(f"unknown mode '{cfg.mode}' (channels or edges)")
+    if (cfg.edge_ratio is not None or cfg.pattern is not None) and cfg.masked_output:
+        raise OnnxPruneError("--masked-output shows channels only: not with --edge-ratio or --pattern")
+    preflight(source, cfg)
+    loaded = load(source, cfg)
+    if loaded.external:
+        preflight(source, cfg, loaded.files)
+    groups = analyze(loaded, cfg)
+    run_cfg, held_note = hold_out(groups, cfg)
+    run_cfg = run_cfg.resolved()
+    run_cfg, allocation_note = choose_allocation(groups, run_cfg, cfg.allocate)
+    calibration = calibrate(groups, run_cfg)
+    scores = price(groups, score(groups, calibration, run_cfg), run_cfg)
+    the_plan = plan(groups, scores, run_cfg, search=latency_search(groups, run_cfg))
+    comp = compensate(groups, the_plan, calibration, run_cfg)
+    seq = refit(groups, the_plan, comp, calibration, run_cfg)
+    io = io_change.changed(groups, the_plan.keep) if cfg.allow_io_change else []
+    original = invariants.summarize(groups.model)
+    # The original's half of validation runs first; then the loaded model is
+    # rewritten in place, never copied (masked() re-derives the original from
+    # the source).
+    ref = reference(groups, run_cfg)
+    pruned = apply(groups, the_plan, comp, in_place=True)
+    check(original, pruned, run_cfg)
+    rep_edges = None
+    if cfg.edge_ratio is not None or cfg.pattern is not None:
+        # channels first, then edge sparsity on what is left (its own analysis and calibration)
+        after = analyze(modelio.Loaded(pruned, None, groups.external, groups.source_files), run_cfg)
+        rep_edges, _, _, _ = edge_stage(after, replace(run_cfg, criterion=None), None, cfg.edge_ratio)
+        pruned = after.model
+        check(original, pruned, run_cfg)
+    result = PruneResult(pruned, report(groups, the_plan, pruned, calibration, comp, run_cfg), groups,
+                         the_plan, comp, config=cfg, source=source, summary=original, io=io)
+    result.report.io_changes = [c.to_dict() for c in io]
+    if cfg.allow_io_change and not io:
+        result.report.notes.append("--allow-io-change: no input or output changed size")
+    if rep_edges is not None:
+        result.report.edges = edge_summary(rep_edges)
+        result.report.notes.extend(rep_edges.notes)
+    if held_note:
+        result.report.notes.append(held_note)
+    if allocation_note:
+        result.report.notes.append(allocation_note)
+    if run_cfg.calib is None and cfg.keep is None and cfg.plan is None and cfg.criterion is None:
+        result.report.notes.append(
+            "pruned without data: channels chosen by weight magnitude (l2), nothing compensated. "
+            "Calibration data (--calib or --data, a few hundred real inputs) lets onnxprune choose the "
+            "channels the next layers can make up for and refit them: on the sample models that kept "
+            "all but 0.2 points of accuracy where weights alone lost 60 (benchmarks/fidelity.py --ablation)")
+    result.report.notes.extend(the_plan.notes)
+    approx = [g for g in groups.groups if g.approximate and the_plan.kept.get(g.id, (1, 1))[0] < g.channels]
+    if approx:
+        result.report.notes.append(
+            f"{len(approx)} pruned group(s) pass a dynamic quantization (DynamicQuantizeLinear): its "
+            "scale comes from the kept channels' range, so where a removed channel held the extreme the "
+            "kept ones are quantized finer and the pruned model is not exactly the masked one; the "
+            "validation measures the real error")
+    result.report.notes.extend(comp.notes)
+    if seq is not None:
+        result.report.sequential = asdict(seq)
+        result.report.notes.extend(seq.notes)
+    # A model with external data (possibly GBs) is validated from its output
+    # files as written, inside save: onnxruntime then maps the weights from
+    # disk instead of holding a copy of those in memory.
+    deferred = ref is not None and bool(cfg.output) and groups.external_data
+    if ref is not None and not deferred:
+        result.validation = validate(groups, pruned, run_cfg, ref, io=io)
+    result.written = save(result, cfg, ref if deferred else None)
+    return result
+
+
+__all__ = ["PruneConfig", "PruneReport", "PruneResult", "run", "preflight", "load", "analyze",
+           "calibrate", "score", "plan", "compensate", "reference", "apply", "check", "report", "validate",
+           "save"]

@@ -1,0 +1,2 @@
+"""Measured searches over candidate prunes, above the stages they run: sensitivity sweeps
+(pool, Ray, shards, merge) and latency budgets."""
