@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import os
 
-from onnxprune import pipeline
-
-from onnxprune import stages
+from onnxprune import pipeline, stages
 from onnxprune.analysis.groups import Groups
 from onnxprune.stages.config import PruneConfig
 from onnxprune.stages.results import PruneReport, PruneResult

@@ -10,13 +10,12 @@ import json
 import os
 import sys
 import warnings
+from dataclasses import replace
 
 import click
 from rich.console import Console
 
-from onnxprune import api, pipeline
-
-from onnxprune import stages
+from onnxprune import api, pipeline, stages
 from onnxprune.calibration.sources import RANDOM_WARNING
 from onnxprune.check.report import (
     print_groups,
@@ -30,6 +29,8 @@ from onnxprune.core.data import parse_batch_axes
 from onnxprune.core.errors import OnnxPruneError
 from onnxprune.core.model import check_writable, parse_input_shapes
 from onnxprune.ops import entries
+from onnxprune.pipeline import auto
+from onnxprune.search import sensitivity as sweeps
 from onnxprune.select.importance import ALL_CRITERIA, DATA_CRITERIA, GRAM_CRITERIA
 from onnxprune.stages.config import PruneConfig
 
@@ -288,7 +289,6 @@ def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, co
 def sensitivity(model, calib, data, ratios, criterion, compensate, calib_samples, jobs, shard, ray_address,
                 out_path, json_path, plot_path, quiet, input_shape):
     """Prune each group of MODEL alone at each ratio and measure the output change."""
-    from onnxprune.search.sensitivity import plot, sweep
 
     try:
         rs = [float(r) for r in ratios.split(",") if r.strip()]
@@ -300,14 +300,14 @@ def sensitivity(model, calib, data, ratios, criterion, compensate, calib_samples
                         for p in (model, calib, data) if p and os.path.exists(path)):
             raise OnnxPruneError(f"{path}: output path is an input; choose another path")
     console = _console(quiet)
-    result = sweep(model, calib=calib, data=data, ratios=rs, criterion=criterion, compensate=compensate,
+    result = sweeps.sweep(model, calib=calib, data=data, ratios=rs, criterion=criterion, compensate=compensate,
                    input_shapes=parse_input_shapes(input_shape), jobs=jobs, shard=(i, n), out=out_path,
                    calib_samples=calib_samples, ray=ray_address)
     print_sensitivity(result, console)
     if json_path:
         write_json(json_path, {"header": result.header, "rows": result.rows})
     if plot_path:
-        plot(result, plot_path)
+        sweeps.plot(result, plot_path)
         console.print(f"wrote {plot_path}")
 
 
@@ -316,21 +316,17 @@ def sensitivity(model, calib, data, ratios, criterion, compensate, calib_samples
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Merged JSONL file.")
 def merge(shards, output):
     """Merge the --out files of a sensitivity sweep's shards."""
-    from onnxprune.search.sensitivity import merge as merge_files
 
     if any(os.path.exists(output) and os.path.samefile(output, s) for s in shards):
         raise OnnxPruneError(f"{output}: output path is one of the shards; choose another path")
-    result = merge_files(list(shards), output)
+    result = sweeps.merge(list(shards), output)
     click.echo(f"merged {len(result.rows)} rows from {len(shards)} files into {output}")
 
 
 def _auto(model, cfg, max_drop, step, trajectory_path, console):
     """``prune --auto``: the loop, then validation against the original and
     the outputs, all or nothing."""
-    from dataclasses import replace
 
-    from onnxprune.check.validate import validate as run_validate
-    from onnxprune.pipeline.auto import auto_prune, plot
 
     if cfg.masked_output or cfg.save_plan or cfg.plan or cfg.allow_io_change:
         raise OnnxPruneError("--auto works with budgets as floors (--macs-target, --params-target, "
@@ -346,11 +342,11 @@ def _auto(model, cfg, max_drop, step, trajectory_path, console):
                       f"{s.metric} {s.value:.4f} "
                       f"(drop {s.drop:+.4f}) {'kept' if s.accepted else 'rejected'} [{s.seconds:.1f} s]")
 
-    result, run = auto_prune(model, replace(cfg, output=None, report=None), max_drop, step, floor, show)
+    result, run = auto.auto_prune(model, replace(cfg, output=None, report=None), max_drop, step, floor, show)
     if cfg.validate:  # on the samples every step was measured on
         result.validation = run_validate(model, result.model, data=run.held_out, threads=cfg.threads)
     if trajectory_path:
-        plot(run, trajectory_path)
+        auto.plot(run, trajectory_path)
     result.written = stages.save(result, cfg)
     return result
 

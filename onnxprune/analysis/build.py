@@ -18,6 +18,7 @@ from onnxprune.core.graph import GraphView, factor
 from onnxprune.core.layout import LayoutError
 from onnxprune.core.weights import trace
 from onnxprune.ops import Analysis, Context, rule_for
+from onnxprune.ops.base import APPROX
 
 
 # -- the analysis pass ---------------------------------------------------------------
@@ -314,7 +315,6 @@ def _collect(model, view: GraphView, analysis: Analysis) -> Groups:
             if atom in per_channel:
                 tensors.setdefault(atom, []).append(tensor)
                 width[atom] = max(width.get(atom, 1), count)
-    from onnxprune.ops.base import APPROX
 
     order = sorted(per_channel, key=lambda a: (min(members[a]), a))
     groups = []
@@ -333,4 +333,4 @@ def _collect(model, view: GraphView, analysis: Analysis) -> Groups:
                   model=model, view=view, analysis=analysis, _index=index)
 
 
-__all__ = ["Group", "Groups", "WeightStatus", "analyze_model", "strict_default"]
+__all__ = ["analyze_model"]

@@ -11,7 +11,7 @@ from onnxprune.ops import rule_for
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
                 onnx.TensorProto.BFLOAT16}
 # Parameters: float weights, and quantized ones (int8 / uint8 / 4-bit / float8).
-_WEIGHT_TYPES = _FLOAT_TYPES | {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4,
+WEIGHT_TYPES = _FLOAT_TYPES | {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4,
                                 onnx.TensorProto.UINT4} | {getattr(onnx.TensorProto, n) for n in
                                 ("FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ")
                                 if hasattr(onnx.TensorProto, n)}
@@ -29,11 +29,11 @@ def count_params(model: onnx.ModelProto) -> int:
     nodes), subgraphs included."""
     total = 0
     for g in all_graphs(model.graph):
-        total += sum(_numel(t.dims) for t in g.initializer if t.data_type in _WEIGHT_TYPES)
+        total += sum(_numel(t.dims) for t in g.initializer if t.data_type in WEIGHT_TYPES)
         for node in g.node:
             if node.op_type == "Constant":
                 for a in node.attribute:
-                    if a.name == "value" and a.t.data_type in _WEIGHT_TYPES:
+                    if a.name == "value" and a.t.data_type in WEIGHT_TYPES:
                         total += _numel(a.t.dims)
     return total
 

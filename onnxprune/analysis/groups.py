@@ -15,8 +15,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from onnxprune.analysis.costs import WEIGHT_TYPES, counted_nodes, node_macs
+from onnxprune.core.errors import OnnxPruneError
 from onnxprune.core.graph import GraphView
+from onnxprune.core.walk import all_graphs, subgraphs
 from onnxprune.ops import UNSUPPORTED, Analysis, LinearForm, WeightUse, rule_for
+from onnxprune.ops.base import INEXACT
 
 
 def strict_default() -> bool:
@@ -210,7 +214,6 @@ class Groups:
         """(MACs, layouts) per costly node: its MACs scale with the kept
         fraction of each layout (its output channels and its linear inputs)."""
         if "macs_terms" not in self._index:
-            from onnxprune.analysis.costs import counted_nodes, node_macs
 
             in_layouts: dict[int, list] = {}
             for use in self.analysis.uses:
@@ -257,7 +260,6 @@ class Groups:
     def weight_status(self) -> list[WeightStatus]:
         """Every float weight: in a prunable group, only in frozen groups (with the
         first reason), or in no group (with why: its readers)."""
-        from onnxprune.analysis.costs import _WEIGHT_TYPES
 
         view = self.view
         by_weight: dict[str, list] = {}
@@ -266,7 +268,7 @@ class Groups:
         atom_group = self.by_atom()
         out = []
         for name, dims, dtype, where in _stored_weights(view):
-            if dtype not in _WEIGHT_TYPES:
+            if dtype not in WEIGHT_TYPES:
                 continue
             size = int(np.prod(dims, dtype=np.int64)) if len(dims) else 1
             uses = by_weight.get(name, []) if where is None else []
@@ -309,12 +311,10 @@ class Groups:
         that span several positions (attention heads; the blocks of a grouped
         conv), ``neurons`` single channels (MLP neurons, conv filters). The
         others freeze, with the reason."""
-        from onnxprune.ops.base import INEXACT
 
         kinds = set(kinds or ())
         unknown = kinds - {"heads", "neurons", "hidden"}
         if unknown:
-            from onnxprune.core.errors import OnnxPruneError
             raise OnnxPruneError(f"--prune takes heads, neurons or hidden, not {', '.join(sorted(unknown))}")
         if "hidden" in kinds:
             for g in self.groups:  # frozen only because a norm reads them: prunable, not exactly
@@ -346,7 +346,6 @@ def _stored_weights(view: GraphView):
     """(name, dims, dtype, why not analysed or None) of every stored tensor the
     parameter count counts: initializers and Constant values, subgraphs included
     (those of an opaque subgraph with why)."""
-    from onnxprune.core.walk import all_graphs, subgraphs
 
     def constants(nodes, why):
         for n in nodes:
@@ -372,3 +371,4 @@ def _stored_weights(view: GraphView):
                 yield from constants(g.node, why)
 
 
+__all__ = ["Group", "Groups", "WeightStatus", "strict_default"]

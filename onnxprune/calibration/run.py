@@ -26,10 +26,11 @@ from onnxprune.calibration.statistics import (
 )
 from onnxprune.core.data import model_inputs, per_run_inputs, rows, sample_count
 from onnxprune.core.errors import OnnxPruneError
+from onnxprune.core.runtime import Fetcher, exposing
 
 
 # -- the pass ----------------------------------------------------------------
-def _batch_size(model: onnx.ModelProto, wanted: int) -> int:
+def batch_for(model: onnx.ModelProto, wanted: int) -> int:
     whole = per_run_inputs(model)
     for vi in model_inputs(model):
         if vi.name in whole:
@@ -172,7 +173,6 @@ def calibrate(model: onnx.ModelProto, source, requests: dict, *, samples: int | 
     The session's idle threads do not spin
     (``spinning``): they would hold the cores the statistics need.
     ``progress``: a bar on stderr. ``batch_axes``: ``--batch-axis``."""
-    from onnxprune.core.runtime import Fetcher, exposing
 
     t0 = time.perf_counter()
     data, is_random = load_data(source, model, input_shapes, batch_axes)
@@ -246,7 +246,7 @@ def calibrate(model: onnx.ModelProto, source, requests: dict, *, samples: int | 
     single_seconds, failed_batch = 0.0, 0
     try:
         with _one_blas_thread():
-            for feeds in batches(data, names, model, _batch_size(model, batch), samples, batch_axes, cal.notes):
+            for feeds in batches(data, names, model, batch_for(model, batch), samples, batch_axes, cal.notes):
                 n = sample_count(feeds)
                 if not cal.one_at_a_time:
                     try:

@@ -26,6 +26,7 @@ from onnxprune.core.data import (
     concat,
     item_shape,
     join,
+    load_npz,
     model_inputs,
     per_run_inputs,
     per_sample,
@@ -218,7 +219,6 @@ def hold_out_labelled(source, model: onnx.ModelProto, batch_axes: dict | None = 
     limit, feeds = parts
     labels = None
     if isinstance(source, (str, os.PathLike)) and os.fspath(source).endswith(".npz"):
-        from onnxprune.core.data import load_npz
 
         _, all_labels = load_npz(source, model, batch_axes)
         if all_labels is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from onnxprune.analysis.costs import unknown_dims
 from onnxprune.analysis.groups import Groups
 
 
@@ -60,7 +61,6 @@ def print_groups(groups: Groups, console: Console, show_all: bool = False, max_u
     if len(ungrouped) > max_ungrouped:
         console.print(f"  ... and {len(ungrouped) - max_ungrouped} more weights in no group (--json lists all)")
     if groups.macs is None:
-        from onnxprune.analysis.costs import unknown_dims
 
         need = "; ".join(f"'{n}' has {', '.join(d)}" for n, d in unknown_dims(groups.view).items())
         console.print(f"MACs unknown: {need or 'some shapes are unknown'} (pass --calib/--data, or "

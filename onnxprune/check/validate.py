@@ -18,7 +18,7 @@ import onnx
 
 from onnxprune.analysis.costs import count_macs, count_params
 from onnxprune.check.similarity import across_samples
-from onnxprune.core import runtime
+from onnxprune.core import dialect, runtime
 from onnxprune.core.data import (
     feeds_and_labels,
     input_dims,
@@ -29,9 +29,12 @@ from onnxprune.core.data import (
     sample_count,
 )
 from onnxprune.core.errors import InternalError, OnnxPruneError
-from onnxprune.core.graph import GraphView
+from onnxprune.core.graph import GraphView, skeleton
 from onnxprune.core.model import load
 from onnxprune.core.shapes import shapes as shape_info
+from onnxprune.core.tensors import is_lazy, stored_bytes
+from onnxprune.core.walk import all_graphs
+from onnxprune.rewrite.io_change import adapt_feeds, adapt_outputs
 
 
 @dataclass
@@ -216,8 +219,6 @@ def full_check(model: onnx.ModelProto, what: str = "the pruned model", error=Int
     """The full checker on a model in memory: graph, types and strict shape
     inference on its skeleton (no copy of the weights), then every stored
     weight's byte count against its dims and dtype."""
-    from onnxprune.core.graph import skeleton
-    from onnxprune.core.walk import all_graphs
 
     try:
         onnx.checker.check_model(skeleton(model, value_info=hints), full_check=True)
@@ -246,7 +247,6 @@ def check_input(model: onnx.ModelProto, label: str = "input model") -> None:
     Stale value_info hints are not held against it: they are hints, and the
     rewrite drops the ones that no longer hold. onnxruntime's own ops in the
     ONNX domain are declared first (``dialect``): onnxruntime runs them."""
-    from onnxprune.core import dialect
 
     dialect.declare(model)
     full_check(model, what=label, error=OnnxPruneError, hints=False)
@@ -376,7 +376,6 @@ def compare(ref: Reference, b: onnx.ModelProto, label: str | None = None, io: li
     (``io_change.Changed``): the pruned model gets the kept slices of those
     inputs, and its outputs are compared with the kept slices of the
     original's."""
-    from onnxprune.rewrite.io_change import adapt_feeds, adapt_outputs
 
     _same_interface(ref.interface, _interface(b))
     feeds, batch = adapt_feeds(io or [], ref.feeds), ref.batch
@@ -420,8 +419,6 @@ def compare(ref: Reference, b: onnx.ModelProto, label: str | None = None, io: li
 
 def _model_bytes(model: onnx.ModelProto) -> int:
     """The proto's size plus the external data it still reads from files."""
-    from onnxprune.core.tensors import is_lazy, stored_bytes
-    from onnxprune.core.walk import all_graphs
 
     return model.ByteSize() + sum(stored_bytes(t) for g in all_graphs(model.graph)
                                   for t in g.initializer if is_lazy(t))

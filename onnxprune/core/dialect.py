@@ -27,6 +27,8 @@ import onnx
 import onnx.defs as defs
 from onnx.defs import OpSchema
 
+from onnxprune.core.walk import all_graphs
+
 _FLOATS = ["tensor(float)", "tensor(float16)", "tensor(double)", "tensor(bfloat16)"]
 _STATS = ["tensor(float)", "tensor(double)", "tensor(bfloat16)"]
 
@@ -76,7 +78,6 @@ def _lacks(op: str, version: int) -> bool:
 def needed(model: onnx.ModelProto) -> dict[str, int]:
     """Default-domain ops of onnxruntime's dialect that onnx has no schema for
     at the model's opset: op -> that opset."""
-    from onnxprune.core.walk import all_graphs
 
     version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if version is None:

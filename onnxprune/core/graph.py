@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from onnxprune.core.tensors import to_array
-from onnxprune.core.walk import captured_names, subgraphs
+from onnxprune.core.walk import all_graphs, captured_names, subgraphs
 
 _NO_FOLD = {"QuantizeLinear", "DynamicQuantizeLinear", "RandomNormal",
             "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
@@ -42,7 +42,6 @@ def _dequantize(values: list, axis: int) -> np.ndarray:
 
 def _defined_names(graph: onnx.GraphProto) -> list[str]:
     """Every name a graph and its nested subgraphs define (with repeats)."""
-    from onnxprune.core.walk import all_graphs
 
     out = []
     for g in all_graphs(graph):
@@ -56,7 +55,7 @@ def _chain(first, rest):
     yield from rest
 
 
-def _tensor_shape(vi: onnx.ValueInfoProto):
+def tensor_shape(vi: onnx.ValueInfoProto):
     t = vi.type
     if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
         return None

@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError
 
 from onnxprune.core import tensors
 from onnxprune.core.errors import OnnxPruneError
-from onnxprune.core.walk import all_graphs, node_reads
+from onnxprune.core.walk import all_graphs, node_reads, unshadow
 
 TWO_GB = 2**31 - 1
 
@@ -76,7 +76,6 @@ def load(source, label: str | None = None) -> Loaded:
 
 def _unshadow(model: onnx.ModelProto) -> tuple:
     """Subgraph names that repeat another scope's get fresh ones (``walk.unshadow``)."""
-    from onnxprune.core.walk import unshadow
 
     n = unshadow(model.graph)
     return (f"{n} name(s) defined inside If branches or loop bodies repeated names of other scopes "

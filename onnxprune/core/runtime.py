@@ -13,7 +13,8 @@ import onnx
 
 from onnxprune.core.errors import OnnxPruneError
 from onnxprune.core.graph import skeleton
-from onnxprune.core.tensors import runtime_proto
+from onnxprune.core.tensors import copy_except, runtime_proto
+from onnxprune.core.walk import all_graphs, node_reads
 
 
 def serialised(model: onnx.ModelProto) -> tuple[bytes, str | None]:
@@ -69,7 +70,6 @@ RUNTIME_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.
 
 def foreign_ops(model: onnx.ModelProto) -> list[str]:
     """Custom ops onnxruntime cannot know: ``domain.op (node 'name')``, once per op."""
-    from onnxprune.core.walk import all_graphs
 
     local = {(f.domain, f.name) for f in model.functions}
     out: dict[tuple, str] = {}
@@ -113,8 +113,6 @@ def upto(model: onnx.ModelProto, tensors) -> onnx.ModelProto:
     whatever outputs are asked for, so a pass that needs early tensors only
     runs a model cut after them. Every input stays declared (feeds need not
     change); the initializers it does not read are left out."""
-    from onnxprune.core.tensors import copy_except
-    from onnxprune.core.walk import node_reads
 
     g = model.graph
     need = set(tensors)

@@ -22,7 +22,8 @@ import onnx
 
 from onnxprune.core.data import concat, model_inputs, np_type, per_sample
 from onnxprune.core.errors import OnnxPruneError
-from onnxprune.core.graph import _tensor_shape, skeleton
+from onnxprune.core.graph import skeleton, tensor_shape
+from onnxprune.core.runtime import exposing
 from onnxprune.core.tensors import is_lazy
 from onnxprune.core.walk import all_graphs
 
@@ -102,7 +103,7 @@ def inferred(model: onnx.ModelProto, input_shapes: dict | None = None) -> dict:
     dims: dict = {}
     for g in all_graphs(out.graph):  # subgraphs too: their networks are analysed
         for vi in list(g.value_info) + list(g.input) + list(g.output):
-            s = _tensor_shape(vi)
+            s = tensor_shape(vi)
             if s is not None:
                 dims.setdefault(vi.name, s)
     return dims
@@ -168,7 +169,6 @@ def _batch_symbol(model: onnx.ModelProto, input_shapes: dict | None) -> str | No
 
 def observe(model: onnx.ModelProto, feeds: dict, tensors: list[str]) -> dict:
     """Shapes of ``tensors`` in one onnxruntime run."""
-    from onnxprune.core.runtime import exposing
 
     sess, names = exposing(model, tensors, threads=None, optimize=False)
     outputs = [o.name for o in sess.get_outputs()]

@@ -20,8 +20,9 @@ import numpy as np
 import onnx
 
 from onnxprune.core.graph import GraphView
-from onnxprune.core.layout import Atoms, Layout
-from onnxprune.ops.registry import domain_of, node_attr
+from onnxprune.core.layout import Atoms, Layout, LayoutError
+from onnxprune.ops.fold import known_ints, literal_source, partial_value
+from onnxprune.ops.registry import domain_of, lookup, node_attr
 
 # Roles of a weight slice. "out": the slice produces the channel (a filter, its
 # bias); "in": a linear consumer reads the channel (the masked model zeroes
@@ -224,7 +225,6 @@ class Context:
         constant has whole (size > 1) and the target keeps (entry 1, or not
         stated), and only when no reader of the Expand ran before this one
         (it would not have seen the channels)."""
-        from onnxprune.ops.fold import known_ints, partial_value
 
         p = self.view.producer.get(tensor)
         if p is None or p.op_type != "Expand" or size <= 1 or not self.view.is_const(p.input[0]):
@@ -255,7 +255,6 @@ class Context:
         return lay
 
     def unify(self, l1: Layout | None, l2: Layout | None) -> bool:
-        from onnxprune.core.layout import LayoutError
 
         if l1 is None or l2 is None:
             for lay in (l1, l2):
@@ -341,7 +340,6 @@ class Context:
     def literal(self, shape_input: str, entry: int, layout: Layout):
         """Where a run-time shape states this channel count as a literal
         (``fold.literal_source``), claimed for this node; None if nowhere."""
-        from onnxprune.ops.fold import literal_source
 
         shared: set = set()
         src = literal_source(self.view, shape_input, entry, shared=shared)
@@ -474,7 +472,6 @@ UNSUPPORTED = Unsupported()
 
 
 def rule_for(node: onnx.NodeProto, view: GraphView) -> Rule:
-    from onnxprune.ops.registry import lookup
 
     key = (node.domain, node.op_type)
     cache = view.__dict__.setdefault("_rules", {})

@@ -14,7 +14,7 @@ from __future__ import annotations
 import string
 
 from onnxprune.ops.base import LinearForm, Rule, numel
-from onnxprune.ops.registry import register
+from onnxprune.ops.registry import domain_of, node_attr, register
 
 
 def parse(equation: str, ranks: list[int]) -> tuple[list[list[str]], list[str]] | None:
@@ -63,7 +63,6 @@ class Einsum(Rule):
         ranks = [view.rank(n) for n in node.input]
         if any(r is None for r in ranks):
             return None
-        from onnxprune.ops.registry import domain_of, node_attr
 
         eq = node_attr(node, "equation", view.opsets.get(domain_of(node)))
         return None if eq is None else parse(eq, ranks)

@@ -9,6 +9,8 @@ every other channel receives.
 """
 from __future__ import annotations
 
+from math import erf, exp, pi, sqrt
+
 import numpy as np
 
 from onnxprune.ops.base import Rule
@@ -42,7 +44,6 @@ class Unary(Rule):
 
 def rectified(mean: np.ndarray, std: np.ndarray):
     """(mean, std) of max(0, y) for y ~ N(mean, std^2), per channel."""
-    from math import erf, exp, pi, sqrt
 
     std = np.maximum(std, 1e-12)
     a = mean / std

@@ -14,6 +14,7 @@ import numpy as np
 from onnxprune.ops.base import Rule
 from onnxprune.ops.fold import known_ints, partial_value
 from onnxprune.ops.registry import register
+from onnxprune.ops.shape import check_dims
 
 
 @register("Expand")
@@ -21,7 +22,6 @@ class Expand(Rule):
     """Axes that keep their size pass through; a constant target naming a channel count is rewritten."""
 
     def analyze(self, node, ctx):
-        from onnxprune.ops.shape import check_dims
 
         x, y = node.input[0], node.output[0]
         lays = ctx.axes(x)

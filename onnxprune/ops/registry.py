@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 import pkgutil
 from dataclasses import dataclass
 
@@ -155,8 +156,7 @@ def _load_all() -> None:
     if _loaded:
         return
     _loaded = True
-    from onnxprune import ops as package
-
-    for info in pkgutil.iter_modules(package.__path__):
+    package = __name__.rpartition(".")[0]  # this folder's package: no import of it needed
+    for info in pkgutil.iter_modules([os.path.dirname(__file__)]):
         if info.name not in ("registry", "base", "fold"):
-            importlib.import_module(f"{package.__name__}.{info.name}")
+            importlib.import_module(f"{package}.{info.name}")

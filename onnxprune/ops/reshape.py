@@ -16,6 +16,7 @@ from onnxprune.core.layout import LayoutError, Segment
 from onnxprune.ops.base import Rule
 from onnxprune.ops.fold import known_ints, partial_value
 from onnxprune.ops.registry import register
+from onnxprune.ops.shape import check_dims
 
 
 def _prod(xs) -> int:
@@ -245,7 +246,6 @@ class Reshape(Rule):
     """Channels follow the row-major index (flatten, unflatten, head split); the shape constant is rewritten."""
 
     def analyze(self, node, ctx):
-        from onnxprune.ops.shape import check_dims
 
         x, y = node.input[0], node.output[0]
         raw = partial_value(ctx.view, node.input[1])

@@ -9,8 +9,16 @@ import math
 import numpy as np
 
 from onnxprune.core.graph import set_attr
+from onnxprune.core.layout import Segment
 from onnxprune.ops.base import Rule, attr_of
-from onnxprune.ops.fold import Dim, blind_reader, follows, known_ints, partial_value
+from onnxprune.ops.fold import (
+    Dim,
+    blind_reader,
+    evaluate_with,
+    follows,
+    known_ints,
+    partial_value,
+)
 from onnxprune.ops.registry import register
 
 
@@ -215,7 +223,6 @@ class Slice(Rule):
     def _counts_read(self, node, ctx) -> dict:
         """Entry k of the starts/ends -> the channel layouts whose size it
         reads (known normally, unknown once that size is)."""
-        from onnxprune.ops.fold import evaluate_with
 
         asked = {}
 
@@ -251,8 +258,6 @@ class Slice(Rule):
         and the same arithmetic, evaluated at every size the pruned axis
         could have (r x 1 .. n / r), must give the same pieces. Nothing is
         rewritten: the bounds follow by themselves."""
-        from onnxprune.core.layout import Segment
-        from onnxprune.ops.fold import evaluate_with
 
         piece = math.gcd(math.gcd(s, e), n)
         r, i, j = n // piece, s // piece, e // piece

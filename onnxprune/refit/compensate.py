@@ -66,7 +66,7 @@ def _regress(cov: np.ndarray, kept: np.ndarray, removed: np.ndarray, ridge: floa
     return np.where(exact[:, None], tight, regular)
 
 
-def _shared(groups: Groups, node, form) -> str | None:
+def shared_weight(groups: Groups, node, form) -> str | None:
     """A weight or bias this node shares with other readers: compensating it
     for one reader would change (or copy) it for all."""
     view = groups.view
@@ -103,7 +103,7 @@ def compensate(groups: Groups, keep: dict, calibration, mode: str = "bias",
             comp.skipped.append(f"{node.name}: its weight is computed from stored constants "
                                 f"(Cast, DequantizeLinear...), which compensation cannot rewrite")
             continue
-        shared = _shared(groups, node, form)
+        shared = shared_weight(groups, node, form)
         if shared:
             comp.skipped.append(f"{node.name}: '{shared}' is shared with other nodes")
             continue

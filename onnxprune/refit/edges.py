@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from onnxprune.core.errors import OnnxPruneError
+from onnxprune.refit import sequential
+from onnxprune.refit.sequential import MIN_ROWS
 
 CRITERIA = ("magnitude", "relief", "obs")
 MAX_UPDATE_INPUTS = 2048  # wider inputs: no weight update (one solve per output column)
@@ -213,7 +215,6 @@ def prune_edges(groups, calibration, *, ratio: float | None, pattern=None, crite
     prune's, for its calibration source) enables the sequential update."""
     from onnx import ModelProto
 
-    from onnxprune.refit import sequential
 
     if criterion not in CRITERIA:
         raise OnnxPruneError(f"unknown edge criterion '{criterion}' (choose from {', '.join(CRITERIA)})")
@@ -297,7 +298,6 @@ def _sparsify(rep: EdgeReport, view, x: _Layer, ratio, pattern, criterion: str, 
     else on the one-shot calibration statistics. -> whether ``cs`` refitted it."""
     from onnx import numpy_helper
 
-    from onnxprune.refit.sequential import MIN_ROWS
 
     t = view.initializers[x.name]
     value = numpy_helper.to_array(t)

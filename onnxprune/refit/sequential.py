@@ -41,14 +41,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from onnxprune.analysis.groups import Groups
-from onnxprune.calibration.run import _batch_size
+from onnxprune.calibration.run import batch_for
 from onnxprune.calibration.sources import batches as batches
 from onnxprune.calibration.sources import load_data
 from onnxprune.calibration.sources import rereadable as rereadable
 from onnxprune.calibration.statistics import GRAM_ROWS, gram_subset
 from onnxprune.core.data import model_inputs
 from onnxprune.core.errors import OnnxPruneError
-from onnxprune.refit.compensate import Compensation, _shared
+from onnxprune.core.runtime import session, upto
+from onnxprune.refit.compensate import Compensation, shared_weight
+from onnxprune.rewrite.engine import apply as run_apply
+from onnxprune.select.reconstruct import obs_order
 
 RIDGE = 1e-3  # x mean variance, as compensate.lsq
 MAX_CHANNELS = 4096  # wider inputs: the cross-covariances are too big; the plain lsq fit stays
@@ -212,7 +215,7 @@ def _targets(groups: Groups, keep: dict, calibration) -> tuple[list, list]:
         kept = groups.positions(use.layout, keep)
         if len(kept) == size and dim[0] not in changed:
             continue  # untouched input, nothing removed
-        if view.const_root(node.input[form.weight]) is None or _shared(groups, node, form):
+        if view.const_root(node.input[form.weight]) is None or shared_weight(groups, node, form):
             continue  # compensate() says why
         if size > MAX_CHANNELS:
             skipped.append(f"{node.name}: {size} input channels, too wide for a sequential refit")
@@ -241,7 +244,6 @@ def _reselect(groups: Groups, gid: int, n_remove: int, targets: list, cross: dic
     """The group's units chosen again on the pruned-model statistics: obs on
     each consumer's full refit (the weights that best reproduce the original
     output from every input channel of the pruned model)."""
-    from onnxprune.select.reconstruct import obs_order
 
     consumers = []
     for t in targets:
@@ -302,7 +304,7 @@ def plan_stages(groups: Groups, targets: list, calibration, cfg, rep) -> tuple[l
                          f"exceed {WORK:.0e} MACs); the others keep their one-shot fit")
     # as calibration ran: one sample at a time where the graph fixes batch 1 inside
     fixed = groups.shape_info is not None and groups.shape_info.fixed_batch
-    batch = 1 if fixed or getattr(calibration, "one_at_a_time", False) else _batch_size(groups.model, cfg.calib_batch)
+    batch = 1 if fixed or getattr(calibration, "one_at_a_time", False) else batch_for(groups.model, cfg.calib_batch)
     return stages, batch
 
 
@@ -310,7 +312,6 @@ def measure_stage(original, current, tensors: list, cfg, batch: int) -> tuple[di
     """Cross statistics of ``tensors`` ((name, axis)) between ``current`` (the
     pruned or masked model so far) and ``original``, both cut after those
     tensors. -> ({(tensor, axis): CrossStats}, onnxruntime runs)."""
-    from onnxprune.core.runtime import session, upto
 
     threads = cfg.threads or None
     names = {i.name for i in model_inputs(original)}
@@ -369,7 +370,6 @@ def _stage(groups: Groups, keep: dict, comp: Compensation, stage: list, by_group
            cfg, batch: int, rep: SequentialReport) -> None:
     """One stage: measure its consumers' inputs in both models, choose again
     the groups it alone reads, refit its consumers."""
-    from onnxprune.rewrite.engine import apply as run_apply
 
     # both models cut after the stage's tensors: no pass runs the layers after them
     masked = run_apply(groups, keep, masked=True, compensation=comp)

@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxprune.analysis.build import UNIFORM_LIMIT
 from onnxprune.analysis.groups import Groups
 from onnxprune.core.errors import InternalError
 from onnxprune.core.graph import GraphView, skeleton
@@ -258,7 +259,6 @@ def _is_weight(value: np.ndarray) -> bool:
     """Float or quantized tensors are weights; small integer vectors (shapes,
     axes, split sizes) are metadata, and small uniform tensors (a shared zero
     bias) hold no per-channel information: those may be copied per reader."""
-    from onnxprune.analysis.build import UNIFORM_LIMIT
 
     if value.size <= UNIFORM_LIMIT and value.size and np.all(value == value.reshape(-1)[0]):
         return False

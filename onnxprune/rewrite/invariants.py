@@ -18,7 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from onnxprune.analysis.build import UNIFORM_LIMIT
+from onnxprune.analysis.costs import count_params
 from onnxprune.core.errors import InternalError
+from onnxprune.core.tensors import to_array
 from onnxprune.core.walk import all_graphs, read_names
 
 _METADATA_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.BOOL,
@@ -83,7 +86,6 @@ class Summary:
 
 
 def summarize(model: onnx.ModelProto) -> Summary:
-    from onnxprune.analysis.costs import count_params
 
     inits = {t.name for t in model.graph.initializer}
     io = {kind: tuple((v.name, _signature(v)) for v in getattr(model.graph, kind) if v.name not in inits)
@@ -99,8 +101,6 @@ def _uniform_copies(before: Summary, pruned: onnx.ModelProto) -> dict[str, int]:
     serve a layer that is pruned and a norm that is not; each reader then
     gets its own slice (``groups._uniform``), which adds a few bytes of that
     dtype while the model as a whole shrinks."""
-    from onnxprune.analysis.build import UNIFORM_LIMIT
-    from onnxprune.core.tensors import to_array
 
     out: dict[str, int] = {}
     for g in all_graphs(pruned.graph):

@@ -19,13 +19,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing as mp
 import os
+import socket
+import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from onnxprune import stages
+from onnxprune.calibration.sources import batches as batches
+from onnxprune.calibration.sources import hold_out_labelled, load_data
 from onnxprune.check.similarity import centred_cosines
+from onnxprune.check.validate import run_batched, session
+from onnxprune.core.data import feeds_and_labels, join, model_inputs
 from onnxprune.core.errors import OnnxPruneError
+from onnxprune.refit.compensate import compensate
+from onnxprune.rewrite.engine import apply
+from onnxprune.select.importance import Scores
+from onnxprune.select.planner import estimate_macs, estimate_params, n_keep
 
 FORMAT = "onnxprune-sensitivity/1"
 DEFAULT_RATIOS = (0.1, 0.25, 0.5, 0.75)
@@ -78,10 +90,6 @@ def damage(a: np.ndarray, b: np.ndarray) -> tuple[str, float]:
 # -- one job -------------------------------------------------------------------------------------
 def run_job(sweep: Sweep, gid: int, ratio: float) -> dict:
     """Prune group ``gid`` alone at ``ratio`` and measure the damage."""
-    from onnxprune.check.validate import run_batched, session
-    from onnxprune.refit.compensate import compensate
-    from onnxprune.rewrite.engine import apply
-    from onnxprune.select.planner import estimate_macs, estimate_params, n_keep
 
     groups = sweep.groups
     g = groups.group(gid)
@@ -122,7 +130,6 @@ class _RayWorker:
     folder), so the cluster's machines need onnxprune but not our files."""
 
     def __init__(self, build: tuple):
-        import tempfile
 
         self._tmp = tempfile.TemporaryDirectory(prefix="onnxprune-ray-")
         self.sweep = prepare(*_unpack(build, self._tmp.name))
@@ -172,7 +179,6 @@ def _has_external_data(path: str) -> bool:
 def _reachable(address: str, timeout: float = 5.0) -> None:
     """Fail fast on a ``host:port`` nobody answers: Ray itself retries for
     minutes, logging to stderr."""
-    import socket
 
     if address in ("local", "auto") or "://" in address:
         return
@@ -223,10 +229,6 @@ def prepare(model, calib, data, criterion: str | None, compensate: str | None, i
             calib_samples: int | None = None, prune: tuple = (), batch_axes: dict | None = None) -> Sweep:
     """Load, analyse, calibrate and score once: what every job shares. With
     no ``data``, the last quarter of ``calib`` is held out for measuring."""
-    from onnxprune import stages
-    from onnxprune.calibration.sources import hold_out_labelled
-    from onnxprune.check.validate import run_batched, session
-    from onnxprune.core.data import feeds_and_labels
 
     cfg = stages.PruneConfig(calib=calib, data=data, criterion=criterion, compensate=compensate,
                                input_shapes=input_shapes, calib_samples=calib_samples, sequential=False,
@@ -256,9 +258,6 @@ def prepare(model, calib, data, criterion: str | None, compensate: str | None, i
 
 def _first(source, model, n: int, batch_axes: dict | None = None) -> dict:
     """The first ``n`` samples of a calibration source, as one dict."""
-    from onnxprune.calibration.sources import batches as batches
-    from onnxprune.calibration.sources import load_data
-    from onnxprune.core.data import join, model_inputs
 
     names = [i.name for i in model_inputs(model)]
     return join(list(batches(load_data(source, model)[0], names, model, 64, n, batch_axes)))
@@ -357,7 +356,6 @@ def sweep(model, *, calib, data=None, ratios=DEFAULT_RATIOS, criterion: str | No
             for row in _ray_rows(ray, build, todo, jobs):
                 keep_row(row)
         elif jobs > 1 and len(todo) > 1:
-            import multiprocessing as mp
 
             ctx = mp.get_context("spawn")  # no forked onnxruntime threads
             with ctx.Pool(min(jobs, len(todo)), initializer=_init_worker, initargs=(build,)) as pool:
@@ -395,7 +393,6 @@ def removal_costs(result: SensitivityResult, groups, scores):
     (piecewise linear through zero and each ratio swept; removals past the
     last ratio swept are priced infinite), so ``planner.plan_global`` spends a budget where the
     measured loss is least (``--allocate sensitivity``)."""
-    from onnxprune.select.importance import Scores
 
     table = result.table()
     out = Scores(scores.criterion, by_group=dict(scores.by_group))

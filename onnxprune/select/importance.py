@@ -14,6 +14,7 @@ import numpy as np
 
 from onnxprune.analysis.groups import Groups
 from onnxprune.core.errors import OnnxPruneError
+from onnxprune.select.reconstruct import obs_order
 
 
 @dataclass
@@ -219,7 +220,6 @@ def score(groups: Groups, criterion: str = "l2", *, calibration=None, member_nor
         if criterion == "obs":
             consumers = _obs_consumers(groups, group, calibration)
             if consumers:
-                from onnxprune.select.reconstruct import obs_order
 
                 order, costs = obs_order(consumers, group.channels)
                 full = np.concatenate([order, np.setdiff1d(np.arange(group.channels), order)])

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from onnxprune.analysis.costs import unknown_dims
 from onnxprune.analysis.groups import Groups
 from onnxprune.core.errors import OnnxPruneError
 from onnxprune.select.importance import Scores
@@ -197,7 +198,6 @@ def _check_macs_known(groups: Groups, target: float) -> None:
     if not 0.0 < target <= 1.0:
         raise OnnxPruneError(f"--macs-target must be in (0, 1], got {target}")
     if groups.macs is None:
-        from onnxprune.analysis.costs import unknown_dims
 
         need = "; ".join(f"input '{n}' has the symbolic dim(s) {', '.join(d)}"
                          for n, d in unknown_dims(groups.view).items()) or "some shapes are unknown"

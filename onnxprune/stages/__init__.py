@@ -12,8 +12,22 @@ them; each can be called on its own.
 from onnxprune.stages.config import PruneConfig
 from onnxprune.stages.loading import analyze, load, preflight, sample
 from onnxprune.stages.results import PruneReport, PruneResult, save, write_json, writing
-from onnxprune.stages.steps import (apply, calibrate, check, compensate, edge_stage, edge_summary, hold_out,
-                                    known_inputs, plan, reference, refit, report, score, validate)
+from onnxprune.stages.steps import (
+                                    apply,
+                                    calibrate,
+                                    check,
+                                    compensate,
+                                    edge_stage,
+                                    edge_summary,
+                                    hold_out,
+                                    known_inputs,
+                                    plan,
+                                    reference,
+                                    refit,
+                                    report,
+                                    score,
+                                    validate,
+)
 
 __all__ = ["PruneConfig", "PruneReport", "PruneResult", "preflight", "load", "sample", "analyze", "hold_out",
            "calibrate", "known_inputs", "score", "plan", "compensate", "refit", "apply", "check", "report",

@@ -3,7 +3,7 @@ the API's keywords), and the defaults that depend on the data.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from onnxprune.core.errors import OnnxPruneError
 from onnxprune.refit.compensate import MODES
@@ -79,7 +79,6 @@ class PruneConfig:
         least-squares compensation), ``lsq`` compensation refitted
         sequentially; without: ``l2`` and none (measured in
         benchmarks/fidelity.py)."""
-        from dataclasses import replace
 
         data = self.calib is not None
         criterion = self.criterion or ("obs" if data else "l2")

@@ -10,10 +10,11 @@ import onnx
 
 from onnxprune.analysis.build import analyze_model
 from onnxprune.analysis.groups import Groups
+from onnxprune.calibration.sources import first_sample
 from onnxprune.check.validate import check_input
 from onnxprune.core import dialect
 from onnxprune.core import model as modelio
-from onnxprune.core.data import model_inputs, rows
+from onnxprune.core.data import feeds_and_labels, model_inputs, rows
 from onnxprune.core.errors import OnnxPruneError
 from onnxprune.core.shapes import shapes as shape_info
 from onnxprune.stages.config import PruneConfig
@@ -57,8 +58,6 @@ def load(source, cfg: PruneConfig) -> modelio.Loaded:
 def sample(cfg: PruneConfig, model: onnx.ModelProto) -> dict | None:
     """One input sample from the user's data (validation data first, then
     calibration data), to take shapes from; None when there is none."""
-    from onnxprune.calibration.sources import first_sample
-    from onnxprune.core.data import feeds_and_labels
 
     if isinstance(cfg.data, (str, os.PathLike, dict)):
         feeds, _ = feeds_and_labels(cfg.data, model, cfg.batch_axes)

@@ -11,23 +11,27 @@ plan.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import onnx
 
 from onnxprune.analysis.costs import count_macs, count_params
 from onnxprune.analysis.groups import Groups
 from onnxprune.calibration.run import calibrate as run_calibration
+from onnxprune.calibration.sources import hold_out as split
 from onnxprune.calibration.statistics import Calibration
 from onnxprune.check.validate import Reference, Validation, full_check
 from onnxprune.check.validate import compare as run_compare
 from onnxprune.check.validate import reference as run_reference
-from onnxprune.core.data import rows, sample_count
+from onnxprune.core.data import load_npz, rows, sample_count
 from onnxprune.core.errors import OnnxPruneError
 from onnxprune.core.graph import GraphView
 from onnxprune.core.shapes import shapes as shape_info
+from onnxprune.refit import edges
 from onnxprune.refit.compensate import Compensation
 from onnxprune.refit.compensate import compensate as run_compensation
+from onnxprune.refit.datafree import moment_statistics
+from onnxprune.refit.sequential import reconstruct
 from onnxprune.rewrite import invariants
 from onnxprune.rewrite.engine import apply as run_apply
 from onnxprune.select import importance, planner
@@ -64,13 +68,10 @@ def hold_out(groups: Groups, cfg: PruneConfig) -> tuple[PruneConfig, str | None]
     --calib, the data serves both: its first part calibrates (data beats no
     data: see ``resolved_compensation``), its last quarter validates, labels
     included."""
-    from dataclasses import replace
 
-    from onnxprune.calibration.sources import hold_out as split
 
     if cfg.calib is None and cfg.data is not None and cfg.calibrate_from_data \
             and isinstance(cfg.data, (str, os.PathLike)):
-        from onnxprune.core.data import load_npz
 
         feeds, labels = load_npz(cfg.data, groups.model, cfg.batch_axes)
         total = sample_count(feeds)
@@ -148,7 +149,6 @@ def compensate(groups: Groups, the_plan: Plan, calibration, cfg: PruneConfig) ->
     mode = cfg.resolved_compensation()
     if calibration is None and mode == "bias" and cfg.calib is None:
         # no data: the channel means the model states (BatchNorm statistics)
-        from onnxprune.refit.datafree import moment_statistics
 
         calibration = moment_statistics(groups, importance.calibration_requests(groups))
         comp = run_compensation(groups, the_plan.keep, calibration, mode)
@@ -166,7 +166,6 @@ def refit(groups: Groups, the_plan: Plan, comp: Compensation, calibration, cfg: 
     stage is chosen again there. Updates the plan and compensation in place."""
     if not cfg.sequential or cfg.resolved_compensation() != "lsq" or calibration is None:
         return None
-    from onnxprune.refit.sequential import reconstruct
 
     explicit = cfg.keep is not None or cfg.plan is not None
     rep = reconstruct(groups, the_plan.keep, comp, calibration, cfg,
@@ -245,7 +244,6 @@ def edge_stage(groups: Groups, run_cfg: PruneConfig, criterion: str | None, rati
     """Zero weights of ``groups.model`` in place (``edges.py``), calibrating
     first when the criterion or the weight update needs data. -> (report,
     criterion used, whether weights were updated, calibration)."""
-    from onnxprune.refit import edges
 
     data = run_cfg.calib is not None
     aliases = {None: "obs" if data else "magnitude", "l1": "magnitude", "l2": "magnitude"}
