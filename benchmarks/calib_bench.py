@@ -52,12 +52,12 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import onnxprune  # noqa: E402
 from onnxprune.calibration.run import calibrate  # noqa: E402
+from onnxprune.check.validate import run_batched, session  # noqa: E402
+from onnxprune.core.runtime import session as plain_session  # noqa: E402
 from onnxprune.refit.compensate import compensate  # noqa: E402
+from onnxprune.rewrite.engine import apply  # noqa: E402
 from onnxprune.select.importance import calibration_requests, score  # noqa: E402
 from onnxprune.select.planner import plan_macs  # noqa: E402
-from onnxprune.rewrite.engine import apply  # noqa: E402
-from onnxprune.core.runtime import session as plain_session  # noqa: E402
-from onnxprune.check.validate import run_batched, session  # noqa: E402
 
 MODELS = ["resnet_mnist", "mobilenet_mnist", "densenet_mnist"]
 CRITERIA = ["l2", "fpgm", "mean_abs", "act_l2", "apoz", "relief", "flap"]

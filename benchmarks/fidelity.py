@@ -74,10 +74,10 @@ import onnxprune  # noqa: E402
 for _m in pkgutil.walk_packages(onnxprune.__path__, "onnxprune."):
     importlib.import_module(_m.name)
 
+from onnxprune.check.validate import run_batched  # noqa: E402
+from onnxprune.core.runtime import session  # noqa: E402
 from onnxprune.select.importance import ALL_CRITERIA  # noqa: E402
 from onnxprune.stages.config import PruneConfig  # noqa: E402
-from onnxprune.core.runtime import session  # noqa: E402
-from onnxprune.check.validate import run_batched  # noqa: E402
 
 _FIELDS = set(PruneConfig.__dataclass_fields__)
 
@@ -403,7 +403,8 @@ def ratio_check(names: list[str], ctxs: dict, tmp: str) -> list[dict]:
             row["lat_b1"] = b1 / a1
             row.update(criterion=d["criterion"], eval_samples=len(ev["input"]))
             log(f"{name:<16} {label:<26} {kind} {before:.4f} -> {after:.4f} (drop {row['drop']:+.2f}, "
-                f"{len(ev['input'])} samples)  {d['criterion']}/{row['compensate']:<4} ccos {row['ccos']:.3f}  macs {row['macs_ratio']:.3f}  "
+                f"{len(ev['input'])} samples)  {d['criterion']}/{row['compensate']:<4} ccos {row['ccos']:.3f}  "
+                f"macs {row['macs_ratio']:.3f}  "
                 f"params {row['params_ratio']:.3f}  lat_r {row['lat_report']:.2f}  lat1 {b1 / a1:.2f}  "
                 f"wall {wall:.1f}s")
             out.append(row)

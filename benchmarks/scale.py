@@ -24,9 +24,8 @@ from onnx import TensorProto, helper, numpy_helper
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from onnxprune import pipeline  # noqa: E402
 
-from onnxprune import stages
+from onnxprune import stages  # noqa: E402
 from onnxprune.stages.config import PruneConfig  # noqa: E402
 
 

@@ -40,10 +40,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-import onnxprune  # noqa: E402
-from onnxprune.rewrite.engine import apply  # noqa: E402
-from onnxprune.core.runtime import session  # noqa: E402
 from test_transformers import feeds  # noqa: E402
+
+import onnxprune  # noqa: E402
+from onnxprune import stages  # noqa: E402
+from onnxprune.core.runtime import session  # noqa: E402
+from onnxprune.rewrite.engine import apply  # noqa: E402
 
 ZOO = os.path.join(ROOT, "tests", "fixtures", "transformers")
 
@@ -85,7 +87,6 @@ def _run(model, feeds) -> np.ndarray:
 
 
 def oracle(path, plan_keep, cfg, val) -> float:
-    from onnxprune import pipeline
     from onnxprune import stages
     from onnxprune.rewrite.io_change import adapt_feeds, changed
 
@@ -115,7 +116,6 @@ def main() -> None:
         model = onnx.load(path)
         cal, val, labels = data_for(name, model)
         shapes = {k: [None] + list(v.shape[1:]) for k, v in cal.items()}
-        from onnxprune import pipeline
 
         acfg = onnxprune.PruneConfig(input_shapes=shapes, allow_io_change="_kv_" in name,
                                      prune=("heads", "neurons", "hidden"))

@@ -9,6 +9,10 @@ same pipeline the CLI runs.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
+from typing import Union
+
+import onnx
 
 from onnxprune import pipeline, stages
 from onnxprune.analysis.groups import Groups
@@ -19,8 +23,12 @@ from onnxprune.stages.results import PruneReport, PruneResult
 _ALIASES = {"member_norm": "normalize", "reduction": "group_reduction"}
 
 
-def analyze(model, *, input_shapes: dict | None = None, exclude=(), strict: bool | None = None,
-            data=None, prune=(), allow_io_change: bool = False) -> Groups:
+ModelSource = Union[str, "os.PathLike[str]", onnx.ModelProto]
+
+
+def analyze(model: ModelSource, *, input_shapes: dict | None = None, exclude: Iterable[str] = (),
+            strict: bool | None = None, data: str | dict | None = None, prune: str | Iterable[str] = (),
+            allow_io_change: bool = False) -> Groups:
     """Find every group of coupled channels. ``model``: a path or a ModelProto;
     ``data`` (an .npz or a dict of arrays) fixes the shapes inference cannot;
     ``prune`` and ``allow_io_change`` as for ``prune``."""
@@ -29,8 +37,8 @@ def analyze(model, *, input_shapes: dict | None = None, exclude=(), strict: bool
     return stages.analyze(stages.load(model, cfg), cfg)
 
 
-def prune(model, ratio: float = 0.3, criterion: str | None = None, *, config: PruneConfig | None = None,
-          **options) -> PruneResult:
+def prune(model: ModelSource, ratio: float = 0.3, criterion: str | None = None, *,
+          config: PruneConfig | None = None, **options) -> PruneResult:
     """Remove channels from every prunable group and rewrite the model.
 
     ``options`` are the fields of ``PruneConfig`` (``macs_target``, ``calib``,
@@ -52,7 +60,7 @@ def prune(model, ratio: float = 0.3, criterion: str | None = None, *, config: Pr
     return pipeline.run(model, config)
 
 
-def same_file(a, b) -> bool:
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     try:
         return os.path.exists(b) and os.path.samefile(a, b)
     except OSError:

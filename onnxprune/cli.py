@@ -136,7 +136,8 @@ def analyze(model, as_json, show_all, exclude, prune_kinds, allow_io_change, str
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Pruned model path.")
-@click.option("--ratio", type=click.FloatRange(0, 1, max_open=True), default=0.3, show_default=True, help="Fraction of channels removed per group.")
+@click.option("--ratio", type=click.FloatRange(0, 1, max_open=True), default=0.3, show_default=True,
+              help="Fraction of channels removed per group.")
 @click.option("--criterion", type=click.Choice(ALL_CRITERIA),
               help="[default: obs with --calib or --data, else l2] "
                    "Weight criteria: l1, l2, bn, fpgm, random. Data criteria (need --calib): "
@@ -155,7 +156,8 @@ def analyze(model, as_json, show_all, exclude, prune_kinds, allow_io_change, str
               help="How member scores of a group combine.")
 @click.option("--normalize", "member_norm", type=click.Choice(["mean", "max", "none"]), default="mean",
               show_default=True, help="Per-member score normalisation before the reduction.")
-@click.option("--macs-target", type=click.FloatRange(0, 1, min_open=True), help="Keep about this fraction of the MACs (finds the ratio; overrides --ratio).")
+@click.option("--macs-target", type=click.FloatRange(0, 1, min_open=True),
+              help="Keep about this fraction of the MACs (finds the ratio; overrides --ratio).")
 @click.option("--params-target", type=click.FloatRange(0, 1, min_open=True),
               help="Keep about this fraction of the parameters (instead of --ratio or --macs-target).")
 @click.option("--latency-target", type=click.FloatRange(0, 1, min_open=True, max_open=True),

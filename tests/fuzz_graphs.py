@@ -31,10 +31,10 @@ from unittest import mock
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper
-
 import oracle
 from graphs import Graph, feeds
+from onnx import TensorProto, helper
+
 from onnxprune.core.walk import all_graphs
 
 BASE_BLOCKS = ("conv", "grouped", "depthwise", "act", "bn", "scale", "residual", "concat", "split",

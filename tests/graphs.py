@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-
 from oracle import check_exact
+
 from onnxprune.rewrite.engine import apply
 
 IR_VERSION = 8

@@ -9,10 +9,10 @@ import onnx
 import onnxruntime as ort
 
 import onnxprune
-from onnxprune.core.data import random_feeds
 from onnxprune.analysis.groups import Groups
-from onnxprune.rewrite.invariants import violations
+from onnxprune.core.data import random_feeds
 from onnxprune.rewrite.engine import apply
+from onnxprune.rewrite.invariants import violations
 
 
 def run(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:

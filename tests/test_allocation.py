@@ -8,13 +8,13 @@ import os
 
 import numpy as np
 import pytest
+from graphs import Graph
+from oracle import run
 
 import onnxprune
-from graphs import Graph
 from onnxprune.core.errors import OnnxPruneError
 from onnxprune.select.importance import Scores, score
 from onnxprune.select.planner import estimate_macs, plan_budget, plan_global, plan_uniform
-from oracle import run
 
 ROOT = os.path.join(os.path.dirname(__file__), os.pardir, "models")
 

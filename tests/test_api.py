@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import os
 
+import fixtures_cli as F
 import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
 
-import fixtures_cli as F
 import onnxprune
 from onnxprune.cli import main
 
@@ -303,7 +303,6 @@ def test_validate_models_with_different_outputs_is_a_user_error(model):
 def test_unsorted_graph_is_accepted_and_written_sorted():
     """onnxruntime runs graphs whose nodes are out of order; we sort them."""
     import onnx as _onnx
-
     from oracle import check_exact
     from variants import constant_nodes
 
@@ -319,7 +318,6 @@ def test_unsorted_graph_is_accepted_and_written_sorted():
 
 def test_validation_data_of_an_unsupported_type_is_a_user_error():
     import pytest
-
     from graphs import Graph
 
     g = Graph(seed=1)

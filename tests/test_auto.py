@@ -10,10 +10,10 @@ import os
 import numpy as np
 import onnx
 import pytest
+from oracle import run
 
 from onnxprune.pipeline.auto import _metric, auto_prune
 from onnxprune.stages.config import PruneConfig
-from oracle import run
 
 ROOT = os.path.join(os.path.dirname(__file__), os.pardir, "models")
 PATH = os.path.join(ROOT, "resnet_mnist.onnx")
@@ -79,7 +79,6 @@ def test_params_and_latency_targets_stop_the_loop_when_met(monkeypatch):
 
 
     from onnxprune.analysis.costs import count_params
-
     from onnxprune.pipeline import auto
 
     size = {}

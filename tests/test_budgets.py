@@ -8,13 +8,13 @@ import os
 
 import numpy as np
 import pytest
+from oracle import random_keep
 
 import onnxprune
 from onnxprune.analysis.costs import count_params
 from onnxprune.core.errors import OnnxPruneError
-from onnxprune.select.planner import estimate_params
 from onnxprune.rewrite.engine import apply
-from oracle import random_keep
+from onnxprune.select.planner import estimate_params
 
 ROOT = os.path.join(os.path.dirname(__file__), os.pardir, "models")
 SAMPLES = ["resnet_mnist", "densenet_mnist", "mobilenet_mnist", "unet_mnist"]

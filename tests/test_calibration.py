@@ -14,16 +14,16 @@ import tracemalloc
 import numpy as np
 import onnx
 import pytest
+from graphs import Graph
 from onnx import TensorProto, helper
+from oracle import run
 
 import onnxprune
-from graphs import Graph
-from onnxprune.calibration.statistics import Calibration, ChannelStats
 from onnxprune.calibration.run import calibrate
 from onnxprune.calibration.sources import load_data
+from onnxprune.calibration.statistics import Calibration, ChannelStats
 from onnxprune.core.errors import OnnxPruneError
 from onnxprune.select.importance import calibration_requests
-from oracle import run
 
 N = 10
 REQ = {("relu", 1): True}
@@ -498,6 +498,7 @@ def test_gram_matrices_are_granted_narrowest_first_within_the_budget(monkeypatch
     """A model with wide layers gets Gram matrices only while they fit: the
     widest consumers go without (and fall back to bias compensation)."""
     from graphs import Graph
+
     from onnxprune.select import importance
 
     g = Graph(seed=0)

@@ -12,12 +12,12 @@ import stat
 import subprocess
 import sys
 
+import fixtures_cli as F
 import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
 
-import fixtures_cli as F
 from onnxprune.cli import main
 
 REPORT_VALIDATION_KEYS = {"cosine_min", "cosine_mean", "max_abs_diff", "top1_agreement",

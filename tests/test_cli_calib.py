@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 import os
 
+import fixtures_cli as F
 import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
 
-import fixtures_cli as F
 from onnxprune.cli import main
 
 MODULE = """

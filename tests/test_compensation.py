@@ -11,15 +11,15 @@ import os
 import numpy as np
 import onnx
 import pytest
+from graphs import Graph
+from oracle import random_keep, run
 
 import onnxprune
-from graphs import Graph
 from onnxprune.calibration.run import calibrate
-from onnxprune.refit.compensate import Compensation, compensate
 from onnxprune.core.errors import OnnxPruneError
-from onnxprune.select.importance import calibration_requests
+from onnxprune.refit.compensate import Compensation, compensate
 from onnxprune.rewrite.engine import apply
-from oracle import random_keep, run
+from onnxprune.select.importance import calibration_requests
 
 MODELS = os.path.join(os.path.dirname(__file__), os.pardir, "models")
 CIN, HW = 3, 6
@@ -379,12 +379,13 @@ def test_lsq_keeps_accuracy_at_half_the_macs_on_trained_models(name, floor):
     channels (a near-singular Gram matrix once sent densenet to chance)."""
     import os
 
+    from oracle import run
+
     from onnxprune.calibration.run import calibrate
     from onnxprune.refit.compensate import compensate
+    from onnxprune.rewrite.engine import apply
     from onnxprune.select.importance import calibration_requests, score
     from onnxprune.select.planner import plan_macs
-    from onnxprune.rewrite.engine import apply
-    from oracle import run
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     data = np.load(os.path.join(root, "models", f"{name}_data.npz"))

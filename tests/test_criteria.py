@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from graphs import Graph
 
 import onnxprune
-from graphs import Graph
-from onnxprune.calibration.statistics import Calibration
 from onnxprune.calibration.run import calibrate
+from onnxprune.calibration.statistics import Calibration
 from onnxprune.core.errors import OnnxPruneError
 from onnxprune.select.importance import DATA_CRITERIA, calibration_requests, score
 

@@ -13,9 +13,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from graphs import Graph
 
 import onnxprune
-from graphs import Graph
 from onnxprune.calibration.run import calibrate
 from onnxprune.select.importance import calibration_requests, score
 

@@ -5,13 +5,13 @@ right; and bias compensation on them runs without any data."""
 from __future__ import annotations
 
 import numpy as np
+from graphs import Graph
 
 import onnxprune
-from graphs import Graph
 from onnxprune.calibration.run import calibrate
+from onnxprune.ops.elementwise import rectified
 from onnxprune.refit.datafree import moment_statistics
 from onnxprune.select.importance import calibration_requests
-from onnxprune.ops.elementwise import rectified
 
 
 def test_rectified_gaussian_moments_match_sampling():

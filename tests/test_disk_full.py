@@ -11,17 +11,17 @@ last test uses a real 64 KiB tmpfs where mounting is allowed.
 """
 from __future__ import annotations
 
+import builtins
 import errno
 import hashlib
 import os
-import builtins
 import subprocess
 import sys
 
+import fixtures_cli as F
 import pytest
 from click.testing import CliRunner
 
-import fixtures_cli as F
 import onnxprune
 from onnxprune.cli import main
 from onnxprune.core.errors import OnnxPruneError

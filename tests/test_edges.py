@@ -9,12 +9,12 @@ import os
 import numpy as np
 import onnx
 import pytest
-
-import onnxprune
-from onnxprune.refit.edges import _mask, parse_pattern
-from onnxprune.core.errors import OnnxPruneError
 from graphs import Graph
 from oracle import run
+
+import onnxprune
+from onnxprune.core.errors import OnnxPruneError
+from onnxprune.refit.edges import _mask, parse_pattern
 
 ROOT = os.path.join(os.path.dirname(__file__), os.pardir, "models")
 

@@ -16,11 +16,10 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune
-from onnxprune import pipeline
-from onnxprune.core import runtime, tensors
-from onnxprune.cli import main
-from onnxprune.core.model import load
 from onnxprune.check.validate import full_check
+from onnxprune.cli import main
+from onnxprune.core import runtime, tensors
+from onnxprune.core.model import load
 
 SIZES = (64, 512, 512, 10)  # w1 is 512 x 512 float32: 1 MiB, so it is aligned when written
 

@@ -18,11 +18,10 @@ this session's base commit too. ``benchmarks/fuzz.py`` keeps exploring new
 graphs."""
 from __future__ import annotations
 
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from fuzz_graphs import CONTROL_BLOCKS, EXPORTER_BLOCKS, as_written, feed_sets, random_model
 from graphs import exact
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 
 def _check(data, **kw):

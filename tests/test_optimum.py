@@ -12,11 +12,11 @@ import os
 import numpy as np
 import onnx
 import pytest
+from oracle import random_keep, run
 
 import onnxprune
-from oracle import random_keep, run
-from onnxprune.rewrite.io_change import adapt_feeds, changed
 from onnxprune.rewrite.engine import apply
+from onnxprune.rewrite.io_change import adapt_feeds, changed
 
 HERE = os.path.join(os.path.dirname(__file__), "fixtures", "optimum")
 

@@ -2,9 +2,8 @@
 hide a wrong rewrite."""
 import numpy as np
 import onnx
-import pytest
-
 import oracle
+import pytest
 from graphs import Graph, exact
 
 

@@ -9,7 +9,6 @@ import onnx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from oracle import check_exact
 from variants import TOLERANCE, VARIANTS
 

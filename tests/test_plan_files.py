@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
+import fixtures_cli as F
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import fixtures_cli as F
 import onnxprune
 from onnxprune.cli import main
 

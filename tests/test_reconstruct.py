@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from oracle import run
+from test_compensation import LINCOMB, the_group
 
 import onnxprune
 from onnxprune.calibration.run import calibrate
 from onnxprune.refit.compensate import compensate
+from onnxprune.rewrite.engine import apply
 from onnxprune.select.importance import calibration_requests, score
 from onnxprune.select.reconstruct import RIDGE, obs_order
-from onnxprune.rewrite.engine import apply
-from oracle import run
-from test_compensation import LINCOMB, conv_data, the_group
 
 
 def _residual(x: np.ndarray, w: np.ndarray, removed, blocks) -> float:

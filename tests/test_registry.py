@@ -7,13 +7,12 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from graphs import Graph, assert_frozen, assert_prunable, exact, group_at
 
 import onnxprune
-from graphs import Graph, assert_frozen, assert_prunable, exact, group_at
 from onnxprune.cli import main
 from onnxprune.core.errors import InternalError
-from onnxprune.ops import Rule, entries, lookup, node_attr, register, schema_default
-from onnxprune.ops import registry
+from onnxprune.ops import Rule, entries, lookup, node_attr, register, registry, schema_default
 
 
 def test_every_op_module_registers_its_rules():

@@ -5,7 +5,6 @@ oracle (onnxruntime runs these ops on CPU)."""
 from __future__ import annotations
 
 import numpy as np
-
 from graphs import Graph, assert_frozen, assert_prunable, exact, group_at
 
 MS = "com.microsoft"
@@ -134,11 +133,11 @@ def test_embed_layer_norm_is_the_hidden_size_pruned_only_with_prune_hidden():
     """The optimizer's fused embeddings: tables, gamma and beta are the
     hidden size's (accounted, not "no rule"); --prune hidden slices them and
     the model still runs (inexact by nature: no oracle)."""
-    import onnxprune
-    from onnxprune.rewrite.engine import apply
+    from onnx import TensorProto
     from oracle import run
 
-    from onnx import TensorProto
+    import onnxprune
+    from onnxprune.rewrite.engine import apply
 
     g = _graph()
     ids = "ids"

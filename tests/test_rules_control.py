@@ -7,16 +7,16 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from graphs import assert_frozen, assert_prunable, group_at
 from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper
-
-from graphs import assert_frozen, assert_prunable, group_at
 from oracle import check_exact, run
-from onnxprune.analysis.costs import count_macs
+
 from onnxprune.analysis.build import analyze_model
-from onnxprune.rewrite.engine import apply
+from onnxprune.analysis.costs import count_macs
 from onnxprune.core.shapes import shapes
+from onnxprune.rewrite.engine import apply
 
 RNG = np.random.default_rng(0)
 

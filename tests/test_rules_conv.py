@@ -2,11 +2,22 @@
 import numpy as np
 import onnx
 import pytest
+from graphs import (
+    Graph,
+    assert_frozen,
+    assert_prunable,
+    attr,
+    exact,
+    feeds,
+    group_at,
+    groups_at,
+    input_value,
+    keep_of,
+    pruned,
+)
+from oracle import run
 
 import onnxprune
-from graphs import (Graph, assert_frozen, assert_prunable, attr, exact, feeds, group_at,
-                    groups_at, input_value, keep_of, pruned)
-from oracle import run
 
 
 def chain(batch=1):
@@ -279,6 +290,7 @@ def test_weight_shared_by_two_convs_couples_their_inputs_and_is_never_copied():
     wa, wb = input_value(m, "sa", 1), input_value(m, "sb", 1)
     w = input_value(groups.model, "sa", 1)
     np.testing.assert_array_equal(wa, w[[1, 2, 3]][:, [0, 1, 2]])
+    np.testing.assert_array_equal(wb, wa)  # still one shared weight
     assert _node(m, "sa").input[1] == _node(m, "sb").input[1]
     assert len(m.graph.initializer) == len(groups.model.graph.initializer)
     onnx.checker.check_model(m, full_check=True)

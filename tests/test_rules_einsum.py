@@ -1,11 +1,10 @@
 """Einsum: letters kept, summed against constants, or summed between activations."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
+from graphs import Graph, assert_frozen, assert_prunable, exact, group_at, input_value, keep_of, pruned
 
 import onnxprune
-from graphs import Graph, assert_frozen, assert_prunable, exact, group_at, input_value, keep_of, pruned
 from onnxprune.ops.einsum import parse
 
 

@@ -2,9 +2,7 @@
 import numpy as np
 import onnx
 import pytest
-
-from graphs import (Graph, assert_frozen, assert_prunable, exact, group_at, input_value,
-                    keep_of, pruned)
+from graphs import Graph, assert_frozen, assert_prunable, exact, group_at, input_value, keep_of, pruned
 
 UNARY = [
     ("Relu", {}), ("LeakyRelu", {"alpha": 0.1}), ("Sigmoid", {}), ("Tanh", {}),

@@ -5,9 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-
-from graphs import (Graph, assert_frozen, assert_prunable, exact, group_at, input_value,
-                    keep_of, pruned, value)
+from graphs import Graph, assert_frozen, assert_prunable, exact, group_at, input_value, keep_of, pruned, value
 
 
 def _expand_repeat_kv(entry_for_channels: int):

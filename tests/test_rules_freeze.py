@@ -1,10 +1,9 @@
 """Freezing: ops without a rule, the model's interface, and the rest of the model still pruning."""
 import onnx
 import pytest
+from graphs import Graph, assert_frozen, assert_prunable, exact, group_at, input_value, keep_of, pruned
 
 import onnxprune
-from graphs import (Graph, assert_frozen, assert_prunable, exact, group_at, input_value,
-                    keep_of, pruned)
 
 
 def unknown_op(g, op, t):

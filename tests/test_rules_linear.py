@@ -1,9 +1,7 @@
 """Gemm and MatMul rules: neurons, feature consumers, and MatMul of two activations."""
 import numpy as np
 import pytest
-
-from graphs import (Graph, assert_frozen, assert_prunable, exact, group_at, input_value,
-                    keep_of, pruned)
+from graphs import Graph, assert_frozen, assert_prunable, exact, group_at, input_value, keep_of, pruned
 
 
 @pytest.mark.parametrize("bias_shape", [None, (8,), (1, 8)], ids=["nobias", "bias_N", "bias_1N"])

@@ -2,9 +2,7 @@
 channel axis freeze it."""
 import numpy as np
 import pytest
-
-from graphs import (Graph, assert_frozen, assert_prunable, exact, group_at, input_value,
-                    keep_of, pruned)
+from graphs import Graph, assert_frozen, assert_prunable, exact, group_at, input_value, keep_of, pruned
 
 
 def test_batchnorm_params_are_sliced_with_the_channels():
@@ -140,7 +138,9 @@ def test_decomposed_batchnorm_with_sqrt_of_constants_prunes():
     the Sqrt/Add of constants fold, every constant is sliced."""
     g = Graph()
     a = g.conv("x", 3, 6, name="c1")
-    c = lambda n, lo=0.5, hi=2.0: g.init(n, np.random.default_rng(len(n)).uniform(lo, hi, (6, 1, 1)).astype(np.float32))
+    def c(n, lo=0.5, hi=2.0):
+        return g.init(n, np.random.default_rng(len(n)).uniform(lo, hi, (6, 1, 1)).astype(np.float32))
+
     std = g.add("Sqrt", [g.add("Add", [c("var"), g.init("eps", np.float32(1e-5))])], name="std")
     y = g.add("Div", [g.add("Sub", [a, c("mean", -1, 1)], name="centre"), std], name="scale")
     y = g.add("Add", [g.add("Mul", [y, c("gamma")]), c("beta", -1, 1)], name="shift")

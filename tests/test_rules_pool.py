@@ -2,9 +2,7 @@
 that changes size freezes."""
 import numpy as np
 import pytest
-
-from graphs import (Graph, assert_frozen, assert_prunable, exact, group_at, input_value,
-                    keep_of, pruned)
+from graphs import Graph, assert_frozen, assert_prunable, exact, group_at, input_value, keep_of, pruned
 
 POOLS = [
     ("MaxPool", {"kernel_shape": [2, 2], "strides": [2, 2]}),

@@ -1,8 +1,6 @@
 """Reductions and soft-maxes: over spatial axes channels pass; over the channel axis they freeze."""
 import pytest
-
-from graphs import (Graph, assert_frozen, assert_prunable, exact, group_at, input_value, keep_of,
-                    pruned)
+from graphs import Graph, assert_frozen, assert_prunable, exact, group_at, input_value, keep_of, pruned
 
 
 def reduce_node(g, op, x, axes, keepdims, opset):

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from graphs import Graph, assert_frozen, assert_prunable, attr, exact, group_at, input_value, keep_of, pruned
 
 GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
-S, B, F, I, H = 5, 2, 3, 6, 8
+S, B, F, IN, H = 5, 2, 3, 6, 8
 
 
 def rnn_model(op, direction="forward", layout=0, states=False, peepholes=False, lbr=0):
@@ -16,8 +15,8 @@ def rnn_model(op, direction="forward", layout=0, states=False, peepholes=False, 
     d = 2 if direction == "bidirectional" else 1
     gates = GATES[op]
     xin = "x"
-    h_in = g.add("Relu", [g.matmul(xin, F, I, name="pre")])  # features the RNN reads
-    inputs = [h_in, g.rand("W", (d, gates * H, I)), g.rand("R", (d, gates * H, H)) ,
+    h_in = g.add("Relu", [g.matmul(xin, F, IN, name="pre")])  # features the RNN reads
+    inputs = [h_in, g.rand("W", (d, gates * H, IN)), g.rand("R", (d, gates * H, H)) ,
               g.rand("Bias", (d, 2 * gates * H))]
     batch_first = layout == 1
     if states:
@@ -152,8 +151,8 @@ def test_hidden_features_split_downstream_prune_under_every_gate(op):
     # the hidden space splits under each gate's rows of W, R and the biases.
     g = Graph(opset=14, seed=4)
     gates = GATES[op]
-    h_in = g.add("Relu", [g.matmul("x", F, I, name="pre")])
-    outs = g.add(op, [h_in, g.rand("W", (1, gates * H, I)), g.rand("R", (1, gates * H, H)),
+    h_in = g.add("Relu", [g.matmul("x", F, IN, name="pre")])
+    outs = g.add(op, [h_in, g.rand("W", (1, gates * H, IN)), g.rand("R", (1, gates * H, H)),
                       g.rand("Bias", (1, 2 * gates * H))] + ([""] * 3 + [g.rand("P", (1, 3 * H))] if op == "LSTM" else []),
                  n_out=2, name="rnn", hidden_size=H)
     y = g.add("Squeeze", [outs[0], g.ints("ax", [1])])  # [S, B, H]

@@ -2,10 +2,21 @@
 Transpose, and Shape reading a channel count."""
 import numpy as np
 import pytest
+from graphs import (
+    Graph,
+    assert_frozen,
+    assert_prunable,
+    attr,
+    exact,
+    group_at,
+    groups_at,
+    input_value,
+    keep_of,
+    pruned,
+    value,
+)
 
 import onnxprune
-from graphs import (value, Graph, assert_frozen, assert_prunable, attr, exact, group_at, groups_at,
-                    input_value, keep_of, pruned)
 
 INT_MAX = 2**63 - 1
 

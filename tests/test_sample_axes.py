@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune.core import data as data_mod
 from onnxprune.cli import main
+from onnxprune.core import data as data_mod
 from onnxprune.core.data import Along, join, load_npz, random_feeds, rows, sample_axes, sample_count
 from onnxprune.core.errors import OnnxPruneError
 

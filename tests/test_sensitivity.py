@@ -8,10 +8,10 @@ import os
 
 import numpy as np
 import pytest
+from graphs import Graph
 
 from onnxprune.core.errors import OnnxPruneError
 from onnxprune.search.sensitivity import damage, merge, sweep
-from graphs import Graph
 
 ROOT = os.path.join(os.path.dirname(__file__), os.pardir, "models")
 
@@ -230,9 +230,9 @@ def _fake_sweep(groups, damages: dict):
 
 def test_sensitivity_allocation_spends_the_budget_where_the_sweep_measured_least_damage():
     import onnxprune
+    from onnxprune.search.sensitivity import removal_costs
     from onnxprune.select.importance import score
     from onnxprune.select.planner import estimate_macs, plan_budget
-    from onnxprune.search.sensitivity import removal_costs
 
     groups = onnxprune.analyze(_two_groups(), input_shapes={"x": [1, 8]})
     s = score(groups, "l2")

@@ -12,13 +12,13 @@ import warnings
 
 import numpy as np
 import onnx
+from graphs import Graph
+from oracle import run
 
 import onnxprune
 from onnxprune.refit import sequential
 from onnxprune.refit.compensate import _regress
-from onnxprune.refit.sequential import CrossStats, levels_of, _refit, _stages
-from graphs import Graph
-from oracle import run
+from onnxprune.refit.sequential import CrossStats, _refit, _stages, levels_of
 
 ROOT = os.path.join(os.path.dirname(__file__), os.pardir, "models")
 

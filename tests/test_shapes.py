@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from graphs import Graph, assert_prunable, exact, group_at
 
 import onnxprune
-from graphs import Graph, assert_prunable, exact, group_at
 from onnxprune.core.shapes import shapes
 
 

@@ -13,9 +13,9 @@ import os
 import numpy as np
 import onnx
 import pytest
+from oracle import random_keep, run
 
 import onnxprune
-from oracle import random_keep, run
 from onnxprune.rewrite.engine import apply
 
 HERE = os.path.join(os.path.dirname(__file__), "fixtures", "transformers")

@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from graphs import Graph, assert_prunable, exact, group_at, keep_of, pruned, value
 from onnx import TensorProto
 
 import onnxprune
-from graphs import Graph, assert_frozen, assert_prunable, exact, group_at, keep_of, pruned, value
 from onnxprune.rewrite.invariants import violations, weight_bytes
 
 
@@ -130,6 +130,7 @@ def test_dynamic_quantization_prunes_approximately_and_says_so(per_column_zp):
     computation than the masked one."""
     from graphs import feeds, keep_of, pruned
     from oracle import run
+
     from onnxprune.rewrite.engine import apply
 
     model, w1 = _dynamic_mlp(per_column_zp)
@@ -156,7 +157,6 @@ def test_dynamic_quantization_prunes_approximately_and_says_so(per_column_zp):
     assert any("dynamic quantization" in n for n in res.report.notes)
     # With data: scores read the float activations before the quantization and
     # the stored integers (obs); compensation leaves integer weights alone.
-    from onnxprune import pipeline
     from onnxprune import stages
 
     cfg = onnxprune.PruneConfig(calib={"x": np.random.default_rng(5).standard_normal((64, 16)).astype(np.float32)},
@@ -259,6 +259,7 @@ def _dynamic_cnn(w_zp: int = 0, per_channel: bool = True):
 def test_conv_integer_slices_its_weight_and_zero_points_like_a_conv(per_channel):
     from graphs import feeds, keep_of, pruned
     from oracle import run
+
     from onnxprune.rewrite.engine import apply
 
     model = _dynamic_cnn(per_channel=per_channel)

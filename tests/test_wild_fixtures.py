@@ -17,17 +17,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import onnxruntime as ort
+import oracle
 import pytest
 from click.testing import CliRunner
-
-import oracle
 from graphs import assert_frozen, assert_prunable, frozen_text
 from oracle import check_exact
-from onnxprune.rewrite.engine import apply
-from onnxprune.cli import main
 from variants import VARIANTS
 
 import onnxprune
+from onnxprune.cli import main
+from onnxprune.rewrite.engine import apply
 
 WILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "wild")
 _F = np.float32

@@ -8,9 +8,9 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from graphs import Graph
 
 import onnxprune
-from graphs import Graph
 from onnxprune.cli import main
 
 
@@ -350,7 +350,6 @@ def test_a_state_input_whose_leading_dim_is_not_the_batch_is_given_whole_to_ever
 def test_nothing_to_prune_with_no_group_names_the_largest_weight_and_its_reader():
     """A dynamically quantized detector (ConvInteger throughout) has no
     group at all: the error once read 'all 0 channel groups are frozen'."""
-    from onnxprune import pipeline
     from onnxprune import stages
     from onnxprune.core.errors import OnnxPruneError
 

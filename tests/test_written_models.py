@@ -5,19 +5,19 @@ from __future__ import annotations
 import copy
 import os
 
+import fixtures_cli as F
 import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from graphs import Graph, exact, group_at
 from onnx import TensorProto, helper, numpy_helper
 
-import fixtures_cli as F
 import onnxprune
-from graphs import Graph, exact, group_at
 from onnxprune.cli import main
 from onnxprune.core.errors import OnnxPruneError
-from onnxprune.rewrite.invariants import violations, weight_bytes
 from onnxprune.core.model import save
+from onnxprune.rewrite.invariants import violations, weight_bytes
 
 
 def _reduce_mean_model(opset: int = 18) -> onnx.ModelProto:
@@ -210,7 +210,6 @@ def test_masked_output_may_carry_the_biases_compensation_adds(tmp_path):
     biases, in the pruned and the masked model alike. The masked model is full
     size, so those biases are the only parameters it gains, and it is written."""
     import numpy as np
-
     from graphs import Graph
 
     g = Graph(seed=5)

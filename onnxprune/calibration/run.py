@@ -155,6 +155,88 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+class _Pass:
+    """One calibration pass in progress: the session's fetcher, the statistics
+    pool and the batch whose statistics are still being taken."""
+
+    def __init__(self, cal: Calibration, fetch, want: list, jobs: list, workers: int, beside: int) -> None:
+        self.cal, self.fetch, self.want, self.jobs = cal, fetch, want, jobs
+        self.workers, self.beside = workers, beside
+        self.pool = _StatsPool(workers)
+        self.pending = None  # (input signature, outputs) of the batch the pool works on
+        self.single_seconds, self.failed_batch = 0.0, 0
+
+    def settle(self) -> None:
+        """Let every worker finish the pool's batch (its errors surface here),
+        then hand its arrays back for a next run to write into."""
+        if self.pending is not None:
+            t = time.perf_counter()
+            self.pool.allow(self.workers)
+            self.pool.wait()
+            self.cal.wait_seconds += time.perf_counter() - t
+            self.fetch.recycle(*self.pending)
+            self.pending = None
+
+    def run(self, feeds) -> None:
+        """One onnxruntime run; its tensors' statistics become jobs for the pool."""
+        cal = self.cal
+        sig = self.fetch.signature(feeds)
+        self.pool.allow(self.beside)
+        t = time.perf_counter()
+        try:
+            outputs = self.fetch.run(feeds)
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises many types
+            raise _RunFailed(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+        finally:
+            cal.run_seconds += time.perf_counter() - t
+            cal.runs += 1
+        self.settle()
+        self.pool.allow(self.beside)  # the new batch's jobs start beside the next run, not on every core
+        by_name = dict(feeds)
+        by_name.update(zip(self.want, outputs))
+        batch_jobs = []
+        for tensor, axis, gram in self.jobs:
+            x = by_name[tensor]
+            if x is None or x.ndim <= axis:
+                continue
+            st = cal.stats.get((tensor, axis))
+            if st is None:  # created here, in the requests' order
+                st = cal.stats[(tensor, axis)] = ChannelStats(x.shape[axis], gram)
+            rows = x.size // max(st.size, 1)
+            batch_jobs.append((x.size + (min(rows, GRAM_ROWS) * st.size * st.size if st.gram else 0),
+                               len(batch_jobs), _update(st, x, axis)))
+        self.pending = (sig, outputs)
+        self.pool.submit([job for *_, job in sorted(batch_jobs)])
+        if not self.beside:
+            self.settle()
+
+    def feed(self, feeds) -> int:
+        """A batch; a graph that fixes batch 1 inside (a Reshape to a literal 1)
+        is then fed one sample per run, and says so. -> samples fed."""
+        cal, n = self.cal, sample_count(feeds)
+        if not cal.one_at_a_time:
+            try:
+                self.run(feeds)
+            except _RunFailed as e:
+                if cal.samples or n == 1:
+                    raise OnnxPruneError(f"calibration run failed: {e}") from None
+                cal.one_at_a_time, self.failed_batch = True, n
+        if cal.one_at_a_time:
+            t = time.perf_counter()
+            for i in range(n):
+                try:
+                    self.run(rows(feeds, slice(i, i + 1)))
+                except _RunFailed as e:
+                    raise OnnxPruneError(f"calibration run failed: {e}") from None
+            self.single_seconds += time.perf_counter() - t
+        cal.samples += n
+        return n
+
+
+def _update(st: ChannelStats, x: np.ndarray, axis: int):
+    return lambda: st.update(x, axis)
+
+
 def calibrate(model: onnx.ModelProto, source, requests: dict, *, samples: int | None = None,
               batch: int = 16, progress: bool = False, threads: int | None = None,
               input_shapes: dict | None = None, overlap: bool = True,
@@ -170,10 +252,9 @@ def calibrate(model: onnx.ModelProto, source, requests: dict, *, samples: int | 
     run ends runs on every core; two batches of the tensors are then alive
     at once. Without it (``overlap=False``, the sequential mode) the jobs run
     on every core between the runs and ``wait_seconds`` is their whole cost.
-    The session's idle threads do not spin
-    (``spinning``): they would hold the cores the statistics need.
-    ``progress``: a bar on stderr. ``batch_axes``: ``--batch-axis``."""
-
+    The session's idle threads do not spin (``spinning``): they would hold
+    the cores the statistics need. ``progress``: a bar on stderr.
+    ``batch_axes``: ``--batch-axis``."""
     t0 = time.perf_counter()
     data, is_random = load_data(source, model, input_shapes, batch_axes)
     names = [i.name for i in model_inputs(model)]
@@ -182,104 +263,34 @@ def calibrate(model: onnx.ModelProto, source, requests: dict, *, samples: int | 
     cal = Calibration(random=is_random, setup_seconds=time.perf_counter() - t0)
     available = set(want) | set(names)
     jobs = [(tensor, axis, gram) for (tensor, axis), gram in requests.items() if tensor in available]
-    fetch = Fetcher(sess, want)
-    workers = max(1, min(threads or _cores(), len(jobs)))
-    beside = 1 if overlap else 0  # jobs running beside onnxruntime
-    cal.overlapped = bool(beside)
-    pool = _StatsPool(workers)
-    pending = None  # (input signature, outputs) of the batch the pool works on
-
-    def update(st: ChannelStats, x: np.ndarray, axis: int):
-        return lambda: st.update(x, axis)
-
-    def settle() -> None:
-        """Let every worker finish the pool's batch (its errors surface here),
-        then hand its arrays back for a next run to write into."""
-        nonlocal pending
-        if pending is not None:
-            t = time.perf_counter()
-            pool.allow(workers)
-            pool.wait()
-            cal.wait_seconds += time.perf_counter() - t
-            fetch.recycle(*pending)
-            pending = None
-
-    def run(feeds) -> None:
-        nonlocal pending
-        sig = fetch.signature(feeds)
-        pool.allow(beside)
-        t = time.perf_counter()
-        try:
-            outputs = fetch.run(feeds)
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises many types
-            raise _RunFailed(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
-        finally:
-            cal.run_seconds += time.perf_counter() - t
-            cal.runs += 1
-        settle()
-        pool.allow(beside)  # the new batch's jobs start beside the next run, not on every core
-        by_name = dict(feeds)
-        by_name.update(zip(want, outputs))
-        batch_jobs = []
-        for tensor, axis, gram in jobs:
-            x = by_name[tensor]
-            if x is None or x.ndim <= axis:
-                continue
-            st = cal.stats.get((tensor, axis))
-            if st is None:  # created here, in the requests' order
-                st = cal.stats[(tensor, axis)] = ChannelStats(x.shape[axis], gram)
-            rows = x.size // max(st.size, 1)
-            batch_jobs.append((x.size + (min(rows, GRAM_ROWS) * st.size * st.size if st.gram else 0),
-                               len(batch_jobs), update(st, x, axis)))
-        pending = (sig, outputs)
-        pool.submit([job for *_, job in sorted(batch_jobs)])
-        if not beside:
-            settle()
-
-    bar = None
+    cal.overlapped = overlap
+    one = _Pass(cal, Fetcher(sess, want), want, jobs, max(1, min(threads or _cores(), len(jobs))),
+                beside=1 if overlap else 0)  # jobs running beside onnxruntime
+    bar = task = None
     if progress:
         known = known_count(source, model)
         total = samples if known is None else (known if samples is None else min(samples, known))
         bar = _progress_bar(total)
         task = bar.add_task("calibrating", total=total)
         bar.start()
-    single_seconds, failed_batch = 0.0, 0
     try:
         with _one_blas_thread():
             for feeds in batches(data, names, model, batch_for(model, batch), samples, batch_axes, cal.notes):
-                n = sample_count(feeds)
-                if not cal.one_at_a_time:
-                    try:
-                        run(feeds)
-                    except _RunFailed as e:
-                        if cal.samples or n == 1:
-                            raise OnnxPruneError(f"calibration run failed: {e}") from None
-                        # A graph that fixes batch 1 inside (a Reshape to a literal 1):
-                        # fall back to one sample per run, and say so.
-                        cal.one_at_a_time, failed_batch = True, n
-                if cal.one_at_a_time:
-                    t = time.perf_counter()
-                    for i in range(n):
-                        try:
-                            run(rows(feeds, slice(i, i + 1)))
-                        except _RunFailed as e:
-                            raise OnnxPruneError(f"calibration run failed: {e}") from None
-                    single_seconds += time.perf_counter() - t
-                cal.samples += n
+                n = one.feed(feeds)
                 if bar is not None:
                     bar.advance(task, n)
-            settle()
+            one.settle()
     finally:
-        pool.close()
+        one.pool.close()
         if bar is not None:
             bar.stop()
-    cal.stats_seconds = pool.seconds
+    cal.stats_seconds = one.pool.seconds
     if cal.samples == 0:
         raise OnnxPruneError("calibration data yielded no samples")
     cal.seconds = time.perf_counter() - t0
     if cal.one_at_a_time:
         # Its own cost: one run per sample, instead of one per batch.
-        cal.notes.append(f"the model does not run on batches of {failed_batch} (it fixes "
+        cal.notes.append(f"the model does not run on batches of {one.failed_batch} (it fixes "
                          f"batch 1 inside); calibrated one sample at a time ({cal.samples} runs, "
-                         f"{single_seconds:.2f} s)")
+                         f"{one.single_seconds:.2f} s)")
     return cal

@@ -283,7 +283,8 @@ def _load_refusal(model) -> str | None:
     return None
 
 
-def validate(original, pruned, data=None, *, input_shapes: dict | None = None,
+def validate(original: str | os.PathLike | onnx.ModelProto, pruned: str | os.PathLike | onnx.ModelProto,
+             data: str | os.PathLike | dict | None = None, *, input_shapes: dict | None = None,
              samples: int = 8, latency_runs: int = 30, threads: int = 1,
              seed: int = 0, batch_axes: dict | None = None) -> Validation:
     """Compare two models (paths or ModelProtos) on the same inputs.

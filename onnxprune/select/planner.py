@@ -321,6 +321,21 @@ def _unit_macs(groups: Groups, gid: int, full: int, estimate=estimate_macs) -> f
     return max(0.0, (full - kept) / half)
 
 
+def _ranked(prices: dict) -> dict:
+    """Prices -> their ranks over all groups, non-decreasing within each:
+    equal prices (a linear stretch of a sweep's curve) then go one at a time."""
+    if not prices:
+        return prices
+    ids = sorted(prices)
+    flat = np.concatenate([prices[i] for i in ids])
+    owner = np.concatenate([np.full(len(prices[i]), n) for n, i in enumerate(ids)])
+    step = np.concatenate([np.arange(len(prices[i])) for i in ids])
+    rank = np.empty(len(flat))
+    rank[np.lexsort((owner, step, flat))] = np.arange(len(flat), dtype=np.float64)
+    parts = np.split(rank, np.cumsum([len(prices[i]) for i in ids])[:-1])
+    return {i: np.maximum.accumulate(part) for i, part in zip(ids, parts)}
+
+
 def plan_global(groups: Groups, scores: Scores, target: float, *, min_channels: int = 1,
                 round_to: int = 1, round_from: int | None = None, max_group_ratio: float = 0.9,
                 best_effort: bool = False, measure: Measure | None = None) -> Plan:
@@ -354,15 +369,7 @@ def plan_global(groups: Groups, scores: Scores, target: float, *, min_channels: 
         orders[g.id], caps[g.id] = order, cap
         prices[g.id] = np.asarray(cost[:cap], dtype=np.float64) / per_unit
 
-    if prices:  # prices -> their ranks: equal prices (a linear stretch of a sweep's curve) go one at a time
-        ids = sorted(prices)
-        flat = np.concatenate([prices[i] for i in ids])
-        owner = np.concatenate([np.full(len(prices[i]), n) for n, i in enumerate(ids)])
-        step = np.concatenate([np.arange(len(prices[i])) for i in ids])
-        rank = np.empty(len(flat))
-        rank[np.lexsort((owner, step, flat))] = np.arange(len(flat), dtype=np.float64)
-        parts = np.split(rank, np.cumsum([len(prices[i]) for i in ids])[:-1])
-        prices = {i: np.maximum.accumulate(part) for i, part in zip(ids, parts)}
+    prices = _ranked(prices)
 
     def plan_at(threshold: float) -> Plan:
         plan = Plan()
