@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -28,9 +28,10 @@ def strict_default() -> bool:
     return os.environ.get("ONNXPRUNE_STRICT", "") not in ("", "0")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Group:
-    """One set of channels that must keep the same index subset everywhere."""
+    """One set of channels that must keep the same index subset everywhere.
+    Never changed once found: selecting or excluding groups makes new ones."""
 
     id: int
     atom: int
@@ -73,7 +74,10 @@ class WeightStatus:
 
 @dataclass
 class Groups:
-    """Result of analysis: the groups, and an index over what the later stages need."""
+    """Result of analysis: the groups, and an index over what the later stages
+    need. Built once (``analysis.build``, then ``stages.loading.analyze`` adds
+    where the model came from with ``dataclasses.replace``); ``select`` and
+    ``exclude`` return new ones."""
 
     groups: list[Group]
     params_total: int
@@ -84,7 +88,9 @@ class Groups:
     source_path: str | None = None
     external: frozenset = frozenset()  # initializers the input stored as external data
     source_files: frozenset = frozenset()  # the input model file and its data files (never written)
-    consumed: bool = False  # the model was rewritten in place (``rewrite.apply(in_place=True)``)
+    # The one field set later, and not about the analysis: the model this index
+    # reads was rewritten in place (``rewrite.engine.apply(in_place=True)``).
+    consumed: bool = False
     shape_info: object = None  # shapes.Shapes: how the shapes were found (probed, fixed batch, notes)
     _index: dict = field(default_factory=dict, repr=False)
 
@@ -306,40 +312,43 @@ class Groups:
                 "ungrouped": [{"tensor": w.tensor, "params": w.params, "why": w.why}
                               for w in status if w.status == "none"]}
 
-    def select(self, kinds) -> None:
-        """Prune only groups of these kinds (``--prune``): ``heads`` are units
-        that span several positions (attention heads; the blocks of a grouped
-        conv), ``neurons`` single channels (MLP neurons, conv filters). The
-        others freeze, with the reason."""
-
+    def select(self, kinds) -> Groups:
+        """Only groups of these kinds stay prunable (``--prune``): ``heads`` are
+        units that span several positions (attention heads; the blocks of a
+        grouped conv), ``neurons`` single channels (MLP neurons, conv
+        filters), ``hidden`` the groups only a norm freezes (pruned, not
+        exactly). -> a new ``Groups``; the others freeze there, with the
+        reason. This one is left as it is."""
         kinds = set(kinds or ())
         unknown = kinds - {"heads", "neurons", "hidden"}
         if unknown:
             raise OnnxPruneError(f"--prune takes heads, neurons or hidden, not {', '.join(sorted(unknown))}")
-        if "hidden" in kinds:
-            for g in self.groups:  # frozen only because a norm reads them: prunable, not exactly
-                if g.frozen and all(INEXACT in r for r in g.frozen):
-                    g.inexact = list(g.frozen)
-                    g.frozen = []
-        if not kinds or kinds == {"heads", "neurons"} or kinds == {"heads", "neurons", "hidden"}:
-            return
+        out = []
         for g in self.groups:
-            kind = "hidden" if g.inexact else "heads" if g.width > 1 else "neurons"
-            if kind not in kinds:
+            if "hidden" in kinds and g.frozen and all(INEXACT in r for r in g.frozen):
+                g = replace(g, inexact=list(g.frozen), frozen=[])  # frozen only because a norm reads them
+            if kinds and kinds not in ({"heads", "neurons"}, {"heads", "neurons", "hidden"}):
+                kind = "hidden" if g.inexact else "heads" if g.width > 1 else "neurons"
                 reason = f"not selected: --prune {','.join(sorted(kinds))} (this group's units are {kind})"
-                if reason not in g.frozen:
-                    g.frozen.append(reason)
+                if kind not in kinds and reason not in g.frozen:
+                    g = replace(g, frozen=[*g.frozen, reason])
+            out.append(g)
+        return replace(self, groups=out)
 
-    def exclude(self, patterns) -> None:
-        """Freeze groups with a member node or tensor matching any glob pattern."""
+    def exclude(self, patterns) -> Groups:
+        """-> a new ``Groups`` where groups with a member node or tensor matching
+        any glob pattern are frozen, with the pattern as the reason."""
+        out = []
         for g in self.groups:
             for pat in patterns:
                 hit = next((n for n in g.members + g.tensors if fnmatch.fnmatchcase(n, pat)), None)
                 if hit is not None:
                     reason = f"excluded by pattern '{pat}' (matches '{hit}')"
                     if reason not in g.frozen:
-                        g.frozen.append(reason)
+                        g = replace(g, frozen=[*g.frozen, reason])
                     break
+            out.append(g)
+        return replace(self, groups=out)
 
 
 def _stored_weights(view: GraphView):

@@ -1,4 +1,4 @@
-"""Stage 7: prove the pruned model still computes what it should.
+"""Prove the pruned model still computes what it should.
 
 Checks that ONNX accepts it (full checker), that onnxruntime runs it with the
 same output names, dtypes and ranks, then compares both models on the same

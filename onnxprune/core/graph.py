@@ -1,5 +1,8 @@
 """A read-only index over an ONNX graph: producers, consumers, constants, shapes.
 
+Read-only but for one addition: shapes an op rule derives where inference
+stopped (``derive_shape``), kept apart from the caller's shapes.
+
 The pruner edits the ModelProto itself (so opset, metadata, doc strings and
 external-data settings survive untouched); this view only answers questions
 about it. Weights may be initializers, ``Constant`` nodes, or either behind a
@@ -89,7 +92,8 @@ class GraphView:
     def __init__(self, model: onnx.ModelProto, shapes: dict[str, tuple]) -> None:
         self.model = model
         self.graph = model.graph
-        self.shapes = shapes
+        self.shapes = shapes  # the caller's: inference and data; never written here
+        self.derived: dict[str, tuple] = {}  # shapes op rules derived where inference stopped
         self.opsets = {("" if o.domain in ("", "ai.onnx") else o.domain): int(o.version)
                        for o in model.opset_import}
         self.opset = self.opsets.get("", 0)
@@ -366,7 +370,18 @@ class GraphView:
     def shape(self, name: str):
         if self.is_const(name):
             return self.const_shape(name)
-        return self.shapes.get(name)
+        found = self.shapes.get(name)
+        return found if found is not None else self.derived.get(name)
+
+    def derive_shape(self, name: str, dims) -> None:
+        """A shape an op rule worked out where inference stopped (a Reshape to
+        a computed target): the one thing the analysis adds to this index, so
+        the rules downstream read it as they read any other."""
+        self.derived[name] = tuple(dims)
+
+    def all_shapes(self) -> dict:
+        """Every shape known: inferred, observed, and derived by the rules."""
+        return {**self.derived, **self.shapes}
 
     def sizes(self, name: str) -> list[int] | None:
         """A tensor's dims as numbers for counting: the batch counts as 1; None

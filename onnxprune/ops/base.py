@@ -14,6 +14,7 @@ No module outside ``ops/`` names an op type: it asks the node's rule.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -471,10 +472,15 @@ class Unsupported(Rule):
 UNSUPPORTED = Unsupported()
 
 
+_RULES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # graph index -> {(domain, op): rule}
+
+
 def rule_for(node: onnx.NodeProto, view: GraphView) -> Rule:
 
     key = (node.domain, node.op_type)
-    cache = view.__dict__.setdefault("_rules", {})
+    cache = _RULES.get(view)
+    if cache is None:
+        cache = _RULES[view] = {}
     rule = cache.get(key)
     if rule is None:
         rule = cache[key] = lookup(node.domain, node.op_type, view.opsets.get(domain_of(node))) or UNSUPPORTED

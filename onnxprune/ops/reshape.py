@@ -260,7 +260,7 @@ class Reshape(Rule):
         allowzero = int(ctx.attr("allowzero", 0))
         outs = reshape_target(ctx.view.shape(x), ctx.view.shape(y), shape, bool(allowzero))
         if outs is not None and ctx.view.shape(y) is None:
-            ctx.view.shapes[y] = outs  # what inference missed, rules downstream can use
+            ctx.view.derive_shape(y, outs)  # what inference missed, rules downstream can use
         reshape_layouts(ctx, x, y, outs)
         dynamic = check_dims(ctx, raw, y, lambda k: k, "reshape")  # entries that follow a count by themselves
         literals = {}

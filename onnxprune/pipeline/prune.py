@@ -92,12 +92,13 @@ def latency_search(groups: Groups, cfg: PruneConfig):
 def choose_allocation(groups: Groups, cfg: PruneConfig, asked: str | None) -> tuple[PruneConfig, str | None]:
     """With data and no --allocate: ``uniform`` from fewer than
     ``MIN_PRICE_SAMPLES`` calibration samples (prices measured on a handful
-    of samples are noise: on the devset's 6-sample sets uniform kept more
-    than global on 7 of 10 models); else ``sensitivity`` when its sweep
-    (every prunable group at each default ratio, run on the held-out quarter
-    of the calibration data) fits ``SWEEP_WORK`` multiply-accumulates, else
-    the resolved ``global``. Counted in samples and MACs, so the choice
-    never depends on the machine's load. -> (config, a note)."""
+    of samples are noise: with 6-sample sets, measured on real pretrained
+    models, uniform kept more than global on 7 of 10 of them); else
+    ``sensitivity`` when its sweep (every prunable group at each default
+    ratio, run on the held-out quarter of the calibration data) fits
+    ``SWEEP_WORK`` multiply-accumulates, else the resolved ``global``.
+    Counted in samples and MACs, so the choice never depends on the
+    machine's load. -> (config, a note)."""
     if cfg.allow_io_change and (asked == "sensitivity" or cfg.sensitivity):
         raise OnnxPruneError("--allocate sensitivity measures pruned models on the original's inputs, "
                              "which --allow-io-change changes: use --allocate global or uniform")

@@ -56,7 +56,7 @@ from onnxprune.select.reconstruct import obs_order
 RIDGE = 1e-3  # x mean variance, as compensate.lsq
 MAX_CHANNELS = 4096  # wider inputs: the cross-covariances are too big; the plain lsq fit stays
 MAX_STAGES = 24  # at most this many levels are refitted (each stage costs about one pass over the data)
-MIN_SAMPLES = 32  # fewer calibration samples: refits that correct upstream error overfit them (devset)
+MIN_SAMPLES = 32  # fewer calibration samples: refits that correct upstream error overfit them (measured on real pretrained models)
 WORK = 2e12  # multiply-accumulates the stages may run, all together (about 100 s on one core)
 
 
@@ -75,9 +75,9 @@ def _stages(levels: list, limit: int) -> list:
     """At most ``limit`` of the levels, evenly spaced and ending with the
     last (whose refit corrects everything before it). Levels are never
     merged: a stage that held a consumer and one feeding it would refit the
-    second for an input the first's refit then changes (measured on the
-    devset: a merged craft text detector lost far more than no refit at
-    all); a level left out keeps its one-shot lsq compensation."""
+    second for an input the first's refit then changes (measured on
+    real pretrained models: a merged text detector lost far more than no
+    refit at all); a level left out keeps its one-shot lsq compensation."""
     if len(levels) <= limit:
         return levels
     n = len(levels)

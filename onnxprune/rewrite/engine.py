@@ -1,4 +1,4 @@
-"""Stage 6: apply keep-sets to the model.
+"""Apply keep-sets to the model.
 
 Every weight slice recorded by the rules becomes an edit of one node input;
 rules then rewrite attributes and shape constants; value_info shapes follow.
@@ -7,7 +7,7 @@ scalars) is edited in place only when every reader wants the same new value;
 otherwise each distinct value gets its own initializer, so no reader sees a
 slice meant for another.
 
-The *masked* model (the exactness oracle of ARCHITECTURE.md) uses the same
+The *masked* model (the exactness oracle, docs/architecture.md) uses the same
 machinery: full-size weights, with removed channels zeroed in every linear
 consumer ("in" role slices).
 """
@@ -407,7 +407,7 @@ def apply(groups: Groups, keep: dict, masked: bool = False, compensation=None,
         groups.consumed = True
     else:
         model = copy.deepcopy(groups.model)
-        view = GraphView(model, groups.view.shapes)
+        view = GraphView(model, groups.view.all_shapes())
     read_before = set().union(*(read_names(g) for g in all_graphs(model.graph)))
     rw = _Edits(view, groups.analysis, groups.atom_keep(keep), model,
                 compensation.weights if compensation is not None else None)

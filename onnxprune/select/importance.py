@@ -1,4 +1,4 @@
-"""Stage 4: one score per channel (unit) of every prunable group.
+"""One score per channel (unit) of every prunable group.
 
 A criterion scores each *member* of a group separately (one weight slice, one
 BatchNorm scale...), giving a vector over the group's units. Two named steps

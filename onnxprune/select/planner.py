@@ -1,4 +1,4 @@
-"""Stage 5: scores -> keep-sets (which unit indices of each group survive).
+"""Scores -> keep-sets (which unit indices of each group survive).
 
 A ``Plan`` is keyed by group id, like everything a user sees. It can be saved
 as JSON and replayed (``prune --save-plan`` / ``--plan``), so a user or another

@@ -5,6 +5,7 @@ groups with the shapes the data or the user give (``analyze``).
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import onnx
 
@@ -67,14 +68,10 @@ def sample(cfg: PruneConfig, model: onnx.ModelProto) -> dict | None:
 
 def analyze(loaded: modelio.Loaded, cfg: PruneConfig) -> Groups:
     info = shape_info(loaded.model, cfg.input_shapes, sample(cfg, loaded.model))
-    groups = analyze_model(loaded.model, info.dims, strict=cfg.strict, allow_io=cfg.allow_io_change)
     info.notes[:0] = list(loaded.notes)
-    groups.shape_info = info
-    groups.exclude(cfg.exclude)
-    groups.select(cfg.prune)
-    groups.source_path = loaded.path
-    groups.external = loaded.external
-    groups.source_files = loaded.files
-    return groups
+    groups = analyze_model(loaded.model, info.dims, strict=cfg.strict, allow_io=cfg.allow_io_change)
+    groups = replace(groups, shape_info=info, source_path=loaded.path, external=loaded.external,
+                     source_files=loaded.files)
+    return groups.exclude(cfg.exclude).select(cfg.prune)
 
 
