@@ -10,7 +10,7 @@ to the ``l2`` / none baseline. Also: calibration time as a ratio to one plain
 onnxruntime pass over the same data, and the peak Python memory of the
 calibration pass for 1x and 4x the samples (it must not grow with samples).
 
-Timing mode (issue 9: calibration at most 1.5x a plain onnxruntime pass):
+Timing mode (goal: calibration at most 1.5x a plain onnxruntime pass):
 
     python benchmarks/calib_bench.py --timing [--samples 128] [--batch 16] [--reps 5]
                                      [--big resnet50 bert] [--baseline OLD_calibration.py]
@@ -30,7 +30,7 @@ summed over the threads that took them; ``--sequential`` adds
 ``overlap=False`` (``seq``: statistics only between runs, ``wait s`` their
 whole cost).
 ``--baseline`` also times another calibration.py (say ``git show
-74841a1:onnxprune/calibration.py > /tmp/old.py``, before issue 9), loaded
+74841a1:onnxprune/calibration.py > /tmp/old.py``, before the calibration speed-up), loaded
 as a module of the package, for a before/after table.
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Edge (weight) pruning on the sample models: accuracy and storage at each
-sparsity, with and without the weight update (issue 10).
+sparsity, with and without the weight update.
 
     python benchmarks/edges.py [--models resnet_mnist ...] [--sparsity 0.5 0.7 0.9] [--calib-n 128]
 

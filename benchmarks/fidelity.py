@@ -1,4 +1,4 @@
-"""Fidelity without retraining: which defaults keep accuracy at a MACs budget (issue 9).
+"""Fidelity without retraining: which defaults keep accuracy at a MACs budget.
 
     python benchmarks/fidelity.py [--quick] [--models resnet_mnist ...] [--targets 0.75 0.5]
                                   [--calib-n 128] [--variants 3] [--json OUT] [--no-ratio-check]
@@ -36,7 +36,7 @@ default across all models (ranked by goal failures, then mean drop; also the
 worst-case drop), the latency-vs-MACs picture, and (unless
 ``--no-ratio-check``) the README's ``--ratio 0.3`` command run through the CLI.
 
-Goal (issue 9): with calibration data and no other flag, lose at most 1 point
+Goal: with calibration data and no other flag, lose at most 1 point
 at 75% of the MACs and 3 points at 50%.
 """
 from __future__ import annotations
@@ -330,7 +330,7 @@ def best_default(rows: list[dict], limit: int = 12) -> list[dict]:
 
 def pivot(rows: list[dict]) -> None:
     """Points lost per combo (rows) and model x target (columns), with the
-    median latency/MACs ratio: the ablation table of the issue."""
+    median latency/MACs ratio: the ablation table."""
     cells = sorted({(r["model"], r["target"]) for r in rows}, key=lambda c: (MODELS.index(c[0]), -c[1]))
     combos = list(dict.fromkeys(key(r) for r in rows))
     by = {(key(r), r["model"], r["target"]): r for r in rows}

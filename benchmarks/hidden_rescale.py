@@ -1,4 +1,4 @@
-"""Does rescaling the norms compensate a hidden-size prune? (issue 11)
+"""Does rescaling the norms compensate a hidden-size prune?
 
     python benchmarks/hidden_rescale.py [--ratios 0.25 0.5]
 

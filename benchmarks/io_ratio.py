@@ -11,8 +11,8 @@ committed), it runs two fresh processes under ``/usr/bin/time -v``:
   score, plan, rewrite, invariants, full checker, save checked from disk);
 - ``python -c "onnx.load(MODEL); onnx.save(...)"``;
 
-and prints wall time and peak RSS of each and their ratios (goals from issue
-7: at most 2x the time and 1.5x the memory). "process" is the whole command
+and prints wall time and peak RSS of each and their ratios (goals: at most
+2x the time and 1.5x the memory). "process" is the whole command
 (interpreter start and imports included: onnxprune also imports
 onnxruntime, to open the written model); "pass" is the same work timed inside
 the process after the imports. ``net x`` subtracts the peak RSS of a process

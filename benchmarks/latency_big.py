@@ -1,4 +1,4 @@
-"""Latency against MACs on a real-size CNN (issue 9: speed that follows MACs).
+"""Latency against MACs on a real-size CNN (speed should follow MACs).
 
     python benchmarks/latency_big.py [--targets 0.75 0.5] [--round-to default 1 16] [--rounds 3]
 

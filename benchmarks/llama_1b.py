@@ -19,8 +19,8 @@ Then, each in a fresh process under ``/usr/bin/time -v``:
   get with data);
 - ``onnx.load`` (external data read) then ``onnx.save`` with external data,
 
-and prints groups found, wall time, peak RSS and the ratios (goals from
-issue 7: at most 2x the time, 1.5x the memory).
+and prints groups found, wall time, peak RSS and the ratios (goals: at
+most 2x the time, 1.5x the memory).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sensitivity sweeps: serial against a process pool and Ray actors (issue 10).
+"""Sensitivity sweeps: serial against a process pool and Ray actors.
 
     python benchmarks/sweep.py [--model resnet_mnist] [--jobs 2] [--no-ray]
 

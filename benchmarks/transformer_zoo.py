@@ -1,4 +1,4 @@
-"""Transformers (issue 11): what prunes, and what pruning heads or MLP
+"""Transformers: what prunes, and what pruning heads or MLP
 neurons costs, on the zoo of ``tests/fixtures/transformers`` (random weights,
 TorchScript and dynamo exports, and the transformer optimizer's ``*_opt``),
 on the BERT, ViT and CNN-with-attention fixtures of ``tests/fixtures``, and
@@ -105,7 +105,7 @@ def main() -> None:
     ap.add_argument("--ratios", nargs="+", type=float, default=[0.25, 0.5])
     args = ap.parse_args()
     paths = sorted(glob.glob(os.path.join(ZOO, "*.onnx"))) + [
-        os.path.join(ROOT, "tests", "fixtures", f"{n}.onnx")  # BERT, ViT, a CNN with attention (issue 6)
+        os.path.join(ROOT, "tests", "fixtures", f"{n}.onnx")  # BERT, ViT, a CNN with attention
         for n in ("hf_bert_ts", "hf_bert_dyn", "hf_vit_ts", "hf_vit_dyn", "mixed_ts", "mixed_dyn")]
     if args.models:
         paths = [p for p in paths if os.path.basename(p)[:-5] in args.models]

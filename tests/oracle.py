@@ -1,4 +1,4 @@
-"""The exactness oracle (ARCHITECTURE.md): pruned == masked for any keep-set.
+"""The exactness oracle (docs/architecture.md): pruned == masked for any keep-set.
 
 Used by the property test over the model zoo and by every op-rule test.
 """

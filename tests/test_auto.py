@@ -1,4 +1,4 @@
-"""The automatic loop (issue 10): each step prunes the previous model, the
+"""The automatic loop: each step prunes the previous model, the
 loop keeps the last step within --max-drop of the original on held-out data
 (checked here independently), stops at a MACs floor, and the CLI writes the
 trajectory in the report and as a plot."""

@@ -1,4 +1,4 @@
-"""Budgets (issue 10): --params-target keeps about that fraction of the
+"""Budgets: --params-target keeps about that fraction of the
 parameters under either allocation and with rounding, the planner's
 estimate matches the written model's count, an unreachable target names the
 reachable one, and the summary prints the achieved figure next to the target."""

@@ -1,4 +1,4 @@
-"""Calibration (stage 3): every data source gives the same streaming statistics,
+"""Calibration: every data source gives the same streaming statistics,
 the statistics match numpy on all activations at once, bad input is a clear
 OnnxPruneError, and memory does not grow with the number of samples.
 
@@ -514,7 +514,7 @@ def test_gram_matrices_are_granted_narrowest_first_within_the_budget(monkeypatch
     assert capped[next(d for d in capped if groups.view.static(d[0], d[1]) == 16)] is True
 
 
-# ------------------------------------------------------------------ speed paths (issue 9)
+# ------------------------------------------------------------------ speed paths
 
 def _reference_stats(x: np.ndarray, axis: int):
     """float64 statistics of all rows, and the Gram matrix of the strided

@@ -1,4 +1,4 @@
-"""Issue 8, bad input is safe: the CLI on every file of ``tests/corpus``.
+"""Bad input is safe: the CLI on every file of ``tests/corpus``.
 
 Each case runs on a private copy of the corpus (the working folder of the
 command) and expects: exit code 2, exactly one line on stderr starting

@@ -1,4 +1,4 @@
-"""Criteria (stage 4): each data criterion and fpgm ranks a planted channel where
+"""Criteria: each data criterion and fpgm ranks a planted channel where
 it should; member normalisation and group reduction do what importance.py says;
 data criteria need calibration and fall back to l2 where no statistics exist.
 

@@ -1,4 +1,4 @@
-"""Issue 8: a disk that fills while writing.
+"""A disk that fills while writing.
 
 Writing fails with ENOSPC part-way: in the model file, in its external-data
 file, in the final rename, in a later output (report, masked model). Every

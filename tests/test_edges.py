@@ -1,4 +1,4 @@
-"""Edge (weight) pruning (issue 10): per-layer sparsity is exactly the ratio,
+"""Edge (weight) pruning: per-layer sparsity is exactly the ratio,
 N:M keeps at most N of every M inputs, the weight update lowers the
 reconstruction error, obs zeroes what the data does not use, and the CLI
 refuses budgets zeros cannot meet."""

@@ -1,4 +1,4 @@
-"""The fuzz property (issue 8): for random graphs from the op table and
+"""The fuzz property: for random graphs from the op table and
 random plans, the pruned model passes the full checker and the invariants,
 runs in onnxruntime, and computes what the masked model computes; groups
 that cannot prune are frozen with a reason. Strict mode is on, so a rule that

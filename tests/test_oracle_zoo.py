@@ -1,5 +1,5 @@
 """The exactness oracle as a property test over every model we ship:
-random keep-sets on random groups, pruned == masked (ARCHITECTURE.md)."""
+random keep-sets on random groups, pruned == masked (docs/architecture.md)."""
 from __future__ import annotations
 
 import glob

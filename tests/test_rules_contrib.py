@@ -1,4 +1,4 @@
-"""onnxruntime's fused contrib ops (issue 11): Gelu, FastGelu, BiasGelu,
+"""onnxruntime's fused contrib ops: Gelu, FastGelu, BiasGelu,
 BiasAdd element-wise with per-channel biases; SkipLayerNormalization freezes
 the hidden size it normalises, with the reason. Each prunable case runs the
 oracle (onnxruntime runs these ops on CPU)."""

@@ -268,7 +268,7 @@ def test_conv_weight_through_identity_chain_is_sliced():
 
 
 def test_weight_shared_by_two_convs_couples_their_inputs_and_is_never_copied():
-    # Issue 12: a weight read by several nodes has one keep-set; the readers'
+    # A weight read by several nodes has one keep-set; the readers'
     # channel spaces along each sliced axis become one group.
     g = Graph()
     wshared = g.rand("shared_W", (4, 6, 3, 3))

@@ -1,4 +1,4 @@
-"""Sensitivity sweeps (issue 10): the damage metrics, one group pruned alone
+"""Sensitivity sweeps: the damage metrics, one group pruned alone
 per job, and the serial sweep, a process pool, a resumed run and merged
 shards giving identical rows; the CLI prints the table and draws the plot."""
 from __future__ import annotations

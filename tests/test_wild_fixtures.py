@@ -1,4 +1,4 @@
-"""Issue 8: the exactness oracle (pruned == masked) over the "wild" test
+"""The exactness oracle (pruned == masked) over the "wild" test
 models, one per class of graph real exporters emit and self-built ones miss
 (tests/fixtures/wild/build_wild.py says how each was made): symbolic spatial
 dims, batch 1 fixed inside, the network inside an If, torch LSTM / GRU, QDQ

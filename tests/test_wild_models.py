@@ -1,4 +1,4 @@
-"""Issue 8: what real exported models do that self-built ones do not, one
+"""What real exported models do that self-built ones do not, one
 class at a time (symbolic spatial dims, batch fixed inside the graph, ...)."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 12: a model we write loads (checked from disk, as written), is never
+"""A model we write loads (checked from disk, as written), is never
 bigger than its input, and never holds a copy of a shared weight."""
 from __future__ import annotations
 
@@ -185,7 +185,7 @@ def test_prune_refuses_to_return_a_model_that_breaks_an_invariant(monkeypatch):
 
 
 def test_float16_weights_behind_a_cast_never_grow_the_model():
-    # GRAPHS.md: weights stored in float16 behind a Cast to float32. Slicing the
+    # Weights stored in float16 behind a Cast to float32 (an exporter pattern). Slicing the
     # folded float32 value would store it wider; the prune must not grow.
     g = Graph()
     w1 = g.add("Cast", [g.init("w1", np.random.default_rng(0).standard_normal((8, 3, 3, 3)),

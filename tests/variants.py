@@ -1,4 +1,4 @@
-"""Rewrite a model into the other shapes real exporters produce (GRAPHS.md),
+"""Rewrite a model into the other shapes real exporters produce,
 so every zoo model is also tested as: weights in Constant nodes, Identity
 chains everywhere, and BatchNorm decomposed into per-channel Mul/Add."""
 from __future__ import annotations

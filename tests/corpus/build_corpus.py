@@ -1,4 +1,4 @@
-"""Build the corpus of broken inputs in this folder (issue 8: bad input is safe).
+"""Build the corpus of broken inputs in this folder (bad input is safe).
 
     python tests/corpus/build_corpus.py            # rewrite the files here
     python tests/corpus/build_corpus.py OUT_DIR    # or somewhere else
