@@ -21,14 +21,14 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 sys.path.insert(0, os.path.dirname(HERE))
 os.environ.setdefault("ONNXPRUNE_STRICT", "1")
 
-from fuzz_graphs import BLOCKS, CONTROL_BLOCKS, EXPORTER_BLOCKS, as_written, feed_sets, random_model  # noqa: E402
-from graphs import exact  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+
+from tests.helpers.fuzz_graphs import BLOCKS, CONTROL_BLOCKS, EXPORTER_BLOCKS, as_written, feed_sets, random_model  # noqa: E402
+from tests.helpers.graphs import exact  # noqa: E402
 
 
 def main() -> int:

@@ -38,14 +38,12 @@ import onnx  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-
-from test_transformers import feeds  # noqa: E402
 
 import onnxprune  # noqa: E402
 from onnxprune import stages  # noqa: E402
 from onnxprune.core.runtime import session  # noqa: E402
 from onnxprune.rewrite.engine import apply  # noqa: E402
+from tests.models.test_transformers import feeds  # noqa: E402
 
 ZOO = os.path.join(ROOT, "tests", "fixtures", "transformers")
 

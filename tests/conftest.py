@@ -1,7 +1,4 @@
 import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
 
 # Strict mode: an exception inside an op rule fails the test instead of
 # freezing the group (a rule's bug must fail a test, not hide as a freeze).

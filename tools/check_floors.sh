@@ -15,6 +15,6 @@ PY
 "$venv/bin/pip" install --quiet --no-deps -e .
 # the corpus byte-for-byte test depends on numpy's .npy header of the day; the transformer
 # tests need the [dev] extras
-"$venv/bin/python" -m pytest -q -p no:cacheprovider --ignore=tests/test_optimum.py \
-    --ignore=tests/test_transformers.py \
-    --deselect tests/test_corpus.py::test_the_script_reproduces_the_committed_corpus
+"$venv/bin/python" -m pytest -q -p no:cacheprovider --ignore=tests/models/test_optimum.py \
+    --ignore=tests/models/test_transformers.py \
+    --deselect tests/faces/test_corpus.py::test_the_script_reproduces_the_committed_corpus

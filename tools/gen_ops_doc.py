@@ -7,7 +7,7 @@ One row per rule registration (``registry.entries()``): the op, its domain,
 the opsets it covers, the rule class, the first line of the class's docstring
 (completed to the end of its sentence) and whether the shape-arithmetic
 folder evaluates the op (``registry.evaluator_entries()``). Then one row per
-evaluator. ``tests/test_docs.py`` holds the committed file to this output.
+evaluator. ``tests/faces/test_docs.py`` holds the committed file to this output.
 """
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ def render() -> str:
         "## Shape-arithmetic evaluators",
         "",
         "One function per op (or per opset range of an op), registered with `@evaluates` in "
-        "`ops/evaluate_shapes.py` or `ops/evaluate_math.py`; `tests/test_fold_reference.py` holds "
+        "`ops/evaluate_shapes.py` or `ops/evaluate_math.py`; `tests/ops/test_fold_reference.py` holds "
         "each to onnx's reference evaluator.",
         "",
         "| op | domain | opsets | evaluator |",

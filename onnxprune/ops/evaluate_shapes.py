@@ -5,7 +5,7 @@ Transpose, Gather, Concat, Slice.
 One function per op (or per opset range of an op), registered with
 ``@evaluates`` like the rules and called by ``fold.Folder`` with the node's
 ``Inputs``. Each matches the operator's definition for every attribute it
-accepts and returns None for anything else (``tests/test_fold_reference.py``
+accepts and returns None for anything else (``tests/ops/test_fold_reference.py``
 holds each to onnx's reference evaluator). Entries move as they are, so a
 ``Dim`` keeps where it came from.
 """

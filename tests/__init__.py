@@ -1,0 +1,1 @@
+"""onnxprune's tests, one package per stage of the code they test."""

@@ -1,0 +1,1 @@
+"""Golden counts: MACs, parameters and prunable groups of every zoo model."""

@@ -1,0 +1,1 @@
+"""Calibration sources and the streaming statistics."""

@@ -1,0 +1,1 @@
+"""Model I/O, external data, shapes, input data and sample axes, the layout algebra."""

@@ -1,0 +1,1 @@
+"""Whole models from many exporters: wild fixtures, transformers, optimum exports, random graphs."""

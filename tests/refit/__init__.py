@@ -1,0 +1,1 @@
+"""Compensation, sequential reconstruction, data-free moments, edge sparsity."""

@@ -1,0 +1,1 @@
+"""The exactness oracle (pruned == masked) on every model, and what a written model must satisfy."""

@@ -1,0 +1,1 @@
+"""Criteria, allocation, budgets, plan files, the obs solver."""
