@@ -66,7 +66,7 @@ def timed_stages(model: onnx.ModelProto, cfg: PruneConfig) -> dict[str, float]:
     plan = t("plan", stages.plan, groups, scores, cfg)
     pruned = t("apply", stages.apply, groups, plan, None)
     t("check", stages.check, groups, pruned, cfg)
-    t("report", stages.report, groups, plan, pruned, None, None, cfg)
+    t("report", stages.make_report, groups, plan, pruned, None, None, cfg)
     return out
 
 

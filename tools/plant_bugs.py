@@ -201,7 +201,7 @@ MUTANTS = {
                          "kl = np.sum(p * (np.log(np.maximum(p, 1e-30)) - np.log(np.maximum(q, 1e-30))), axis=1)",
                          "kl = np.sum(q * (np.log(np.maximum(q, 1e-30)) - np.log(np.maximum(p, 1e-30))), axis=1)"),
     "sens_all_groups_pruned": ("onnxprune/search/sensitivity.py", "    keep = {gid: np.sort(order[:k])}",
-                               "    keep = {h.id: np.sort(np.argsort(-np.asarray(sweep.scores[h.id]))[:n_keep(h.channels, ratio, 1, 1)]) for h in groups.prunable}"),
+                               "    keep = {h.id: np.sort(np.argsort(-np.asarray(sweep.scores[h.id]))[:n_keep(h.units, ratio, 1, 1)]) for h in groups.prunable}"),
     "sens_resume_reruns_all": ("onnxprune/search/sensitivity.py", "    todo = [j for j in mine if j not in done]",
                                "    todo = list(mine)"),
     "sens_costs_ignore_sweep": ("onnxprune/search/sensitivity.py",

@@ -322,7 +322,7 @@ def _collect(model, view: GraphView, analysis: Analysis) -> Groups:
         reasons = atoms.frozen(atom)
         names = [view.nodes[i].name for i in sorted(set(members[atom]))]
         groups.append(Group(
-            id=gid, atom=atom, channels=atoms.size[atom], width=width.get(atom, 1),
+            id=gid, atom=atom, units=atoms.size[atom], width=width.get(atom, 1),
             per_channel=per_channel[atom], members=names,
             tensors=list(dict.fromkeys(tensors.get(atom, []))),
             weights=list(dict.fromkeys(weights[atom])),

@@ -35,7 +35,7 @@ class Group:
 
     id: int
     atom: int
-    channels: int  # prunable units (channels, or whole blocks such as conv groups / heads)
+    units: int  # prunable units: channels, or whole blocks (conv groups, attention heads) of ``width``
     width: int  # tensor positions one unit spans in its widest member (1 for plain channels)
     per_channel: int  # parameters attached to one unit
     members: list[str]  # node names, in graph order
@@ -47,16 +47,21 @@ class Group:
     approximate: list = field(default_factory=list)  # pruned == masked up to a run-time quantization step
 
     @property
+    def channels(self) -> int:
+        """The older name of ``units`` (what plans and reports call "channels")."""
+        return self.units
+
+    @property
     def params(self) -> int:
-        return self.channels * self.per_channel
+        return self.units * self.per_channel
 
     @property
     def prunable(self) -> bool:
         return not self.frozen
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "units": self.channels, "unit_width": self.width,
-                "channels": self.channels, "params": self.params,
+        return {"id": self.id, "units": self.units, "unit_width": self.width,
+                "channels": self.units, "params": self.params,
                 "weights": [{"tensor": t, "axis": a} for t, a in self.weights],
                 "members": self.members, "frozen": self.frozen, "inexact": self.inexact,
                 "approximate": self.approximate}

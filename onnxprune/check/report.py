@@ -32,7 +32,7 @@ def groups_table(groups: Groups, show_all: bool = False, max_members: int = 4) -
         members = ", ".join(g.members[:max_members])
         if len(g.members) > max_members:
             members += f" (+{len(g.members) - max_members})"
-        ch = f"{g.channels}" if g.width == 1 else f"{g.channels} x{g.width}"
+        ch = f"{g.units}" if g.width == 1 else f"{g.units} x{g.width}"
         status = ("[green]prunable[/]" + (" [magenta](inexact: --prune hidden)[/]" if g.inexact else "")
                   + (" [magenta](approximate: dynamic quantization)[/]" if g.approximate else "")
                   if g.prunable else f"[yellow]frozen:[/] {g.frozen[0]}")

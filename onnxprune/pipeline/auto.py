@@ -183,7 +183,7 @@ def _against_original(report, original, final, cfg) -> None:
     after = stages.analyze(stages.load(final, cfg), cfg).groups
     if len(before) != len(after):
         return
-    report.groups = [{"id": a.id, "channels": a.channels, "kept": b.channels, "members": a.members,
+    report.groups = [{"id": a.id, "channels": a.units, "kept": b.units, "members": a.members,
                       "frozen": a.frozen} for a, b in zip(before, after)]
 
 

@@ -3,8 +3,8 @@ where the config asks for it, the searches above them (``search``):
 sensitivity prices for the budget split, a latency search for
 ``--latency-target``.
 
-    load -> analyze -> hold out -> calibrate -> score (-> price) -> plan (<- latency search)
-         -> compensate -> refit -> reference -> apply -> check -> report -> validate -> save
+    load -> analyze -> hold_out -> calibrate -> score (-> price) -> make_plan (<- latency search)
+         -> compensate -> refit -> reference -> apply -> check -> make_report -> validation -> save
 
 (validation's ``reference`` run of the original comes just before ``apply``,
 which then rewrites the loaded model in place: no copy of the weights). The
@@ -38,12 +38,12 @@ from onnxprune.stages.steps import (
     edge_summary,
     hold_out,
     known_inputs,
-    plan,
+    make_plan,
+    make_report,
     reference,
     refit,
-    report,
     score,
-    validate,
+    validation,
 )
 
 SWEEP_WORK = 2e12  # MACs a default sensitivity sweep may run (jobs x MACs x held-out samples)
@@ -161,7 +161,7 @@ def run_edges(source, cfg: PruneConfig) -> PruneResult:
         report.notes.append(held_note)
     result = PruneResult(pruned, report, groups, Plan(), None, config=cfg, source=source, summary=original)
     if ref is not None:
-        result.validation = validate(groups, pruned, run_cfg, ref)
+        result.validation = validation(groups, pruned, run_cfg, ref)
     result.written = save(result, cfg)
     return result
 
@@ -184,16 +184,16 @@ def run(source, cfg: PruneConfig) -> PruneResult:
     run_cfg, allocation_note = choose_allocation(groups, run_cfg, cfg.allocate)
     calibration = calibrate(groups, run_cfg)
     scores = price(groups, score(groups, calibration, run_cfg), run_cfg)
-    the_plan = plan(groups, scores, run_cfg, search=latency_search(groups, run_cfg))
-    comp = compensate(groups, the_plan, calibration, run_cfg)
-    seq = refit(groups, the_plan, comp, calibration, run_cfg)
-    io = io_change.changed(groups, the_plan.keep) if cfg.allow_io_change else []
+    plan = make_plan(groups, scores, run_cfg, search=latency_search(groups, run_cfg))
+    comp = compensate(groups, plan, calibration, run_cfg)
+    seq = refit(groups, plan, comp, calibration, run_cfg)
+    io = io_change.changed(groups, plan.keep) if cfg.allow_io_change else []
     original = invariants.summarize(groups.model)
     # The original's half of validation runs first; then the loaded model is
     # rewritten in place, never copied (masked() re-derives the original from
     # the source).
     ref = reference(groups, run_cfg)
-    pruned = apply(groups, the_plan, comp, in_place=True)
+    pruned = apply(groups, plan, comp, in_place=True)
     check(original, pruned, run_cfg)
     rep_edges = None
     if cfg.edge_ratio is not None or cfg.pattern is not None:
@@ -202,8 +202,8 @@ def run(source, cfg: PruneConfig) -> PruneResult:
         rep_edges, _, _, _ = edge_stage(after, replace(run_cfg, criterion=None), None, cfg.edge_ratio)
         pruned = after.model
         check(original, pruned, run_cfg)
-    result = PruneResult(pruned, report(groups, the_plan, pruned, calibration, comp, run_cfg), groups,
-                         the_plan, comp, config=cfg, source=source, summary=original, io=io)
+    result = PruneResult(pruned, make_report(groups, plan, pruned, calibration, comp, run_cfg), groups,
+                         plan, comp, config=cfg, source=source, summary=original, io=io)
     result.report.io_changes = [c.to_dict() for c in io]
     if cfg.allow_io_change and not io:
         result.report.notes.append("--allow-io-change: no input or output changed size")
@@ -220,8 +220,8 @@ def run(source, cfg: PruneConfig) -> PruneResult:
             "Calibration data (--calib or --data, a few hundred real inputs) lets onnxprune choose the "
             "channels the next layers can make up for and refit them: on the sample models that kept "
             "all but 0.2 points of accuracy where weights alone lost 60 (benchmarks/fidelity.py --ablation)")
-    result.report.notes.extend(the_plan.notes)
-    approx = [g for g in groups.groups if g.approximate and the_plan.kept.get(g.id, (1, 1))[0] < g.channels]
+    result.report.notes.extend(plan.notes)
+    approx = [g for g in groups.groups if g.approximate and plan.kept.get(g.id, (1, 1))[0] < g.units]
     if approx:
         result.report.notes.append(
             f"{len(approx)} pruned group(s) pass a dynamic quantization (DynamicQuantizeLinear): its "
@@ -237,11 +237,9 @@ def run(source, cfg: PruneConfig) -> PruneResult:
     # disk instead of holding a copy of those in memory.
     deferred = ref is not None and bool(cfg.output) and groups.external_data
     if ref is not None and not deferred:
-        result.validation = validate(groups, pruned, run_cfg, ref, io=io)
+        result.validation = validation(groups, pruned, run_cfg, ref, io=io)
     result.written = save(result, cfg, ref if deferred else None)
     return result
 
 
-__all__ = ["PruneConfig", "PruneReport", "PruneResult", "run", "preflight", "load", "analyze",
-           "calibrate", "score", "plan", "compensate", "reference", "apply", "check", "report", "validate",
-           "save"]
+__all__ = ["run", "run_edges", "price", "latency_search", "choose_allocation", "SWEEP_WORK", "MIN_PRICE_SAMPLES"]

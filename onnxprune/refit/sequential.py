@@ -175,7 +175,7 @@ def _changed(groups: Groups, keep: dict) -> set:
     view = groups.view
     starts = set()
     for gid, kept in keep.items():
-        if len(kept) < groups.group(gid).channels:
+        if len(kept) < groups.group(gid).units:
             starts.update(u.node for u in groups.consumers(gid))
     changed: set = set()
     for i, node in enumerate(view.nodes):
@@ -254,8 +254,8 @@ def _reselect(groups: Groups, gid: int, n_remove: int, targets: list, cross: dic
         full, _ = _refit(flat, cs, allpos)
         blocks = groups.unit_rows(gid, t.use.layout, np.arange(t.size, dtype=np.float64)[:, None]).astype(np.int64)
         consumers.append((full, cs.cov_pp(), blocks))
-    order, _ = obs_order(consumers, groups.group(gid).channels, limit=n_remove)
-    return np.setdiff1d(np.arange(groups.group(gid).channels), order[:n_remove])
+    order, _ = obs_order(consumers, groups.group(gid).units, limit=n_remove)
+    return np.setdiff1d(np.arange(groups.group(gid).units), order[:n_remove])
 
 
 def _measure(s_o, s_p, exposed: set, model, tensors: list, cfg, batch: int) -> tuple[dict, int]:
@@ -382,7 +382,7 @@ def _stage(groups: Groups, keep: dict, comp: Compensation, stage: list, by_group
         g = groups.group(gid)
         reads = [t for t in stage if any(u.node == t.node and u.input == t.use.input
                                          for u in groups.consumers(gid))]
-        n_remove = g.channels - len(keep[gid])
+        n_remove = g.units - len(keep[gid])
         if not n_remove or not reads or not by_group.get(gid, set()) <= nodes \
                 or len(reads) != len(by_group[gid]) or not all(_fits(t, cross) for t in reads):
             # read elsewhere too, or a reader that will not be refitted here

@@ -93,7 +93,7 @@ def run_job(sweep: Sweep, gid: int, ratio: float) -> dict:
 
     groups = sweep.groups
     g = groups.group(gid)
-    k = n_keep(g.channels, ratio, max(1, g.min_keep), 1)
+    k = n_keep(g.units, ratio, max(1, g.min_keep), 1)
     order = np.argsort(-np.asarray(sweep.scores[gid]), kind="stable")
     keep = {gid: np.sort(order[:k])}
     comp = compensate(groups, keep, sweep.calibration, sweep.compensate) \
@@ -101,7 +101,7 @@ def run_job(sweep: Sweep, gid: int, ratio: float) -> dict:
     model = apply(groups, keep, compensation=comp)
     outs = run_batched(session(model), sweep.feeds, None)
     kind, value = damage(sweep.reference[0], outs[0])
-    row = {"group": gid, "ratio": ratio, "kept": k, "units": g.channels, "metric": kind, "damage": value,
+    row = {"group": gid, "ratio": ratio, "kept": k, "units": g.units, "metric": kind, "damage": value,
            "macs_saved": (1.0 - estimate_macs(groups, keep) / groups.macs) if groups.macs else None,
            "params_saved": 1.0 - estimate_params(groups, keep) / max(groups.params_total, 1)}
     if sweep.labels is not None and sweep.reference[0].ndim == 2:
@@ -323,7 +323,7 @@ def sweep(model, *, calib, data=None, ratios=DEFAULT_RATIOS, criterion: str | No
               if isinstance(model, (str, os.PathLike)) else "in memory",
               "fingerprint": _fingerprint(model, settings), "settings": settings,
               "criterion": local.scores.criterion, "compensate": local.compensate,
-              "groups": {str(g.id): {"units": g.channels, "members": g.members[:4]}
+              "groups": {str(g.id): {"units": g.units, "members": g.members[:4]}
                          for g in local.groups.prunable}}
     all_jobs = [(g.id, r) for g in local.groups.prunable for r in ratios]
     mine = [j for i, j in enumerate(all_jobs) if i % count == index]
@@ -401,22 +401,22 @@ def removal_costs(result: SensitivityResult, groups, scores):
         if not rows:
             raise OnnxPruneError(f"the sensitivity sweep has no row for group {g.id}: a sweep of "
                                  f"another model or of other groups (--exclude)?")
-        if any(r["units"] != g.channels for r in rows.values()):
-            raise OnnxPruneError(f"group {g.id} has {g.channels} units, the sweep says "
+        if any(r["units"] != g.units for r in rows.values()):
+            raise OnnxPruneError(f"group {g.id} has {g.units} units, the sweep says "
                                  f"{next(iter(rows.values()))['units']}: a sweep of another model?")
         xs = [0.0] + [(r["units"] - r["kept"]) / r["units"] for r in rows.values()]
         ys = [0.0] + [max(0.0, float(r["damage"])) for r in rows.values()]
         order = np.argsort(xs)
         xs, ys = np.asarray(xs)[order], np.maximum.accumulate(np.asarray(ys)[order])
-        k = np.arange(g.channels + 1) / g.channels
+        k = np.arange(g.units + 1) / g.units
         curve = np.interp(k, xs, ys)
         cost = np.maximum.accumulate(np.maximum(np.diff(curve), 0.0))
         # Past the largest ratio swept nothing was measured: those removals
         # come last, only when the budget cannot be met otherwise (a low
         # curve extended by its slope sent groups to the 0.9 cap).
         cost[k[1:] > xs[-1] + 1e-9] = np.inf
-        out.orders[g.id] = np.argsort(np.asarray(scores[g.id], dtype=np.float64), kind="stable")[:g.channels - 1]
-        out.costs[g.id] = cost[:g.channels - 1]
+        out.orders[g.id] = np.argsort(np.asarray(scores[g.id], dtype=np.float64), kind="stable")[:g.units - 1]
+        out.costs[g.id] = cost[:g.units - 1]
     return out
 
 

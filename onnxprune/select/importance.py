@@ -215,16 +215,16 @@ def score(groups: Groups, criterion: str = "l2", *, calibration=None, member_nor
     scores = Scores(criterion)
     for group in groups.prunable:
         if criterion == "random":
-            scores.by_group[group.id] = rng.random(group.channels)
+            scores.by_group[group.id] = rng.random(group.units)
             continue
         if criterion == "obs":
             consumers = _obs_consumers(groups, group, calibration)
             if consumers:
 
-                order, costs = obs_order(consumers, group.channels)
-                full = np.concatenate([order, np.setdiff1d(np.arange(group.channels), order)])
-                rank = np.empty(group.channels)
-                rank[full] = np.arange(group.channels)  # removed first = lowest score
+                order, costs = obs_order(consumers, group.units)
+                full = np.concatenate([order, np.setdiff1d(np.arange(group.units), order)])
+                rank = np.empty(group.units)
+                rank[full] = np.arange(group.units)  # removed first = lowest score
                 scores.by_group[group.id] = rank
                 scores.orders[group.id], scores.costs[group.id] = order, costs
                 continue
@@ -235,7 +235,7 @@ def score(groups: Groups, criterion: str = "l2", *, calibration=None, member_nor
         else:
             members = CRITERIA[criterion](groups, group)
         vec = reduce([normalise(m, member_norm) for m in members], reduction) if members \
-            else np.ones(group.channels)
+            else np.ones(group.units)
         scores.by_group[group.id] = vec
     return scores
 

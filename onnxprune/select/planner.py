@@ -67,10 +67,10 @@ def plan_uniform(groups: Groups, scores: Scores, ratio: float, *, min_channels: 
         raise OnnxPruneError("--min-channels and --round-to must be at least 1")
     plan = Plan(ratio=ratio)
     for g in groups.prunable:
-        k = n_keep(g.channels, ratio, max(min_channels, g.min_keep), round_to, round_from)
+        k = n_keep(g.units, ratio, max(min_channels, g.min_keep), round_to, round_from)
         order = np.argsort(-scores[g.id], kind="stable")
         plan.keep[g.id] = np.sort(order[:k])
-        plan.kept[g.id] = (k, g.channels)
+        plan.kept[g.id] = (k, g.units)
     return plan
 
 
@@ -86,12 +86,12 @@ def plan_from_keep(groups: Groups, keep_by_id: dict) -> Plan:
         if not g.prunable:
             raise OnnxPruneError(f"group {gid} is frozen: {'; '.join(g.frozen)}")
         idx = np.unique(np.asarray(idx, dtype=np.int64))
-        if len(idx) == 0 or idx.min() < 0 or idx.max() >= g.channels:
-            raise OnnxPruneError(f"group {gid}: keep-set must be non-empty indices below {g.channels}")
+        if len(idx) == 0 or idx.min() < 0 or idx.max() >= g.units:
+            raise OnnxPruneError(f"group {gid}: keep-set must be non-empty indices below {g.units}")
         if len(idx) < g.min_keep:
             raise OnnxPruneError(f"group {gid}: must keep at least {g.min_keep} units")
         plan.keep[gid] = idx
-        plan.kept[gid] = (len(idx), g.channels)
+        plan.kept[gid] = (len(idx), g.units)
     return plan
 
 
@@ -111,8 +111,8 @@ def load_plan(path, groups: Groups) -> Plan:
             gid, units, idx = int(key), int(entry["units"]), list(entry["keep"])
         except (KeyError, TypeError, ValueError):
             raise OnnxPruneError(f"{path}: group '{key}' needs 'units' and 'keep'") from None
-        if 0 <= gid < len(groups.groups) and groups.group(gid).channels != units:
-            raise OnnxPruneError(f"{path}: group {gid} has {groups.group(gid).channels} units in "
+        if 0 <= gid < len(groups.groups) and groups.group(gid).units != units:
+            raise OnnxPruneError(f"{path}: group {gid} has {groups.group(gid).units} units in "
                                  f"this model, the plan says {units}: a plan for another model?")
         keep[gid] = idx
     plan = plan_from_keep(groups, keep)
@@ -246,7 +246,7 @@ def _with_counts(groups: Groups, scores: Scores, counts: dict, ratio: float | No
         k = counts[g.id]
         order = np.argsort(-scores[g.id], kind="stable")
         plan.keep[g.id] = np.sort(order[:k])
-        plan.kept[g.id] = (k, g.channels)
+        plan.kept[g.id] = (k, g.units)
     return plan
 
 
@@ -267,13 +267,13 @@ def round_to_budget(groups: Groups, scores: Scores, exact: Plan, target: float, 
     choices = []
     for g in groups.prunable:
         k = counts[g.id]
-        if k >= g.channels or not _rounds(g.channels, round_to, round_from):
+        if k >= g.units or not _rounds(g.units, round_to, round_from):
             continue
         floor = max(min_channels, g.min_keep, 1)
         lo = max(round_to, (k // round_to) * round_to, -(-floor // round_to) * round_to)
-        hi = min(g.channels, max(lo, -(-k // round_to) * round_to))
+        hi = min(g.units, max(lo, -(-k // round_to) * round_to))
         if lo >= hi:
-            counts[g.id] = min(lo, g.channels)
+            counts[g.id] = min(lo, g.units)
             continue
         choices.append(((k - lo) / round_to, g.id, lo, hi))
     choices.sort()
@@ -314,10 +314,10 @@ def _unit_macs(groups: Groups, gid: int, full: int, estimate=estimate_macs) -> f
     """MACs (or what ``estimate`` counts) one unit of a group costs
     (removing half of it, divided)."""
     g = groups.group(gid)
-    half = g.channels // 2
+    half = g.units // 2
     if half == 0:
         return 0.0
-    kept = estimate(groups, {gid: np.arange(g.channels - half)})
+    kept = estimate(groups, {gid: np.arange(g.units - half)})
     return max(0.0, (full - kept) / half)
 
 
@@ -362,7 +362,7 @@ def plan_global(groups: Groups, scores: Scores, target: float, *, min_channels: 
     for g in groups.prunable:
         order, cost = scores.removal(g.id)
         floor = max(min_channels, g.min_keep, 1)
-        cap = min(len(order), g.channels - min(floor, g.channels), int(np.floor(max_group_ratio * g.channels)))
+        cap = min(len(order), g.units - min(floor, g.units), int(np.floor(max_group_ratio * g.units)))
         per_unit = _unit_macs(groups, g.id, full, estimate)
         if cap <= 0 or per_unit <= 0:
             continue
@@ -375,17 +375,17 @@ def plan_global(groups: Groups, scores: Scores, target: float, *, min_channels: 
         plan = Plan()
         for g in groups.prunable:
             if g.id not in prices:
-                plan.keep[g.id] = np.arange(g.channels)
-                plan.kept[g.id] = (g.channels, g.channels)
+                plan.keep[g.id] = np.arange(g.units)
+                plan.kept[g.id] = (g.units, g.units)
                 continue
             n = int(np.searchsorted(prices[g.id], threshold, side="right"))
-            keep = g.channels - n
-            if _rounds(g.channels, round_to, round_from) and n:
+            keep = g.units - n
+            if _rounds(g.units, round_to, round_from) and n:
                 keep = max(round_to, int(np.ceil(keep / round_to)) * round_to)
-            keep = min(g.channels, max(keep, g.channels - caps[g.id]))
-            removed = orders[g.id][:g.channels - keep]
-            plan.keep[g.id] = np.setdiff1d(np.arange(g.channels), removed)
-            plan.kept[g.id] = (keep, g.channels)
+            keep = min(g.units, max(keep, g.units - caps[g.id]))
+            removed = orders[g.id][:g.units - keep]
+            plan.keep[g.id] = np.setdiff1d(np.arange(g.units), removed)
+            plan.kept[g.id] = (keep, g.units)
         return plan
 
     levels = np.unique(np.concatenate(list(prices.values()))) if prices else np.zeros(0)

@@ -1,8 +1,8 @@
 """The stages of a prune, each a plain function from one ``PruneConfig`` and
 the earlier stages' results to its own:
 
-    preflight -> load -> analyze -> hold_out -> calibrate -> score -> plan
-              -> compensate -> refit -> reference -> apply -> check -> report -> validate -> save
+    preflight -> load -> analyze -> hold_out -> calibrate -> score -> make_plan
+              -> compensate -> refit -> reference -> apply -> check -> make_report -> validation -> save
 
 ``config`` holds the config, ``loading`` the stages before any data,
 ``steps`` the rest, ``results`` what a prune returns and writes. The
@@ -21,14 +21,14 @@ from onnxprune.stages.steps import (
                                     edge_summary,
                                     hold_out,
                                     known_inputs,
-                                    plan,
+                                    make_plan,
+                                    make_report,
                                     reference,
                                     refit,
-                                    report,
                                     score,
-                                    validate,
+                                    validation,
 )
 
 __all__ = ["PruneConfig", "PruneReport", "PruneResult", "preflight", "load", "sample", "analyze", "hold_out",
-           "calibrate", "known_inputs", "score", "plan", "compensate", "refit", "apply", "check", "report",
-           "reference", "validate", "save", "write_json", "writing", "edge_stage", "edge_summary"]
+           "calibrate", "known_inputs", "score", "make_plan", "compensate", "refit", "apply", "check", "make_report",
+           "reference", "validation", "save", "write_json", "writing", "edge_stage", "edge_summary"]

@@ -1,7 +1,7 @@
 """The stages of a prune, each a plain function from the earlier stages'
 results and one ``PruneConfig`` to its own result:
 
-    calibrate -> score -> plan -> compensate -> refit -> apply -> check -> report -> validate
+    calibrate -> score -> make_plan -> compensate -> refit -> apply -> check -> make_report -> validation
 
 (``loading``: preflight, load and analyze come before them; ``results``: save
 after). The pipeline strings them together (``pipeline.run``); a later feature
@@ -108,7 +108,7 @@ def score(groups: Groups, calibration: Calibration | None, cfg: PruneConfig):
                             reduction=cfg.group_reduction, seed=cfg.seed)
 
 
-def plan(groups: Groups, scores, cfg: PruneConfig, search=None) -> Plan:
+def make_plan(groups: Groups, scores, cfg: PruneConfig, search=None) -> Plan:
     """The plan: replayed, given as keep-sets, or spent from a budget.
     ``search``: a callable that takes ``ratio -> Plan`` and returns the plan
     it settles on (the pipeline's latency search for ``--latency-target``);
@@ -145,21 +145,21 @@ def _refuse_nothing_to_prune(groups: Groups) -> None:
                              f"frozen{hint}; run 'onnxprune analyze' for the reasons")
 
 
-def compensate(groups: Groups, the_plan: Plan, calibration, cfg: PruneConfig) -> Compensation:
+def compensate(groups: Groups, plan: Plan, calibration, cfg: PruneConfig) -> Compensation:
     mode = cfg.resolved_compensation()
     if calibration is None and mode == "bias" and cfg.calib is None:
         # no data: the channel means the model states (BatchNorm statistics)
 
         calibration = moment_statistics(groups, importance.calibration_requests(groups))
-        comp = run_compensation(groups, the_plan.keep, calibration, mode)
+        comp = run_compensation(groups, plan.keep, calibration, mode)
         comp.notes.extend(calibration.notes if calibration is not None else
                           ["no data and no BatchNorm statistics to compensate from: nothing was "
                            "compensated (pass --calib or --data)"])
         return comp
-    return run_compensation(groups, the_plan.keep, calibration, mode)
+    return run_compensation(groups, plan.keep, calibration, mode)
 
 
-def refit(groups: Groups, the_plan: Plan, comp: Compensation, calibration, cfg: PruneConfig):
+def refit(groups: Groups, plan: Plan, comp: Compensation, calibration, cfg: PruneConfig):
     """Sequential reconstruction (``sequential.py``), when asked for: the
     consumers refitted stage by stage in graph order, each on the inputs the
     pruned model gives it; a group chosen by ``obs`` whose consumers share a
@@ -168,16 +168,16 @@ def refit(groups: Groups, the_plan: Plan, comp: Compensation, calibration, cfg: 
         return None
 
     explicit = cfg.keep is not None or cfg.plan is not None
-    rep = reconstruct(groups, the_plan.keep, comp, calibration, cfg,
+    rep = reconstruct(groups, plan.keep, comp, calibration, cfg,
                       reselect=not explicit and cfg.criterion in importance.GRAM_CRITERIA)
-    the_plan.kept = {gid: (len(idx), groups.group(gid).channels) for gid, idx in the_plan.keep.items()}
+    plan.kept = {gid: (len(idx), groups.group(gid).units) for gid, idx in plan.keep.items()}
     return rep
 
 
-def apply(groups: Groups, the_plan: Plan, comp: Compensation | None, in_place: bool = False) -> onnx.ModelProto:
+def apply(groups: Groups, plan: Plan, comp: Compensation | None, in_place: bool = False) -> onnx.ModelProto:
     """The pruned model. ``in_place`` rewrites the loaded model itself, with no
     second copy of the weights (when nothing later needs the original)."""
-    return run_apply(groups, the_plan.keep, compensation=comp, in_place=in_place)
+    return run_apply(groups, plan.keep, compensation=comp, in_place=in_place)
 
 
 def check(original, pruned: onnx.ModelProto, cfg: PruneConfig) -> None:
@@ -191,7 +191,7 @@ def check(original, pruned: onnx.ModelProto, cfg: PruneConfig) -> None:
         full_check(pruned)
 
 
-def report(groups: Groups, the_plan: Plan, pruned: onnx.ModelProto, calibration, comp,
+def make_report(groups: Groups, plan: Plan, pruned: onnx.ModelProto, calibration, comp,
            cfg: PruneConfig) -> PruneReport:
     first = groups.shape_info.sample if groups.shape_info is not None else None
     info = shape_info(pruned, cfg.input_shapes, first)
@@ -199,7 +199,7 @@ def report(groups: Groups, the_plan: Plan, pruned: onnx.ModelProto, calibration,
     explicit = cfg.keep is not None or cfg.plan is not None
     return PruneReport(
         criterion="explicit" if explicit else cfg.criterion,
-        ratio=the_plan.ratio if not explicit else None,
+        ratio=plan.ratio if not explicit else None,
         compensate=cfg.resolved_compensation(),
         allocate="explicit" if explicit else (cfg.allocate or "uniform"),
         calibration=None if calibration is None else {
@@ -207,8 +207,8 @@ def report(groups: Groups, the_plan: Plan, pruned: onnx.ModelProto, calibration,
             "random": calibration.random, "tensors": len(calibration.stats)},
         params={"before": groups.params_total, "after": count_params(pruned)},
         macs={"before": groups.macs, "after": count_macs(after)},
-        groups=[{"id": g.id, "channels": g.channels,
-                 "kept": the_plan.kept.get(g.id, (g.channels, g.channels))[0],
+        groups=[{"id": g.id, "channels": g.units,
+                 "kept": plan.kept.get(g.id, (g.units, g.units))[0],
                  "members": g.members, "frozen": g.frozen} for g in groups.groups],
         compensation_skipped=list(comp.skipped) if comp is not None else [],
         internal_errors=list(groups.internal_errors),
@@ -230,7 +230,7 @@ def reference(groups: Groups, cfg: PruneConfig) -> Reference | None:
                          samples=cfg.samples, threads=cfg.threads, batch_axes=cfg.batch_axes)
 
 
-def validate(groups: Groups, pruned: onnx.ModelProto, cfg: PruneConfig,
+def validation(groups: Groups, pruned: onnx.ModelProto, cfg: PruneConfig,
              ref: Reference | None = None, io: list | None = None) -> Validation | None:
     """Compare the pruned model with the original's ``reference`` (taken
     here when not given: the original must then still be unmodified);

@@ -86,7 +86,7 @@ def test_lazy_model_prunes_exactly(tmp_path, monkeypatch):
     groups = onnxprune.analyze(src)
     assert len(groups.prunable) == 2
     rng = np.random.default_rng(3)
-    keep = {g.id: np.sort(rng.choice(g.channels, g.channels // 3, replace=False)) for g in groups.prunable}
+    keep = {g.id: np.sort(rng.choice(g.units, g.units // 3, replace=False)) for g in groups.prunable}
     result = onnxprune.prune(src, keep=keep)
     full_check(result.model)
     y = run(result.model)

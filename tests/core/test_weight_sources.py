@@ -224,7 +224,7 @@ def test_quantized_attention_scores_keep_heads_prunable():
     groups = onnxprune.analyze(model)
     grp = group_at(groups, "q", -1)
     assert_prunable(grp)
-    assert grp.channels == 2 and grp.approximate
+    assert grp.units == 2 and grp.approximate
     out = pruned(groups, keep_of(grp, [1]))
     w = {t.name: tuple(t.dims) for t in out.graph.initializer}
     assert w["q_W"] == w["k_W"] == w["v_W"] == (8, 4) and w["o_W"] == (4, 3)

@@ -42,7 +42,7 @@ def test_analyze_path_and_model_proto_agree(model, model_path):
 def test_analyze_finds_the_two_prunable_groups(model):
     groups = onnxprune.analyze(model)
     assert isinstance(groups, onnxprune.Groups)
-    assert {tuple(g.members): g.channels for g in groups.prunable} == {
+    assert {tuple(g.members): g.units for g in groups.prunable} == {
         ("conv1", "bn1", "conv2"): F.C1, ("conv2", "fc"): F.C2}
     frozen = [g for g in groups.groups if not g.prunable]
     assert any("graph input" in r for g in frozen for r in g.frozen)

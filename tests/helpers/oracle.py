@@ -55,8 +55,8 @@ def random_keep(groups: Groups, rng: np.random.Generator, p_group: float = 0.7) 
         if rng.random() > p_group:
             continue
         lo = max(1, g.min_keep)
-        k = int(rng.integers(lo, g.channels + 1)) if g.channels > lo else g.channels
-        keep[g.id] = np.sort(rng.choice(g.channels, k, replace=False))
+        k = int(rng.integers(lo, g.units + 1)) if g.units > lo else g.units
+        keep[g.id] = np.sort(rng.choice(g.units, k, replace=False))
     return keep
 
 

@@ -65,7 +65,7 @@ def test_optimum_exports_prune_heads_and_neurons_exactly_at_any_size(name):
     units, io = EXPECTED[name]
     model = onnx.load(os.path.join(HERE, f"{name}.onnx"))
     groups = onnxprune.analyze(model, input_shapes=shapes(name), allow_io_change=io)
-    assert units <= {g.channels for g in groups.prunable}, [(g.channels, g.frozen[:1]) for g in groups.groups]
+    assert units <= {g.units for g in groups.prunable}, [(g.units, g.frozen[:1]) for g in groups.groups]
     rng = np.random.default_rng(3)
     sizes = ((2, 12), (3, 7)) if name != "vit_o2" else ((2, 0), (3, 0))
     for _ in range(3):
@@ -90,7 +90,7 @@ def test_a_merged_decoder_prunes_inside_both_branches_exactly():
     sample = feeds(name, 1, 1)
     groups = onnxprune.analyze(model, input_shapes={k: [None] + list(v.shape[1:]) if k != "use_cache_branch"
                                                     else [1] for k, v in sample.items()})
-    mlp = next(g for g in groups.prunable if g.channels == 64)
+    mlp = next(g for g in groups.prunable if g.units == 64)
     assert sum("wi/MatMul" in m for m in mlp.members) == 2  # the same layer in each branch
     keep = {mlp.id: np.arange(0, 64, 3)}
     pruned, masked = apply(groups, keep), apply(groups, keep, masked=True)
@@ -112,9 +112,9 @@ def test_a_merged_decoder_prunes_inside_both_branches_exactly():
 def test_optimum_dynamic_quantization_prunes_heads_and_neurons_approximately():
     path = os.path.join(HERE, "bert_quantized.onnx")
     groups = onnxprune.analyze(path, input_shapes=shapes("bert_quantized"))
-    prunable = {(g.channels, g.width) for g in groups.prunable}
-    assert {(4, 8), (64, 1)} <= prunable, [(g.channels, g.frozen[:1]) for g in groups.groups]
-    assert all(g.approximate for g in groups.prunable if g.channels in (4, 64))
+    prunable = {(g.units, g.width) for g in groups.prunable}
+    assert {(4, 8), (64, 1)} <= prunable, [(g.units, g.frozen[:1]) for g in groups.groups]
+    assert all(g.approximate for g in groups.prunable if g.units in (4, 64))
     cal, val = feeds("bert_quantized", 48, 12), feeds("bert_quantized", 16, 12)
     res = onnxprune.prune(path, ratio=0.25, calib=cal, data=val, validate=True, round_to=1)
     onnx.checker.check_model(res.model, full_check=True)

@@ -75,8 +75,8 @@ def test_heads_and_neurons_are_groups_and_prune_exactly_at_any_length(path):
     sample = feeds(model, 1, 12)
     shapes = {k: [None] + list(v.shape[1:]) for k, v in sample.items()}  # as data would fix them
     groups = onnxprune.analyze(model, input_shapes=shapes)
-    units = {g.channels for g in groups.prunable}
-    assert EXPECTED[_name(path)] <= units, (units, [(g.channels, g.frozen[:2]) for g in groups.frozen])
+    units = {g.units for g in groups.prunable}
+    assert EXPECTED[_name(path)] <= units, (units, [(g.units, g.frozen[:2]) for g in groups.frozen])
     rng = np.random.default_rng(7)
     for _ in range(3):
         keep = random_keep(groups, rng)
@@ -94,7 +94,7 @@ def test_kv_heads_and_their_query_heads_are_one_unit():
     together (whole groups): q_proj, k_proj, v_proj and o_proj share a group of 2."""
     model = onnx.load(os.path.join(HERE, "llama_gqa_ts.onnx"))
     groups = onnxprune.analyze(model, input_shapes={"input_ids": [None, 12], "attention_mask": [None, 12]})
-    kv = next(g for g in groups.prunable if g.channels == 2)
+    kv = next(g for g in groups.prunable if g.units == 2)
     names = " ".join(kv.members)
     for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
         assert proj in names, kv.members
@@ -139,11 +139,11 @@ def test_a_kv_cache_shrinks_only_with_allow_io_change(tmp_path):
         model = onnx.load(path)
         shapes = {"x": [None, 3, 32], "past_k": [None, 2, 5, 8], "past_v": [None, 2, 5, 8]}
         frozen = onnxprune.analyze(model, input_shapes=shapes)
-        assert not any(g.channels == 2 for g in frozen.prunable)
+        assert not any(g.units == 2 for g in frozen.prunable)
         groups = onnxprune.stages.analyze(
             onnxprune.stages.load(model, onnxprune.PruneConfig()),
             onnxprune.PruneConfig(input_shapes=shapes, allow_io_change=True))
-        kv = next(g for g in groups.prunable if g.channels == 2)
+        kv = next(g for g in groups.prunable if g.units == 2)
         keep = {kv.id: np.array([1])}
         io = changed(groups, keep)
         assert {(c.name, c.kind, c.axis, c.before, c.after) for c in io} == {

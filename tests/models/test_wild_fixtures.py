@@ -203,7 +203,7 @@ def test_qdq_int8_weights_prune_and_stay_int8():
     assert_prunable(_with(groups, "/c1/Conv", "/c2/Conv")[0])
     assert_prunable(_with(groups, "/c2/Conv", "/c3/Conv", "/fc1/Gemm")[0])  # the residual Add, quantized
     assert len(groups.prunable) == 3
-    keep = {g.id: np.arange(g.channels // 2) for g in groups.prunable}
+    keep = {g.id: np.arange(g.units // 2) for g in groups.prunable}
     before, after = _model("qdq_per_channel"), apply(groups, keep)
     for t in after.graph.initializer:
         if t.name in {i.name for i in before.graph.initializer}:
@@ -214,7 +214,7 @@ def test_qdq_int8_weights_prune_and_stay_int8():
 def test_fp16_weights_behind_cast_prune_and_stay_float16():
     groups = _groups("fp16_behind_cast")
     assert len(groups.prunable) == 3
-    after = apply(groups, {g.id: np.arange(g.channels // 2) for g in groups.prunable})
+    after = apply(groups, {g.id: np.arange(g.units // 2) for g in groups.prunable})
     weights = [t for t in after.graph.initializer if len(t.dims) >= 1 and t.data_type != onnx.TensorProto.INT64]
     assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
     first = next(n for n in after.graph.node if n.op_type == "Conv")  # its weight: Cast of a float16 tensor
@@ -238,7 +238,7 @@ def test_ir3_initializers_listed_as_inputs_prune_and_their_inputs_shrink():
     groups = _groups("ir3_inputs")
     assert_prunable(_with(groups, "conv1", "bn1", "conv2")[0])
     assert len(groups.prunable) == 3
-    after = apply(groups, {g.id: np.arange(g.channels // 2) for g in groups.prunable})
+    after = apply(groups, {g.id: np.arange(g.units // 2) for g in groups.prunable})
     assert after.ir_version == 3
     declared = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in after.graph.input}
     for t in after.graph.initializer:

@@ -241,7 +241,7 @@ def test_a_wrongly_stated_output_shape_stays_as_stated(computed):
     groups = onnxprune.analyze(g.build({"images": ["N", 3, "h", "w"]}, {r: [4, "k", "j"]}),
                                input_shapes={"images": [1, 3, 8, 8]})
     groups.view.shapes[r] = computed  # what the rules computed, against the statement
-    pruned = apply(groups, {grp.id: np.arange(grp.channels // 2) for grp in groups.prunable})
+    pruned = apply(groups, {grp.id: np.arange(grp.units // 2) for grp in groups.prunable})
     stated = pruned.graph.output[0].type.tensor_type.shape.dim
     assert [d.dim_value or d.dim_param for d in stated] == [4, "k", "j"]
 
@@ -361,4 +361,4 @@ def test_nothing_to_prune_with_no_group_names_the_largest_weight_and_its_reader(
     assert not groups.groups
     with pytest.raises(OnnxPruneError, match=r"no weight is in a channel group \(the largest weight, 'big_w', "
                                              r"is read by 1 Mystery \(an op with no rule\)"):
-        stages.plan(groups, None, stages.PruneConfig(ratio=0.3))
+        stages.make_plan(groups, None, stages.PruneConfig(ratio=0.3))

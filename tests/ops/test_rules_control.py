@@ -92,7 +92,7 @@ def test_networks_inside_if_branches_are_groups_and_prune_exactly_on_both_branch
 def test_a_pruned_if_model_shrinks_every_branch_and_declares_its_new_shapes():
     model = if_model()
     groups = _analyse(model)
-    keep = {g.id: np.arange(g.channels // 2) for g in groups.prunable}
+    keep = {g.id: np.arange(g.units // 2) for g in groups.prunable}
     pruned = apply(groups, keep)
     onnx.checker.check_model(pruned, full_check=True)
     branch = {a.name: a.g for a in pruned.graph.node[0].attribute}
@@ -144,8 +144,8 @@ def test_branches_that_repeat_each_others_names_are_renamed_on_load_and_prune():
     groups = onnxprune.analyze(model)
     assert not groups.view.opaque
     assert any("renamed" in n for n in groups.shape_info.notes)
-    assert {16, 10, 12} <= {g.channels for g in groups.prunable}
-    keep = {g.id: np.arange(g.channels // 2) for g in groups.prunable}
+    assert {16, 10, 12} <= {g.units for g in groups.prunable}
+    keep = {g.id: np.arange(g.units // 2) for g in groups.prunable}
     pruned, masked = apply(groups, keep), apply(groups, keep, masked=True)
     onnx.checker.check_model(pruned, full_check=True)
     for cond in (True, False):
@@ -230,7 +230,7 @@ def test_bias_nodes_for_consumers_inside_branches_land_in_their_branch():
     # and one in the main graph (head_mm0 has its bias in a separate Add: compensation adds another)
     biases[names.index("head_mm0")] = RNG.standard_normal(3).astype(np.float32)
     comp = Compensation("bias", biases=biases)
-    keep = {g.id: np.arange(g.channels - 2) for g in groups.prunable}
+    keep = {g.id: np.arange(g.units - 2) for g in groups.prunable}
     pruned = apply(groups, keep, compensation=comp)
     masked = apply(groups, keep, masked=True, compensation=comp)
     onnx.checker.check_model(pruned, full_check=True)

@@ -30,7 +30,7 @@ def chain(batch=1):
 
 def test_dense_conv_chain_has_one_prunable_group_between_convs():
     groups = exact(chain())
-    assert [g.channels for g in groups.groups] == [3, 6, 4]
+    assert [g.units for g in groups.groups] == [3, 6, 4]
     first, mid, last = groups.groups
     assert_frozen(first, "graph input 'x'")
     assert_frozen(last, "graph output")
@@ -93,7 +93,7 @@ def test_depthwise_conv_couples_channels_and_rewrites_group():
     grp = group_at(groups, "c1")
     assert_prunable(grp)
     assert group_at(groups, "dw") is grp
-    assert grp.channels == 6 and grp.members == ["c1", "dw", "c2"]
+    assert grp.units == 6 and grp.members == ["c1", "dw", "c2"]
     m = pruned(groups, keep_of(grp, [0, 2, 5]))
     assert attr(m, "dw", "group") == 3
     assert input_value(m, "dw", 1).shape == (3, 1, 3, 3)
@@ -110,7 +110,7 @@ def test_depthwise_multiplier_two_prunes_output_pairs():
     groups = exact(g.build({"x": [1, 3, 8, 8]}, [y]))
     grp = group_at(groups, "c1")
     assert_prunable(grp)
-    assert grp.channels == 4 and grp.width == 2
+    assert grp.units == 4 and grp.width == 2
     assert group_at(groups, "dw") is grp
     keep = keep_of(grp, [1, 3])
     m = pruned(groups, keep)
@@ -131,7 +131,7 @@ def test_grouped_conv_prunes_whole_groups_and_rewrites_group():
     groups = exact(g.build({"x": [1, 3, 8, 8]}, [y]))
     grp = group_at(groups, "c1")
     assert_prunable(grp)
-    assert grp.channels == 4 and grp.width == 2  # units are conv groups
+    assert grp.units == 4 and grp.width == 2  # units are conv groups
     assert group_at(groups, "gc") is grp
     keep = keep_of(grp, [0, 3])
     m = pruned(groups, keep)
@@ -153,7 +153,7 @@ def test_grouped_conv_with_different_in_and_out_group_widths():
     groups = exact(g.build({"x": [1, 3, 8, 8]}, [y]))
     grp = group_at(groups, "c1")
     assert_prunable(grp)
-    assert grp.channels == 2 and group_at(groups, "gc") is grp
+    assert grp.units == 2 and group_at(groups, "gc") is grp
     m = pruned(groups, keep_of(grp, [1]))
     assert attr(m, "gc", "group") == 1
     assert input_value(m, "gc", 1).shape == (2, 4, 3, 3)
@@ -169,7 +169,7 @@ def test_grouped_conv_whose_groups_cut_a_concat_branch_freezes():
     y = g.conv(g.add("Relu", [d]), 8, 4, name="c2")
     groups = exact(g.build({"x": [1, 3, 8, 8]}, [y]))
     ga, gb = groups_at(groups, "cat")
-    assert (ga.channels, gb.channels) == (3, 5)
+    assert (ga.units, gb.units) == (3, 5)
     for grp in (ga, gb, group_at(groups, "gc")):
         assert_frozen(grp, "'gc'", "line up")
     assert not groups.prunable
@@ -204,7 +204,7 @@ def test_grouped_conv_transpose_prunes_whole_groups():
     groups = exact(g.build({"x": [1, 3, 4, 4]}, [y]))
     grp = group_at(groups, "c1")
     assert_prunable(grp)
-    assert grp.channels == 4 and group_at(groups, "ct") is grp
+    assert grp.units == 4 and group_at(groups, "ct") is grp
     keep = keep_of(grp, [0, 2])
     m = pruned(groups, keep)
     assert attr(m, "ct", "group") == 2

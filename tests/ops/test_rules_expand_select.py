@@ -109,7 +109,7 @@ def test_depth_to_space_keeps_each_output_channel_with_its_input_block(mode):
     groups = exact(g.build({"x": [1, 3, 4, 4]}, [g.conv(d, 3, 4, name="c2")]), trials=5)
     grp = group_at(groups, "c1")
     assert_prunable(grp)
-    assert grp.channels == 3 and "c2" in grp.members
+    assert grp.units == 3 and "c2" in grp.members
     m = pruned(groups, keep_of(grp, [2]))
     w0, w1 = input_value(groups.model, "c1", 1), input_value(m, "c1", 1)
     kept = [8, 9, 10, 11] if mode == "CRD" else [2, 5, 8, 11]

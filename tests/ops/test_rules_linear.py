@@ -17,7 +17,7 @@ def test_gemm_mlp_prunes_hidden_neurons(trans_b, bias_shape, batch):
     groups = exact(model)
     grp = group_at(groups, "act")
     assert_prunable(grp)
-    assert grp.channels == 8 and grp.members == ["fc1", "fc2"]
+    assert grp.units == 8 and grp.members == ["fc1", "fc2"]
     assert_frozen(group_at(groups, "x"), "graph input")
     keep = keep_of(grp, [0, 3, 4, 7])
     m = pruned(groups, keep)

@@ -33,7 +33,7 @@ def test_concat_of_branches_maps_offsets():
     ga, gb = groups_at(groups, "cat")
     assert_prunable(ga)
     assert_prunable(gb)
-    assert (ga.channels, gb.channels) == (4, 6)
+    assert (ga.units, gb.units) == (4, 6)
     assert ga.members == ["ca", "c2"] and gb.members == ["cb", "c2"]
     keep = {**keep_of(ga, [0, 3]), **keep_of(gb, [1, 2, 5])}
     m = pruned(groups, keep)
@@ -53,7 +53,7 @@ def test_concat_of_the_same_tensor_twice_prunes_both_copies():
     assert len(found) == 2 and found[0] is found[1]
     grp = found[0]
     assert_prunable(grp)
-    assert grp.channels == 4 and grp.members == ["ca", "c2"]
+    assert grp.units == 4 and grp.members == ["ca", "c2"]
     m = pruned(groups, keep_of(grp, [1, 2]))
     w = input_value(model, "c2", 1)
     np.testing.assert_array_equal(input_value(m, "c2", 1), w[:, [1, 2, 5, 6]])
@@ -241,7 +241,7 @@ def test_flatten_into_linear_prunes_channel_blocks(consumer, batch):
     grp = group_at(groups, "act")
     assert_prunable(grp)
     assert group_at(groups, "flat") is grp
-    assert grp.channels == 4 and grp.width == 16
+    assert grp.units == 4 and grp.width == 16
     assert grp.members == ["c1", "fc1"]
     m = pruned(groups, keep_of(grp, [1, 3]))
     w = input_value(model, "fc1", 1)
@@ -361,7 +361,7 @@ def test_reshape_splitting_features_into_heads_prunes_whole_heads():
     groups = exact(model)
     grp = group_at(groups, "split_heads", 2)
     assert_prunable(grp)
-    assert grp.channels == 2 and grp.width == 4
+    assert grp.units == 2 and grp.width == 4
     assert group_at(groups, "merge_heads", 2) is grp
     m = pruned(groups, keep_of(grp, [1]))
     np.testing.assert_array_equal(input_value(m, "split_heads", 1), [1, 5, 1, 4])
@@ -661,7 +661,7 @@ def test_head_split_reshape_with_a_run_time_shape_rewrites_its_literal_head_coun
     groups = exact(model, trials=5)
     grp = group_at(groups, "q", -1)
     assert_prunable(grp)
-    assert (grp.channels, grp.width) == (3, 4)
+    assert (grp.units, grp.width) == (3, 4)
     m = pruned(groups, keep_of(grp, [0, 2]))
     assert list(value(m, "heads")) == [2] and list(value(m, "hidden")) == [8]
     assert list(value(m, "dim")) == [4]
@@ -681,7 +681,7 @@ def test_head_count_picked_by_gather_from_a_constant_vector_is_rewritten():
     back = _split_to_heads(g, g.add("Gather", [g.ints("dims", [7, 3, 4]), g.ints("pick", [1, 2])], axis=0))
     groups = exact(g.build({"x": [2, 5, 8]}, [g.matmul(back, 12, 3, name="out")]), trials=5)
     grp = group_at(groups, "q", -1)
-    assert (grp.channels, grp.width) == (3, 4)
+    assert (grp.units, grp.width) == (3, 4)
     assert list(value(pruned(groups, keep_of(grp, [1])), "dims")) == [7, 1, 4]
 
 
@@ -695,7 +695,7 @@ def test_head_count_read_from_the_shape_of_a_constant_is_rewritten_by_cutting_th
     groups = exact(g.build({"x": [2, 5, 8]}, [g.matmul(back, 12, 3, name="out")]), trials=5)
     grp = group_at(groups, "q", -1)
     assert_prunable(grp)
-    assert (grp.channels, grp.width) == (3, 4)
+    assert (grp.units, grp.width) == (3, 4)
     m = pruned(groups, keep_of(grp, [0, 2]))
     assert list(value(m, "kernel").shape) == [1, 1, 2, 4, 8]
     # read by something else too, the constant is no literal: the heads freeze
@@ -788,7 +788,7 @@ def test_heads_survive_a_merge_with_the_batch_and_the_split_back(deep):
     groups = exact(_merged_heads(deep=deep))
     h = group_at(groups, "qh")
     assert_prunable(h)
-    assert h.channels == 4 and {"q", "k", "v", "proj"} <= set(h.members)
+    assert h.units == 4 and {"q", "k", "v", "proj"} <= set(h.members)
     m = pruned(groups, keep_of(h, [1, 3]))
     dims = {t.name: list(t.dims) for t in m.graph.initializer}
     assert dims["k_W"] == [16, 8]
@@ -830,7 +830,7 @@ def test_slice_bounds_computed_from_the_channel_count_follow_the_pruned_size():
     groups = exact(model)
     grp = group_at(groups, "qkv_add")
     assert_prunable(grp)
-    assert grp.channels == 32 and group_at(groups, "slice2") is grp
+    assert grp.units == 32 and group_at(groups, "slice2") is grp
     out = pruned(groups, keep_of(grp, [0, 5, 9, 31]))
     w = {t.name: tuple(t.dims) for t in out.graph.initializer}
     assert w["qkv_W"] == (16, 12) and w["out_W"] == (4, 4)

@@ -223,8 +223,8 @@ def _fake_sweep(groups, damages: dict):
     rows = []
     for g in groups.prunable:
         for r in (0.25, 0.5, 0.75):
-            kept = g.channels - round(r * g.channels)
-            rows.append({"group": g.id, "ratio": r, "kept": kept, "units": g.channels, "metric": "kl",
+            kept = g.units - round(r * g.units)
+            rows.append({"group": g.id, "ratio": r, "kept": kept, "units": g.units, "metric": "kl",
                          "damage": damages[g.members[0]] * r * r})
     return SensitivityResult({"groups": {}}, rows)
 
@@ -243,7 +243,7 @@ def test_sensitivity_allocation_spends_the_budget_where_the_sweep_measured_least
     for g in groups.prunable:  # non-decreasing prices along the criterion's order
         c = priced.costs[g.id]
         assert np.all(c[1:] >= c[:-1])
-        np.testing.assert_array_equal(priced.orders[g.id], np.argsort(s[g.id], kind="stable")[:g.channels - 1])
+        np.testing.assert_array_equal(priced.orders[g.id], np.argsort(s[g.id], kind="stable")[:g.units - 1])
     plan = plan_budget(groups, priced, ratio=None, macs_target=0.6, allocate="sensitivity", round_to=1)
     assert estimate_macs(groups, plan.keep) <= 0.6 * groups.macs
     kept = {m: plan.kept[gid][0] for m, gid in by_member.items()}

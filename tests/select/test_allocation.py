@@ -33,9 +33,9 @@ def planted_scores(groups, cheap_gid):
     """The group ``cheap_gid`` has many near-worthless units; the other none."""
     s = Scores("planted")
     for g in groups.prunable:
-        v = np.ones(g.channels)
+        v = np.ones(g.units)
         if g.id == cheap_gid:
-            v[: g.channels * 3 // 4] = 1e-6
+            v[: g.units * 3 // 4] = 1e-6
         s.by_group[g.id] = v
     return s
 
@@ -114,9 +114,9 @@ def test_at_equal_damage_global_takes_units_where_they_save_the_most_macs():
     c = g.add("Relu", [g.gemm(b, 32, 512, name="C")])
     y = g.gemm(c, 512, 2, name="D")
     groups = onnxprune.analyze(g.build({"x": ["N", 8]}, [y]))
-    s = Scores("flat", by_group={gr.id: np.ones(gr.channels) for gr in groups.prunable})
+    s = Scores("flat", by_group={gr.id: np.ones(gr.units) for gr in groups.prunable})
     plan = plan_global(groups, s, 0.85, round_to=1)
-    frac = {gr.members[0]: plan.kept[gr.id][0] / gr.channels for gr in groups.prunable}
+    frac = {gr.members[0]: plan.kept[gr.id][0] / gr.units for gr in groups.prunable}
     assert frac["B"] < frac["A"], frac
 
 
@@ -140,7 +140,7 @@ def test_rounded_counts_are_multiples_within_one_step_and_the_macs_land_at_the_t
     assert frac <= target + 1e-9
     for g in groups.prunable:
         k, e = rounded.kept[g.id][0], exact.kept[g.id][0]
-        assert k % 8 == 0 or k == g.channels, (g.members, k)
+        assert k % 8 == 0 or k == g.units, (g.members, k)
         assert abs(k - e) < 8, (g.members, k, e)
     # nearest-multiple rounding of each group alone lands further from the target
     naive = plan_uniform(groups, s, exact.ratio, round_to=8)
@@ -178,9 +178,9 @@ def test_equal_prices_are_taken_one_at_a_time_not_all_at_once():
     groups = onnxprune.analyze(two_layer_mlp())
     s = Scores("flat")
     for g in groups.prunable:
-        s.by_group[g.id] = np.arange(g.channels, dtype=np.float64)
-        s.orders[g.id] = np.arange(g.channels - 1)
-        s.costs[g.id] = np.ones(g.channels - 1)  # every removal costs the same
+        s.by_group[g.id] = np.arange(g.units, dtype=np.float64)
+        s.orders[g.id] = np.arange(g.units - 1)
+        s.costs[g.id] = np.ones(g.units - 1)  # every removal costs the same
     for target in (0.9, 0.75, 0.6):
         plan = plan_global(groups, s, target, round_to=1)
         got = estimate_macs(groups, plan.keep) / groups.macs
