@@ -16,9 +16,9 @@ from onnxprune.analysis.groups import Group, Groups, strict_default
 from onnxprune.core.errors import InternalError
 from onnxprune.core.graph import GraphView, factor
 from onnxprune.core.layout import LayoutError
-from onnxprune.core.weights import trace
 from onnxprune.ops import Analysis, Context, rule_for
 from onnxprune.ops.base import APPROX
+from onnxprune.ops.weights import trace
 
 
 # -- the analysis pass ---------------------------------------------------------------
@@ -165,10 +165,6 @@ def _run_rules(view: GraphView, analysis: Analysis, strict: bool) -> None:
             ctx.freeze_node(f"internal error in {where}: {type(e).__name__}: {e}")
 
 
-_MERGE_SAFE = {"Transpose", "Reshape", "Identity", "Cast", "Softmax", "LogSoftmax", "Relu", "Gelu", "Tanh",
-               "Sigmoid", "Erf", "Exp", "Neg", "Sqrt", "Reciprocal"}
-
-
 def _check_batch_merged(view: GraphView, analysis: Analysis) -> None:
     """An axis that merges the batch with channels (``s*K``, see
     ``reshape._batch_merge``) carries the channels' layout within each period
@@ -185,34 +181,11 @@ def _check_batch_merged(view: GraphView, analysis: Analysis) -> None:
             if f is None or f[1] == 1 or f[0] == dim:
                 continue
             for node, slot in view.consumers.get(tensor, []):
-                if not _merge_safe(view, node, tensor, ax, dim):
+                if not rule_for(node, view).reads_merged_axis(node, view, tensor, ax, dim):
                     analysis.atoms.freeze(lay, f"node '{node.name}' ({node.op_type}) reads an axis that merges "
                                                f"the batch with channels ('{dim}')")
             if view.escapes(tensor):
                 analysis.atoms.freeze(lay, f"an axis merging the batch with channels ('{dim}') leaves the graph")
-
-
-def _merge_safe(view: GraphView, node, tensor: str, ax: int, dim: str) -> bool:
-    op = node.op_type
-    rank = view.rank(tensor)
-    if op in _MERGE_SAFE:
-        return True
-    others = [n for n in node.input if n and n != tensor]
-    if op in ("Mul", "Div", "Add", "Sub", "Where", "MatMul"):
-        if op == "MatMul" and (rank is None or ax >= rank - 2):
-            return False  # a contracted or output row axis, not a batch axis
-        out_rank = view.rank(node.output[0])
-        for other in others:
-            shape, r = view.shape(other), view.rank(other)
-            if shape is None or r is None or out_rank is None or rank is None:
-                return False
-            k = ax + (out_rank - rank) - (out_rank - r)
-            if k < 0:
-                continue  # broadcast from the left
-            if shape[k] != 1 and shape[k] != dim:
-                return False
-        return True
-    return False
 
 
 def _settle_literals(view: GraphView, analysis: Analysis) -> None:

@@ -455,8 +455,72 @@ class Rule:
         input 0's, or None when unknown. None when the op cannot say."""
         return None
 
+    def trace(self, node: onnx.NodeProto, view: GraphView, axis: int, follow):
+        """Which stored constants axis ``axis`` of this node's constant-folded
+        output is cut from, so the rewrite can slice them at their source:
+        ``follow(input, axis)`` answers for one input ([(constant, axis)], or
+        None). None when the op cannot say. Default: None."""
+        return None
+
+    def keeps_zero(self, node: onnx.NodeProto) -> bool:
+        """Whether the op maps zero to zero exactly, so a stored constant zeroed
+        in the masked model still reads as zero through it (``weights.zero_safe``)."""
+        return False
+
+    def zero_for(self, node: onnx.NodeProto, view: GraphView, slot: int, value: np.ndarray) -> np.ndarray | None:
+        """What the stored ``value`` at input ``slot`` must hold for this node to
+        read it as zero (a masked weight): zero, unless the op says otherwise
+        (a quantized input: its zero point); None when that cannot be stated."""
+        return np.zeros(value.shape, dtype=value.dtype)
+
+    def reads_merged_axis(self, node: onnx.NodeProto, view: GraphView, tensor: str, axis: int, dim) -> bool:
+        """Whether the node reads ``axis`` of ``tensor``, an axis that merges the
+        batch with channels (``s*K``), only by moving it or position by
+        position, so that each period of K positions keeps its channels'
+        layout. Default: no (the channels then freeze)."""
+        return False
+
     def describe(self) -> str:
         return self.summary or (self.__doc__ or "").strip().splitlines()[0]
+
+
+def broadcast_trace(node: onnx.NodeProto, view: GraphView, axis: int, follow, inputs=None):
+    """``Rule.trace`` through multidirectional broadcasting: each input of full
+    size along ``axis`` is followed; one broadcast along it is left as it is."""
+    shape = view.const_shape(node.output[0])
+    if shape is None:
+        return None
+    out = []
+    for name in (node.input if inputs is None else inputs):
+        if not name:
+            continue
+        s = view.const_shape(name)
+        if s is None:
+            return None
+        a = axis - (len(shape) - len(s))
+        if a < 0 or s[a] == 1:
+            continue  # broadcast along the traced axis: left as it is
+        sub = follow(name, a)
+        if sub is None:
+            return None
+        out += sub
+    return out
+
+
+def broadcast_keeps_merged(node: onnx.NodeProto, view: GraphView, tensor: str, axis: int, dim) -> bool:
+    """``Rule.reads_merged_axis`` for an element-wise op: every other operand
+    broadcasts along the merged axis or merges it the same way."""
+    rank, out_rank = view.rank(tensor), view.rank(node.output[0])
+    for other in (n for n in node.input if n and n != tensor):
+        shape, r = view.shape(other), view.rank(other)
+        if shape is None or r is None or out_rank is None or rank is None:
+            return False
+        k = axis + (out_rank - rank) - (out_rank - r)
+        if k < 0:
+            continue  # broadcast from the left
+        if shape[k] != 1 and shape[k] != dim:
+            return False
+    return True
 
 
 class Unsupported(Rule):

@@ -36,6 +36,9 @@ class SkipNorm(Broadcast):
 
     scales: dict = {}
 
+    def reads_merged_axis(self, node, view, tensor, axis, dim):
+        return False  # normalises over its last axis: not position by position
+
     def analyze(self, node, ctx):
         super().analyze(node, ctx)  # x, skip, gamma, beta, bias share the last axis
         y = node.output[0]

@@ -13,7 +13,7 @@ from math import erf, exp, pi, sqrt
 
 import numpy as np
 
-from onnxprune.ops.base import Rule
+from onnxprune.ops.base import Rule, broadcast_keeps_merged, broadcast_trace
 from onnxprune.ops.registry import register
 
 UNARY = ("Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu",
@@ -23,12 +23,25 @@ UNARY = ("Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "El
          "ThresholdedRelu", "Shrink", "IsNaN", "IsInf", "Not", "BitwiseNot")
 
 
+# Unary ops whose f(0) is exactly 0 for every input type they take.
+ZERO_KEEPING = {"Cast", "Identity", "Neg", "Abs", "Relu", "Sign"}
+
+
 @register(*UNARY)
 class Unary(Rule):
     """y = f(x) element by element: every axis passes through."""
 
     def analyze(self, node, ctx):
         ctx.passthrough(node.input[0], node.output[0])
+
+    def trace(self, node, view, axis, follow):
+        return follow(node.input[0], axis)
+
+    def keeps_zero(self, node):
+        return node.op_type in ZERO_KEEPING
+
+    def reads_merged_axis(self, node, view, tensor, axis, dim):
+        return True  # position by position
 
     def moments(self, node, view, given):
         """Relu of a Gaussian channel: the rectified Gaussian's moments;
@@ -73,6 +86,15 @@ class Broadcast(Rule):
     # A per-channel constant these ops multiply by is a scale (a decomposed
     # BatchNorm's gamma): what the ``bn`` criterion reads.
     scales = {"Mul": (0, 1)}
+
+    def trace(self, node, view, axis, follow):
+        return broadcast_trace(node, view, axis, follow)
+
+    def keeps_zero(self, node):
+        return node.op_type in ("Mul", "Div")  # 0 * c and 0 / c: a zeroed numerator stays zero
+
+    def reads_merged_axis(self, node, view, tensor, axis, dim):
+        return broadcast_keeps_merged(node, view, tensor, axis, dim)
 
     def analyze(self, node, ctx):
         view = ctx.view

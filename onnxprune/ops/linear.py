@@ -8,7 +8,7 @@ weight can mask; that axis freezes until a rule for it exists.
 """
 from __future__ import annotations
 
-from onnxprune.ops.base import LinearForm, Rule, attr_of, numel
+from onnxprune.ops.base import LinearForm, Rule, attr_of, broadcast_keeps_merged, numel
 from onnxprune.ops.registry import register
 
 
@@ -65,6 +65,12 @@ class Gemm(Rule):
 @register("MatMul")
 class MatMul(Rule):
     """With a constant operand: new output features fed by the contracted axis; batch axes pass through."""
+
+    def reads_merged_axis(self, node, view, tensor, axis, dim):
+        rank = view.rank(tensor)
+        if node.op_type != "MatMul" or rank is None or axis >= rank - 2:
+            return False  # a contracted or output row axis, not a batch axis
+        return broadcast_keeps_merged(node, view, tensor, axis, dim)
 
     def analyze(self, node, ctx):
         a, b, y = node.input[0], node.input[1], node.output[0]

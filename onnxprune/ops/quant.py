@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from onnxprune.core.graph import attr
 from onnxprune.ops.base import LinearForm, Rule
 from onnxprune.ops.conv import Conv
 from onnxprune.ops.linear import MatMul
@@ -66,6 +67,42 @@ class QuantizeDequantize(Rule):
                 for slot in (1, 2):
                     if len(node.input) > slot and node.input[slot]:
                         ctx.weight(slot, 0, lay, "param")
+
+    def trace(self, node, view, axis, follow):
+        if node.op_type != "DequantizeLinear" or attr(node, "block_size", 0):
+            return None
+        shape = view.const_shape(node.output[0])
+        out = follow(node.input[0], axis) if shape is not None else None
+        if out is None:
+            return None
+        per_axis = int(attr(node, "axis", 1)) % len(shape)
+        for name in node.input[1:3]:
+            s = view.const_shape(name) if name else None
+            if s is None or int(np.prod(s)) <= 1 or per_axis != axis:
+                continue  # absent, per tensor, or per channel along another axis: broadcast along this one
+            sub = follow(name, 0)
+            if sub is None:
+                return None
+            out += sub
+        return out
+
+    def keeps_zero(self, node):
+        return node.op_type == "DequantizeLinear"  # once its input holds the zero point (``zero_for``)
+
+    def zero_for(self, node, view, slot, value):
+        """The quantized input of a DequantizeLinear reads as zero when it holds
+        its zero point (per tensor, or per channel along ``axis``)."""
+        if node.op_type != "DequantizeLinear" or slot != 0 or len(node.input) < 3 or not node.input[2]:
+            return super().zero_for(node, view, slot, value)
+        zp = view.const(node.input[2])
+        if zp is None:
+            return None
+        zp = np.asarray(zp)
+        if zp.size == 1:
+            return np.full(value.shape, zp.reshape(-1)[0], dtype=value.dtype)
+        shape = [1] * value.ndim
+        shape[int(attr(node, "axis", 1)) % value.ndim] = -1
+        return np.broadcast_to(zp.reshape(shape), value.shape).astype(value.dtype)
 
 
 @register("DynamicQuantizeLinear")

@@ -59,6 +59,9 @@ class Reduce(Rule):
 class Softmax(Rule):
     """Axes not normalised over pass through; the normalised axis freezes."""
 
+    def reads_merged_axis(self, node, view, tensor, axis, dim):
+        return node.op_type in ("Softmax", "LogSoftmax")
+
     def analyze(self, node, ctx):
         x = node.input[0]
         lays = ctx.axes(x)

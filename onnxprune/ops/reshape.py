@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxprune.core.graph import factor
+from onnxprune.core.graph import attr, factor
 from onnxprune.core.layout import LayoutError, Segment
 from onnxprune.ops.base import Rule
 from onnxprune.ops.fold import known_ints, partial_value
@@ -245,6 +245,9 @@ def reshape_layouts(ctx, x: str, y: str, outs=None) -> None:
 class Reshape(Rule):
     """Channels follow the row-major index (flatten, unflatten, head split); the shape constant is rewritten."""
 
+    def reads_merged_axis(self, node, view, tensor, axis, dim):
+        return True  # the merged axis is moved, or split back (``reshape.py``'s batch merge)
+
     def analyze(self, node, ctx):
 
         x, y = node.input[0], node.output[0]
@@ -312,3 +315,35 @@ class ReshapeLike(Rule):
             for lay in ctx.axes(x).values():
                 ctx.atoms.require_min_keep(lay, 2)
         reshape_layouts(ctx, x, node.output[0])
+
+    def trace(self, node, view, axis, follow):
+        if node.op_type == "Flatten":
+            return None
+        shape = view.const_shape(node.output[0])
+        if shape is None:
+            return None
+        axes = _axes(node, view)
+        if node.op_type == "Unsqueeze":
+            if axes is None:
+                return None
+            added = {a % len(shape) for a in axes}
+            if axis in added:
+                return []  # a new axis of size 1: nothing stored along it
+            return follow(node.input[0], axis - sum(a < axis for a in added))
+        in_shape = view.const_shape(node.input[0])
+        if in_shape is None:
+            return None
+        removed = sorted({a % len(in_shape) for a in axes}) if axes else [k for k, d in enumerate(in_shape) if d == 1]
+        return follow(node.input[0], [k for k in range(len(in_shape)) if k not in removed][axis])
+
+    def keeps_zero(self, node):
+        return node.op_type in ("Squeeze", "Unsqueeze")
+
+
+def _axes(node, view):
+    """Squeeze / Unsqueeze axes, from the attribute (old opsets) or input 1."""
+    axes = attr(node, "axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        v = view.const(node.input[1])
+        axes = None if v is None else [int(a) for a in np.asarray(v).reshape(-1)]
+    return axes

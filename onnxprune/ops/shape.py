@@ -35,6 +35,19 @@ class Transpose(Rule):
         perm = ctx.attr("perm") or list(range(rank))[::-1]
         ctx.passthrough(x, node.output[0], {int(p): k for k, p in enumerate(perm)})
 
+    def trace(self, node, view, axis, follow):
+        shape = view.const_shape(node.output[0])
+        if shape is None:
+            return None
+        perm = attr_of(node, view, "perm") or list(range(len(shape)))[::-1]
+        return follow(node.input[0], int(perm[axis]))
+
+    def keeps_zero(self, node):
+        return True
+
+    def reads_merged_axis(self, node, view, tensor, axis, dim):
+        return True  # moves it whole
+
 
 def _other_axes(ctx, node, out, axis) -> None:
     """Axes other than the concat axis are shared by every operand; a constant

@@ -25,8 +25,8 @@ from onnxprune.core.errors import InternalError
 from onnxprune.core.graph import GraphView, skeleton
 from onnxprune.core.tensors import to_array
 from onnxprune.core.walk import all_graphs, node_reads, read_names
-from onnxprune.core.weights import neutral, trace, zero_safe
 from onnxprune.ops import Rewriter, rule_for
+from onnxprune.ops.weights import neutral, trace, zero_safe
 
 _KEEP_BYTES = 1 << 20  # a written weight above this is not also kept as an array
 
