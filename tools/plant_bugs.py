@@ -115,6 +115,10 @@ MUTANTS = {
     # -- weights where stored, new rules, data and shapes -----------------------------------
     "trace_transpose_axis_ignored": ("onnxprune/ops/shape.py", "        return follow(node.input[0], int(perm[axis]))",
                                      "        return follow(node.input[0], axis)"),
+    "dq_zero_point_ignored": ("onnxprune/ops/quant.py",
+                              "            return np.full(value.shape, zp.reshape(-1)[0], dtype=value.dtype)",
+                              "            return np.zeros(value.shape, dtype=value.dtype)"),
+    "every_unary_keeps_zero": ("onnxprune/ops/elementwise.py", "        return node.op_type in ZERO_KEEPING", "        return True"),
     "dq_scale_not_sliced": ("onnxprune/ops/quant.py", "            if s is None or int(np.prod(s)) <= 1 or per_axis != axis:",
                             "            if True:"),
     "repeat_as_block": ("onnxprune/core/layout.py", "return (Segment(s.atom, s.outer * times, s.inner),)",

@@ -290,3 +290,27 @@ def test_conv_integer_slices_its_weight_and_zero_points_like_a_conv(per_channel)
     if not per_channel:
         (a,), (b,) = run(pruned(og, keep_of(ogrp, [0, 2, 3, 7])), x), run(masked, x)
         assert np.abs(a - b).max() <= 0.1 * np.abs(b).max()
+
+
+@pytest.mark.parametrize("op,keeps_zero", [("Exp", False), ("Neg", True)])
+def test_a_weight_behind_an_op_that_does_not_keep_zero_is_masked_where_it_is_read(op, keeps_zero):
+    """The masked model zeroes a consumer's removed inputs. Behind Neg the stored
+    constant is zeroed (-0 is 0); behind Exp it cannot be (exp(0) = 1): the
+    folded weight is masked where the layer reads it. Either way pruned ==
+    masked, and the pruned model slices the stored constant."""
+    g = Graph()
+    rng = np.random.default_rng(3)
+    w1 = g.init("w1", rng.standard_normal((6, 3, 3, 3)))
+    w2 = g.add(op, [g.init("w2", rng.standard_normal((4, 6, 3, 3)) * 0.3)], name="w2_chain")
+    a = g.add("Relu", [g.add("Conv", ["x", w1], name="c1", pads=[1, 1, 1, 1])])
+    y = g.add("Conv", [a, w2], name="c2", pads=[1, 1, 1, 1])
+    model = g.build({"x": [1, 3, 6, 6]}, [y])
+    groups = exact(model, trials=4)
+    grp = group_at(groups, "c1")
+    assert_prunable(grp)
+    m = pruned(groups, keep_of(grp, [0, 2, 5]))
+    assert _stored(m, "w2").shape == (4, 3, 3, 3)
+    np.testing.assert_array_equal(_stored(m, "w2"), _stored(model, "w2")[:, [0, 2, 5]])
+    masked = onnxprune.prune(model, keep=keep_of(grp, [0, 2, 5]), compensate="none").masked()
+    chain = [n for n in masked.graph.node if n.op_type == op]
+    assert bool(chain) == keeps_zero  # zeroed where stored, or the folded value written masked
