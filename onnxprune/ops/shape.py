@@ -96,9 +96,10 @@ class Concat(Rule):
         ctx.set(y, axis, tuple(segments))
 
 
-@register("Split")
 class Split(Rule):
     """Each output is a slice of the input's channel space; split sizes are rewritten."""
+
+    sizes_input = True  # split sizes are input 1 (opset 13+), else the ``split`` attribute
 
     def analyze(self, node, ctx):
         x = node.input[0]
@@ -139,7 +140,7 @@ class Split(Rule):
         if not any(lay is not None and rw.size(lay) != rw.full_size(lay) for lay in lays):
             return
         sizes = np.array([rw.size(lay) if lay is not None else 0 for lay in lays], dtype=np.int64)
-        if rw.view.opset >= 13:  # split sizes are an input from opset 13
+        if self.sizes_input:
             for i, a in enumerate(node.attribute):
                 if a.name == "num_outputs":
                     del node.attribute[i]
@@ -154,12 +155,25 @@ class Split(Rule):
             set_attr(node, "split", [int(s) for s in sizes])
 
 
-@register("Slice")
+@register("Split", since=13)
+class SplitSizesInput(Split):
+    """Each output is a slice of the input's channel space; split sizes (input 1) are rewritten."""
+
+
+@register("Split", until=12)
+class SplitSizesAttribute(Split):
+    """Each output is a slice of the input's channel space; the ``split`` attribute is rewritten."""
+
+    sizes_input = False
+
+
 class Slice(Rule):
     """A contiguous slice of a channel axis is a sub-space; its bounds are rewritten."""
 
+    bounds_input = True  # starts/ends/axes/steps are inputs (opset 10+), else attributes
+
     def _params(self, node, ctx_or_rw, view):
-        if view.opset < 10:  # bounds are attributes before opset 10
+        if not self.bounds_input:
             starts, ends = attr_of(node, view, "starts"), attr_of(node, view, "ends")
             axes, steps = attr_of(node, view, "axes"), None
         else:
@@ -174,7 +188,7 @@ class Slice(Rule):
     def analyze(self, node, ctx):
         x, y = node.input[0], node.output[0]
         lays = ctx.axes(x)
-        computed = ctx.view.opset >= 10 and any(ctx.view.const(node.input[i]) is None for i in (1, 2))
+        computed = self.bounds_input and any(ctx.view.const(node.input[i]) is None for i in (1, 2))
         deps = self._counts_read(node, ctx) if computed else {}
         if not lays and not deps:
             return
@@ -327,13 +341,25 @@ class Slice(Rule):
         for ax, (k, before, kept) in state.items():
             s = rw.size(before) if before else 0
             starts[k], ends[k] = s, s + rw.size(kept)
-        if rw.view.opset < 10:
+        if not self.bounds_input:
             set_attr(node, "starts", starts)
             set_attr(node, "ends", ends)
         else:
             dt = rw.view.const(node.input[1]).dtype
             rw.set_const(index, 1, np.array(starts, dtype=dt))
             rw.set_const(index, 2, np.array(ends, dtype=dt))
+
+
+@register("Slice", since=10)
+class SliceBoundsInput(Slice):
+    """A contiguous slice of a channel axis is a sub-space; its bound inputs are rewritten."""
+
+
+@register("Slice", until=9)
+class SliceBoundsAttribute(Slice):
+    """A contiguous slice of a channel axis is a sub-space; its bound attributes are rewritten."""
+
+    bounds_input = False
 
 
 def _clip(bound: int, n: int) -> int:
