@@ -158,5 +158,5 @@ def _load_all() -> None:
     _loaded = True
     package = __name__.rpartition(".")[0]  # this folder's package: no import of it needed
     for info in pkgutil.iter_modules([os.path.dirname(__file__)]):
-        if info.name not in ("registry", "base", "fold"):
+        if info.name not in ("registry", "base", "context", "fold"):
             importlib.import_module(f"{package}.{info.name}")
