@@ -132,34 +132,21 @@ def ceil(a: Inputs):
 
 # -- comparisons and selection ---------------------------------------------------------
 
-def _compare(a: Inputs, fn) -> Value | None:
-    out = arithmetic(a, fn, "biuf")
-    return None if out is None else Value(out.entries, np.dtype(bool))
+COMPARISONS = {"Equal": np.equal, "Less": np.less, "LessOrEqual": np.less_equal, "Greater": np.greater,
+               "GreaterOrEqual": np.greater_equal}
 
 
-@evaluates("Equal")
-def equal(a: Inputs):
-    return _compare(a, np.equal)
+def _comparison(op: str, fn):
+    """The evaluator of one comparison: broadcasting operands of one type -> bools."""
+    def evaluate(a: Inputs) -> Value | None:
+        out = arithmetic(a, fn, "biuf")
+        return None if out is None else Value(out.entries, np.dtype(bool))
+    evaluate.__name__ = evaluate.__qualname__ = f"compare_{op}"
+    return evaluate
 
 
-@evaluates("Less")
-def less(a: Inputs):
-    return _compare(a, np.less)
-
-
-@evaluates("LessOrEqual")
-def less_or_equal(a: Inputs):
-    return _compare(a, np.less_equal)
-
-
-@evaluates("Greater")
-def greater(a: Inputs):
-    return _compare(a, np.greater)
-
-
-@evaluates("GreaterOrEqual")
-def greater_or_equal(a: Inputs):
-    return _compare(a, np.greater_equal)
+for _op, _fn in COMPARISONS.items():  # one evaluator per op, registered like the others
+    evaluates(_op)(_comparison(_op, _fn))
 
 
 @evaluates("Where")
