@@ -122,12 +122,16 @@ def print_prune(report, console: Console, costs: bool = True) -> None:
 
 def print_validation(v, console: Console) -> None:
     t = Table(title="Validation" + (" (random inputs)" if v.random_inputs else f" ({v.samples} samples)"))
-    for col in ("output", "cosine mean", "cosine min", "max |diff|", "top-1 agree"):
+    accuracy = any(o.accuracy_before is not None for o in v.outputs)
+    for col in ("output", "centred min", "cosine mean", "cosine min", "max |diff|", "top-1 agree",
+                *(("accuracy",) if accuracy else ())):
         t.add_column(col, justify="right")
-    for o in v.outputs:
+    for o in v.outputs:  # one row per output: which head of a detector suffers
         top1 = "-" if o.top1_agreement is None else f"{o.top1_agreement:.3f}"
-        cos = ["-" if c is None else f"{c:.5f}" for c in (o.cosine_mean, o.cosine_min)]
-        t.add_row(o.name, *cos, f"{o.max_abs_diff:.4g}", top1)
+        cos = ["-" if c is None else f"{c:.5f}" for c in (o.centred_min, o.cosine_mean, o.cosine_min)]
+        acc = () if not accuracy else ("-" if o.accuracy_before is None
+                                       else f"{o.accuracy_before:.4f} -> {o.accuracy_after:.4f}",)
+        t.add_row(o.name, *cos, f"{o.max_abs_diff:.4g}", top1, *acc)
     console.print(t)
     c = Table(title="Cost")
     for col in ("", "before", "after", "ratio"):

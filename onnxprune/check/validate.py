@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from onnxprune.analysis.costs import count_macs, count_params
-from onnxprune.check.similarity import across_samples
+from onnxprune.check.similarity import across_samples, centred_cosines
 from onnxprune.core import dialect, runtime
 from onnxprune.core.data import (
     feeds_and_labels,
@@ -44,12 +44,20 @@ class OutputFidelity:
     label per sample would always read 1.0): it has the share of samples
     whose values all stay equal, as ``top1_agreement``. An output of one
     float per sample has one cosine, over the samples, centred
-    (``similarity.across_samples``)."""
+    (``similarity.across_samples``). The centred cosine (each sample's values
+    minus their mean) says whether the output moved where it varies: a
+    constant offset, or a change where a detector's map is flat, leaves the
+    plain cosine near 1 and the centred one low. With labels, a classifier
+    output also has its accuracy before and after."""
     name: str
     cosine_mean: float | None
     cosine_min: float | None
     max_abs_diff: float
     top1_agreement: float | None = None
+    centred_mean: float | None = None
+    centred_min: float | None = None
+    accuracy_before: float | None = None
+    accuracy_after: float | None = None
 
 
 @dataclass
@@ -78,6 +86,11 @@ class Validation:
         return float(np.mean(self._cosines("cosine_mean")))
 
     @property
+    def centred_min(self) -> float:
+        """The lowest centred cosine over the outputs (an integer output: its agreement)."""
+        return min(o.centred_min if o.centred_min is not None else o.top1_agreement for o in self.outputs)
+
+    @property
     def max_abs_diff(self) -> float:
         return max(o.max_abs_diff for o in self.outputs)
 
@@ -92,6 +105,7 @@ class Validation:
             "validation": {
                 "samples": self.samples, "random_inputs": self.random_inputs,
                 "cosine_min": self.cosine_min, "cosine_mean": self.cosine_mean,
+                "centred_cosine_min": self.centred_min,
                 "max_abs_diff": self.max_abs_diff, "top1_agreement": self.top1_agreement,
                 "accuracy_before": self.accuracy_before, "accuracy_after": self.accuracy_after,
                 "outputs": [asdict(o) for o in self.outputs],
@@ -160,7 +174,7 @@ def _fidelity(name: str, a: np.ndarray, b: np.ndarray) -> OutputFidelity:
         return OutputFidelity(name, None, None, diff, float(np.mean(np.all(a64 == b64, axis=1))))
     if a64.shape[1] == 1 and len(a64) > 1:
         c = across_samples(a64[:, 0], b64[:, 0])
-        return OutputFidelity(name, c, c, diff, None)
+        return OutputFidelity(name, c, c, diff, None, c, c)
     na, nb = np.linalg.norm(a64, axis=1), np.linalg.norm(b64, axis=1)
     dot = (a64 * b64).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -169,7 +183,9 @@ def _fidelity(name: str, a: np.ndarray, b: np.ndarray) -> OutputFidelity:
     top1 = None
     if a.ndim == 2 and a.shape[1] > 1 and np.issubdtype(a.dtype, np.floating):
         top1 = float(np.mean(a.argmax(1) == b.argmax(1)))
-    return OutputFidelity(name, float(cos.mean()), float(cos.min()), diff, top1)
+    centred = centred_cosines(a64, b64)
+    return OutputFidelity(name, float(cos.mean()), float(cos.min()), diff, top1,
+                          float(centred.mean()), float(centred.min()))
 
 
 def _predicted(y: np.ndarray) -> np.ndarray:
@@ -399,11 +415,14 @@ def compare(ref: Reference, b: onnx.ModelProto, label: str | None = None, io: li
     acc_a = acc_b = None
     labels = ref.labels
     if labels is not None:
-        cls = next((i for i, o in enumerate(outputs) if o.top1_agreement is not None), None)
-        if cls is not None:
-            n = len(ya[cls])
-            acc_a = float(np.mean(_predicted(ya[cls]) == labels[:n]))
-            acc_b = float(np.mean(_predicted(yb[cls]) == labels[:n]))
+        for i, o in enumerate(outputs):  # every classifier output: which head lost accuracy
+            if o.top1_agreement is not None and len(ya[i]) <= len(labels):
+                n = len(ya[i])
+                o.accuracy_before = float(np.mean(_predicted(ya[i]) == labels[:n]))
+                o.accuracy_after = float(np.mean(_predicted(yb[i]) == labels[:n]))
+        first = next((o for o in outputs if o.accuracy_before is not None), None)
+        if first is not None:
+            acc_a, acc_b = first.accuracy_before, first.accuracy_after
     lat_b = latency_ms(sb, rows(feeds, slice(0, batch or 1)), ref.latency_runs)
     del sb
     first = rows(feeds, slice(0, 1))

@@ -80,3 +80,49 @@ def test_one_value_per_sample_moves_the_sweep_damage_and_the_auto_metric_too():
     assert damage(a, flat) == ("1-cos", 1.0)
     assert damage(a, a * 2 + 0.05)[1] < 1e-9
     assert _metric(flat, a, None)[1] == 0.0
+
+
+def test_a_change_where_the_output_is_flat_shows_in_the_centred_cosine_only():
+    """A detector-like map: large and flat, with a small peak that moves. The
+    plain cosine barely notices; the centred one (values minus their mean)
+    sees that the output changed where it varies."""
+    a = np.full((2, 64), 10.0, np.float32)
+    a[:, 5] += 1.0
+    b = a.copy()
+    b[:, 5] -= 1.0
+    b[:, 40] += 1.0  # the peak moved
+    f = _fidelity("map", a, b)
+    assert f.cosine_min > 0.99
+    assert f.centred_min < 0.0
+    same = _fidelity("map", a, a + 3.0)  # a constant offset: nothing moved where it varies
+    assert np.isclose(same.centred_min, 1.0) and same.cosine_min < 1.0
+
+
+def _two_heads(w_a: np.ndarray, w_b: np.ndarray) -> onnx.ModelProto:
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "wa"], ["head_a"]),
+                           helper.make_node("MatMul", ["x", "wb"], ["head_b"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                          [helper.make_tensor_value_info("head_a", TensorProto.FLOAT, ["N", 3]),
+                           helper.make_tensor_value_info("head_b", TensorProto.FLOAT, ["N", 3])],
+                          [numpy_helper.from_array(w_a.astype(np.float32), "wa"),
+                           numpy_helper.from_array(w_b.astype(np.float32), "wb")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def test_each_output_has_its_own_fidelity_and_accuracy():
+    """Two classifier heads: only the second is damaged; the report says which,
+    with the accuracy of each head against the labels."""
+    eye = np.eye(3)
+    original, damaged = _two_heads(eye, eye), _two_heads(eye, eye[[1, 2, 0]])
+    x = np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 1, 2]] + 0.01
+    v = onnxprune.validate(original, damaged, data={"x": x, "labels": np.array([0, 1, 2, 0, 1, 2])})
+    a, b = v.outputs
+    assert (a.name, b.name) == ("head_a", "head_b")
+    assert a.accuracy_before == a.accuracy_after == 1.0 and np.isclose(a.centred_min, 1.0)
+    assert b.accuracy_before == 1.0 and b.accuracy_after == 0.0 and b.centred_min < 0.5
+    assert v.accuracy_before == 1.0 and v.accuracy_after == 1.0  # the summary: the first classifier head
+    assert np.isclose(v.centred_min, b.centred_min)
+    out = v.to_dict()["validation"]
+    assert [o["name"] for o in out["outputs"]] == ["head_a", "head_b"] and out["outputs"][1]["accuracy_after"] == 0.0
