@@ -18,6 +18,7 @@ from rich.console import Console
 from onnxprune import api, pipeline, stages
 from onnxprune.calibration.sources import RANDOM_WARNING
 from onnxprune.check.report import (
+    print_explain,
     print_groups,
     print_ops,
     print_prune,
@@ -211,6 +212,9 @@ def analyze(model, as_json, show_all, exclude, prune_kinds, allow_io_change, str
 @click.option("--data", type=click.Path(dir_okay=False), help="Validation inputs (.npz, one array per input; optional 'labels').")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the report as JSON.")
 @click.option("--no-validate", is_flag=True, help="Skip the onnxruntime comparison after pruning.")
+@click.option("--explain", is_flag=True,
+              help="Also measure where the error comes from on the validation samples: the plan without "
+                   "compensation, and each pruned group alone (one onnxruntime run per group).")
 @click.option("--strict", is_flag=True, help="Fail on an internal error in an op rule instead of freezing its channels.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="onnxruntime threads for latency.")
@@ -222,7 +226,7 @@ def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, co
           sensitivity_path, max_group_ratio, mode, pattern, edge_ratio, auto_loop, max_drop, auto_step, n_steps,
           trajectory_path,
           exclude, allow_io_change, prune_kinds, plan_path,
-          save_plan, masked_output, data, report_path, no_validate, strict, seed, threads, quiet,
+          save_plan, masked_output, data, report_path, no_validate, explain, strict, seed, threads, quiet,
           input_shape, batch_axis):
     """Prune MODEL and write the result to OUTPUT."""
     for path in (output, masked_output, report_path, save_plan):
@@ -242,7 +246,7 @@ def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, co
         params_target=params_target, latency_target=latency_target,
         plan=plan_path, strict=True if strict else None, validate=not no_validate, data=data,
         threads=threads, progress=not quiet and sys.stderr.isatty(), output=output,
-        masked_output=masked_output, report=report_path, save_plan=save_plan)
+        masked_output=masked_output, report=report_path, save_plan=save_plan, explain=explain)
     if n_steps:
         if auto_loop or cfg.macs_target is None:
             raise OnnxPruneError("--steps N needs --macs-target (and is not --auto: that stops on --max-drop)")
@@ -257,6 +261,8 @@ def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, co
         click.echo(f"onnxprune: note: {msg}", err=True)
     if result.validation is not None:
         print_validation(result.validation, console)
+    if result.report.explain is not None:
+        print_explain(result.report.explain, console)
         for msg in result.validation.warnings:
             click.echo(f"onnxprune: warning: {msg}", err=True)
     for msg in result.report.internal_errors:

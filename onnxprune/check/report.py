@@ -146,6 +146,26 @@ def print_validation(v, console: Console) -> None:
     console.print(c)
 
 
+def print_explain(x: dict, console: Console, rows: int = 10) -> None:
+    """``--explain``: the error of the plan, without compensation, and of each
+    pruned group alone (worst first), then what that says."""
+    t = Table(title=f"Where the error comes from ({x['metric']}, {x['samples']} held-out samples)")
+    for col, kw in (("", {}), ("units kept", {"justify": "right"}), ("error", {"justify": "right"}),
+                    ("MACs saved", {"justify": "right"}), ("first member", {})):
+        t.add_column(col, **kw)
+    t.add_row("the pruned model", "", f"{x['error']:.4f}", "", "")
+    t.add_row("the plan, uncompensated", "", f"{x['uncompensated']:.4f}", "", "")
+    for r in x["groups"][:rows]:
+        saved = "-" if r["macs_saved"] is None else f"{100 * r['macs_saved']:.1f}%"
+        t.add_row(f"group {r['group']} alone", f"{r['kept']}/{r['units']}", f"{r['error']:.4f}", saved,
+                  (r["members"] or ["?"])[0])
+    console.print(t)
+    if len(x["groups"]) > rows:
+        console.print(f"({len(x['groups']) - rows} more groups in the report)")
+    for line in x["findings"]:
+        console.print(f"- {line}")
+
+
 def print_ops(rows: list[dict], console: Console) -> None:
     t = Table(title="Op rules (ops not listed freeze the channels they touch)")
     for col in ("domain", "op", "opsets", "channels through it"):

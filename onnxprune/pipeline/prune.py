@@ -24,6 +24,7 @@ from onnxprune.core.errors import OnnxPruneError
 from onnxprune.refit.edges import ratio_for_params
 from onnxprune.rewrite import invariants, io_change
 from onnxprune.search import sensitivity
+from onnxprune.search.explain import explain
 from onnxprune.search.latency import plan_latency
 from onnxprune.select.planner import Plan
 from onnxprune.stages.config import PruneConfig
@@ -166,6 +167,13 @@ def run_edges(source, cfg: PruneConfig) -> PruneResult:
     return result
 
 
+def _explain(groups: Groups, plan: Plan, comp, calibration, ref, cfg: PruneConfig) -> dict:
+    """``--explain``: measured before the in-place rewrite (each candidate is a copy)."""
+    if ref is None:
+        raise OnnxPruneError("--explain measures on the validation samples: not with --no-validate")
+    return explain(groups, plan, comp, calibration, cfg.resolved_compensation(), ref).to_dict()
+
+
 def run(source, cfg: PruneConfig) -> PruneResult:
     """Every stage in order."""
     if cfg.mode == "edges":
@@ -193,6 +201,7 @@ def run(source, cfg: PruneConfig) -> PruneResult:
     # rewritten in place, never copied (masked() re-derives the original from
     # the source).
     ref = reference(groups, run_cfg)
+    explained = _explain(groups, plan, comp, calibration, ref, run_cfg) if cfg.explain else None
     pruned = apply(groups, plan, comp, in_place=True)
     check(original, pruned, run_cfg)
     rep_edges = None
@@ -205,6 +214,7 @@ def run(source, cfg: PruneConfig) -> PruneResult:
     result = PruneResult(pruned, make_report(groups, plan, pruned, calibration, comp, run_cfg), groups,
                          plan, comp, config=cfg, source=source, summary=original, io=io)
     result.report.io_changes = [c.to_dict() for c in io]
+    result.report.explain = explained
     if cfg.allow_io_change and not io:
         result.report.notes.append("--allow-io-change: no input or output changed size")
     if rep_edges is not None:

@@ -44,6 +44,7 @@ class PruneConfig:
     calib_batch: int = 16
     compensate: str | None = None  # None: "lsq" with calibration data, else "none"
     sequential: bool | None = None  # refit consumers stage by stage on the pruned model's inputs (``sequential.py``)
+    explain: bool = False  # measure where the error comes from, on the validation samples (``search.explain``)
     input_shapes: dict | None = None
     batch_axes: dict | None = None  # input -> the axis holding its samples (--batch-axis), where not axis 0
     # checks

@@ -43,6 +43,7 @@ class PruneReport:
     auto: dict | None = None  # the --auto trajectory (``auto.AutoRun.to_dict``)
     edges: dict | None = None  # with --mode edges: sparsity, layers, sizes (``edges.EdgeReport``)
     io_changes: list = field(default_factory=list)  # with --allow-io-change: inputs/outputs that shrank
+    explain: dict | None = None  # with --explain: where the error comes from (``search.explain``)
 
     def to_dict(self) -> dict:
         return asdict(self)
