@@ -261,10 +261,10 @@ def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, co
         click.echo(f"onnxprune: note: {msg}", err=True)
     if result.validation is not None:
         print_validation(result.validation, console)
-    if result.report.explain is not None:
-        print_explain(result.report.explain, console)
         for msg in result.validation.warnings:
             click.echo(f"onnxprune: warning: {msg}", err=True)
+    if result.report.explain is not None:
+        print_explain(result.report.explain, console)
     for msg in result.report.internal_errors:
         click.echo(f"onnxprune: warning: internal error in a rule (its channels were frozen): {msg}",
                    err=True)
