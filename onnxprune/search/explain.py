@@ -30,6 +30,7 @@ from onnxprune.rewrite.engine import apply
 from onnxprune.select.planner import Plan, estimate_macs
 
 TOP = 3  # groups named in the summary
+NOISE = 1e-4  # errors below this are rounding: nothing to explain
 
 
 @dataclass
@@ -97,14 +98,14 @@ def _findings(x: Explanation) -> list[str]:
     """What the numbers say, in words: the worst groups and their price, how
     much the groups interact, what compensation made up for."""
     said = []
-    if x.uncompensated > 0:
+    if x.uncompensated > NOISE:
         share = 1.0 - x.error / x.uncompensated
         said.append(f"compensation and refits removed {100 * share:.0f}% of the error the plan makes uncompensated "
                     f"({x.uncompensated:.4f} -> {x.error:.4f})" if share >= 0 else
                     f"compensation and refits added error ({x.uncompensated:.4f} -> {x.error:.4f}): the refits "
                     f"fit the calibration samples, not these")
     alone = sum(r.error for r in x.groups)
-    if x.groups and alone > 0:
+    if len(x.groups) > TOP and alone > NOISE:
         top = x.groups[:TOP]
         part = sum(r.error for r in top) / alone
         macs = sum(r.macs_saved or 0.0 for r in top)
@@ -113,6 +114,7 @@ def _findings(x: Explanation) -> list[str]:
         said.append(f"groups {names} carry {100 * part:.0f}% of the error the groups make alone, for "
                     f"{100 * macs / total_macs if total_macs else 0:.0f}% of the MACs saved"
                     + ("; the budget split is what to look at" if part > 0.5 and macs < 0.5 * total_macs else ""))
+    if len(x.groups) > 1 and alone > NOISE:
         said.append(f"the groups alone add up to {alone:.4f}, the whole plan {x.error:.4f}: "
                     + ("they compound through the layers" if x.error > 1.5 * alone else
                        "they overlap" if x.error < 0.67 * alone else "about additive"))
