@@ -186,7 +186,8 @@ def analyze(model, as_json, show_all, exclude, prune_kinds, allow_io_change, str
               help="With --auto: plot the metric against what each step kept (PNG; [plot] extra).")
 @click.option("--min-channels", type=click.IntRange(min=1), default=1, show_default=True, help="Channels every group keeps at least.")
 @click.option("--round-to", type=click.IntRange(min=1),
-              help="Keep channel counts multiples of N, rounded up or down so that the budget holds "
+              help="Keep channel counts multiples of N, rounded up or down so that the budget holds; a "
+                   "unit spanning several channels (a head) rounds to fewer units "
                    "[default: 8 in groups of 16 units or more; 1 turns rounding off].")
 @click.option("--allocate", type=click.Choice(["uniform", "global", "sensitivity"]),
               help="uniform: every group loses the same fraction; global: the same MACs budget, "

@@ -87,7 +87,24 @@ def compensate(groups: Groups, keep: dict, calibration, mode: str = "bias",
     comp = Compensation(mode)
     if mode == "none" or calibration is None:
         return comp
-    atoms = groups.analysis.atoms
+    readers = [r for r in _readers(groups, keep, calibration, comp) if r is not None]
+    for tied in _tied(groups, readers, comp):
+        _fit(groups, keep, tied, comp, mode, ridge)
+    return comp
+
+
+@dataclass
+class _Reader:
+    """A dense consumer compensation can rewrite, with its input's statistics."""
+
+    use: object
+    node: object
+    form: object
+    stats: object
+    root: str  # the stored weight
+
+
+def _readers(groups: Groups, keep: dict, calibration, comp: Compensation):
     for use, node, form in groups.linear_readers(keep):
         if form is None:
             comp.skipped.append(f"{node.name}: its rule gives no linear form for this input")
@@ -103,39 +120,88 @@ def compensate(groups: Groups, keep: dict, calibration, mode: str = "bias",
             comp.skipped.append(f"{node.name}: its weight is computed from stored constants "
                                 f"(Cast, DequantizeLinear...), which compensation cannot rewrite")
             continue
-        shared = shared_weight(groups, node, form)
-        if shared:
-            comp.skipped.append(f"{node.name}: '{shared}' is shared with other nodes")
-            continue
         dim = groups.activation(use)
         st = calibration.get(*dim) if dim else None
         if st is None:
             comp.skipped.append(f"{node.name}: no calibration statistics for its input")
             continue
-        how = mode
-        if mode == "lsq" and st.xtx is None:
-            how = "bias"
-            comp.skipped.append(f"{node.name}: no Gram matrix for its input ({st.size} channels; "
-                                f"wider than calibration keeps one for): bias compensation only")
-        kept = groups.positions(use.layout, keep)
-        size = atoms.layout_size(use.layout)
-        removed = np.setdiff1d(np.arange(size), kept)
-        if not len(removed) or st.size != size:
+        yield _Reader(use, node, form, st, stored)
+
+
+def _tied(groups: Groups, readers: list, comp: Compensation):
+    """Readers in lists that must get one compensated weight: a weight (or
+    bias) several nodes share, as in a layer applied more than once, is
+    refitted once for all its readers, from their pooled statistics. Shared
+    with anything compensation does not rewrite here, it is left alone."""
+    view = groups.view
+    by_root: dict[str, list] = {}
+    for r in readers:
+        by_root.setdefault(r.root, []).append(r)
+    for root, tied in by_root.items():
+        mine = {(r.use.node, r.form.weight) for r in tied}
+        nodes = {r.use.node for r in tied}
+        outside = {(i, k) for i, k, _ in view.readers(root)} - mine
+        for r in tied:
+            slot = r.form.bias
+            if slot is not None and slot < len(r.node.input) and r.node.input[slot]:
+                name = r.node.input[slot]
+                outside |= {(i, k) for i, k, _ in view.readers(view.const_root(name) or name)
+                            if i not in nodes}
+        if outside:
+            for r in tied:
+                comp.skipped.append(f"{r.node.name}: '{root}' is shared with other nodes")
             continue
-        wkey = (use.node, use.input)
-        value = comp.weights.get(wkey, groups.weight(use))
-        w = form.matrix(value)  # (inputs, outputs, taps)
-        w_removed = w[removed]
-        if how == "bias":
-            delta = st.mean[removed] @ w_removed.sum(axis=2)
-        else:
-            cov, mean = st.covariance(), st.mean
-            coef = _regress(cov, kept, removed, ridge)
-            offset = mean[removed] - coef @ mean[kept]
-            flat = w.reshape(w.shape[0], -1)
-            flat[kept] += coef.T @ w_removed.reshape(len(removed), -1)
-            w = flat.reshape(w.shape)
-            delta = offset @ w_removed.sum(axis=2)
-            comp.weights[wkey] = form.from_matrix(w, np.asarray(value))
-        comp.biases[use.node] = comp.biases.get(use.node, 0.0) + delta
-    return comp
+        yield tied
+
+
+def _bias_root(groups: Groups, r: _Reader):
+    """The stored bias a reader adds to, or the reader itself where it has none."""
+    slot = r.form.bias
+    if slot is None or slot >= len(r.node.input) or not r.node.input[slot]:
+        return ("node", r.use.node)
+    name = r.node.input[slot]
+    return groups.view.const_root(name) or name
+
+
+def _fit(groups: Groups, keep: dict, tied: list, comp: Compensation, mode: str, ridge: float) -> None:
+    """One refit of the weight ``tied`` readers share: the removed channels
+    regressed on the kept ones over all readers' rows (each reader's
+    covariance about its own mean, weighted by its rows), each reader's
+    offset into its own output bias, or the mean offset where the bias is
+    shared too."""
+    first = tied[0]
+    use, form = first.use, first.form
+    kept = groups.positions(use.layout, keep)
+    size = groups.analysis.atoms.layout_size(use.layout)
+    removed = np.setdiff1d(np.arange(size), kept)
+    if not len(removed) or any(r.stats.size != size for r in tied):
+        return
+    how = mode
+    if mode == "lsq" and any(r.stats.xtx is None for r in tied):
+        how = "bias"
+        for r in tied:
+            comp.skipped.append(f"{r.node.name}: no Gram matrix for its input ({r.stats.size} channels; "
+                                f"wider than calibration keeps one for): bias compensation only")
+    wkey = (use.node, use.input)
+    value = comp.weights.get(wkey, groups.weight(use))
+    w = form.matrix(value)  # (inputs, outputs, taps)
+    w_removed = w[removed]
+    if how == "bias":
+        offsets = [r.stats.mean[removed] for r in tied]
+    else:
+        rows = np.array([max(r.stats.gram_count, 1) for r in tied], dtype=np.float64)
+        cov = sum(n * r.stats.covariance() for n, r in zip(rows, tied)) / rows.sum()
+        coef = _regress(cov, kept, removed, ridge)
+        offsets = [r.stats.mean[removed] - coef @ r.stats.mean[kept] for r in tied]
+        flat = w.reshape(w.shape[0], -1)
+        flat[kept] += coef.T @ w_removed.reshape(len(removed), -1)
+        w = flat.reshape(w.shape)
+        new = form.from_matrix(w, np.asarray(value))
+        for r in tied:
+            comp.weights[(r.use.node, r.use.input)] = new
+    if len({_bias_root(groups, r) for r in tied}) < len(tied):  # one bias for several readers
+        counts = np.array([max(r.stats.count, 1) for r in tied], dtype=np.float64)
+        offsets = [sum(c * o for c, o in zip(counts, offsets)) / counts.sum()] * len(tied)
+    summed = w_removed.sum(axis=2)
+    for r, offset in zip(tied, offsets):
+        comp.biases[r.use.node] = comp.biases.get(r.use.node, 0.0) + offset @ summed

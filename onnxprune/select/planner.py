@@ -7,6 +7,7 @@ tool can pick channels by hand.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,10 +51,23 @@ def _rounds(channels: int, round_to: int, round_from: int | None) -> bool:
     return round_to > 1 and channels >= max(round_to, round_from or 0)
 
 
-def n_keep(channels: int, ratio: float, min_channels: int, round_to: int, round_from: int | None = None) -> int:
+def unit_step(units: int, width: int, round_to: int, round_from: int | None = None) -> int:
+    """The multiple of units a group's kept count is rounded to (1: none).
+    Rounding is for the kernels' channel blocks, so it counts tensor
+    positions: a unit spanning ``width`` positions (an attention head of 64
+    dims) already keeps a multiple of 8 channels; rounding 16 such heads to
+    multiples of 8 heads would leave only 8 or 16."""
+    if not _rounds(units, round_to, round_from):
+        return 1
+    return round_to // math.gcd(round_to, max(int(width), 1))
+
+
+def n_keep(channels: int, ratio: float, min_channels: int, round_to: int, round_from: int | None = None,
+           width: int = 1) -> int:
     keep = channels - int(round(ratio * channels))
-    if _rounds(channels, round_to, round_from):
-        keep = max(round_to, int(round(keep / round_to)) * round_to)
+    step = unit_step(channels, width, round_to, round_from)
+    if step > 1:
+        keep = max(step, int(round(keep / step)) * step)
     keep = max(keep, min(min_channels, channels))
     return min(keep, channels)
 
@@ -67,7 +81,7 @@ def plan_uniform(groups: Groups, scores: Scores, ratio: float, *, min_channels: 
         raise OnnxPruneError("--min-channels and --round-to must be at least 1")
     plan = Plan(ratio=ratio)
     for g in groups.prunable:
-        k = n_keep(g.units, ratio, max(min_channels, g.min_keep), round_to, round_from)
+        k = n_keep(g.units, ratio, max(min_channels, g.min_keep), round_to, round_from, g.width)
         order = np.argsort(-scores[g.id], kind="stable")
         plan.keep[g.id] = np.sort(order[:k])
         plan.kept[g.id] = (k, g.units)
@@ -267,15 +281,16 @@ def round_to_budget(groups: Groups, scores: Scores, exact: Plan, target: float, 
     choices = []
     for g in groups.prunable:
         k = counts[g.id]
-        if k >= g.units or not _rounds(g.units, round_to, round_from):
+        step = unit_step(g.units, g.width, round_to, round_from)
+        if k >= g.units or step == 1:
             continue
         floor = max(min_channels, g.min_keep, 1)
-        lo = max(round_to, (k // round_to) * round_to, -(-floor // round_to) * round_to)
-        hi = min(g.units, max(lo, -(-k // round_to) * round_to))
+        lo = max(step, (k // step) * step, -(-floor // step) * step)
+        hi = min(g.units, max(lo, -(-k // step) * step))
         if lo >= hi:
             counts[g.id] = min(lo, g.units)
             continue
-        choices.append(((k - lo) / round_to, g.id, lo, hi))
+        choices.append(((k - lo) / step, g.id, lo, hi))
     choices.sort()
 
     def plan_with(down: int) -> Plan:
@@ -380,8 +395,9 @@ def plan_global(groups: Groups, scores: Scores, target: float, *, min_channels: 
                 continue
             n = int(np.searchsorted(prices[g.id], threshold, side="right"))
             keep = g.units - n
-            if _rounds(g.units, round_to, round_from) and n:
-                keep = max(round_to, int(np.ceil(keep / round_to)) * round_to)
+            step = unit_step(g.units, g.width, round_to, round_from)
+            if step > 1 and n:
+                keep = max(step, int(np.ceil(keep / step)) * step)
             keep = min(g.units, max(keep, g.units - caps[g.id]))
             removed = orders[g.id][:g.units - keep]
             plan.keep[g.id] = np.setdiff1d(np.arange(g.units), removed)

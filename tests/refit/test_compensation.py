@@ -405,3 +405,76 @@ def test_lsq_keeps_accuracy_at_half_the_macs_on_trained_models(name, floor):
 
     macs = count_macs(GraphView(pruned, shapes(pruned).dims)) / groups.macs
     assert 0.45 <= macs <= 0.55, macs
+
+
+# -- a weight several layers share --------------------------------------------
+def _tied_stack(layers: int = 2, hidden: int = 6, inner: int = 10) -> onnx.ModelProto:
+    """A layer applied ``layers`` times (ALBERT-style): every down projection
+    reads the same weight ``w2``, each through its own Add of the shared b2."""
+    g = Graph()
+    w1, b1 = g.rand("w1", (hidden, inner)), g.rand("b1", (inner,))
+    w2, b2 = g.rand("w2", (inner, hidden)), g.rand("b2", (hidden,))
+    x = "x"
+    for i in range(layers):
+        h = g.add("Relu", [g.add("Add", [g.add("MatMul", [x, w1], name=f"up{i}"), b1])], name=f"act{i}")
+        x = g.add("Add", [x, g.add("Add", [g.add("MatMul", [h, w2], name=f"down{i}"), b2])], name=f"res{i}")
+    return g.build({"x": ["N", hidden]}, [x])
+
+
+def test_a_shared_weight_gets_one_refit_from_all_its_readers_statistics():
+    """Each reader's activations have their own mean and correlations: the one
+    weight solves the least squares pooled over every reader's rows (about
+    each reader's own mean), and each reader gets its own offset."""
+    from onnxprune.calibration.statistics import Calibration, ChannelStats
+
+    model = _tied_stack()
+    groups = onnxprune.analyze(model)
+    gid = next(g.id for g in groups.prunable if "down0" in g.members)
+    keep = {gid: np.arange(0, 10, 2)}
+    rng = rng_(3)
+    stats, xs = {}, {}
+    readers = [(use, node, form) for use, node, form in groups.linear_readers([gid]) if form is not None]
+    assert sorted(n.name for _, n, _ in readers) == ["down0", "down1"]
+    for k, (use, node, _) in enumerate(readers):
+        mix = rng.standard_normal((10, 10)) * (1 + 2 * k)
+        x = rng.standard_normal((200 + 100 * k, 10)) @ mix + 5 * k
+        st = ChannelStats(10, gram=True)
+        st.update(x.astype(np.float32), 1)
+        stats[groups.activation(use)] = st
+        xs[node.name] = x.astype(np.float32).astype(np.float64)
+    comp = compensate(groups, keep, Calibration(stats=stats, samples=8), mode="lsq", ridge=0.0)
+    assert not comp.skipped, comp.skipped
+    kept, removed = keep[gid], np.setdiff1d(np.arange(10), keep[gid])
+    centred = [x - x.mean(axis=0) for x in xs.values()]
+    cov = sum(c.T @ c for c in centred) / sum(len(c) for c in centred)
+    coef = np.linalg.solve(cov[np.ix_(kept, kept)], cov[np.ix_(kept, removed)]).T  # (R, K)
+    w2 = onnx.numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "w2")).astype(np.float64)
+    want = w2.copy()
+    want[kept] += coef.T @ w2[removed]
+    written = [v for (i, _), v in comp.weights.items()]
+    assert len(written) == 2 and written[0] is written[1]
+    np.testing.assert_allclose(written[0][kept], want[kept], rtol=1e-4, atol=1e-4)
+    by_name = {groups.view.nodes[i].name: d for i, d in comp.biases.items()}
+    for name, x in xs.items():
+        mean = x.mean(axis=0)
+        np.testing.assert_allclose(by_name[name], (mean[removed] - coef @ mean[kept]) @ w2[removed],
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_a_tied_layer_is_compensated_and_the_written_model_is_exact():
+    model = _tied_stack(layers=3, hidden=8, inner=24)
+    rng = rng_(4)
+    base = rng.standard_normal((64, 8)).astype(np.float32)
+    calib = [{"x": (base[i * 8:(i + 1) * 8] @ rng.standard_normal((8, 8)).astype(np.float32))}
+             for i in range(8)]
+    kw = dict(ratio=0.5, calib=calib, criterion="act_l2", sequential=False)
+    plain = onnxprune.prune(model, compensate="none", **kw)
+    fitted = onnxprune.prune(model, compensate="lsq", **kw)
+    assert not any("shared" in s for s in fitted.compensation.skipped)
+    assert fitted.compensation.weights
+    names = [t.name for t in fitted.model.graph.initializer]
+    assert "w2" in names and not any("w2" in n and n != "w2" for n in names)  # one w2, not one per layer
+
+    def error(result):
+        return sum(float(np.sum((run(model, f)[0] - run(result.model, f)[0]) ** 2)) for f in calib)
+    assert error(fitted) < 0.8 * error(plain)

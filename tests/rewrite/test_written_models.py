@@ -108,12 +108,15 @@ def test_weights_shared_by_many_layers_couple_and_the_model_shrinks():
     assert not violations(groups.model, pruned)
 
 
-def test_shared_weights_are_not_compensated_per_reader():
+def test_shared_weights_are_compensated_once_for_all_readers():
     model = _tied_mlp(layers=3)
     rng = np.random.default_rng(0)
     calib = [{"x": rng.standard_normal((8, 16)).astype(np.float32)} for _ in range(4)]
     result = onnxprune.prune(model, ratio=0.5, calib=calib, compensate="lsq", criterion="act_l2")
-    assert any("shared" in s for s in result.compensation.skipped)
+    assert not any("shared" in s for s in result.compensation.skipped)
+    names = {result.groups.view.nodes[i].name: v for (i, _), v in result.compensation.weights.items()}
+    assert {"down0", "down1", "down2"} <= set(names)
+    assert names["down0"] is names["down1"] is names["down2"]
     assert not violations(result.groups.model, result.model)
 
 

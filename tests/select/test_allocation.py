@@ -12,7 +12,7 @@ import pytest
 import onnxprune
 from onnxprune.core.errors import OnnxPruneError
 from onnxprune.select.importance import Scores, score
-from onnxprune.select.planner import estimate_macs, plan_budget, plan_global, plan_uniform
+from onnxprune.select.planner import estimate_macs, n_keep, plan_budget, plan_global, plan_uniform, unit_step
 from tests.helpers.graphs import Graph
 from tests.helpers.oracle import run
 from tests.helpers.paths import MODELS
@@ -189,3 +189,15 @@ def test_equal_prices_are_taken_one_at_a_time_not_all_at_once():
         gid = next(g for g, (k, n) in plan.kept.items() if k < n)
         one_back[gid] = np.arange(plan.kept[gid][0] + 1)
         assert estimate_macs(groups, one_back) / groups.macs > target  # not one removal more than needed
+
+
+def test_rounding_counts_positions_so_wide_units_are_not_rounded_in_whole_units():
+    """Rounding serves the kernels' channel blocks: a head of 64 dims is
+    already 64 channels, so 16 heads keep any count; 16 plain channels keep
+    multiples of 8, units of 2 positions multiples of 4."""
+    assert unit_step(16, 1, 8, 16) == 8
+    assert unit_step(16, 2, 8, 16) == 4
+    assert unit_step(16, 64, 8, 16) == 1
+    assert unit_step(8, 1, 8, 16) == 1  # too small a group to round
+    assert n_keep(16, 0.4, 1, 8, 16, width=64) == 10
+    assert n_keep(16, 0.4, 1, 8, 16) == 8
