@@ -87,8 +87,7 @@ def compensate(groups: Groups, keep: dict, calibration, mode: str = "bias",
     comp = Compensation(mode)
     if mode == "none" or calibration is None:
         return comp
-    readers = [r for r in _readers(groups, keep, calibration, comp) if r is not None]
-    for tied in _tied(groups, readers, comp):
+    for tied in _tied(groups, list(_readers(groups, keep, calibration, comp)), comp):
         _fit(groups, keep, tied, comp, mode, ridge)
     return comp
 
