@@ -94,6 +94,8 @@ MUTANTS = {
                        "offsets = [0 * r.stats.mean[removed] for r in tied]"),
     "rounding_in_whole_units": ("onnxprune/select/planner.py",
                                 "return round_to // math.gcd(round_to, max(int(width), 1))", "return round_to"),
+    "damage_of_first_output_only": ("onnxprune/search/sensitivity.py",
+                                    "found = [damage(a, b) for a, b in pairs]", "found = [damage(*pairs[0])]"),
     "tied_first_reader_only": ("onnxprune/refit/compensate.py",
                                "cov = sum(n * r.stats.covariance() for n, r in zip(rows, tied)) / rows.sum()",
                                "cov = tied[0].stats.covariance()"),

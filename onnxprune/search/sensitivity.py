@@ -4,10 +4,10 @@ the model's output, at each ratio.
 A sweep is a set of independent jobs, one per (group, ratio): the group's
 lowest-scoring units are removed (the configured criterion), its consumers
 compensated (the configured compensation, from one calibration shared by
-every job), the model rewritten and run on held-out data. The damage is the
-mean KL divergence of the softmax for classifier-like outputs ((samples,
-classes) floats), else 1 - centred cosine per sample; with labels, the
-accuracy too. Nothing in a job depends on another or on where it runs, so
+every job), the model rewritten and run on held-out data. The damage is, per float
+output, the mean KL divergence of the softmax for classifier-like outputs
+((samples, classes) floats), else 1 - centred cosine per sample, averaged
+over the outputs; with labels, the first output's accuracy too. Nothing in a job depends on another or on where it runs, so
 the serial sweep, a process pool (``jobs``), a Ray cluster (``ray``) and
 shards run on other machines (``shard``, then ``merge``) give identical rows.
 
@@ -87,6 +87,18 @@ def damage(a: np.ndarray, b: np.ndarray) -> tuple[str, float]:
     return "1-cos", float(np.mean(1.0 - centred_cosines(a64, b64)))
 
 
+def damage_of_outputs(reference: list, outs: list) -> tuple[str, float]:
+    """``damage`` averaged over the model's float outputs (over all of them
+    when none is float, as a detector's indices). Measured on the first
+    output alone, a sweep let a real layout detector keep its first head
+    at 0.998 centred cosine while five of its other seven fell below 0.9
+    (the worst to 0.36); averaged, every head stayed above 0.98."""
+    pairs = [(a, b) for a, b in zip(reference, outs) if np.asarray(a).dtype.kind == "f"] \
+        or list(zip(reference, outs))
+    found = [damage(a, b) for a, b in pairs]
+    return "+".join(sorted({k for k, _ in found})), float(np.mean([v for _, v in found]))
+
+
 # -- one job -------------------------------------------------------------------------------------
 def run_job(sweep: Sweep, gid: int, ratio: float) -> dict:
     """Prune group ``gid`` alone at ``ratio`` and measure the damage."""
@@ -100,7 +112,7 @@ def run_job(sweep: Sweep, gid: int, ratio: float) -> dict:
         if sweep.calibration is not None else None
     model = apply(groups, keep, compensation=comp)
     outs = run_batched(session(model), sweep.feeds, None)
-    kind, value = damage(sweep.reference[0], outs[0])
+    kind, value = damage_of_outputs(sweep.reference, outs)
     row = {"group": gid, "ratio": ratio, "kept": k, "units": g.units, "metric": kind, "damage": value,
            "macs_saved": (1.0 - estimate_macs(groups, keep) / groups.macs) if groups.macs else None,
            "params_saved": 1.0 - estimate_params(groups, keep) / max(groups.params_total, 1)}

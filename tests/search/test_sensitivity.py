@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from onnxprune.core.errors import OnnxPruneError
-from onnxprune.search.sensitivity import damage, merge, sweep
+from onnxprune.search.sensitivity import damage, damage_of_outputs, merge, sweep
 from tests.helpers.graphs import Graph
 from tests.helpers.paths import MODELS
 
@@ -30,6 +30,20 @@ def test_damage_is_kl_for_classifier_outputs_and_one_minus_cosine_otherwise():
     img = rng.standard_normal((4, 3, 5, 5))
     assert damage(img, 2 * img + 1) == ("1-cos", pytest.approx(0.0, abs=1e-12))
     assert damage(img, -img)[1] == pytest.approx(2.0)
+
+
+def test_damage_counts_every_float_output_not_only_the_first():
+    """A change that leaves the first head alone and wrecks the second is
+    damage; integer outputs (indices) are left out while a float one exists."""
+    rng = np.random.default_rng(1)
+    heads = [rng.standard_normal((4, 3, 8)), rng.standard_normal((4, 5, 8))]
+    idx = np.arange(12).reshape(4, 3)
+    hurt = [heads[0], -heads[1]]
+    kind, v = damage_of_outputs(heads + [idx], hurt + [idx[::-1]])
+    assert kind == "1-cos" and v == pytest.approx(1.0)  # (0 + 2) / 2: the indices do not count
+    mixed = damage_of_outputs([rng.standard_normal((4, 10)), heads[0]], [np.zeros((4, 10)), heads[0]])
+    assert mixed[0] == "1-cos+kl" and mixed[1] > 0
+    assert damage_of_outputs([idx], [idx])[1] == pytest.approx(0.0, abs=1e-12)  # no float output: all count
 
 
 def _mlp(path):
