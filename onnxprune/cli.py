@@ -216,6 +216,10 @@ def analyze(model, as_json, show_all, exclude, prune_kinds, allow_io_change, str
 @click.option("--explain", is_flag=True,
               help="Also measure where the error comes from on the validation samples: the plan without "
                    "compensation, and each pruned group alone (one onnxruntime run per group).")
+@click.option("--repair", "repair_steps", type=click.IntRange(min=0), default=0, metavar="STEPS",
+              help="After the prune, fine-tune the kept weights for STEPS steps so the pruned model reproduces "
+                   "the original's outputs on the calibration data (no labels), through a differentiable copy "
+                   "of the graph checked against onnxruntime first. Needs --calib and the [repair] extra (torch).")
 @click.option("--strict", is_flag=True, help="Fail on an internal error in an op rule instead of freezing its channels.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="onnxruntime threads for latency.")
@@ -227,7 +231,7 @@ def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, co
           sensitivity_path, max_group_ratio, mode, pattern, edge_ratio, auto_loop, max_drop, auto_step, n_steps,
           trajectory_path,
           exclude, allow_io_change, prune_kinds, plan_path,
-          save_plan, masked_output, data, report_path, no_validate, explain, strict, seed, threads, quiet,
+          save_plan, masked_output, data, report_path, no_validate, explain, repair_steps, strict, seed, threads, quiet,
           input_shape, batch_axis):
     """Prune MODEL and write the result to OUTPUT."""
     for path in (output, masked_output, report_path, save_plan):
@@ -247,7 +251,8 @@ def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, co
         params_target=params_target, latency_target=latency_target,
         plan=plan_path, strict=True if strict else None, validate=not no_validate, data=data,
         threads=threads, progress=not quiet and sys.stderr.isatty(), output=output,
-        masked_output=masked_output, report=report_path, save_plan=save_plan, explain=explain)
+        masked_output=masked_output, report=report_path, save_plan=save_plan, explain=explain,
+        repair=repair_steps)
     if n_steps:
         if auto_loop or cfg.macs_target is None:
             raise OnnxPruneError("--steps N needs --macs-target (and is not --auto: that stops on --max-drop)")

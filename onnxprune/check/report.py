@@ -118,6 +118,12 @@ def print_prune(report, console: Console, costs: bool = True) -> None:
         console.print(f"sequential reconstruction: {seq['stages']} stages{merged}, {seq['refitted']} "
                       f"consumers refitted, {seq['reselected']} groups re-selected, "
                       f"{seq['runs']} onnxruntime runs, {seq['seconds']:.2f} s")
+    rep = report.repair
+    if rep:
+        state = "kept" if rep["kept"] else "not better: pruned weights kept"
+        console.print(f"repair: {rep['steps']} steps on {rep['samples']} samples, {rep['tensors']} weights, "
+                      f"calibration error {rep['loss_before']:.4g} -> {rep['loss_after']:.4g} ({state}), "
+                      f"{rep['seconds']:.1f} s")
 
 
 def print_validation(v, console: Console) -> None:

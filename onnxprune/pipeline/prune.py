@@ -4,10 +4,12 @@ sensitivity prices for the budget split, a latency search for
 ``--latency-target``.
 
     load -> analyze -> hold_out -> calibrate -> score (-> price) -> make_plan (<- latency search)
-         -> compensate -> refit -> reference -> apply -> check -> make_report -> validation -> save
+         -> compensate -> refit -> reference -> apply -> check (-> repair) -> make_report -> validation -> save
 
 (validation's ``reference`` run of the original comes just before ``apply``,
-which then rewrites the loaded model in place: no copy of the weights). The
+which then rewrites the loaded model in place: no copy of the weights; with
+``--repair`` the original's onnxruntime session is opened there too, as the
+repair's teacher). The
 CLI and the Python API both call ``run``, so they can never do different
 things.
 """
@@ -133,6 +135,8 @@ def run_edges(source, cfg: PruneConfig) -> PruneResult:
     """``--mode edges``: load, analyse (for each layer's linear form),
     calibrate when the criterion or the weight update needs data, zero
     weights in place, check, validate, save."""
+    if cfg.repair:
+        raise OnnxPruneError("--repair fine-tunes the kept channels of a channel prune: not with --mode edges")
     if cfg.masked_output or cfg.save_plan or cfg.plan or cfg.keep is not None:
         raise OnnxPruneError("--mode edges writes no plan and no masked model (the pruned model is "
                              "its own masked model)")
@@ -177,6 +181,25 @@ def _explain(groups: Groups, plan: Plan, comp, calibration, ref, cfg: PruneConfi
     return explain(groups, plan, comp, calibration, cfg.resolved_compensation(), ref).to_dict()
 
 
+def _repairer(groups: Groups, cfg: PruneConfig):
+    """With ``--repair``: everything that can refuse is checked before the
+    prune (torch present, data re-readable, every op with a differentiable
+    rule), so a user never waits for a prune the repair then refuses.
+    -> (the repair module, the calibration batches) or None."""
+    if not cfg.repair:
+        return None
+    try:
+        from onnxprune.repair import interpret, train
+    except ImportError:
+        raise OnnxPruneError("--repair needs torch: pip install 'onnxprune[repair]'") from None
+    missing = interpret.unsupported(groups.model)
+    if missing:
+        raise OnnxPruneError(f"--repair cannot run this graph differentiably: no rule for {', '.join(missing[:4])}"
+                             f"{' ...' if len(missing) > 4 else ''}; prune without --repair")
+    one = groups.shape_info is not None and bool(groups.shape_info.fixed_batch)
+    return train, train.calibration_batches(cfg.calib, groups.model, cfg.calib_samples, cfg.batch_axes, one)
+
+
 def run(source, cfg: PruneConfig) -> PruneResult:
     """Every stage in order."""
     if cfg.mode == "edges":
@@ -192,6 +215,7 @@ def run(source, cfg: PruneConfig) -> PruneResult:
     groups = analyze(loaded, cfg)
     run_cfg, held_note = hold_out(groups, cfg)
     run_cfg = run_cfg.resolved()
+    repairer = _repairer(groups, run_cfg)
     run_cfg, allocation_note = choose_allocation(groups, run_cfg, cfg.allocate)
     calibration = calibrate(groups, run_cfg)
     scores = price(groups, score(groups, calibration, run_cfg), run_cfg)
@@ -205,8 +229,10 @@ def run(source, cfg: PruneConfig) -> PruneResult:
     # the source).
     ref = reference(groups, run_cfg)
     explained = _explain(groups, plan, comp, calibration, ref, run_cfg) if cfg.explain else None
+    teacher = repairer[0].Teacher(groups.model, run_cfg.threads) if repairer else None
     pruned = apply(groups, plan, comp, in_place=True)
     check(original, pruned, run_cfg)
+    repaired = repairer[0].repair(pruned, repairer[1], teacher, cfg.repair, seed=cfg.seed) if repairer else None
     rep_edges = None
     if cfg.edge_ratio is not None or cfg.pattern is not None:
         # channels first, then edge sparsity on what is left (its own analysis and calibration)
@@ -218,6 +244,9 @@ def run(source, cfg: PruneConfig) -> PruneResult:
                          plan, comp, config=cfg, source=source, summary=original, io=io)
     result.report.io_changes = [c.to_dict() for c in io]
     result.report.explain = explained
+    if repaired is not None:
+        result.report.repair = asdict(repaired)
+        result.report.notes.extend(repaired.notes)
     if cfg.allow_io_change and not io:
         result.report.notes.append("--allow-io-change: no input or output changed size")
     if rep_edges is not None:

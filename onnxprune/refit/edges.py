@@ -14,7 +14,7 @@ are refitted to make up for the ones it lost ("change the values of the
 non-pruned weights", as OBS and SparseGPT do): w_K += (G_KK + rI)^-1 G_KS w_S,
 the least-squares optimum on the calibration inputs.
 
-With re-readable calibration data of at least ``sequential.MIN_SAMPLES``
+With re-readable calibration data of at least ``SEQUENTIAL_SAMPLES``
 samples, layers are taken in graph order, level by level (SparseGPT's
 sequential pass): each level's inputs are measured in the model as pruned
 so far beside the original, scores use the pruned model's second moment
@@ -49,6 +49,7 @@ from onnxprune.refit.sequential import MIN_ROWS
 CRITERIA = ("magnitude", "relief", "obs")
 MAX_UPDATE_INPUTS = 2048  # wider inputs: no weight update (one solve per output column)
 MIN_FAN_IN = 32  # an output reading fewer weights (a depthwise 3x3, a 1-channel stem) stays dense
+SEQUENTIAL_SAMPLES = 32  # the sequential pass (below) from this many calibration samples; one-shot below
 
 
 @dataclass
@@ -245,7 +246,7 @@ def prune_edges(groups, calibration, *, ratio: float | None, pattern=None, crite
     batch = None
     fit = [x for x in layers if x.gram is not None and x.gram.xtx is not None
            and x.gram.size <= MAX_UPDATE_INPUTS and view.scope.get(id(view.nodes[x.node])) is None]
-    if update and cfg is not None and fit and sequential.usable(cfg, calibration, seq):
+    if update and cfg is not None and fit and sequential.usable(cfg, calibration, seq, SEQUENTIAL_SAMPLES):
         stages, batch = sequential.plan_stages(groups, layers, calibration, cfg, seq)
         chosen = {id(x) for st in stages for x in st}
         staged = {id(x) for x in fit if id(x) in chosen}

@@ -56,7 +56,8 @@ from onnxprune.select.reconstruct import obs_order
 RIDGE = 1e-3  # x mean variance, as compensate.lsq
 MAX_CHANNELS = 4096  # wider inputs: the cross-covariances are too big; the plain lsq fit stays
 MAX_STAGES = 24  # at most this many levels are refitted (each stage costs about one pass over the data)
-MIN_SAMPLES = 32  # fewer calibration samples: refits that correct upstream error overfit them (measured on real pretrained models)
+MIN_SAMPLES = 4  # fewer calibration samples: no refit (too few rows for the shrinkage below to be measured)
+SHRINK = 1.0  # ridge added per (kept channels / rows measured): few rows per weight keep a refit near the one-shot fit
 WORK = 2e12  # multiply-accumulates the stages may run, all together (about 100 s on one core)
 
 
@@ -196,6 +197,7 @@ class _Target:
     axis: int
     size: int
     kept: np.ndarray  # kept positions along the consumer's input
+    reselected: bool = False  # its group was chosen again in its stage
 
 
 def _targets(groups: Groups, keep: dict, calibration) -> tuple[list, list]:
@@ -229,14 +231,20 @@ def _targets(groups: Groups, keep: dict, calibration) -> tuple[list, list]:
 
 def _refit(w: np.ndarray, cs: CrossStats, kept: np.ndarray, full: np.ndarray | None = None):
     """(new kept rows of W (flattened), bias delta per output) for target
-    weights ``w`` (inputs, outputs x taps, float64)."""
+    weights ``w`` (inputs, outputs x taps, float64); ``full``: the weights
+    the refit starts from and is pulled back to (the one-shot compensated
+    fit), else ``w``. The ridge grows as rows per weight shrink
+    (``SHRINK``): with thousands of rows per channel (a conv layer, even on
+    a few samples) it is the plain refit, with a few (a transformer's tokens
+    of 6 samples) the one-shot fit moves little."""
     cpp, cpo = cs.cov_pp(), cs.cov_po()
     ckk = cpp[np.ix_(kept, kept)]
     scale = np.trace(ckk) / max(len(kept), 1) + 1e-12
     base = w[kept] if full is None else full[kept]
     rhs = cpo[kept] @ w - ckk @ base
     lam, vec = np.linalg.eigh(ckk)
-    v = base + vec @ ((vec.T @ rhs) / (lam + RIDGE * scale)[:, None])
+    ridge = RIDGE + SHRINK * len(kept) / max(cs.count, 1)
+    v = base + vec @ ((vec.T @ rhs) / (lam + ridge * scale)[:, None])
     return v, (cs.mean_o @ w - cs.mean_p[kept] @ v)
 
 
@@ -321,15 +329,15 @@ def measure_stage(original, current, tensors: list, cfg, batch: int) -> tuple[di
     return _measure(s_o, s_p, set(mine), original, tensors, cfg, batch)  # inputs come from the feeds
 
 
-def usable(cfg, calibration, rep) -> bool:
-    """Whether a sequential pass can run on this calibration data (a note says
-    why not)."""
+def usable(cfg, calibration, rep, floor: int = MIN_SAMPLES) -> bool:
+    """Whether a sequential pass can run on this calibration data, of at
+    least ``floor`` samples (a note says why not)."""
     if cfg.calib is None or not rereadable(cfg.calib):
         rep.notes.append("sequential reconstruction needs calibration data that can be read again "
                          "(a file, folder, dict or list): skipped")
         return False
-    if calibration is not None and calibration.samples < MIN_SAMPLES:
-        rep.notes.append(f"sequential reconstruction needs at least {MIN_SAMPLES} calibration samples "
+    if calibration is not None and calibration.samples < floor:
+        rep.notes.append(f"sequential reconstruction needs at least {floor} calibration samples "
                          f"(got {calibration.samples}): skipped, one-shot fit only")
         return False
     return True
@@ -392,6 +400,7 @@ def _stage(groups: Groups, keep: dict, comp: Compensation, stage: list, by_group
         rep.reselected += 1
         for t in reads:  # their kept positions follow the new selection
             t.kept = groups.positions(t.use.layout, keep)
+            t.reselected = True
     for t in stage:
         if not _fits(t, cross):
             continue  # too few rows to fit this many weights: the plain lsq fit stays
@@ -399,7 +408,10 @@ def _stage(groups: Groups, keep: dict, comp: Compensation, stage: list, by_group
         value = groups.weight(t.use)
         w = t.form.matrix(value)
         flat = w.reshape(w.shape[0], -1)
-        v, delta = _refit(flat, cs, t.kept)
+        # Pulled back to the one-shot fit, unless the group was chosen again (its fit is for other channels).
+        prior = None if t.reselected else comp.weights.get((t.node, t.use.input))
+        full = None if prior is None else np.asarray(t.form.matrix(prior), np.float64).reshape(flat.shape)
+        v, delta = _refit(flat, cs, t.kept, full)
         new = np.zeros_like(flat)
         new[t.kept] = v
         comp.weights[(t.node, t.use.input)] = t.form.from_matrix(new.reshape(w.shape), np.asarray(value))

@@ -45,6 +45,7 @@ class PruneConfig:
     compensate: str | None = None  # None: "lsq" with calibration data, else "none"
     sequential: bool | None = None  # refit consumers stage by stage on the pruned model's inputs (``sequential.py``)
     explain: bool = False  # measure where the error comes from, on the validation samples (``search.explain``)
+    repair: int = 0  # fine-tune the kept weights towards the original's outputs for this many steps (``repair``)
     input_shapes: dict | None = None
     batch_axes: dict | None = None  # input -> the axis holding its samples (--batch-axis), where not axis 0
     # checks

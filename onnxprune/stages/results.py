@@ -44,6 +44,7 @@ class PruneReport:
     edges: dict | None = None  # with --mode edges: sparsity, layers, sizes (``edges.EdgeReport``)
     io_changes: list = field(default_factory=list)  # with --allow-io-change: inputs/outputs that shrank
     explain: dict | None = None  # with --explain: where the error comes from (``search.explain``)
+    repair: dict | None = None  # with --repair: steps, losses before/after, seconds (``repair.train.Repair``)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -59,6 +59,7 @@ def test_the_refit_undoes_an_invertible_change_of_its_input(monkeypatch):
     """x_p = M x_o + c: the refit maps the pruned input to the original
     output exactly (W^T x_o = V^T x_p + delta), which plain W does not."""
     monkeypatch.setattr(sequential, "RIDGE", 1e-9)
+    monkeypatch.setattr(sequential, "SHRINK", 0.0)
     rng = np.random.default_rng(2)
     xo = rng.standard_normal((400, 6)) @ rng.standard_normal((6, 6)) + rng.standard_normal(6)
     m = rng.standard_normal((6, 6)) + 3 * np.eye(6)
@@ -77,7 +78,7 @@ def test_with_nothing_changed_upstream_the_refit_is_lsq_compensation():
     kept, removed = np.array([0, 2, 3, 5]), np.array([1, 4, 6])
     v, delta = _refit(w, _cross(x, x), kept)
     cov = np.cov(x.T, bias=True)
-    coef = _regress(cov, kept, removed, sequential.RIDGE)
+    coef = _regress(cov, kept, removed, sequential.RIDGE + sequential.SHRINK * len(kept) / len(x))
     np.testing.assert_allclose(v, w[kept] + coef.T @ w[removed], rtol=1e-6, atol=1e-8)
     mean = x.mean(0)
     np.testing.assert_allclose(delta, (mean[removed] - coef @ mean[kept]) @ w[removed], rtol=1e-6, atol=1e-8)
@@ -261,6 +262,45 @@ def test_a_group_whose_reader_cannot_be_refitted_is_not_chosen_again():
 
 def test_too_few_calibration_samples_skip_it_with_a_note():
     path, calib, _ = _resnet()
-    r = onnxprune.prune(path, macs_target=0.6, calib={"input": calib["input"][:16]})
+    r = onnxprune.prune(path, macs_target=0.6, calib={"input": calib["input"][:3]})
     assert r.report.sequential["stages"] == 0
-    assert any("at least" in n and "got 16" in n for n in r.report.notes)
+    assert any("at least 4" in n and "got 3" in n for n in r.report.notes)
+
+
+def test_few_rows_per_weight_keep_the_refit_near_its_start_and_many_rows_do_not():
+    rng = np.random.default_rng(11)
+    w, kept = rng.standard_normal((8, 3)), np.array([0, 2, 3, 5, 6])
+    start = w + 0.5 * rng.standard_normal(w.shape)  # the one-shot fit the refit starts from
+
+    def fits(rows):
+        xo = rng.standard_normal((rows, 8)) @ rng.standard_normal((8, 8))
+        xp = xo + 0.3 * rng.standard_normal(xo.shape)
+        cs = _cross(xp, xo)
+        shrunk = _refit(w, cs, kept, start)[0]
+        sequential.SHRINK, saved = 0.0, sequential.SHRINK
+        try:
+            plain = _refit(w, cs, kept, start)[0]
+        finally:
+            sequential.SHRINK = saved
+        return shrunk, plain
+
+    shrunk, plain = fits(12)  # 2.4 rows per kept channel
+    assert np.linalg.norm(shrunk - start[kept]) < 0.7 * np.linalg.norm(plain - start[kept])
+    shrunk, plain = fits(20000)
+    np.testing.assert_allclose(shrunk, plain, rtol=2e-2, atol=1e-2)
+
+
+def test_a_refit_that_may_not_move_keeps_the_one_shot_compensation(monkeypatch):
+    """With an infinite shrinkage the sequential pass must return exactly
+    the weights the one-shot lsq fit gave (it starts from them), not the
+    uncompensated ones."""
+    path, calib, _ = _resnet()
+    kw = dict(macs_target=0.6, calib={"input": calib["input"][:64]}, allocate="uniform", criterion="l2")
+    off = onnxprune.prune(path, sequential=False, **kw)
+    monkeypatch.setattr(sequential, "SHRINK", 1e12)
+    on = onnxprune.prune(path, sequential=True, **kw)
+    assert on.report.sequential["refitted"] > 0
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in off.model.graph.initializer if len(t.dims) > 1}
+    for t in on.model.graph.initializer:
+        if t.name in weights:  # the kept weights; biases are refitted to the pruned model's means
+            np.testing.assert_allclose(onnx.numpy_helper.to_array(t), weights[t.name], rtol=1e-4, atol=1e-6)
