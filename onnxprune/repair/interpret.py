@@ -142,7 +142,7 @@ class Interpreter:
         self.consts: dict[str, torch.Tensor] = {}
         for name, v in stored.items():
             try:
-                t = torch.from_numpy(np.array(v, copy=True))
+                t = as_tensor(v)  # shares the array read for it (a fresh one), copies a read-only map
             except TypeError:
                 raise OnnxPruneError(f"--repair: tensor '{name}' has a type torch cannot hold "
                                      f"({v.dtype})") from None
