@@ -192,10 +192,7 @@ def _repairer(groups: Groups, cfg: PruneConfig):
         from onnxprune.repair import interpret, train
     except ImportError:
         raise OnnxPruneError("--repair needs torch: pip install 'onnxprune[repair]'") from None
-    missing = interpret.unsupported(groups.model)
-    if missing:
-        raise OnnxPruneError(f"--repair cannot run this graph differentiably: no rule for {', '.join(missing[:4])}"
-                             f"{' ...' if len(missing) > 4 else ''}; prune without --repair")
+    interpret.require_rules(groups.model)
     one = groups.shape_info is not None and bool(groups.shape_info.fixed_batch)
     return train, train.calibration_batches(cfg.calib, groups.model, cfg.calib_samples, cfg.batch_axes, one)
 

@@ -93,6 +93,14 @@ def unsupported(model: onnx.ModelProto) -> list[str]:
     return list(out.values())
 
 
+def require_rules(model: onnx.ModelProto) -> None:
+    """Refuse, in one line, a graph the interpreter cannot run (``unsupported``)."""
+    missing = unsupported(model)
+    if missing:
+        raise OnnxPruneError(f"--repair cannot run this graph differentiably: no rule for {', '.join(missing[:4])}"
+                             f"{' ...' if len(missing) > 4 else ''}; prune without --repair")
+
+
 def trainable(model: onnx.ModelProto, stored: dict[str, np.ndarray]) -> list[str]:
     """The stored tensors the repair may change (see the module docstring)."""
     readers: dict[str, list] = {}
@@ -124,11 +132,7 @@ class Interpreter:
     ``params`` (name -> Parameter) for the weights that train."""
 
     def __init__(self, model: onnx.ModelProto):
-        missing = unsupported(model)
-        if missing:
-            raise OnnxPruneError(f"--repair cannot run this graph differentiably: no rule for "
-                                 f"{', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}; prune "
-                                 f"without --repair")
+        require_rules(model)
         g = model.graph
         self.opset = _opset(model)
         stored: dict[str, np.ndarray] = {t.name: to_array(t) for t in g.initializer}
@@ -217,4 +221,4 @@ class Interpreter:
         return changed
 
 
-__all__ = ["Interpreter", "unsupported", "trainable", "as_tensor", "WEIGHT_SLOTS"]
+__all__ = ["Interpreter", "unsupported", "require_rules", "trainable", "as_tensor", "WEIGHT_SLOTS"]

@@ -141,8 +141,6 @@ def _same_pads(auto_pad: str, size: list, kernel: list, strides: list, dilations
 def _pads(at, x, kernel: list, strides: list, dilations: list) -> list:
     spatial = x.dim() - 2
     auto = at.get("auto_pad", "NOTSET")
-    if isinstance(auto, bytes):
-        auto = auto.decode()
     if auto in ("SAME_UPPER", "SAME_LOWER"):
         return _same_pads(auto, list(x.shape[2:]), kernel, strides, dilations)
     if auto == "VALID":
@@ -180,7 +178,7 @@ def _conv_transpose(ins, at, ctx):
     x, w = ins[0], ins[1]
     bias = ins[2] if len(ins) > 2 else None
     spatial = x.dim() - 2
-    if "output_shape" in at or at.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+    if "output_shape" in at or at.get("auto_pad", "NOTSET") != "NOTSET":
         raise Unsupported("ConvTranspose with output_shape or auto_pad")
     strides = list(at.get("strides", [1] * spatial))
     dilations = list(at.get("dilations", [1] * spatial))
@@ -266,13 +264,13 @@ def _avg_pool(ins, at, ctx):
     if any(d != 1 for d in dilations):
         raise Unsupported("AveragePool with dilations")
     include = bool(at.get("count_include_pad", 0))
-    spatial_pads = pads[:spatial] != pads[spatial:] or any(2 * p > k for p, k in zip(pads[:spatial], kernel))
-    if spatial_pads and not include and any(pads):
-        raise Unsupported("AveragePool with asymmetric pads that do not count")
-    if spatial_pads:
-        x, pads = _pad_input(x, pads) if pads[:spatial] != pads[spatial:] else (x, pads[:spatial])
-    else:
-        pads = pads[:spatial]
+    begin, end = pads[:spatial], pads[spatial:]
+    if begin != end or any(2 * p > k for p, k in zip(begin, kernel)):  # pads torch's pooling cannot take
+        if not include:
+            raise Unsupported("AveragePool with asymmetric or wide pads that do not count")
+        x = F.pad(x, [v for b, e in zip(reversed(begin), reversed(end)) for v in (b, e)])  # zeros that count
+        begin = [0] * spatial
+    pads = begin
     fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}.get(spatial)
     if fn is None:
         raise Unsupported(f"AveragePool over {spatial} spatial axes")
@@ -399,10 +397,6 @@ def _split(ins, at, ctx, outputs: int):
     return list(torch.split(x, list(sizes), dim=axis))
 
 
-def _slice_indices(n: int, start: int, end: int, step: int) -> tuple[int, int, int]:
-    return slice(start, end, step).indices(n)
-
-
 def _slice(ins, at, ctx):
     x = ins[0]
     if ctx.opset < 10:
@@ -415,7 +409,7 @@ def _slice(ins, at, ctx):
         steps = ints(ins[4]) if len(ins) > 4 and ins[4] is not None else [1] * len(starts)
     for a, s, e, st in zip(axes, starts, ends, steps):
         a %= x.dim()
-        b, f, st = _slice_indices(x.shape[a], s, e, st)
+        b, f, st = slice(s, e, st).indices(x.shape[a])  # Python's clamping is the spec's
         if st > 0:
             x = x.narrow(a, b, max(0, -(-(f - b) // st))) if st == 1 else \
                 x.index_select(a, torch.arange(b, max(b, f), st, dtype=torch.int64))
@@ -461,8 +455,6 @@ def _tile(ins, at, ctx):
 def _pad(ins, at, ctx):
     x = ins[0]
     mode = at.get("mode", "constant")
-    if isinstance(mode, bytes):
-        mode = mode.decode()
     if ctx.opset < 11:
         pads, value, axes = list(at["pads"]), at.get("value", 0.0), None
     else:
@@ -524,8 +516,7 @@ def _one_hot(ins, at, ctx):
 
 
 def _einsum(ins, at, ctx):
-    eq = at["equation"]
-    return torch.einsum(eq.decode() if isinstance(eq, bytes) else eq, *ins)
+    return torch.einsum(at["equation"], *ins)
 
 
 def _hard_sigmoid(ins, at, ctx):
@@ -559,10 +550,6 @@ def _pow(ins, at, ctx):
 
 
 def _identity(ins, at, ctx):
-    return ins[0]
-
-
-def _dropout(ins, at, ctx):
     return ins[0]
 
 
@@ -611,23 +598,17 @@ def _nearest(mode: str, x: torch.Tensor) -> torch.Tensor:
     raise Unsupported(f"Resize nearest_mode {mode}")
 
 
-def _text(v, default: str) -> str:
-    if v is None:
-        return default
-    return v.decode() if isinstance(v, bytes) else v
-
-
 def _resize(ins, at, ctx):
     x = ins[0]
     if at.get("antialias", 0) or at.get("axes") is not None or \
-            _text(at.get("keep_aspect_ratio_policy"), "stretch") != "stretch" or at.get("exclude_outside", 0):
+            at.get("keep_aspect_ratio_policy", "stretch") != "stretch" or at.get("exclude_outside", 0):
         raise Unsupported("Resize with antialias, axes, keep_aspect_ratio_policy or exclude_outside")
     if ctx.op == "Upsample" or ctx.opset < 11:
         scales_t = ins[1] if len(ins) > 1 else None
         scales = [float(v) for v in scales_t.reshape(-1).tolist()] if scales_t is not None else list(at["scales"])
         sizes = None
         coord = "asymmetric"
-        mode = _text(at.get("mode"), "nearest")
+        mode = at.get("mode", "nearest")
         nearest = "floor"
     else:
         scales_t = ins[2] if len(ins) > 2 else None
@@ -635,9 +616,9 @@ def _resize(ins, at, ctx):
         scales = [float(v) for v in scales_t.reshape(-1).tolist()] if scales_t is not None and scales_t.numel() \
             else None
         sizes = ints(sizes_t) if sizes_t is not None and sizes_t.numel() else None
-        coord = _text(at.get("coordinate_transformation_mode"), "half_pixel")
-        mode = _text(at.get("mode"), "nearest")
-        nearest = _text(at.get("nearest_mode"), "round_prefer_floor")
+        coord = at.get("coordinate_transformation_mode", "half_pixel")
+        mode = at.get("mode", "nearest")
+        nearest = at.get("nearest_mode", "round_prefer_floor")
     if coord == "tf_crop_and_resize":
         raise Unsupported("Resize tf_crop_and_resize")
     if mode not in ("nearest", "linear", "bilinear"):
@@ -670,7 +651,7 @@ def _depth_to_space(ins, at, ctx):
     x = ins[0]
     b = at["blocksize"]
     n, c, h, w = x.shape
-    if _text(at.get("mode"), "DCR") == "DCR":
+    if at.get("mode", "DCR") == "DCR":
         y = x.reshape(n, b, b, c // (b * b), h, w).permute(0, 3, 4, 1, 5, 2)
     else:
         y = x.reshape(n, c // (b * b), b, b, h, w).permute(0, 1, 4, 2, 5, 3)
@@ -705,7 +686,7 @@ RULES = {
     "Softplus": _unary(F.softplus), "Softsign": _unary(F.softsign), "Mish": _unary(F.mish),
     "HardSwish": _unary(F.hardswish), "HardSigmoid": _hard_sigmoid, "LeakyRelu": _leaky, "Elu": _elu,
     "Selu": _selu, "PRelu": _prelu, "Gelu": _gelu, "Clip": _clip,
-    "Identity": _identity, "Dropout": _dropout, "Cast": _cast,
+    "Identity": _identity, "Dropout": _identity, "Cast": _cast,
     "CastLike": lambda ins, at, ctx: ins[0].to(ins[1].dtype),
     "Softmax": _softmax(torch.softmax), "LogSoftmax": _softmax(torch.log_softmax),
     "MatMul": _binary(torch.matmul), "Gemm": _gemm, "Einsum": _einsum,

@@ -62,6 +62,7 @@ CASES = [
     ("AveragePool", [f32(1, 2, 9, 9)], dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]), 17),
     ("AveragePool", [f32(1, 2, 9, 9)], dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=1), 17),
     ("AveragePool", [f32(1, 2, 9, 8)], dict(kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1), 17),
+    ("AveragePool", [f32(1, 2, 9, 8)], dict(kernel_shape=[3, 3], pads=[0, 1, 2, 1], count_include_pad=1), 17),
     ("GlobalAveragePool", [f32(2, 3, 5, 4)], None, 17),
     ("GlobalMaxPool", [f32(2, 3, 5)], None, 17),
     ("Resize", [f32(1, 2, 4, 5), None, np.array([1, 1, 2, 2], np.float32)], dict(mode="nearest",
