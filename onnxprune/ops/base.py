@@ -63,8 +63,14 @@ class LinearForm:
     takes none: compensation then adds an Add node); ``bias_scale``: what the
     op multiplies its bias by (Gemm's beta).
     ``dense``: every input feeds every output (False for grouped convs).
-    ``refit``: compensation may rewrite W and the bias (False for integer
-    weights, which scores still read).
+    ``refit``: compensation may rewrite W and the bias.
+    ``integer``: W holds quantized integers (``zero_point`` names their zero
+    point): compensation refits W in units of its scale (a per-tensor or
+    per-output scale cancels out of a refit that mixes inputs) and rounds it
+    back to the integers. Their op takes no float bias; ``dequantized`` names
+    the float tensor its output becomes once scaled, ``scale`` W's stored
+    scale (one, or one per output): a bias, times ``scale``, is added there.
+    Without it the refit goes through the origin and adds no bias.
     """
 
     weight: int
@@ -76,8 +82,11 @@ class LinearForm:
     bias: int | None = None
     bias_scale: float = 1.0
     dense: bool = True
-    refit: bool = True  # False: stored as integers (MatMulInteger): scored, never rewritten by compensation
+    refit: bool = True  # False: compensation never rewrites W
     zero_point: int | None = None  # the input slot of W's zero point: the effective weight is W - zp
+    integer: bool = False  # W is stored as quantized integers (MatMulInteger, ConvInteger)
+    dequantized: str | None = None  # integer W: the float output after the scale Mul, where a bias can go
+    scale: tuple = ()  # integer W: its stored scale (one value, or one per output)
 
     def zero_point_input(self, node) -> str:
         """The name of W's zero point input ('' when the op has none)."""
@@ -98,6 +107,15 @@ class LinearForm:
         """W as it computes: minus its zero point, in float64."""
         w = np.asarray(value, dtype=np.float64)
         return w if zp is None else w - self.along_outputs(np.asarray(zp, np.float64), w.ndim)
+
+    def quantized(self, effective: np.ndarray, zp, like: np.ndarray) -> np.ndarray:
+        """Inverse of ``effective`` for integer weights: rounded, plus the
+        zero point, clipped to the stored type's range, in that type."""
+        info = np.iinfo(np.asarray(like).dtype)
+        w = np.rint(effective)
+        if zp is not None:
+            w = w + self.along_outputs(np.asarray(zp, np.float64), w.ndim)
+        return np.clip(w, info.min, info.max).astype(np.asarray(like).dtype)
 
     def matrix(self, value: np.ndarray) -> np.ndarray:
         """W as (inputs, outputs, kernel taps), float64."""

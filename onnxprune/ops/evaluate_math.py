@@ -5,8 +5,9 @@ float32 rounds as float32 does) and leaves unknown what the operator leaves
 undefined or what it does not model: a zero integer divisor, Mod of floats
 without fmod, a float cast out of an integer's range, bfloat16 and float8.
 Arithmetic gives plain numbers, except a product of a ``Dim`` by a plain
-integer (``heads * head_dim`` with head_dim stated) and Max with 1 or less (a
-count is at least 1): those still follow the count.
+integer (``heads * head_dim`` with head_dim stated) or by another ``Dim``
+(``c * h`` read from one shape) and Max with 1 or less (a count is at least
+1): those still follow the counts.
 """
 from __future__ import annotations
 
@@ -45,12 +46,17 @@ def mul(a: Inputs):
         return out
     x, y = (v.entries for v in a.values())
     xs, ys = np.broadcast_arrays(x, y)
-    for idx in np.ndindex(out.entries.shape):  # a Dim times a stated int still follows its count
+    for idx in np.ndindex(out.entries.shape):  # a Dim times a stated int or another Dim follows its counts
         p, q, got = xs[idx], ys[idx], out.entries[idx]
-        if isinstance(p, Dim) != isinstance(q, Dim) and got is not None and not isinstance(got, np.ndarray):
-            d, k = (p, q) if isinstance(p, Dim) else (q, p)
-            if not isinstance(k, np.ndarray) and int(d) * int(k) == got:
-                out.entries[idx] = Dim(got, d.src, d.coef * int(k))
+        if got is None or isinstance(got, np.ndarray) or not (isinstance(p, Dim) or isinstance(q, Dim)):
+            continue
+        d, k = (p, q) if isinstance(p, Dim) else (q, p)
+        if isinstance(k, np.ndarray) or k is None or int(d) * int(k) != got:
+            continue
+        if isinstance(k, Dim):  # ``c * h`` of one tensor's shape: a flatten of both axes
+            out.entries[idx] = Dim(got, d.src, d.factors + k.sources)
+        else:
+            out.entries[idx] = Dim(got, d.src, d.factors)
     return out
 
 

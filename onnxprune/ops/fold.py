@@ -31,36 +31,45 @@ MAX_DEPTH = 64
 
 class Dim(int):
     """A shape entry read from a tensor's static dim by ``Shape``: an int that
-    remembers where it came from, ``coef`` x the size of axis ``src[1]`` of
-    tensor ``src[0]``. Gather, Slice, Concat, Unsqueeze, an integer Cast...
-    keep it; a Mul by a plain int scales ``coef``; any other arithmetic gives
-    a plain int. A rule reading a run-time shape can then tell an entry that
-    follows a channel count by itself (``x.view(-1, x.size(-1))``,
-    grouped-query attention's ``kv_heads * n_rep``) from one that states it."""
+    remembers where it came from, the size of axis ``src[1]`` of tensor
+    ``src[0]``, times the sizes of the axes in ``factors`` (more ``(tensor,
+    axis)`` pairs) and any plain ints it was multiplied by. Gather, Slice,
+    Concat, Unsqueeze, an integer Cast... keep it; a Mul by a plain int
+    keeps it (its value says by how much), a Mul by another ``Dim`` adds
+    that one's axes to ``factors``; any other arithmetic gives a plain int.
+    A rule reading a run-time shape can then tell an entry that follows a
+    channel count by itself (``x.view(-1, x.size(-1))``, grouped-query
+    attention's ``kv_heads * n_rep``, a CRNN's ``x.view(b, w, c * h)``)
+    from one that states it."""
 
     src: tuple
-    coef: int
+    factors: tuple
 
-    def __new__(cls, value: int, src: tuple, coef: int = 1):
+    def __new__(cls, value: int, src: tuple, factors: tuple = ()):
         obj = super().__new__(cls, int(value))
-        obj.src, obj.coef = src, coef
+        obj.src, obj.factors = src, tuple(factors)
         return obj
 
+    @property
+    def sources(self) -> tuple:
+        """Every ``(tensor, axis)`` whose size is a factor of this entry."""
+        return (self.src, *self.factors)
+
     def __reduce__(self):
-        return Dim, (int(self), self.src, self.coef)
+        return Dim, (int(self), self.src, self.factors)
 
 
-def follows(atoms, entry, src_layout, out_layout) -> bool:
-    """Whether a ``Dim`` entry equals the size of ``out_layout`` under every
-    pruning: ``coef`` x the units of ``src_layout`` per kept atom, atom by
-    atom."""
+def follows(atoms, coef: int, src_layout, out_layout) -> bool:
+    """Whether ``coef`` x the size of ``src_layout`` equals the size of
+    ``out_layout`` under every pruning: ``coef`` x the units of
+    ``src_layout`` per kept atom, atom by atom."""
     def mult(layout):
         out: dict = {}
         for seg in atoms.resolve(layout):
             out[seg.atom] = out.get(seg.atom, 0) + seg.outer * seg.inner
         return out
 
-    src = {a: m * entry.coef for a, m in mult(src_layout).items()}
+    src = {a: m * coef for a, m in mult(src_layout).items()}
     return src == mult(out_layout)
 
 

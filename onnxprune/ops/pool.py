@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from onnxprune.core.graph import set_attr
 from onnxprune.ops.base import Rule
 from onnxprune.ops.fold import known_ints, partial_value
 from onnxprune.ops.registry import register
@@ -60,7 +61,12 @@ class Resize(Rule):
 
 @register("Pad")
 class Pad(Rule):
-    """Padding a channel axis would invent channels: only unpadded axes pass."""
+    """Constant padding along a channel axis adds channels that hold the pad
+    value: the output's channels are the new ones before, the input's, and
+    the new ones after (a ResNet shortcut that pads its channels with zeros
+    to match the next stage). The added channels are atoms of their own,
+    pruned with whatever they are added to; the pads are rewritten to the
+    counts kept. Reflect, edge and wrap padding copy channels: they freeze."""
 
     def analyze(self, node, ctx):
         x, y = node.input[0], node.output[0]
@@ -81,6 +87,9 @@ class Pad(Rule):
         if len(pads) != 2 * len(axes):
             ctx.freeze_tensor(x, "pads do not match the input rank")
             return
+        mode = ctx.attr("mode", "constant")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        padded = {}
         for ax, lay in lays.items():
             if ax not in axes:
                 ctx.set(y, ax, lay)
@@ -89,7 +98,35 @@ class Pad(Rule):
             begin, end = pads[k], pads[k + len(axes)]
             if begin is None or end is None:
                 ctx.freeze(lay, "channel-axis pads computed at run time")
-            elif begin or end:
-                ctx.freeze(lay, "padded along a channel axis")
-            else:
+            elif not begin and not end:
                 ctx.set(y, ax, lay)
+            elif mode != "constant":
+                ctx.freeze(lay, f"{mode} padding along a channel axis copies channels")
+            elif begin < 0 or end < 0:
+                ctx.freeze(lay, "cropped along a channel axis (negative pads)")
+            elif ctx.opset >= 11 and ctx.const(1) is None:
+                ctx.freeze(lay, "padded along a channel axis by pads computed at run time")
+            else:
+                before = ctx.atoms.plain(begin) if begin else ()
+                after = ctx.atoms.plain(end) if end else ()
+                ctx.set(y, ax, (*before, *lay, *after))
+                padded[ax] = (k, before, after)
+        if padded:
+            ctx.state(padded=padded, n_axes=len(axes), in_attr=ctx.opset < 11)
+
+    def rewrite(self, node, index, rw):
+        state = rw.state(index)
+        if not state.get("padded"):
+            return
+        n = state["n_axes"]
+        if state["in_attr"]:
+            pads = np.array(rw.attr(node, "pads") or rw.attr(node, "paddings"), dtype=np.int64)
+        else:
+            pads = np.array(rw.current(index, 1), dtype=np.int64).reshape(-1).copy()
+        for k, before, after in state["padded"].values():
+            pads[k] = rw.size(before) if before else 0
+            pads[k + n] = rw.size(after) if after else 0
+        if state["in_attr"]:
+            set_attr(node, "pads" if rw.attr(node, "pads") is not None else "paddings", [int(v) for v in pads])
+        else:
+            rw.set_const(index, 1, pads)

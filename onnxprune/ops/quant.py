@@ -27,6 +27,33 @@ from onnxprune.ops.linear import MatMul
 from onnxprune.ops.registry import register
 
 
+def _dequantized(node, view) -> dict:
+    """``quantize_dynamic``'s dequantization of an integer product: the int32
+    output Cast to float, times (the activation's DynamicQuantizeLinear scale
+    x the weight's stored scale). -> LinearForm fields naming the float
+    output and the weight's scale, or none where the graph says otherwise."""
+    def only(name, op):
+        readers = view.consumers.get(name, [])
+        if len(readers) != 1 or view.escapes(name) or readers[0][0].op_type != op:
+            return None
+        return readers[0][0]
+
+    cast = only(node.output[0], "Cast")
+    if cast is None or attr(cast, "to") != 1:  # float
+        return {}
+    mul = only(cast.output[0], "Mul")
+    dql = view.producer.get(node.input[0])
+    if mul is None or dql is None or dql.op_type != "DynamicQuantizeLinear" or len(dql.output) < 2:
+        return {}
+    scales = view.producer.get(mul.input[1] if mul.input[0] == cast.output[0] else mul.input[0])
+    if scales is None or scales.op_type != "Mul" or dql.output[1] not in scales.input:
+        return {}
+    w_scale = view.const(scales.input[1] if scales.input[0] == dql.output[1] else scales.input[0])
+    if w_scale is None or np.asarray(w_scale).dtype.kind != "f":
+        return {}
+    return {"dequantized": mul.output[0], "scale": tuple(float(v) for v in np.asarray(w_scale).reshape(-1))}
+
+
 def _weight_zero_point(ctx, node, out, lin) -> None:
     """MatMulInteger's and ConvInteger's weight zero point (input 3): one
     computed at run time freezes both channel axes; one per output neuron
@@ -127,8 +154,8 @@ class MatMulInteger(MatMul):
     scales are applied after (a Mul by a scalar, element-wise). A weight
     with a zero point computes W - zp: scores read that
     (``LinearForm.zero_point``), and the masked model fills a removed row
-    with the zero point, not 0 (``rewrite._mask_fill``). Compensation does
-    not refit integers (``LinearForm.refit``). Two quantized
+    with the zero point, not 0 (``rewrite._mask_fill``). Compensation
+    refits the integers in units of the scale (``LinearForm.integer``). Two quantized
     activations (attention's Q.K^T and P.V) with scalar zero points are a
     MatMul of activations: batch axes, the heads, pass."""
 
@@ -156,12 +183,13 @@ class MatMulInteger(MatMul):
         """Scores read the stored integers: with quantize_dynamic's one scale
         per tensor, the weight up to a factor that is the same for every
         channel (per-column scales, where a model has them, are not applied:
-        its scores are then approximate). Compensation leaves them
-        (``refit``)."""
+        its scores are then approximate). Compensation refits them in the
+        same units and rounds back (``integer``)."""
         b = view.const_shape(node.input[1])
         if b is None or len(b) != 2 or view.is_const(node.input[0]):
             return None
-        return LinearForm(weight=1, in_axis=0, out_axis=1, x=0, x_axis=-1, y_axis=-1, refit=False, zero_point=3)
+        return LinearForm(weight=1, in_axis=0, out_axis=1, x=0, x_axis=-1, y_axis=-1, zero_point=3, integer=True,
+                          **_dequantized(node, view))
 
 
 @register("ConvInteger")
@@ -170,7 +198,7 @@ class ConvInteger(Conv):
     DynamicQuantizeLinear, a stored integer weight, int32 out (no bias; the
     scales are a Mul after). Channels as a Conv's, with the weight's per
     output channel zero point sliced along; the zero point is handled as
-    MatMulInteger's. Compensation does not refit integers."""
+    MatMulInteger's; compensation refits the integers as MatMulInteger's."""
 
     bias_input = None
 
@@ -188,8 +216,8 @@ class ConvInteger(Conv):
         form = super().linear(node, view)
         if form is None:
             return None
-        return LinearForm(weight=1, in_axis=1, out_axis=0, x=0, x_axis=1, y_axis=1, dense=form.dense, refit=False,
-                          zero_point=3)
+        return LinearForm(weight=1, in_axis=1, out_axis=0, x=0, x_axis=1, y_axis=1, dense=form.dense, zero_point=3,
+                          integer=True, **_dequantized(node, view))
 
 
 @register("QLinearConv", "QLinearMatMul")

@@ -420,7 +420,7 @@ class Shape(Rule):
             value = partial_value(ctx.view, name)
             if value is None:
                 return every
-            return {e.src[1] for e in value.reshape(-1) if isinstance(e, Dim) and e.src[0] == x}
+            return {ax for e in value.reshape(-1) if isinstance(e, Dim) for t, ax in e.sources if t == x}
 
         read: set[int] = set()
         computed: dict[str, set] = {}  # arithmetic on counts -> the axes it depends on
@@ -466,6 +466,12 @@ class Shape(Rule):
             ctx.freeze(lays[ax], f"its size is read by Shape node '{node.name}'")
 
 
+def _static(view, tensor: str, axis: int) -> int | None:
+    shape = view.shape(tensor)
+    size = shape[axis] if shape is not None and axis < len(shape) else None
+    return size if isinstance(size, int) and size > 0 else None
+
+
 def check_dims(ctx, entries, y: str, axis_of, what: str) -> set:
     """Entries of a run-time shape that came from a channel count
     (``fold.Dim``) must follow the pruned size of the output axis they set
@@ -477,14 +483,20 @@ def check_dims(ctx, entries, y: str, axis_of, what: str) -> set:
     for k, e in enumerate(entries.reshape(-1)):
         if not isinstance(e, Dim):
             continue
-        src = ctx.get(*e.src)
-        if src is None:
-            continue  # not a channel axis: its size does not change
+        channels = [(t, ax) for t, ax in e.sources if ctx.get(t, ax) is not None]
+        if not channels:
+            continue  # no channel axis: its size does not change
         to = axis_of(k)
         out = ctx.get(y, to) if to is not None else None
-        if out is not None and follows(ctx.atoms, e, src, out):
-            ok.add(k)
+        src = ctx.get(*channels[0])
+        size = _static(ctx.view, *channels[0])
+        coef = int(e) // size if size and len(channels) == 1 and int(e) % size == 0 else None
+        if out is not None and coef is not None and follows(ctx.atoms, coef, src, out):
+            ok.add(k)  # the other factors are sizes pruning does not change
             continue
+        for t, ax in channels[1:]:
+            ctx.freeze(ctx.get(t, ax), f"its size, read by Shape, is multiplied by another channel count in "
+                                       f"entry {k} of the {what} target")
         ctx.freeze(src, f"its size, read by Shape, sets entry {k} of the {what} target to a count pruning "
                         f"would not follow")
         if out is not None:

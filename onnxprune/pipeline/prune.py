@@ -228,7 +228,7 @@ def run(source, cfg: PruneConfig) -> PruneResult:
     explained = _explain(groups, plan, comp, calibration, ref, run_cfg) if cfg.explain else None
     teacher = repairer[0].Teacher(groups.model, run_cfg.threads) if repairer else None
     pruned = apply(groups, plan, comp, in_place=True)
-    check(original, pruned, run_cfg)
+    check(original, pruned, run_cfg, comp)
     repaired = repairer[0].repair(pruned, repairer[1], teacher, cfg.repair, seed=cfg.seed) if repairer else None
     rep_edges = None
     if cfg.edge_ratio is not None or cfg.pattern is not None:
@@ -236,7 +236,7 @@ def run(source, cfg: PruneConfig) -> PruneResult:
         after = analyze(modelio.Loaded(pruned, None, groups.external, groups.source_files), run_cfg)
         rep_edges, _, _, _ = edge_stage(after, replace(run_cfg, criterion=None), None, cfg.edge_ratio)
         pruned = after.model
-        check(original, pruned, run_cfg)
+        check(original, pruned, run_cfg, comp)
     result = PruneResult(pruned, make_report(groups, plan, pruned, calibration, comp, run_cfg), groups,
                          plan, comp, config=cfg, source=source, summary=original, io=io)
     result.report.io_changes = [c.to_dict() for c in io]

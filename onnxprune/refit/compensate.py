@@ -10,6 +10,11 @@ into the consumers that read them (beside ``rewrite.py``, which applies it).
   ``b W_r``. Exact when the removed channel is a linear combination of kept
   ones; never worse than ``bias`` on the calibration data, since ``A = 0``
   is the bias solution.
+- Integer weights (``LinearForm.integer``: MatMulInteger, ConvInteger) are
+  refitted in units of the weight's scale and rounded back; their bias goes
+  on the float output after the scale (``LinearForm.dequantized``), or,
+  where the graph has none, the regression goes through the origin
+  (uncentred moments) and adds no bias.
 
 Consumers are whatever the node's rule calls linear (``Rule.linear``); this
 module names no op.
@@ -36,8 +41,15 @@ class Compensation:
     skipped: list = field(default_factory=list)  # readable reasons
     notes: list = field(default_factory=list)  # where its statistics came from, when not from data
 
+    integer: set = field(default_factory=set)  # node indices of integer-weight readers given a bias
+
     def __bool__(self) -> bool:
         return bool(self.weights or self.biases)
+
+    def integer_biases(self) -> int:
+        """Float values the biases of integer layers add (each a new tensor
+        after the layer's scale: a quantized model stores few floats)."""
+        return sum(int(np.size(b)) for i, b in self.biases.items() if i in self.integer)
 
 
 def _regress(cov: np.ndarray, kept: np.ndarray, removed: np.ndarray, ridge: float) -> np.ndarray:
@@ -79,6 +91,14 @@ def shared_weight(groups: Groups, node, form) -> str | None:
     return None
 
 
+def stored_integers(groups: Groups, index: int, form) -> tuple:
+    """An integer weight's stored value and its zero point (None where it has
+    none): what a refit in its units is rounded back to."""
+    node = groups.view.nodes[index]
+    name = form.zero_point_input(node)
+    return groups.view.const(node.input[form.weight]), groups.view.const(name) if name else None
+
+
 def compensate(groups: Groups, keep: dict, calibration, mode: str = "bias",
                ridge: float = 1e-3) -> Compensation:
     """Compensation for a plan (group id -> kept units)."""
@@ -87,7 +107,7 @@ def compensate(groups: Groups, keep: dict, calibration, mode: str = "bias",
     comp = Compensation(mode)
     if mode == "none" or calibration is None:
         return comp
-    for tied in _tied(groups, list(_readers(groups, keep, calibration, comp)), comp):
+    for tied in _tied(groups, list(_readers(groups, keep, calibration, comp, mode)), comp):
         _fit(groups, keep, tied, comp, mode, ridge)
     return comp
 
@@ -103,7 +123,7 @@ class _Reader:
     root: str  # the stored weight
 
 
-def _readers(groups: Groups, keep: dict, calibration, comp: Compensation):
+def _readers(groups: Groups, keep: dict, calibration, comp: Compensation, mode: str):
     for use, node, form in groups.linear_readers(keep):
         if form is None:
             comp.skipped.append(f"{node.name}: its rule gives no linear form for this input")
@@ -111,8 +131,11 @@ def _readers(groups: Groups, keep: dict, calibration, comp: Compensation):
         if not form.dense:
             continue  # channel-wise (grouped) consumers need no compensation
         if not form.refit:
-            comp.skipped.append(f"{node.name}: its weight is stored as integers, which compensation does "
-                                f"not rewrite")
+            comp.skipped.append(f"{node.name}: its rule does not let compensation rewrite its weight")
+            continue
+        if form.integer and not form.dequantized and mode != "lsq":
+            comp.skipped.append(f"{node.name}: its weight is stored as integers with no float output to add "
+                                f"the removed channels' means to (lsq refits the integers)")
             continue
         stored = groups.view.const_root(node.input[form.weight])
         if stored is None:
@@ -176,31 +199,47 @@ def _fit(groups: Groups, keep: dict, tied: list, comp: Compensation, mode: str, 
     if not len(removed) or any(r.stats.size != size for r in tied):
         return
     how = mode
+    origin = form.integer and not form.dequantized  # no bias anywhere: the refit goes through the origin
     if mode == "lsq" and any(r.stats.xtx is None for r in tied):
         how = "bias"
         for r in tied:
             comp.skipped.append(f"{r.node.name}: no Gram matrix for its input ({r.stats.size} channels; "
-                                f"wider than calibration keeps one for): bias compensation only")
+                                f"wider than calibration keeps one for): "
+                                f"{'nothing compensated' if origin else 'bias compensation only'}")
+        if origin:
+            return
     wkey = (use.node, use.input)
-    value = comp.weights.get(wkey, groups.weight(use))
+    stored, zp = stored_integers(groups, use.node, form)
+    value = form.effective(comp.weights[wkey], zp) if form.integer and wkey in comp.weights \
+        else comp.weights.get(wkey, groups.weight(use))
     w = form.matrix(value)  # (inputs, outputs, taps)
     w_removed = w[removed]
     if how == "bias":
         offsets = [r.stats.mean[removed] for r in tied]
     else:
         rows = np.array([max(r.stats.gram_count, 1) for r in tied], dtype=np.float64)
-        cov = sum(n * r.stats.covariance() for n, r in zip(rows, tied)) / rows.sum()
+        if origin:  # no bias to take the offset: the fit through the origin (uncentred moments)
+            cov = sum(r.stats.xtx for r in tied) / rows.sum()
+        else:
+            cov = sum(n * r.stats.covariance() for n, r in zip(rows, tied)) / rows.sum()
         coef = _regress(cov, kept, removed, ridge)
         offsets = [r.stats.mean[removed] - coef @ r.stats.mean[kept] for r in tied]
         flat = w.reshape(w.shape[0], -1)
         flat[kept] += coef.T @ w_removed.reshape(len(removed), -1)
         w = flat.reshape(w.shape)
-        new = form.from_matrix(w, np.asarray(value))
+        if form.integer:
+            new = form.quantized(form.from_matrix(w, np.asarray(value, dtype=np.float64)), zp, stored)
+        else:
+            new = form.from_matrix(w, np.asarray(value))
         for r in tied:
             comp.weights[(r.use.node, r.use.input)] = new
+    if origin:
+        return  # no bias input, and an Add on its integer output would not be scaled
     if len({_bias_root(groups, r) for r in tied}) < len(tied):  # one bias for several readers
         counts = np.array([max(r.stats.count, 1) for r in tied], dtype=np.float64)
         offsets = [sum(c * o for c, o in zip(counts, offsets)) / counts.sum()] * len(tied)
     summed = w_removed.sum(axis=2)
     for r, offset in zip(tied, offsets):
         comp.biases[r.use.node] = comp.biases.get(r.use.node, 0.0) + offset @ summed
+        if form.integer:
+            comp.integer.add(r.use.node)

@@ -49,7 +49,7 @@ from onnxprune.calibration.statistics import GRAM_ROWS, gram_subset
 from onnxprune.core.data import model_inputs
 from onnxprune.core.errors import OnnxPruneError
 from onnxprune.core.runtime import session, upto
-from onnxprune.refit.compensate import Compensation, shared_weight
+from onnxprune.refit.compensate import Compensation, shared_weight, stored_integers
 from onnxprune.rewrite.engine import apply as run_apply
 from onnxprune.select.reconstruct import obs_order
 
@@ -210,6 +210,8 @@ def _targets(groups: Groups, keep: dict, calibration) -> tuple[list, list]:
     for use, node, form in groups.linear_readers(g.id for g in groups.groups):
         if form is None or not form.dense or not form.refit:
             continue
+        if form.integer and not form.dequantized:
+            continue  # no bias to add: the one-shot fit through the origin stays
         dim = groups.activation(use)
         if dim is None or view.scope.get(id(node)) is not None:
             continue  # inside a subgraph: calibration cannot observe it
@@ -410,11 +412,19 @@ def _stage(groups: Groups, keep: dict, comp: Compensation, stage: list, by_group
         flat = w.reshape(w.shape[0], -1)
         # Pulled back to the one-shot fit, unless the group was chosen again (its fit is for other channels).
         prior = None if t.reselected else comp.weights.get((t.node, t.use.input))
+        stored, zp = stored_integers(groups, t.node, t.form) if t.form.integer else (None, None)
+        if prior is not None and t.form.integer:
+            prior = t.form.effective(prior, zp)  # in the units the refit computes in
         full = None if prior is None else np.asarray(t.form.matrix(prior), np.float64).reshape(flat.shape)
         v, delta = _refit(flat, cs, t.kept, full)
         new = np.zeros_like(flat)
         new[t.kept] = v
-        comp.weights[(t.node, t.use.input)] = t.form.from_matrix(new.reshape(w.shape), np.asarray(value))
+        if t.form.integer:  # rounded back to the stored integers; the bias goes after the output's scale
+            back = t.form.from_matrix(new.reshape(w.shape), np.asarray(value, np.float64))
+            comp.weights[(t.node, t.use.input)] = t.form.quantized(back, zp, stored)
+            comp.integer.add(t.node)
+        else:
+            comp.weights[(t.node, t.use.input)] = t.form.from_matrix(new.reshape(w.shape), np.asarray(value))
         comp.biases[t.node] = delta.reshape(w.shape[1], w.shape[2]).sum(axis=1)
         rep.refitted += 1
 

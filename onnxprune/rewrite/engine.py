@@ -216,16 +216,25 @@ def _write_stored(rw: _Edits, stored: str, value: np.ndarray) -> None:
 
 def _add_biases(rw: _Edits, groups: Groups, biases: dict, masked: bool) -> None:
     """Add compensation deltas to each consumer's bias: into the bias input its
-    rule names (created when absent), or through an Add after it."""
+    rule names (created when absent), or through an Add after it; for an
+    integer weight, times its scale, after the Mul that scales its output
+    (``LinearForm.dequantized``)."""
     for index, delta in biases.items():
-        node = rw.view.nodes[index]
         form = groups.linear(index)
+        if form.integer:
+            node = rw.view.producer[form.dequantized]
+            index = rw.view.index_of[id(node)]
+            scale = np.asarray(form.scale, dtype=np.float64)
+            delta = np.asarray(delta, dtype=np.float64) * (scale if scale.size > 1 else float(scale[0]))
+            dtype = np.dtype(np.float32)  # the Cast before that Mul is to float
+        node = rw.view.nodes[index]
         y = node.output[0]
         lay = rw.layout(y, form.y_axis)
         if not masked and lay is not None:
             delta = delta[rw.a.atoms.positions(lay, rw.keep)]
-        dtype = rw.value(index, form.weight).dtype
-        if form.bias is not None:
+        if not form.integer:
+            dtype = rw.value(index, form.weight).dtype
+        if form.bias is not None and not form.integer:
             delta = delta / (form.bias_scale or 1.0)
             if len(node.input) > form.bias and node.input[form.bias]:
                 base = rw.current(index, form.bias)

@@ -115,11 +115,13 @@ def _uniform_copies(before: Summary, pruned: onnx.ModelProto) -> dict[str, int]:
 
 
 def violations(original, pruned: onnx.ModelProto, *, allow_io_change: bool = False,
-               slack: int = 0) -> list[str]:
+               slack: int = 0, float_biases: int = 0) -> list[str]:
     """Every invariant the pruned model breaks, as readable sentences.
     ``original``: the input model or its ``summarize``. ``slack``: parameters
     the model may gain (the masked model is full size and carries the biases
-    compensation adds)."""
+    compensation adds). ``float_biases``: float32 values compensation adds
+    as biases of integer layers (a quantized model stores few floats): the
+    float bytes may grow by that much, the total bytes still may not."""
     before = original if isinstance(original, Summary) else summarize(original)
     after = summarize(pruned)
     out = []
@@ -128,8 +130,12 @@ def violations(original, pruned: onnx.ModelProto, *, allow_io_change: bool = Fal
     copies = _uniform_copies(before, pruned) if before.names else {}
     if sum(after.bytes.values()) > sum(before.bytes.values()) + 8 * slack:
         copies = {}  # the model grew: no allowance
+    total_after, total_before = sum(after.bytes.values()), sum(before.bytes.values())
+    if float_biases and total_after > total_before + 8 * slack:
+        out.append(f"the pruned model stores more weight bytes than the input ({total_after} > {total_before})")
     for dtype, size in sorted(after.bytes.items()):
-        if size > before.bytes.get(dtype, 0) + 8 * slack + copies.get(dtype, 0):
+        grown = 4 * float_biases if dtype == "float" else 0
+        if size > before.bytes.get(dtype, 0) + 8 * slack + copies.get(dtype, 0) + grown:
             out.append(f"the pruned model stores more {dtype} weight bytes than the input "
                        f"({size} > {before.bytes.get(dtype, 0)})")
     for kind in ("input", "output"):
@@ -147,9 +153,11 @@ def violations(original, pruned: onnx.ModelProto, *, allow_io_change: bool = Fal
     return out
 
 
-def check(original, pruned: onnx.ModelProto, *, allow_io_change: bool = False, slack: int = 0) -> None:
+def check(original, pruned: onnx.ModelProto, *, allow_io_change: bool = False, slack: int = 0,
+          float_biases: int = 0) -> None:
     """Raise InternalError naming every broken invariant."""
-    found = violations(original, pruned, allow_io_change=allow_io_change, slack=slack)
+    found = violations(original, pruned, allow_io_change=allow_io_change, slack=slack,
+                       float_biases=float_biases)
     if found:
         raise InternalError("the pruned model breaks an invariant, so it was not written: "
                             + "; ".join(found))

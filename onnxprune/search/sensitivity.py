@@ -76,12 +76,25 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def _distributions(x: np.ndarray) -> bool:
+    """Rows that already are probabilities (a model that ends in Softmax):
+    non-negative, each summing to 1."""
+    return bool(np.all(x >= 0) and np.allclose(x.sum(axis=1), 1.0, atol=1e-3))
+
+
 def damage(a: np.ndarray, b: np.ndarray) -> tuple[str, float]:
-    """("kl", mean KL(softmax a || softmax b)) for (samples, classes) floats,
-    else ("1-cos", mean of 1 - centred cosine per sample)."""
+    """("kl", mean KL(p_a || p_b)) for (samples, classes) floats, p the
+    softmax of logits, or the rows themselves where the model already
+    outputs probabilities (a softmax of probabilities is nearly uniform: it
+    priced a real classifier's layers at 1/100 of their damage); else
+    ("1-cos", mean of 1 - centred cosine per sample)."""
     a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a64.ndim == 2 and a64.shape[1] > 1:
-        p, q = _softmax(a64), _softmax(b64)
+        if _distributions(a64):
+            p = a64 / a64.sum(axis=1, keepdims=True)
+            q = np.maximum(b64, 0) / np.maximum(np.maximum(b64, 0).sum(axis=1, keepdims=True), 1e-30)
+        else:
+            p, q = _softmax(a64), _softmax(b64)
         kl = np.sum(p * (np.log(np.maximum(p, 1e-30)) - np.log(np.maximum(q, 1e-30))), axis=1)
         return "kl", float(np.mean(kl))
     return "1-cos", float(np.mean(1.0 - centred_cosines(a64, b64)))

@@ -180,13 +180,14 @@ def apply(groups: Groups, plan: Plan, comp: Compensation | None, in_place: bool 
     return run_apply(groups, plan.keep, compensation=comp, in_place=in_place)
 
 
-def check(original, pruned: onnx.ModelProto, cfg: PruneConfig) -> None:
+def check(original, pruned: onnx.ModelProto, cfg: PruneConfig, comp: Compensation | None = None) -> None:
     """The invariants (never bigger, same interface, nothing orphaned) against
     the original (a model or its ``invariants.summarize``), then the full
     checker, here in memory unless the model will be written: ``save`` checks
     it from disk, as written."""
     invariants.check(original.model if isinstance(original, Groups) else original, pruned,
-                     allow_io_change=cfg.allow_io_change)
+                     allow_io_change=cfg.allow_io_change,
+                     float_biases=comp.integer_biases() if comp is not None else 0)
     if cfg.check and not cfg.output:
         full_check(pruned)
 

@@ -92,13 +92,15 @@ def test_quantize_dequantize_on_activations_passes_channels(per_channel):
         assert value(m, next(n for n in m.graph.node if n.name == "q").input[1]).shape == (2,)
 
 
-def _dynamic_mlp(per_column_zp: bool, second_zp: int = 0):
+def _dynamic_mlp(per_column_zp: bool, second_zp: int = 0, chain: bool = True):
     """``quantize_dynamic``'s pattern twice: x -> DynamicQuantizeLinear ->
     MatMulInteger (uint8 weight 16 x 32, zero point 128 per column or per
     tensor) -> Cast -> Mul(x_scale * w_scale) -> Relu -> again with a 32 x 4
     weight (int8, zero point ``second_zp``). Columns 0..7 of the first weight
     are tiny (their activations never hold the range's extreme), column 31 is
-    an outlier (it always does)."""
+    an outlier (it always does). ``chain=False`` scales the second layer's
+    output by the two scales one after the other, not by their product: the
+    same values, but not quantize_dynamic's pattern."""
     g = Graph(opset=13)
     rng = np.random.default_rng(3)
     w1 = rng.standard_normal((16, 32))
@@ -112,8 +114,11 @@ def _dynamic_mlp(per_column_zp: bool, second_zp: int = 0):
         zp = np.full(zp_shape, zp_value, dtype)
         wq = g.init(f"{name}_w", np.clip(np.round(w / w_scale) + zp_value, -127, 255), dtype=dtype)
         mm = g.add("MatMulInteger", [q, wq, x_zp, g.init(f"{name}_zp", zp)], name=name)
+        out = g.add("Cast", [mm], to=TensorProto.FLOAT)
+        if not chain and name == "mmi2":
+            return g.add("Mul", [g.add("Mul", [out, x_scale]), g.init(f"{name}_scale", np.float32(w_scale))])
         scale = g.add("Mul", [x_scale, g.init(f"{name}_scale", np.float32(w_scale))])
-        return g.add("Mul", [g.add("Cast", [mm], to=TensorProto.FLOAT), scale])
+        return g.add("Mul", [out, scale])
 
     h = g.add("Relu", [layer("x", w1, "mmi1", (32,) if per_column_zp else ())], name="relu")
     y = layer(h, rng.standard_normal((32, 4)), "mmi2", (), second_zp)
@@ -155,7 +160,7 @@ def test_dynamic_quantization_prunes_approximately_and_says_so(per_column_zp):
     res = onnxprune.prune(model, keep={grp.id: list(range(8, 32))}, validate=False)
     assert any("dynamic quantization" in n for n in res.report.notes)
     # With data: scores read the float activations before the quantization and
-    # the stored integers (obs); compensation leaves integer weights alone.
+    # the stored integers (obs).
     from onnxprune import stages
 
     cfg = onnxprune.PruneConfig(calib={"x": np.random.default_rng(5).standard_normal((64, 16)).astype(np.float32)},
@@ -165,8 +170,6 @@ def test_dynamic_quantization_prunes_approximately_and_says_so(per_column_zp):
     assert reads == {"relu"}  # the float activations, not the quantized ones
     calibration = stages.calibrate(again, cfg)
     assert cfg.criterion == "obs" and grp.id in stages.score(again, calibration, cfg).orders
-    res = onnxprune.prune(model, ratio=0.25, calib=cfg.calib, round_to=1, validate=False)
-    assert any("stored as integers" in n for n in res.compensation.skipped)
     # uint8 weights around a zero point of 128: the masked model fills a removed row with the
     # zero point (W - zp = 0 there), and scores read W - zp
     offset, _ = _dynamic_mlp(per_column_zp, second_zp=128)
@@ -178,6 +181,66 @@ def test_dynamic_quantization_prunes_approximately_and_says_so(per_column_zp):
     np.testing.assert_array_equal(a, b)
     use = next(u for u in og.consumers(ogrp.id) if og.view.nodes[u.node].name == "mmi2")
     np.testing.assert_array_equal(og.weight(use), value(offset, "mmi2_w").astype(np.float64) - 128)
+
+
+@pytest.mark.parametrize("chain", [True, False])
+@pytest.mark.parametrize("second_zp", [0, 128])
+def test_integer_weights_are_refitted_in_units_of_their_scale_and_rounded_back(second_zp, chain):
+    """lsq compensation of a MatMulInteger reader: the removed rows regressed
+    on the kept ones, computed on W - zp, rounded, plus the zero point, in the
+    stored integer type. Behind quantize_dynamic's scale (Cast, then Mul by
+    x_scale * w_scale) the bias goes on the float output, times w_scale;
+    where the graph scales otherwise, the fit goes through the origin
+    (uncentred moments) and adds no bias. Either way the pruned model is
+    nearer the original on new inputs than without compensation; ``bias``
+    compensation has nothing to write into without the pattern and says so."""
+    from onnxprune.refit.compensate import _regress
+    from tests.helpers.oracle import run
+
+    model, _ = _dynamic_mlp(False, second_zp, chain)
+    rng = np.random.default_rng(5)
+    mix = rng.standard_normal((16, 16)) * 0.3 + np.eye(16)  # correlated inputs: a refit has something to use
+    calib = {"x": (rng.standard_normal((256, 16)) @ mix).astype(np.float32)}
+    held = {"x": (rng.standard_normal((256, 16)) @ mix).astype(np.float32)}
+    common = dict(ratio=0.5, calib=calib, round_to=1, validate=False, sequential=False, criterion="l2")
+    res = onnxprune.prune(model, compensate="lsq", **common)
+    flat = onnxprune.prune(model, compensate="none", **common)
+    groups = res.groups
+    grp = group_at(groups, "mmi1", -1)
+    use = next(u for u in groups.consumers(grp.id) if groups.view.nodes[u.node].name == "mmi2")
+    new = res.compensation.weights[(use.node, use.input)]
+    assert new.dtype == value(model, "mmi2_w").dtype and new.shape == (32, 4)
+    kept = np.sort(np.asarray(res.plan.keep[grp.id]))
+    removed = np.setdiff1d(np.arange(32), kept)
+    h = np.maximum(calib["x"].astype(np.float64) @ (value(model, "mmi1_w").astype(np.float64) - 128)
+                   * float(value(model, "mmi1_scale")), 0)
+    moments = np.cov(h.T, bias=True) if chain else h.T @ h / len(h)
+    coef = _regress(moments, kept, removed, 1e-3)
+    w = value(model, "mmi2_w").astype(np.float64) - second_zp
+    expect = w.copy()
+    expect[kept] += coef.T @ w[removed]
+    info = np.iinfo(new.dtype)
+    want = np.clip(np.rint(expect) + second_zp, info.min, info.max)
+    off = np.abs(new.astype(np.float64) - want)  # h here skips the first layer's quantization: a tie may round apart
+    assert off.max() <= 1 and (off > 0).mean() < 0.1, off
+    adds = [n for n in res.model.graph.node if n.op_type == "Add"]
+    if chain:
+        offset = h[:, removed].mean(0) - coef @ h[:, kept].mean(0)
+        bias = offset @ w[removed] * float(value(model, "mmi2_scale"))
+        np.testing.assert_allclose(res.compensation.biases[use.node] * float(value(model, "mmi2_scale")), bias,
+                                   atol=0.02 * np.abs(bias).max())  # h here is the float layer, not the quantized one
+        assert len(adds) == 1 and adds[0].output[0] == model.graph.output[0].name  # after the scale Mul
+    else:
+        assert not res.compensation.biases and not adds
+    seq = onnxprune.prune(model, compensate="lsq", **{**common, "sequential": True})
+    assert seq.report.sequential["refitted"] == (1 if chain else 0)  # a stage refit needs the bias too
+    assert seq.compensation.weights[(use.node, use.input)].dtype == new.dtype
+    ref = run(model, held)[0]
+    err = [np.abs(run(r.model, held)[0] - ref).mean() for r in (res, flat, seq)]
+    assert err[0] < 0.8 * err[1] and err[2] < 0.8 * err[1], err
+    if not chain:
+        bias = onnxprune.prune(model, compensate="bias", **common)
+        assert any("stored as integers" in n for n in bias.compensation.skipped)
 
 
 def test_a_weight_behind_an_op_that_cannot_be_traced_is_folded_and_its_chain_removed():

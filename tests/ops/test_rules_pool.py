@@ -131,18 +131,59 @@ def test_pad_opset2_attribute_on_spatial_axes_passes_channels():
     assert_prunable(group_at(groups, "c1"))
 
 
-@pytest.mark.parametrize("opset", [11, 18])
-def test_pad_on_channel_axis_freezes(opset):
-    g = Graph(opset=opset)
-    a = g.conv("x", 3, 6, name="c1")
+def _channel_pad(g, a, opset, begin, end, **attrs):
     if opset >= 18:
-        inputs = [a, g.ints("pads", [1, 1]), "", g.ints("axes", [1])]
+        inputs = [a, g.ints("pads", [begin, end]), "", g.ints("axes", [1])]
+    elif opset >= 11:
+        inputs = [a, g.ints("pads", [0, begin, 0, 0, 0, end, 0, 0])]
     else:
-        inputs = [a, g.ints("pads", [0, 1, 0, 0, 0, 1, 0, 0])]
-    p = g.add("Pad", inputs, name="pad")
-    y = g.conv(p, 8, 4, name="c2")
+        inputs, attrs = [a], {**attrs, "pads": [0, begin, 0, 0, 0, end, 0, 0]}
+    if "value" in attrs and opset >= 11:
+        inputs = [inputs[0], inputs[1], g.init("cval", np.float32(attrs.pop("value"))), *inputs[3:]]
+    return g.add("Pad", inputs, name="pad", **attrs)
+
+
+@pytest.mark.parametrize("value", [0.0, 0.5])
+@pytest.mark.parametrize("opset", [9, 11, 18])
+def test_constant_pad_on_channel_axis_adds_channels_that_prune_with_their_readers(opset, value):
+    """A ResNet shortcut that pads 6 channels to 10 with constants and adds
+    them to a 10-channel conv: the input's channels couple with the conv's
+    first 6, the 1 + 3 added channels with its others (their own atoms),
+    both prune, and the pads are rewritten to the counts kept."""
+    g = Graph(opset=opset)
+    a = g.add("Relu", [g.conv("x", 3, 6, name="c1")], name="act")
+    p = _channel_pad(g, a, opset, 1, 3, value=value)
+    s = g.add("Add", [p, g.conv(a, 6, 10, name="c3")], name="sum")
+    y = g.conv(g.add("Relu", [s]), 10, 4, name="c2")
+    model = g.build({"x": [1, 3, 5, 5]}, [y])
+    groups = exact(model, trials=6)
+    grp = group_at(groups, "c1")
+    assert_prunable(grp)
+    added = [gr for gr in groups.groups if gr is not grp and "c3" in gr.members]
+    assert sorted(gr.channels for gr in added) == [1, 3] and all(gr.prunable for gr in added)
+    big = max(added, key=lambda gr: gr.channels)
+    keep = {**keep_of(grp, [0, 2, 5]), **keep_of(big, [1])}
+    exact(model, keep)
+    m = pruned(groups, keep)
+    if opset < 11:
+        pads = next(a.ints for n in m.graph.node if n.name == "pad" for a in n.attribute if a.name == "pads")
+    else:
+        pads = input_value(m, "pad", 1).tolist()
+    begin, end = (pads[0], pads[1]) if opset >= 18 else (pads[1], pads[5])
+    assert (begin, end) == (1, 1)  # the one added before, and one of the three after
+
+
+@pytest.mark.parametrize("how", ["reflect", "edge", "negative"])
+def test_pad_that_copies_or_crops_channels_freezes(how):
+    g = Graph(opset=11)
+    a = g.conv("x", 3, 6, name="c1")
+    if how == "negative":
+        p = g.add("Pad", [a, g.ints("pads", [0, 0, 0, 0, 0, -1, 0, 0])], name="pad")
+    else:
+        p = g.add("Pad", [a, g.ints("pads", [0, 1, 0, 0, 0, 1, 0, 0])], name="pad", mode=how)
+    y = g.conv(p, 5 if how == "negative" else 8, 4, name="c2")
     groups = exact(g.build({"x": [1, 3, 5, 5]}, [y]))
-    assert_frozen(group_at(groups, "c1"), "'pad'", "padded along a channel axis")
+    assert_frozen(group_at(groups, "c1"), "'pad'", "cropped" if how == "negative" else "copies channels")
 
 
 @pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])

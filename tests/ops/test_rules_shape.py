@@ -297,6 +297,50 @@ def test_reshape_to_its_own_run_time_channel_count_prunes():
     assert_prunable(group_at(groups, "act"))
 
 
+@pytest.mark.parametrize("batch", [1, "N"])
+def test_reshape_to_a_run_time_product_of_the_channel_count_and_a_fixed_size_prunes(batch):
+    """A CRNN's ``b, c, h, w = x.size(); x.permute(0, 3, 1, 2).reshape(b, w, c * h)``:
+    the feature entry is Shape[1] * Shape[2], C times a size pruning does not
+    change, so it follows the pruned count by itself (fold.Dim with a factor):
+    exact, and the MatMul reading the C*H features is sliced in blocks of H."""
+    g = Graph(opset=13)
+    a = feature_map(g)
+    s = g.add("Shape", [a], name="shape")
+
+    def entry(i):
+        return g.add("Gather", [s, g.ints(f"i{i}", i)], axis=0)
+
+    ch = g.add("Mul", [entry(1), entry(2)], name="c_times_h")
+    dims = g.add("Concat", [g.add("Unsqueeze", [v, g.ints(f"ax{k}", [0])]) for k, v in
+                            enumerate([entry(0), entry(3), ch])], axis=0)
+    t = g.add("Transpose", [a], perm=[0, 3, 1, 2])
+    r = g.add("Reshape", [t, dims], name="reshape")
+    y = g.matmul(r, 16, 3, name="fc1")
+    groups = exact(g.build({"x": [batch, 3, 4, 4]}, {y: [batch, 4, 3]}))
+    grp = group_at(groups, "act")
+    assert_prunable(grp)
+    assert "fc1" in grp.members
+    exact(g.build({"x": [batch, 3, 4, 4]}, {y: [batch, 4, 3]}), keep_of(grp, [0, 2]))
+
+
+def test_a_product_of_two_channel_counts_in_a_run_time_shape_freezes():
+    """C1 * C2 read from two pruned tensors sets one reshape entry: the entry
+    would follow neither count alone, so the counts freeze, with the reason."""
+    g = Graph(opset=13)
+    a = feature_map(g)
+    b = g.add("Relu", [g.conv("x", 3, 2, name="c4")], name="act2")
+    c1 = g.add("Gather", [g.add("Shape", [a], name="shape_a"), g.ints("i1", 1)], axis=0)
+    c2 = g.add("Gather", [g.add("Shape", [b], name="shape_b"), g.ints("j1", 1)], axis=0)
+    both = g.add("Unsqueeze", [g.add("Mul", [c1, c2]), g.ints("ax0", [0])])
+    dims = g.add("Concat", [g.ints("one", [1]), both, g.ints("minus1", [-1])], axis=0)
+    r = g.add("Reshape", [g.add("Mul", [a, g.add("Slice", [b, g.ints("s0", [0]), g.ints("s1", [1]),
+                                                              g.ints("sa", [1])])]), dims], name="reshape")
+    y = g.conv(a, 4, 2, name="c2")
+    z = g.conv(b, 2, 2, name="c5")
+    groups = exact(g.build({"x": [1, 3, 4, 4]}, {y: [1, 2, 4, 4], z: [1, 2, 4, 4], r: [1, 8, 8]}))
+    assert any("another channel count" in why for grp in groups.groups for why in grp.frozen)
+
+
 @pytest.mark.parametrize("how", ["flat", "arith", "square", "other_group"])
 def test_a_channel_count_read_by_shape_that_lands_elsewhere_freezes(how):
     """C read by Shape sets the size of another tensor's axis (or passes

@@ -253,3 +253,26 @@ def test_a_deduplicated_zero_bias_may_be_copied_when_the_model_shrinks():
     assert weight_bytes(res.model)["float"] > weight_bytes(model)["float"]
     bigger = _with_extra_initializer(model, "extra", np.zeros(100, np.float32), used=True)
     assert any("float weight bytes" in v for v in violations(model, bigger, allow_io_change=True))
+
+
+def test_float_biases_of_integer_layers_may_grow_the_floats_never_the_total():
+    """Compensation's biases for integer layers are new float tensors in a
+    model that stores few floats: the float bytes may grow by that many
+    values (``float_biases``), the total bytes still may not."""
+    model = F.classifier()
+    t = next(t for t in model.graph.initializer if t.name == "conv2.weight")
+    as_int8 = copy.deepcopy(model)
+    w = numpy_helper.to_array(t)
+    t8 = next(t for t in as_int8.graph.initializer if t.name == "conv2.weight")
+    t8.CopyFrom(numpy_helper.from_array(np.zeros(w.shape, np.int8), t.name))
+    smaller = copy.deepcopy(as_int8)
+    t8 = next(t for t in smaller.graph.initializer if t.name == "conv2.weight")
+    t8.CopyFrom(numpy_helper.from_array(np.zeros((w.shape[0] // 2, *w.shape[1:]), np.int8), t.name))
+    rng = np.random.default_rng(0)  # not uniform: a uniform tensor may be a copy of a deduplicated one
+    grown = _with_extra_initializer(smaller, "bias_add", rng.standard_normal(4).astype(np.float32), used=True)
+    assert any("float weight bytes" in v for v in violations(as_int8, grown, allow_io_change=True))
+    assert not [v for v in violations(as_int8, grown, allow_io_change=True, float_biases=4)
+                if "bytes" in v]
+    huge = _with_extra_initializer(as_int8, "bias_add", rng.standard_normal(w.size).astype(np.float32), used=True)
+    found = violations(as_int8, huge, allow_io_change=True, float_biases=w.size)
+    assert any("stores more weight bytes than the input" in v for v in found)

@@ -30,6 +30,11 @@ def test_damage_is_kl_for_classifier_outputs_and_one_minus_cosine_otherwise():
     img = rng.standard_normal((4, 3, 5, 5))
     assert damage(img, 2 * img + 1) == ("1-cos", pytest.approx(0.0, abs=1e-12))
     assert damage(img, -img)[1] == pytest.approx(2.0)
+    # a model that ends in Softmax: its outputs are the distributions (softmax
+    # again would flatten them, and the damage with them)
+    assert damage(p, q) == ("kl", pytest.approx(float(np.mean(np.sum(p * np.log(p / q), 1))), rel=1e-6))
+    assert damage(p, q)[1] > 10 * damage(np.exp(p) / np.exp(p).sum(1, keepdims=True),
+                                         np.exp(q) / np.exp(q).sum(1, keepdims=True))[1]
 
 
 def test_damage_counts_every_float_output_not_only_the_first():
