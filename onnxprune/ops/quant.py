@@ -27,11 +27,12 @@ from onnxprune.ops.linear import MatMul
 from onnxprune.ops.registry import register
 
 
-def _dequantized(node, view) -> dict:
+def _dequantized(node, view, outputs: int) -> dict:
     """``quantize_dynamic``'s dequantization of an integer product: the int32
     output Cast to float, times (the activation's DynamicQuantizeLinear scale
-    x the weight's stored scale). -> LinearForm fields naming the float
-    output and the weight's scale, or none where the graph says otherwise."""
+    x the weight's stored scale, one or one per of the ``outputs``). ->
+    LinearForm fields naming the float output and the weight's scale, or
+    none where the graph says otherwise."""
     def only(name, op):
         readers = view.consumers.get(name, [])
         if len(readers) != 1 or view.escapes(name) or readers[0][0].op_type != op:
@@ -49,7 +50,7 @@ def _dequantized(node, view) -> dict:
     if scales is None or scales.op_type != "Mul" or dql.output[1] not in scales.input:
         return {}
     w_scale = view.const(scales.input[1] if scales.input[0] == dql.output[1] else scales.input[0])
-    if w_scale is None or np.asarray(w_scale).dtype.kind != "f":
+    if w_scale is None or np.asarray(w_scale).dtype.kind != "f" or np.size(w_scale) not in (1, outputs):
         return {}
     return {"dequantized": mul.output[0], "scale": tuple(float(v) for v in np.asarray(w_scale).reshape(-1))}
 
@@ -189,7 +190,7 @@ class MatMulInteger(MatMul):
         if b is None or len(b) != 2 or view.is_const(node.input[0]):
             return None
         return LinearForm(weight=1, in_axis=0, out_axis=1, x=0, x_axis=-1, y_axis=-1, zero_point=3, integer=True,
-                          **_dequantized(node, view))
+                          **_dequantized(node, view, b[1]))
 
 
 @register("ConvInteger")
@@ -214,10 +215,11 @@ class ConvInteger(Conv):
 
     def linear(self, node, view):
         form = super().linear(node, view)
-        if form is None:
+        shape = view.const_shape(node.input[1])
+        if form is None or not shape:
             return None
         return LinearForm(weight=1, in_axis=1, out_axis=0, x=0, x_axis=1, y_axis=1, dense=form.dense, zero_point=3,
-                          integer=True, **_dequantized(node, view))
+                          integer=True, **_dequantized(node, view, shape[0]))
 
 
 @register("QLinearConv", "QLinearMatMul")

@@ -466,12 +466,6 @@ class Shape(Rule):
             ctx.freeze(lays[ax], f"its size is read by Shape node '{node.name}'")
 
 
-def _static(view, tensor: str, axis: int) -> int | None:
-    shape = view.shape(tensor)
-    size = shape[axis] if shape is not None and axis < len(shape) else None
-    return size if isinstance(size, int) and size > 0 else None
-
-
 def check_dims(ctx, entries, y: str, axis_of, what: str) -> set:
     """Entries of a run-time shape that came from a channel count
     (``fold.Dim``) must follow the pruned size of the output axis they set
@@ -489,7 +483,7 @@ def check_dims(ctx, entries, y: str, axis_of, what: str) -> set:
         to = axis_of(k)
         out = ctx.get(y, to) if to is not None else None
         src = ctx.get(*channels[0])
-        size = _static(ctx.view, *channels[0])
+        size = ctx.view.static(*channels[0])
         coef = int(e) // size if size and len(channels) == 1 and int(e) % size == 0 else None
         if out is not None and coef is not None and follows(ctx.atoms, coef, src, out):
             ok.add(k)  # the other factors are sizes pruning does not change

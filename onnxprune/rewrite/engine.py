@@ -221,19 +221,15 @@ def _add_biases(rw: _Edits, groups: Groups, biases: dict, masked: bool) -> None:
     (``LinearForm.dequantized``)."""
     for index, delta in biases.items():
         form = groups.linear(index)
-        if form.integer:
-            node = rw.view.producer[form.dequantized]
-            index = rw.view.index_of[id(node)]
-            scale = np.asarray(form.scale, dtype=np.float64)
-            delta = np.asarray(delta, dtype=np.float64) * (scale if scale.size > 1 else float(scale[0]))
-            dtype = np.dtype(np.float32)  # the Cast before that Mul is to float
+        if form.integer:  # on the float output its scale Mul gives, in float units
+            index = rw.view.index_of[id(rw.view.producer[form.dequantized])]
+            delta = np.asarray(delta, dtype=np.float64) * np.asarray(form.scale, dtype=np.float64)
         node = rw.view.nodes[index]
         y = node.output[0]
         lay = rw.layout(y, form.y_axis)
         if not masked and lay is not None:
             delta = delta[rw.a.atoms.positions(lay, rw.keep)]
-        if not form.integer:
-            dtype = rw.value(index, form.weight).dtype
+        dtype = np.dtype(np.float32) if form.integer else rw.value(index, form.weight).dtype  # Cast to float
         if form.bias is not None and not form.integer:
             delta = delta / (form.bias_scale or 1.0)
             if len(node.input) > form.bias and node.input[form.bias]:

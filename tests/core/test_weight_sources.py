@@ -92,7 +92,7 @@ def test_quantize_dequantize_on_activations_passes_channels(per_channel):
         assert value(m, next(n for n in m.graph.node if n.name == "q").input[1]).shape == (2,)
 
 
-def _dynamic_mlp(per_column_zp: bool, second_zp: int = 0, chain: bool = True):
+def _dynamic_mlp(per_column_zp: bool, second_zp: int = 0, chain: bool = True, column_scales: bool = False):
     """``quantize_dynamic``'s pattern twice: x -> DynamicQuantizeLinear ->
     MatMulInteger (uint8 weight 16 x 32, zero point 128 per column or per
     tensor) -> Cast -> Mul(x_scale * w_scale) -> Relu -> again with a 32 x 4
@@ -100,7 +100,8 @@ def _dynamic_mlp(per_column_zp: bool, second_zp: int = 0, chain: bool = True):
     are tiny (their activations never hold the range's extreme), column 31 is
     an outlier (it always does). ``chain=False`` scales the second layer's
     output by the two scales one after the other, not by their product: the
-    same values, but not quantize_dynamic's pattern."""
+    same values, but not quantize_dynamic's pattern. ``column_scales``
+    gives the second weight a scale per column (per output)."""
     g = Graph(opset=13)
     rng = np.random.default_rng(3)
     w1 = rng.standard_normal((16, 32))
@@ -110,6 +111,8 @@ def _dynamic_mlp(per_column_zp: bool, second_zp: int = 0, chain: bool = True):
     def layer(x, w, name, zp_shape, zp_value=128):
         q, x_scale, x_zp = g.add("DynamicQuantizeLinear", [x], n_out=3, name=f"{name}_dql")
         w_scale = float(np.abs(w).max() / 127)
+        if column_scales and name == "mmi2":
+            w_scale = (np.abs(w).max(axis=0) / 127).astype(np.float32)
         dtype = np.uint8 if zp_value >= 128 else np.int8
         zp = np.full(zp_shape, zp_value, dtype)
         wq = g.init(f"{name}_w", np.clip(np.round(w / w_scale) + zp_value, -127, 255), dtype=dtype)
@@ -117,7 +120,7 @@ def _dynamic_mlp(per_column_zp: bool, second_zp: int = 0, chain: bool = True):
         out = g.add("Cast", [mm], to=TensorProto.FLOAT)
         if not chain and name == "mmi2":
             return g.add("Mul", [g.add("Mul", [out, x_scale]), g.init(f"{name}_scale", np.float32(w_scale))])
-        scale = g.add("Mul", [x_scale, g.init(f"{name}_scale", np.float32(w_scale))])
+        scale = g.add("Mul", [x_scale, g.init(f"{name}_scale", np.asarray(w_scale, np.float32))])
         return g.add("Mul", [out, scale])
 
     h = g.add("Relu", [layer("x", w1, "mmi1", (32,) if per_column_zp else ())], name="relu")
@@ -183,7 +186,7 @@ def test_dynamic_quantization_prunes_approximately_and_says_so(per_column_zp):
     np.testing.assert_array_equal(og.weight(use), value(offset, "mmi2_w").astype(np.float64) - 128)
 
 
-@pytest.mark.parametrize("chain", [True, False])
+@pytest.mark.parametrize("chain", [True, False, "column_scales"])
 @pytest.mark.parametrize("second_zp", [0, 128])
 def test_integer_weights_are_refitted_in_units_of_their_scale_and_rounded_back(second_zp, chain):
     """lsq compensation of a MatMulInteger reader: the removed rows regressed
@@ -197,7 +200,7 @@ def test_integer_weights_are_refitted_in_units_of_their_scale_and_rounded_back(s
     from onnxprune.refit.compensate import _regress
     from tests.helpers.oracle import run
 
-    model, _ = _dynamic_mlp(False, second_zp, chain)
+    model, _ = _dynamic_mlp(False, second_zp, bool(chain), column_scales=chain == "column_scales")
     rng = np.random.default_rng(5)
     mix = rng.standard_normal((16, 16)) * 0.3 + np.eye(16)  # correlated inputs: a refit has something to use
     calib = {"x": (rng.standard_normal((256, 16)) @ mix).astype(np.float32)}
@@ -226,10 +229,13 @@ def test_integer_weights_are_refitted_in_units_of_their_scale_and_rounded_back(s
     adds = [n for n in res.model.graph.node if n.op_type == "Add"]
     if chain:
         offset = h[:, removed].mean(0) - coef @ h[:, kept].mean(0)
-        bias = offset @ w[removed] * float(value(model, "mmi2_scale"))
-        np.testing.assert_allclose(res.compensation.biases[use.node] * float(value(model, "mmi2_scale")), bias,
+        scale = value(model, "mmi2_scale").astype(np.float64)  # one, or one per column
+        bias = offset @ w[removed] * scale
+        np.testing.assert_allclose(res.compensation.biases[use.node] * scale, bias,
                                    atol=0.02 * np.abs(bias).max())  # h here is the float layer, not the quantized one
         assert len(adds) == 1 and adds[0].output[0] == model.graph.output[0].name  # after the scale Mul
+        added = {t.name: onnx.numpy_helper.to_array(t) for t in res.model.graph.initializer}[adds[0].input[1]]
+        np.testing.assert_allclose(added.reshape(-1), res.compensation.biases[use.node] * scale, rtol=1e-6)
     else:
         assert not res.compensation.biases and not adds
     seq = onnxprune.prune(model, compensate="lsq", **{**common, "sequential": True})
