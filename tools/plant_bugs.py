@@ -128,6 +128,8 @@ MUTANTS = {
     "float_biases_unbounded_total": ("onnxprune/rewrite/invariants.py",
                                      "if float_biases and total_after > total_before + 8 * slack:",
                                      "if False:"),
+    "bias_add_node_name_reused": ("onnxprune/rewrite/engine.py", 'name=rw.unique_name(f"{node.name}_bias_add"))',
+                                  'name=f"{node.name}_bias_add")'),
     "integer_refit_centred": ("onnxprune/refit/compensate.py",
                               "cov = sum(r.stats.xtx for r in tied) / rows.sum()",
                               "cov = sum(n * r.stats.covariance() for n, r in zip(rows, tied)) / rows.sum()"),

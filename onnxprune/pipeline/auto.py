@@ -137,8 +137,9 @@ def auto_prune(source, cfg, max_drop: float, step: float = 0.1, floor: float | N
         t0 = time.perf_counter()
         try:
             res = pipeline_prune.run(current, replace(step_cfg, macs_target=min(0.999, want / current_frac)))
-        except OnnxPruneError as e:
-            run.stopped = f"nothing more to prune: {e}"
+        except OnnxPruneError as e:  # the plan cannot go further, or this step's prune failed: say which
+            done = str(e).startswith("nothing to prune") or "cannot be met" in str(e)
+            run.stopped = f"nothing more to prune: {e}" if done else f"step {k} failed: {e}"
             break
         outs = run_batched(session(res.model), feeds, None)[0]
         name, value, before = _metric(outs, ref, labels)

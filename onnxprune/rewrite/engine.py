@@ -32,12 +32,15 @@ _KEEP_BYTES = 1 << 20  # a written weight above this is not also kept as an arra
 
 
 def _all_names(model: onnx.ModelProto) -> set[str]:
+    """Every tensor and node name the model uses: a new one must differ from
+    all (a model pruned again already holds the nodes an earlier prune added)."""
     names = set()
     for g in all_graphs(model.graph):
         names |= {t.name for t in g.initializer} | {i.name for i in g.input} | {o.name for o in g.output}
         for node in g.node:
             names.update(node.input)
             names.update(node.output)
+            names.add(node.name)
     return names
 
 
@@ -248,7 +251,7 @@ def _add_biases(rw: _Edits, groups: Groups, biases: dict, masked: bool) -> None:
             bias = rw.new_const(f"{node.name}_bias", delta.astype(dtype).reshape(shape))
             inner = rw.unique_name(f"{y}_before_bias")
             node.output[0] = inner
-            add = onnx.helper.make_node("Add", [inner, bias], [y], name=f"{node.name}_bias_add")
+            add = onnx.helper.make_node("Add", [inner, bias], [y], name=rw.unique_name(f"{node.name}_bias_add"))
             rw.new_nodes.append((index, add))
 
 

@@ -138,3 +138,28 @@ def test_steps_reach_the_macs_target_in_n_whole_prunes(tmp_path):
     assert steps[0]["macs"] > steps[1]["macs"] and steps[1]["macs"] <= 0.6 + 1e-6
     res = CliRunner().invoke(main, ["prune", PATH, "-o", str(tmp_path / "s.onnx"), "--steps", "2", "--data", DATA])
     assert res.exit_code == 2 and "--steps N needs --macs-target" in res.output
+
+
+def test_a_step_that_fails_stops_the_loop_saying_it_failed_not_that_nothing_is_left(monkeypatch):
+    """A step whose prune raises keeps the steps before it; the reason says
+    the step failed, with the error, unless the error says the plan cannot
+    go further."""
+    from onnxprune.core.errors import OnnxPruneError
+    from onnxprune.pipeline import auto
+
+    d = np.load(DATA)
+    cfg = PruneConfig(calib={"input": d["input"][:160]}, data={"input": d["input"][160:]})
+    real, calls = auto.pipeline_prune.run, []
+
+    def flaky(source, step_cfg, why):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OnnxPruneError(why)
+        return real(source, step_cfg)
+
+    for why, said in (("onnxruntime cannot load the model: two nodes with same node name", "step 2 failed"),
+                      ("the MACs target 0.5 cannot be met: every prunable group ...", "nothing more to prune")):
+        calls.clear()
+        monkeypatch.setattr(auto.pipeline_prune, "run", lambda s, c, why=why: flaky(s, c, why))
+        _, traj = auto_prune(PATH, cfg, max_drop=1.0, step=0.1, floor=0.5)
+        assert traj.stopped.startswith(said) and why in traj.stopped and len(traj.steps) == 1

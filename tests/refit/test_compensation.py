@@ -478,3 +478,23 @@ def test_a_tied_layer_is_compensated_and_the_written_model_is_exact():
     def error(result):
         return sum(float(np.sum((run(model, f)[0] - run(result.model, f)[0]) ** 2)) for f in calib)
     assert error(fitted) < 0.8 * error(plain)
+
+
+def test_a_model_pruned_twice_gets_new_names_for_the_bias_adds_it_gains():
+    """Compensation adds an Add after a consumer with no bias input, named
+    after that consumer; pruning the result again (``--steps``, or a user
+    pruning a pruned model) must name the second one differently: ONNX
+    rejects a model with two nodes of one name."""
+    from tests.helpers.graphs import Graph
+    from tests.helpers.oracle import run
+
+    g = Graph()
+    h = g.add("Relu", [g.matmul("x", 8, 16, name="fc1")], name="act")
+    model = g.build({"x": ["N", 8]}, [g.matmul(h, 16, 4, name="fc2")])
+    calib = {"x": np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32)}
+    once = onnxprune.prune(model, ratio=0.25, calib=calib, round_to=1, validate=False).model
+    twice = onnxprune.prune(once, ratio=0.25, calib=calib, round_to=1, validate=False).model
+    names = [n.name for n in twice.graph.node]
+    assert sum("bias_add" in n for n in names) == 2 and len(set(names)) == len(names)
+    onnx.checker.check_model(twice, full_check=True)
+    run(twice, calib)
