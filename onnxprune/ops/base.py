@@ -63,7 +63,6 @@ class LinearForm:
     takes none: compensation then adds an Add node); ``bias_scale``: what the
     op multiplies its bias by (Gemm's beta).
     ``dense``: every input feeds every output (False for grouped convs).
-    ``refit``: compensation may rewrite W and the bias.
     ``integer``: W holds quantized integers (``zero_point`` names their zero
     point): compensation refits W in units of its scale (a per-tensor or
     per-output scale cancels out of a refit that mixes inputs) and rounds it
@@ -82,7 +81,6 @@ class LinearForm:
     bias: int | None = None
     bias_scale: float = 1.0
     dense: bool = True
-    refit: bool = True  # False: compensation never rewrites W
     zero_point: int | None = None  # the input slot of W's zero point: the effective weight is W - zp
     integer: bool = False  # W is stored as quantized integers (MatMulInteger, ConvInteger)
     dequantized: str | None = None  # integer W: the float output after the scale Mul, where a bias can go

@@ -91,12 +91,29 @@ def shared_weight(groups: Groups, node, form) -> str | None:
     return None
 
 
-def stored_integers(groups: Groups, index: int, form) -> tuple:
-    """An integer weight's stored value and its zero point (None where it has
-    none): what a refit in its units is rounded back to."""
-    node = groups.view.nodes[index]
-    name = form.zero_point_input(node)
-    return groups.view.const(node.input[form.weight]), groups.view.const(name) if name else None
+def _zero_point(groups: Groups, index: int, form):
+    name = form.zero_point_input(groups.view.nodes[index])
+    return groups.view.const(name) if name else None
+
+
+def held(groups: Groups, comp: Compensation, index: int, slot: int, form) -> np.ndarray | None:
+    """The weight compensation holds for a reader, as it computes (an
+    integer weight minus its zero point); None when it holds none."""
+    value = comp.weights.get((index, slot))
+    if value is None or not form.integer:
+        return value
+    return form.effective(value, _zero_point(groups, index, form))
+
+
+def to_stored(groups: Groups, index: int, form, w: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """A refitted W ((inputs, outputs, taps), as it computes) back in the
+    layout and type of ``like``, the weight it replaces; an integer weight
+    rounded back to its integers, zero point added."""
+    if not form.integer:
+        return form.from_matrix(w, np.asarray(like))
+    stored = groups.view.const(groups.view.nodes[index].input[form.weight])
+    return form.quantized(form.from_matrix(w, np.asarray(like, dtype=np.float64)),
+                          _zero_point(groups, index, form), stored)
 
 
 def compensate(groups: Groups, keep: dict, calibration, mode: str = "bias",
@@ -130,9 +147,6 @@ def _readers(groups: Groups, keep: dict, calibration, comp: Compensation, mode: 
             continue
         if not form.dense:
             continue  # channel-wise (grouped) consumers need no compensation
-        if not form.refit:
-            comp.skipped.append(f"{node.name}: its rule does not let compensation rewrite its weight")
-            continue
         if form.integer and not form.dequantized and mode != "lsq":
             comp.skipped.append(f"{node.name}: its weight is stored as integers with no float output to add "
                                 f"the removed channels' means to (lsq refits the integers)")
@@ -208,10 +222,8 @@ def _fit(groups: Groups, keep: dict, tied: list, comp: Compensation, mode: str, 
                                 f"{'nothing compensated' if origin else 'bias compensation only'}")
         if origin:
             return
-    wkey = (use.node, use.input)
-    stored, zp = stored_integers(groups, use.node, form)
-    value = form.effective(comp.weights[wkey], zp) if form.integer and wkey in comp.weights \
-        else comp.weights.get(wkey, groups.weight(use))
+    value = held(groups, comp, use.node, use.input, form)
+    value = groups.weight(use) if value is None else value
     w = form.matrix(value)  # (inputs, outputs, taps)
     w_removed = w[removed]
     if how == "bias":
@@ -227,10 +239,7 @@ def _fit(groups: Groups, keep: dict, tied: list, comp: Compensation, mode: str, 
         flat = w.reshape(w.shape[0], -1)
         flat[kept] += coef.T @ w_removed.reshape(len(removed), -1)
         w = flat.reshape(w.shape)
-        if form.integer:
-            new = form.quantized(form.from_matrix(w, np.asarray(value, dtype=np.float64)), zp, stored)
-        else:
-            new = form.from_matrix(w, np.asarray(value))
+        new = to_stored(groups, use.node, form, w, value)
         for r in tied:
             comp.weights[(r.use.node, r.use.input)] = new
     if origin:

@@ -49,7 +49,7 @@ from onnxprune.calibration.statistics import GRAM_ROWS, gram_subset
 from onnxprune.core.data import model_inputs
 from onnxprune.core.errors import OnnxPruneError
 from onnxprune.core.runtime import session, upto
-from onnxprune.refit.compensate import Compensation, shared_weight, stored_integers
+from onnxprune.refit.compensate import Compensation, held, shared_weight, to_stored
 from onnxprune.rewrite.engine import apply as run_apply
 from onnxprune.select.reconstruct import obs_order
 
@@ -208,7 +208,7 @@ def _targets(groups: Groups, keep: dict, calibration) -> tuple[list, list]:
     view = groups.view
     found, skipped = [], []
     for use, node, form in groups.linear_readers(g.id for g in groups.groups):
-        if form is None or not form.dense or not form.refit:
+        if form is None or not form.dense:
             continue
         if form.integer and not form.dequantized:
             continue  # no bias to add: the one-shot fit through the origin stays
@@ -411,21 +411,15 @@ def _stage(groups: Groups, keep: dict, comp: Compensation, stage: list, by_group
         w = t.form.matrix(value)
         flat = w.reshape(w.shape[0], -1)
         # Pulled back to the one-shot fit, unless the group was chosen again (its fit is for other channels).
-        prior = None if t.reselected else comp.weights.get((t.node, t.use.input))
-        stored, zp = stored_integers(groups, t.node, t.form) if t.form.integer else (None, None)
-        if prior is not None and t.form.integer:
-            prior = t.form.effective(prior, zp)  # in the units the refit computes in
+        prior = None if t.reselected else held(groups, comp, t.node, t.use.input, t.form)
         full = None if prior is None else np.asarray(t.form.matrix(prior), np.float64).reshape(flat.shape)
         v, delta = _refit(flat, cs, t.kept, full)
         new = np.zeros_like(flat)
         new[t.kept] = v
-        if t.form.integer:  # rounded back to the stored integers; the bias goes after the output's scale
-            back = t.form.from_matrix(new.reshape(w.shape), np.asarray(value, np.float64))
-            comp.weights[(t.node, t.use.input)] = t.form.quantized(back, zp, stored)
-            comp.integer.add(t.node)
-        else:
-            comp.weights[(t.node, t.use.input)] = t.form.from_matrix(new.reshape(w.shape), np.asarray(value))
+        comp.weights[(t.node, t.use.input)] = to_stored(groups, t.node, t.form, new.reshape(w.shape), value)
         comp.biases[t.node] = delta.reshape(w.shape[1], w.shape[2]).sum(axis=1)
+        if t.form.integer:
+            comp.integer.add(t.node)  # its bias goes after the output's scale
         rep.refitted += 1
 
 
