@@ -223,21 +223,34 @@ class Groups:
 
     def macs_terms(self) -> list[tuple[int, list]]:
         """(MACs, layouts) per costly node: its MACs scale with the kept
-        fraction of each layout (its output channels and its linear inputs)."""
+        fraction of each layout (its output channels and its linear inputs).
+        A node with linear inputs in more than one weight (a recurrent cell's
+        W reads the input features, R the hidden state) is a sum: one term
+        per weight, its share of the MACs that weight's share of their
+        elements (every element is one multiply per step), so removing
+        hidden units saves what they cost in W and in R, not their product."""
         if "macs_terms" not in self._index:
 
-            in_layouts: dict[int, list] = {}
+            in_layouts: dict[int, dict] = {}
             for use in self.analysis.uses:
                 if use.role == "in":
-                    in_layouts.setdefault(use.node, []).append(use.layout)
+                    in_layouts.setdefault(use.node, {}).setdefault(use.input, []).append(use.layout)
             terms = []
             found = counted_nodes(self.view)
             for i in (found[1] if found is not None else range(len(self.view.nodes))):
                 node = self.view.nodes[i]
                 macs = node_macs(self.view, node)
-                if macs:
-                    outs = list(self.analysis.layouts.get(node.output[0], {}).values()) if node.output else []
-                    terms.append((macs, outs + in_layouts.get(i, [])))
+                if not macs:
+                    continue
+                outs = list(self.analysis.layouts.get(node.output[0], {}).values()) if node.output else []
+                by_weight = in_layouts.get(i, {})
+                sizes = {slot: int(np.prod(self.view.const_shape(node.input[slot]) or [0], dtype=np.int64))
+                         for slot in by_weight}
+                if len(by_weight) < 2 or not all(sizes.values()):
+                    terms.append((macs, outs + [lay for lays in by_weight.values() for lay in lays]))
+                    continue
+                total = sum(sizes.values())
+                terms.extend((macs * sizes[slot] / total, outs + lays) for slot, lays in by_weight.items())
             self._index["macs_terms"] = terms
         return self._index["macs_terms"]
 

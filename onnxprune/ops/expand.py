@@ -3,7 +3,11 @@
 Expand broadcasts size-1 axes to a target shape; an axis that keeps its size
 passes its channels through, and a constant target that names the channel
 count is rewritten (grouped-query attention's ``repeat_kv`` expands a new
-axis next to the K/V heads, which then merge by Reshape). Tile repeats whole
+axis next to the K/V heads, which then merge by Reshape). An axis it
+broadcasts from an input without channels holds n copies of one slice, so
+any k of them are the same copies: where the target states n as a literal,
+the axis starts a channel space its readers' channels join (Paddle's zero initial RNN state, ``Expand(0.0,
+Concat([layers], [batch], [hidden]))``), and the literal is rewritten. Tile repeats whole
 axes: ``r`` copies of a channel space end to end are the same space repeated
 along an outer index, which the layout algebra expresses directly.
 """
@@ -12,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxprune.ops.base import Rule
-from onnxprune.ops.fold import known_ints, partial_value
+from onnxprune.ops.fold import known_ints, literal_source, partial_value
 from onnxprune.ops.registry import register
 from onnxprune.ops.shape import check_dims
 
@@ -29,13 +33,15 @@ class Expand(Rule):
         raw = partial_value(ctx.view, node.input[1])
         if not lays:
             check_dims(ctx, raw, y, lambda k: None, "expand")  # a count read elsewhere lands here
+            names, literals = self._broadcast(node, ctx, raw, rx, ry)
+            if names or literals:
+                ctx.state(entries=names, literals=literals)
             return
         target = known_ints(raw)
         if rx is None or ry is None or target is None:
             ctx.freeze_tensor(x, "expand to a shape computed at run time")
             return
-        names, literals = {}, {}
-        placed = {}
+        names, literals, placed = {}, {}, {}
         for ax, lay in lays.items():
             to = ax + (ry - rx)
             k = to - (ry - len(target))
@@ -64,6 +70,31 @@ class Expand(Rule):
                 literals[to] = src
         if names or literals:
             ctx.state(entries=names, literals=literals)
+
+    @staticmethod
+    def _broadcast(node, ctx, raw, rx, ry) -> tuple[dict, dict]:
+        """For an input without channels: output axes the Expand broadcasts
+        from size 1 to a stated count n > 1, each a channel space of n copies.
+        (Not beside an input's channels: ``repeat_kv``'s copies of each head
+        stay one block the Reshape after it merges with the heads.) ->
+        (target entry -> axis, for a constant target; axis -> literal source,
+        for one built at run time), as the rewrite takes them."""
+        target = known_ints(raw) if raw is not None else None
+        if rx is None or ry is None or target is None:
+            return {}, {}
+        names, literals = {}, {}
+        x, y, offset = node.input[0], node.output[0], ry - len(target)
+        constant = ctx.const(1) is not None
+        for k, n in enumerate(target):
+            to, ax = k + offset, k + offset - (ry - rx)
+            if n is None or n < 2 or to < 0 or (ax >= 0 and ctx.view.static(x, ax) != 1):
+                continue
+            if constant:
+                ctx.fresh(y, to, n)
+                names[k] = to
+            elif literal_source(ctx.view, node.input[1], k, shared=set()) is not None:
+                literals[to] = ctx.literal(node.input[1], k, ctx.fresh(y, to, n))
+        return names, literals
 
     def rewrite(self, node, index, rw):
         entries = rw.state(index).get("entries")

@@ -101,6 +101,22 @@ def test_constant_of_shape_reading_a_channel_count_freezes_it_through_shape():
     assert_frozen(group_at(groups, "c1"), "read by Shape node 'shape'")
 
 
+def test_an_axis_expanded_from_size_one_takes_the_channels_it_is_added_to():
+    """``Expand(mean over channels (1, 1, 4, 4), [1, 6, 4, 4])`` holds six
+    copies of one map: any k of them are the same, so the axis joins the
+    channels it meets and the stated 6 is rewritten with them."""
+    g = Graph()
+    a = g.add("Relu", [g.conv("x", 3, 6, name="c1")])
+    mean = g.add("ReduceMean", ["x"], axes=[1], keepdims=1)
+    wide = g.add("Expand", [mean, g.ints("target", [1, 6, 4, 4])], name="wide")
+    s = g.add("Add", [a, wide])
+    groups = exact(g.build({"x": [1, 3, 4, 4]}, [g.conv(s, 6, 4, name="c2")]))
+    grp = group_at(groups, "c1")
+    assert_prunable(grp)
+    m = pruned(groups, keep_of(grp, [0, 2, 5]))
+    assert input_value(m, "wide", 1).tolist() == [1, 3, 4, 4]
+
+
 @pytest.mark.parametrize("mode", ["DCR", "CRD"])
 def test_depth_to_space_keeps_each_output_channel_with_its_input_block(mode):
     g = Graph(opset=13)

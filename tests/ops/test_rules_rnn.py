@@ -5,7 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.helpers.graphs import Graph, assert_frozen, assert_prunable, attr, exact, group_at, input_value, keep_of, pruned
+from tests.helpers.graphs import (
+    Graph,
+    assert_frozen,
+    assert_prunable,
+    attr,
+    exact,
+    group_at,
+    input_value,
+    keep_of,
+    pruned,
+    value,
+)
 
 GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 S, B, F, IN, H = 5, 2, 3, 6, 8
@@ -192,3 +203,46 @@ def test_encoder_final_state_starts_the_decoder_coupling_hidden_and_batch():
     m = pruned(groups, {**keep_of(hidden, [2, 5]), **keep_of(batch, [1, 3])})
     assert attr(m, "enc", "hidden_size") == attr(m, "dec", "hidden_size") == 2
     np.testing.assert_array_equal(input_value(m, "dec", 4), [2, 1])
+
+
+def test_an_initial_state_expanded_from_one_value_takes_the_hidden_size_of_every_reader():
+    """Paddle writes a bidirectional GRU stack's zero initial states as one
+    ``Expand(0.0, Concat([layers x directions], [batch], [hidden]))`` sliced
+    per layer: every hidden position holds the same value, so the expanded
+    axis joins the readers' hidden size (both layers' hidden sizes become
+    one space, as they read one tensor) and the literal is rewritten."""
+    g = Graph(opset=14, seed=3)
+    x = g.add("Relu", [g.matmul("x", F, IN, name="pre")])  # [S, B, IN]
+    batch = g.add("Unsqueeze", [g.add("Gather", [g.add("Shape", [x]), g.ints("one", 1)]), g.ints("ax0", [0])])
+    shape = g.add("Concat", [g.ints("layers", [4]), batch, g.ints("hidden", [H])], axis=0)
+    zeros = g.add("Expand", [g.init("zero", np.array([0.0], np.float32)), shape], name="fill")
+    h0 = [g.add("Slice", [zeros, g.ints(f"s{k}", [2 * k]), g.ints(f"e{k}", [2 * k + 2]), g.ints(f"a{k}", [0])])
+          for k in range(2)]
+    y0 = g.add("GRU", [x, g.rand("W0", (2, 3 * H, IN)), g.rand("R0", (2, 3 * H, H)), g.rand("B0", (2, 6 * H)),
+                       "", h0[0]], n_out=2, name="gru0", hidden_size=H, direction="bidirectional")[0]
+    mid = g.add("Reshape", [g.add("Transpose", [y0], perm=[0, 2, 1, 3]), g.ints("s1", [S, B, 2 * H])])
+    y1 = g.add("GRU", [mid, g.rand("W1", (2, 3 * H, 2 * H)), g.rand("R1", (2, 3 * H, H)),
+                       g.rand("B1", (2, 6 * H)), "", h0[1]], n_out=2, name="gru1", hidden_size=H,
+               direction="bidirectional")[0]
+    flat = g.add("Reshape", [g.add("Transpose", [y1], perm=[0, 2, 1, 3]), g.ints("s2", [S, B, 2 * H])])
+    groups = exact(g.build({"x": [S, B, F]}, [g.matmul(flat, 2 * H, 4, name="post")]), trials=5)
+    hidden = next(gr for gr in groups.prunable if "gru1" in gr.members and "post" in gr.members)
+    assert {"gru0", "gru1"} <= set(hidden.members)
+    m = pruned(groups, keep_of(hidden, [1, 4, 6]))
+    assert attr(m, "gru0", "hidden_size") == attr(m, "gru1", "hidden_size") == 3
+    assert value(m, "hidden").tolist() == [3]
+
+
+def test_a_recurrent_cell_costs_its_input_and_its_hidden_weights_apart():
+    """A GRU's MACs are a sum, one multiply per element of W (input features
+    x gates) and of R (hidden x gates) per step: the estimate for a plan that
+    halves the hidden size is the pruned model's own count, not the whole
+    cell times the kept fraction of every axis it reads."""
+    import onnxprune
+    from onnxprune.select.planner import estimate_macs
+
+    groups = exact(rnn_model("GRU"), trials=1)
+    hidden = next(g for g in groups.prunable if "post" in g.members and "rnn" in g.members)
+    keep = keep_of(hidden, [0, 2, 4, 6])
+    m = pruned(groups, keep)
+    assert estimate_macs(groups, keep) == onnxprune.analyze(m).macs < groups.macs
