@@ -148,12 +148,18 @@ def run_batched(sess, feeds: dict, batch: int | None, chunk: int = 32) -> list[n
         outs.append(res)
     if not outs:
         raise OnnxPruneError(f"need at least {step} samples for a model with fixed batch {step}")
-    # an output with no sample axis (one score per run) stacks: one value per run
-    return [_numeric(np.concatenate([np.reshape(o[i], (1,)) if np.ndim(o[i]) == 0 else o[i] for o in outs]))
-            for i in range(len(outs[0]))]
+    return joined(outs)
 
 
-def _numeric(out: np.ndarray) -> np.ndarray:
+def joined(runs: list) -> list[np.ndarray]:
+    """The outputs of runs over consecutive chunks of samples, as numbers
+    (``numeric``), each joined along its sample axis; an output with no
+    sample axis (one score per run) stacks: one value per run."""
+    return [numeric(np.concatenate([np.reshape(o[i], (1,)) if np.ndim(o[i]) == 0 else o[i] for o in runs]))
+            for i in range(len(runs[0]))]
+
+
+def numeric(out: np.ndarray) -> np.ndarray:
     """An output as numbers: a sequence of maps (scikit-learn's ZipMap, one
     {label: probability} per sample) becomes a (samples, labels) array in the
     maps' key order, so it compares like any probability output."""

@@ -8,6 +8,8 @@ onnxruntime maps them from their files (``serialised``).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
 
@@ -129,6 +131,86 @@ def upto(model: onnx.ModelProto, tensors) -> onnx.ModelProto:
     for t in dict.fromkeys(tensors):
         out.graph.output.append(onnx.ValueInfoProto(name=t))
     return out
+
+
+@dataclass
+class Tail:
+    """The part of a changed model that computes differently from its
+    original: ``given`` are the tensors it reads that the original computes
+    alike (fed from the original's run), ``outputs`` the indices of the
+    model's outputs it computes (the others are the original's)."""
+
+    given: list
+    outputs: list
+    nodes: list
+    graph: onnx.GraphProto
+    model: onnx.ModelProto
+
+    def build(self, values: dict) -> onnx.ModelProto:
+        """The tail as a model whose inputs are ``given`` (typed as ``values``
+        holds them) and the original inputs it reads."""
+        g, model = self.graph, self.model
+        reads = set().union(*(node_reads(n) for n in self.nodes))
+        out = copy_except(model, {"graph"})
+        out.graph.CopyFrom(copy_except(g, {"initializer", "node", "input", "output", "value_info"}))
+        out.graph.input.extend(vi for vi in g.input if vi.name in reads)
+        out.graph.input.extend(onnx.helper.make_tensor_value_info(  # any size: chunks differ
+            name, onnx.helper.np_dtype_to_tensor_dtype(np.asarray(values[name]).dtype),
+            [None] * np.ndim(values[name])) for name in self.given)
+        out.graph.node.extend(self.nodes)
+        out.graph.initializer.extend(t for t in g.initializer if t.name in reads)
+        out.graph.output.extend(g.output[k] for k in self.outputs)
+        return out
+
+
+def tail(model: onnx.ModelProto, original: onnx.ModelProto) -> Tail | None:
+    """What of ``model`` (the original with some weights and nodes
+    rewritten, nodes added) must run again: every node that differs from the
+    original's node with the same first output, reads a weight that differs,
+    or is new, and every node after one. A pruned layer deep in a network
+    leaves the layers before it as they were: their tensors can come from one
+    run of the original, shared by every model that changes only later.
+    None when the whole model changes, nothing does, or the changed part
+    reads nothing computed before it."""
+    g, o = model.graph, original.graph
+    before = {n.output[0]: n for n in o.node if n.output}
+    weights = {t.name: t for t in o.initializer}
+    new_weights = {t.name for t in g.initializer if weights.get(t.name) != t}
+    changed: set = set()
+    nodes = []
+    for node in g.node:
+        reads = node_reads(node)
+        if (reads & changed or reads & new_weights or not node.output
+                or before.get(node.output[0]) != node):
+            changed.update(x for x in node.output if x)
+            nodes.append(node)
+    if not nodes or len(nodes) == len(g.node):
+        return None
+    nodes = _with_constants(g, nodes)
+    made = {x for n in nodes for x in n.output} | {t.name for t in g.initializer} | {vi.name for vi in g.input}
+    given = sorted(set().union(*(node_reads(n) for n in nodes)) - made)
+    if not given:
+        return None  # nothing before it to share
+    outputs = [k for k, vi in enumerate(g.output) if vi.name in changed]
+    return Tail(given, outputs, nodes, g, model)
+
+
+def _with_constants(g: onnx.GraphProto, nodes: list) -> list:
+    """``nodes`` (in graph order) and the nodes computing only from
+    constants that they read: a Resize's scales or a Reshape's target stay
+    constants onnxruntime folds and infers shapes from, not inputs."""
+    weights = {t.name for t in g.initializer}
+    constant: dict = {}  # output -> node, for nodes reading only constants
+    for node in g.node:
+        if all(x in weights or x in constant for x in node_reads(node)):
+            constant.update((x, node) for x in node.output if x)
+    want, todo = {id(n) for n in nodes}, [x for n in nodes for x in node_reads(n)]
+    while todo:
+        node = constant.get(todo.pop())
+        if node is not None and id(node) not in want:
+            want.add(id(node))
+            todo.extend(node_reads(node))
+    return [n for n in g.node if id(n) in want]
 
 
 def exposing(model: onnx.ModelProto, tensors, threads: int | None = None, optimize: bool = True,

@@ -49,7 +49,7 @@ from onnxprune.stages.steps import (
     validation,
 )
 
-SWEEP_WORK = 2e12  # MACs a default sensitivity sweep may run (jobs x MACs x held-out samples)
+SWEEP_WORK = 4e12  # MACs a default sensitivity sweep may run (sensitivity.work: about a minute on two cores)
 MIN_PRICE_SAMPLES = 4  # calibration samples below which the default allocation is uniform (the sweep holds one out)
 
 
@@ -123,7 +123,7 @@ def choose_allocation(groups: Groups, cfg: PruneConfig, asked: str | None) -> tu
             f"uniform allocation: {samples} calibration samples are too few to price removals "
             f"across groups (global and sensitivity allocation need {MIN_PRICE_SAMPLES})")
     held = max(1, min(samples // 4, 256))
-    work = len(groups.prunable) * len(sensitivity.DEFAULT_RATIOS) * float(groups.macs) * held
+    work = sensitivity.work(groups, sensitivity.DEFAULT_RATIOS, held)
     if work > SWEEP_WORK:
         return cfg, (f"global allocation by obs costs: a sensitivity sweep ({len(groups.prunable)} groups x "
                      f"{len(sensitivity.DEFAULT_RATIOS)} ratios) would run {work:.1e} MACs, over {SWEEP_WORK:.0e}; "

@@ -398,7 +398,7 @@ def _drop_orphans(g: onnx.GraphProto, before: set[str]) -> None:
 
 
 def apply(groups: Groups, keep: dict, masked: bool = False, compensation=None,
-          in_place: bool = False) -> onnx.ModelProto:
+          in_place: bool = False, hints: bool = True) -> onnx.ModelProto:
     """A new model with a plan's keep-sets (group id -> kept units) applied
     (or, with ``masked``, the removed channels zeroed).
 
@@ -406,7 +406,10 @@ def apply(groups: Groups, keep: dict, masked: bool = False, compensation=None,
     slicing and adds bias deltas; the masked model gets the same changes, so
     the oracle pruned == masked holds with compensation too. ``in_place``
     rewrites ``groups.model`` itself (no copy of the weights): the groups are
-    then consumed and cannot be applied again.
+    then consumed and cannot be applied again. ``hints=False``, for a model
+    that is only run (a sensitivity job): its value_info hints are dropped
+    rather than shrunk, which on a detector of a thousand tensors was a third
+    of the job; onnxruntime infers the shapes.
     """
     if getattr(groups, "consumed", False):
         raise InternalError("these groups were already applied in place; analyse the model again")
@@ -432,6 +435,8 @@ def apply(groups: Groups, keep: dict, masked: bool = False, compensation=None,
     _apply_const_edits(rw, masked)
     if not masked:
         for g in view.graphs:  # opaque subgraphs keep theirs: nothing in them changed
+            if not hints:
+                del g.value_info[:]
             _update_value_info(rw, g, main=g is model.graph)
     if rw.new_nodes:  # last: node lists are rebuilt, so the view's node objects go stale
         _insert_nodes(model, view, rw.new_nodes)

@@ -7,7 +7,9 @@ compensated (the configured compensation, from one calibration shared by
 every job), the model rewritten and run on held-out data. The damage is, per float
 output, the mean KL divergence of the softmax for classifier-like outputs
 ((samples, classes) floats), else 1 - centred cosine per sample, averaged
-over the outputs; with labels, the first output's accuracy too. Nothing in a job depends on another or on where it runs, so
+over the outputs; with labels, the first output's accuracy too. Only the
+part of the graph a job changes runs (``runtime.tail``), on the original's
+tensors before it, computed once per group for all its ratios. Nothing in a job depends on another or on where it runs, so
 the serial sweep, a process pool (``jobs``), a Ray cluster (``ray``) and
 shards run on other machines (``shard``, then ``merge``) give identical rows.
 
@@ -28,12 +30,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from onnxprune import stages
+from onnxprune.analysis.costs import node_macs
 from onnxprune.calibration.sources import batches as batches
 from onnxprune.calibration.sources import hold_out_labelled, load_data
 from onnxprune.check.similarity import centred_cosines
-from onnxprune.check.validate import run_batched, session
-from onnxprune.core.data import feeds_and_labels, join, model_inputs
+from onnxprune.check.validate import joined, run_batched
+from onnxprune.core.data import feeds_and_labels, join, model_inputs, rows, sample_count
 from onnxprune.core.errors import OnnxPruneError
+from onnxprune.core.runtime import session, tail, upto
+from onnxprune.core.walk import node_reads
 from onnxprune.refit.compensate import compensate
 from onnxprune.rewrite.engine import apply
 from onnxprune.select.importance import Scores
@@ -41,6 +46,8 @@ from onnxprune.select.planner import estimate_macs, estimate_params, n_keep
 
 FORMAT = "onnxprune-sensitivity/1"
 DEFAULT_RATIOS = (0.1, 0.25, 0.5, 0.75)
+TAIL_CHUNK = 32  # held-out samples a job's tail takes in one run
+TAIL_BYTES = 1 << 29  # of the original's tensors a tail reads, kept between jobs
 
 
 @dataclass
@@ -54,6 +61,9 @@ class Sweep:
     feeds: dict
     labels: np.ndarray | None
     reference: list  # the original's outputs on ``feeds``
+    threads: int | None = None  # onnxruntime's threads per run (None: every core; one per pool worker)
+    split: bool = True  # run only the tail a job changes (False once the original cannot be cut)
+    before: tuple | None = field(default=None, repr=False)  # (tensors, their values): the last tail's input
 
 
 @dataclass
@@ -112,6 +122,27 @@ def damage_of_outputs(reference: list, outs: list) -> tuple[str, float]:
     return "+".join(sorted({k for k, _ in found})), float(np.mean([v for _, v in found]))
 
 
+def work(groups, ratios, held: int) -> float:
+    """Multiply-accumulates a sweep runs: per prunable group, the layers
+    before its first weight once (the original's tensors a job's tail reads,
+    shared by its ratios), and from there on once per ratio; times the
+    held-out samples."""
+    view = groups.view
+    macs = [node_macs(view, n) or 0 for n in view.nodes]
+    reads = [node_reads(n) for n in view.nodes]
+    out = 0.0
+    for g in groups.prunable:
+        weights = {u.node for u in groups.uses(g.id)}
+        changed: set = set()
+        after = 0.0
+        for i in range(min(weights, default=0), len(view.nodes)):
+            if i in weights or reads[i] & changed:
+                changed.update(view.nodes[i].output)
+                after += macs[i]
+        out += sum(macs) - after + len(ratios) * after
+    return out * held
+
+
 # -- one job -------------------------------------------------------------------------------------
 def run_job(sweep: Sweep, gid: int, ratio: float) -> dict:
     """Prune group ``gid`` alone at ``ratio`` and measure the damage."""
@@ -123,8 +154,7 @@ def run_job(sweep: Sweep, gid: int, ratio: float) -> dict:
     keep = {gid: np.sort(order[:k])}
     comp = compensate(groups, keep, sweep.calibration, sweep.compensate) \
         if sweep.calibration is not None else None
-    model = apply(groups, keep, compensation=comp)
-    outs = run_batched(session(model), sweep.feeds, None)
+    outs = _outputs(sweep, apply(groups, keep, compensation=comp, hints=False))
     kind, value = damage_of_outputs(sweep.reference, outs)
     row = {"group": gid, "ratio": ratio, "kept": k, "units": g.units, "metric": kind, "damage": value,
            "macs_saved": (1.0 - estimate_macs(groups, keep) / groups.macs) if groups.macs else None,
@@ -136,12 +166,60 @@ def run_job(sweep: Sweep, gid: int, ratio: float) -> dict:
     return row
 
 
+def _outputs(sweep: Sweep, model) -> list:
+    """The pruned ``model``'s outputs on the held-out feeds. A job changes
+    the graph from its group's layers on: only that tail runs, on the
+    original's tensors before it, computed once for every ratio of the
+    group (``runtime.tail``); ``TAIL_CHUNK`` samples a run, as the tail's
+    inputs need not hold the samples on their first axis. Where those
+    tensors pass ``TAIL_BYTES``, or the original cannot run cut (a graph
+    that fixes batch 1 inside), the whole model runs."""
+    part = tail(model, sweep.groups.model) if sweep.split else None
+    chunks = _before(sweep, part.given) if part is not None else None
+    if chunks is None:
+        return run_batched(session(model, sweep.threads), sweep.feeds, None)
+    sub = part.build(chunks[0][1])
+    inputs = [vi.name for vi in sub.graph.input if vi.name in sweep.feeds]
+    sess = session(sub, sweep.threads)
+    got = joined([sess.run(None, {**{k: feeds[k] for k in inputs}, **values}) for feeds, values in chunks])
+    outs = list(sweep.reference)
+    for k, value in zip(part.outputs, got):
+        outs[k] = value
+    return outs
+
+
+def _before(sweep: Sweep, given: list) -> list | None:
+    """The original's ``given`` tensors, per chunk of the held-out feeds:
+    [(feeds, values)], kept for the next job (the same group at another
+    ratio); None when too big or the original cannot run cut."""
+    key = tuple(given)
+    if sweep.before is None or sweep.before[0] != key:
+        chunks: list | None = []
+        try:
+            sess = session(upto(sweep.groups.model, given), sweep.threads)
+            size = 0
+            for start in range(0, sample_count(sweep.feeds), TAIL_CHUNK):
+                feeds = rows(sweep.feeds, slice(start, start + TAIL_CHUNK))
+                values = dict(zip(given, sess.run(given, feeds)))
+                size += sum(np.asarray(v).nbytes for v in values.values())
+                if size > TAIL_BYTES:
+                    chunks = None
+                    break
+                chunks.append((feeds, values))
+        except Exception:  # noqa: BLE001 - a graph that fixes batch 1 inside: whole runs from now on
+            sweep.split = False
+            return None
+        sweep.before = (key, chunks)
+    return sweep.before[1]
+
+
 _WORKER: Sweep | None = None
 
 
 def _init_worker(build: tuple) -> None:
     global _WORKER
     _WORKER = prepare(*build)
+    _WORKER.threads = 1  # one process per core
 
 
 def _pool_job(job: tuple) -> dict:
@@ -158,6 +236,7 @@ class _RayWorker:
 
         self._tmp = tempfile.TemporaryDirectory(prefix="onnxprune-ray-")
         self.sweep = prepare(*_unpack(build, self._tmp.name))
+        self.sweep.threads = 1  # one actor per CPU
 
     def run(self, gid: int, ratio: float) -> dict:
         return run_job(self.sweep, gid, ratio)
@@ -497,4 +576,4 @@ def plot(result: SensitivityResult, path: str) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["sweep", "merge", "plot", "damage", "run_job", "prepare", "SensitivityResult", "DEFAULT_RATIOS"]
+__all__ = ["sweep", "merge", "plot", "damage", "run_job", "prepare", "work", "SensitivityResult", "DEFAULT_RATIOS"]

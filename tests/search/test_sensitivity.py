@@ -331,3 +331,41 @@ def test_a_sweep_limited_to_the_calibration_part_never_measures_on_the_rest(monk
     held = seen["held"]
     assert len(held) == 48  # a quarter of the 192 calibration samples
     np.testing.assert_array_equal(held, d["input"][144:192])
+
+
+def test_a_job_runs_only_the_layers_its_group_changes_and_measures_what_the_whole_model_does(monkeypatch):
+    """Each job's tail runs on the original's tensors before it, computed
+    once per group (in chunks of samples); the damage is the whole pruned
+    model's, to float rounding."""
+    from onnxprune.search import sensitivity
+
+    d = np.load(os.path.join(ROOT, "resnet_mnist_data.npz"))
+    monkeypatch.setattr(sensitivity, "TAIL_CHUNK", 5)  # 12 held-out samples: three chunks
+    prep = sensitivity.prepare(os.path.join(ROOT, "resnet_mnist.onnx"), {"input": d["input"][:48]},
+                               None, None, None, None)
+    made = []
+    real = sensitivity.upto
+    monkeypatch.setattr(sensitivity, "upto", lambda m, names: made.append(tuple(names)) or real(m, names))
+    jobs = [(g.id, r) for g in prep.groups.prunable for r in (0.25, 0.5)]
+    split = [sensitivity.run_job(prep, *job)["damage"] for job in jobs]
+    assert prep.split and len(made) == len(set(made)) >= len(prep.groups.prunable) - 1  # once per group
+    assert len(prep.before[1]) == 3
+    prep.split = False
+    whole = [sensitivity.run_job(prep, *job)["damage"] for job in jobs]
+    np.testing.assert_allclose(split, whole, rtol=1e-5, atol=1e-7)
+    assert max(whole) > 0.01
+
+
+def test_the_sweeps_work_counts_each_groups_tail_once_per_ratio_and_the_rest_once():
+    import onnxprune
+    from onnxprune.analysis.costs import node_macs
+    from onnxprune.search.sensitivity import work
+
+    g = Graph(seed=2)
+    a = g.add("Relu", [g.conv("x", 3, 6, name="c1")])
+    b = g.add("Relu", [g.conv(a, 6, 8, name="c2")])
+    groups = onnxprune.analyze(g.build({"x": [1, 3, 6, 6]}, [g.conv(b, 8, 4, name="c3")]))
+    m = {n.name: node_macs(groups.view, n) or 0 for n in groups.view.nodes}
+    total = sum(m.values())
+    assert len(groups.prunable) == 2  # c1's outputs (read by c2), c2's (read by c3)
+    assert work(groups, (0.25, 0.5, 0.75), 2) == 2 * (3 * total + m["c1"] + 3 * (m["c2"] + m["c3"]))
