@@ -146,17 +146,24 @@ class Tail:
     graph: onnx.GraphProto
     model: onnx.ModelProto
 
-    def build(self, values: dict) -> onnx.ModelProto:
-        """The tail as a model whose inputs are ``given`` (typed as ``values``
-        holds them) and the original inputs it reads."""
+    def build(self, runs: list) -> onnx.ModelProto:
+        """The tail as a model whose inputs are ``given`` and the original
+        inputs it reads; ``runs``: the values ``given`` will take (one dict a
+        run), which type and shape them (a dim that differs between runs is
+        left open: onnxruntime infers a Resize's output from the length of
+        its sizes, a Reshape's from its target)."""
         g, model = self.graph, self.model
         reads = set().union(*(node_reads(n) for n in self.nodes))
         out = copy_except(model, {"graph"})
         out.graph.CopyFrom(copy_except(g, {"initializer", "node", "input", "output", "value_info"}))
         out.graph.input.extend(vi for vi in g.input if vi.name in reads)
-        out.graph.input.extend(onnx.helper.make_tensor_value_info(  # any size: chunks differ
-            name, onnx.helper.np_dtype_to_tensor_dtype(np.asarray(values[name]).dtype),
-            [None] * np.ndim(values[name])) for name in self.given)
+        for name in self.given:
+            shapes = {np.shape(run[name]) for run in runs}
+            first = np.shape(runs[0][name])
+            dims = [d if all(len(sh) == len(first) and sh[k] == d for sh in shapes) else None
+                    for k, d in enumerate(first)]
+            out.graph.input.append(onnx.helper.make_tensor_value_info(
+                name, onnx.helper.np_dtype_to_tensor_dtype(np.asarray(runs[0][name]).dtype), dims))
         out.graph.node.extend(self.nodes)
         out.graph.initializer.extend(t for t in g.initializer if t.name in reads)
         out.graph.output.extend(g.output[k] for k in self.outputs)

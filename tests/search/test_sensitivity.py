@@ -344,10 +344,13 @@ def test_a_job_runs_only_the_layers_its_group_changes_and_measures_what_the_whol
     prep = sensitivity.prepare(os.path.join(ROOT, "resnet_mnist.onnx"), {"input": d["input"][:48]},
                                None, None, None, None)
     made = []
-    real = sensitivity.upto
+    real, real_run = sensitivity.upto, sensitivity.run_batched
     monkeypatch.setattr(sensitivity, "upto", lambda m, names: made.append(tuple(names)) or real(m, names))
     jobs = [(g.id, r) for g in prep.groups.prunable for r in (0.25, 0.5)]
+    whole_runs = []
+    monkeypatch.setattr(sensitivity, "run_batched", lambda *a: whole_runs.append(1) or real_run(*a))
     split = [sensitivity.run_job(prep, *job)["damage"] for job in jobs]
+    assert len(whole_runs) == 2  # the stem's group: it changes the first layer, nothing to share
     assert prep.split and len(made) == len(set(made)) >= len(prep.groups.prunable) - 1  # once per group
     assert len(prep.before[1]) == 3
     prep.split = False
