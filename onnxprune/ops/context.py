@@ -300,3 +300,10 @@ class Rewriter:
 
     def new_const(self, hint: str, value: np.ndarray) -> str:  # pragma: no cover - see rewrite._Edits
         raise NotImplementedError
+
+    def select_input(self, index: int, slot: int, axis: int, positions: np.ndarray) -> None:  # pragma: no cover
+        raise NotImplementedError  # see rewrite._Edits
+
+    def positions(self, layout: Layout) -> np.ndarray:
+        """The kept positions along an axis of this layout (of its full size)."""
+        return self.a.atoms.positions(layout, self.keep)

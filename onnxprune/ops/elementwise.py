@@ -5,10 +5,14 @@ same full size on an axis are the same channel space (residual Add, SE Mul);
 a constant operand of full size is a per-channel parameter and is sliced; an
 operand of size 1 is broadcast and stays. An activation that is broadcast
 *along* a channel axis freezes it: removing its one channel would change what
-every other channel receives.
+every other channel receives. A tensor computed once and only added to
+several layers' tensors (T5's position bias) is read by each through a
+Gather of that layer's kept channels (``side_inputs``), so the layers prune
+apart.
 """
 from __future__ import annotations
 
+import weakref
 from math import erf, exp, pi, sqrt
 
 import numpy as np
@@ -77,6 +81,52 @@ class Dropout(Rule):
                 ctx.passthrough(node.input[0], out)
 
 
+BINARY = ("Add", "Sub", "Mul", "Div")
+LAYERS = ("MatMul", "Gemm", "Conv", "ConvTranspose", "Einsum", "MatMulInteger", "ConvInteger", "QLinearMatMul",
+          "QLinearConv", "MatMulNBits", "Attention", "MultiHeadAttention")  # they mix channels
+_SIDE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def side_inputs(view) -> set:
+    """Tensors computed once and added to (or multiplying) several others,
+    and read by nothing else: T5's relative position bias, computed in the
+    first block and added to every block's attention scores. Coupling its
+    heads with each reader's would make the heads of every layer one group;
+    instead each reader takes the channels it keeps through a Gather, and
+    the tensor itself stays whole. A tensor any other op reads (a residual
+    stream, also read by the layer it feeds) couples as usual, and so does
+    one the other operands are computed from without a layer between
+    (``x * (1 + erf(x / sqrt 2))``: a decomposed GELU)."""
+    found = _SIDE.get(view)
+    if found is None:
+        found = set()
+        for name, readers in view.consumers.items():
+            if len(readers) > 1 and not view.is_const(name) and name not in view.graph_inputs and \
+                    all(r.op_type in BINARY and len(r.input) == 2 and r.input[1 - slot] != name
+                        for r, slot in readers) and \
+                    not _reached(view, name, {r.input[1 - slot] for r, slot in readers}):
+                found.add(name)
+        _SIDE[view] = found
+    return found
+
+
+def _reached(view, name: str, targets: set) -> bool:
+    """Whether a target is computed from ``name`` by ops that keep its
+    channels (a path through no layer that mixes them)."""
+    todo, seen = [name], {name}
+    while todo:
+        for reader, _ in view.consumers.get(todo.pop(), []):
+            if reader.op_type in LAYERS:
+                continue
+            for out in reader.output:
+                if out in targets:
+                    return True
+                if out and out not in seen:
+                    seen.add(out)
+                    todo.append(out)
+    return False
+
+
 @register("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu", "Where",
           "Clip", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or",
           "Xor", "Mod", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitShift")
@@ -105,9 +155,11 @@ class Broadcast(Rule):
             ctx.freeze_node("output shape unknown")
             return
         scale_slots = self.scales.get(node.op_type, ())
+        side = side_inputs(view)
+        selects: dict = {}  # input slot -> {its axis: output axis}
         for ax in range(rank):
             out_size = view.static(out, ax)
-            layouts, untracked, consts = [], [], []
+            layouts, untracked, consts, shared = [], [], [], []
             for k, name in inputs:
                 r = view.rank(name)
                 if r is None:
@@ -126,10 +178,16 @@ class Broadcast(Rule):
                     if lay is not None:
                         ctx.freeze(lay, f"'{name}' is broadcast along a channel axis")
                     continue
-                if lay is None:
+                if name in side and size is not None and size == out_size:
+                    shared.append((k, name, a, lay))
+                elif lay is None:
                     untracked.append((name, a))
                 else:
                     layouts.append(lay)
+            if not layouts:
+                # only shared inputs: the first one's channels are the output's
+                layouts = [lay for _, _, _, lay in shared[:1] if lay is not None]
+                shared = shared[1:] if layouts else shared
             if not layouts:
                 continue
             for name, a in untracked:
@@ -140,3 +198,19 @@ class Broadcast(Rule):
             ctx.set(out, ax, base)
             for k, a in consts:
                 ctx.weight(k, a, base, "scale" if k in scale_slots else "param")
+            for k, name, a, lay in shared:
+                if lay is not None:
+                    ctx.freeze(lay, f"'{name}' is read by {len(ctx.view.consumers[name])} nodes, each "
+                                    f"through a Gather of its own channels")
+                selects.setdefault(k, {})[a] = ax
+        if selects:
+            ctx.state(selects=selects)
+
+    def rewrite(self, node, index, rw):
+        # A shared input read through a Gather of the output's kept channels
+        # (an axis of the input -> the output's axis it meets).
+        for k, axes in rw.state(index).get("selects", {}).items():
+            for a, ax in axes.items():
+                lay = rw.layout(node.output[0], ax)
+                if lay is not None and rw.size(lay) != rw.full_size(lay):
+                    rw.select_input(index, k, a, rw.positions(lay))

@@ -51,7 +51,7 @@ class _Edits(Rewriter):
         self.names = _all_names(model)
         self.new_inits: list[onnx.TensorProto] = []
         self.overrides = overrides or {}  # (node, slot) -> full-size value (compensation)
-        self.new_nodes: list[tuple[int, onnx.NodeProto]] = []  # (insert after index, node)
+        self.new_nodes: list[tuple[int, onnx.NodeProto, bool]] = []  # (next to node index, node, before it)
         self.inits = {t.name: t for g in all_graphs(model.graph) for t in g.initializer}
         self.written: dict[tuple[int, int], np.ndarray] = {}  # (node, slot) -> value written
 
@@ -81,6 +81,17 @@ class _Edits(Rewriter):
         name = self.unique_name(hint)
         self.new_inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
         return name
+
+    def select_input(self, index: int, slot: int, axis: int, positions: np.ndarray) -> None:
+        """Node ``index`` reads input ``slot`` through a Gather of ``positions``
+        along ``axis``, inserted just before it."""
+        node = self.view.nodes[index]
+        name = node.input[slot]
+        out = self.unique_name(f"{name}_selected")
+        gather = onnx.helper.make_node("Gather", [name, self.new_const(f"{name}_kept", positions.astype(np.int64))],
+                                       [out], name=self.unique_name(f"{node.name or name}_select"), axis=axis)
+        node.input[slot] = out
+        self.new_nodes.append((index, gather, True))
 
 
 def _weight_edit(rw: _Edits, index: int, slot: int, uses: list, masked: bool):
@@ -252,7 +263,7 @@ def _add_biases(rw: _Edits, groups: Groups, biases: dict, masked: bool) -> None:
             inner = rw.unique_name(f"{y}_before_bias")
             node.output[0] = inner
             add = onnx.helper.make_node("Add", [inner, bias], [y], name=rw.unique_name(f"{node.name}_bias_add"))
-            rw.new_nodes.append((index, add))
+            rw.new_nodes.append((index, add, False))
 
 
 def _set_constant_value(node: onnx.NodeProto, value: np.ndarray) -> None:
@@ -448,22 +459,24 @@ def apply(groups: Groups, keep: dict, masked: bool = False, compensation=None,
 
 
 def _insert_nodes(model: onnx.ModelProto, view: GraphView, new_nodes: list) -> None:
-    """Put each new node right after the node it follows, in that node's own
-    graph (the main graph or a subgraph)."""
+    """Put each new node right after (or before) the node it goes with, in
+    that node's own graph (the main graph or a subgraph)."""
     after: dict[int, list] = {}
-    for index, node in new_nodes:
-        after.setdefault(id(view.nodes[index]), []).append(node)
+    before: dict[int, list] = {}
+    for index, node, first in new_nodes:
+        (before if first else after).setdefault(id(view.nodes[index]), []).append(node)
     placed = 0
     # Inner graphs first: rebuilding a graph's node list copies its nodes,
     # subgraphs included, so an outer graph goes after what it holds.
     for g in reversed(list(all_graphs(model.graph))):
-        if not any(id(n) in after for n in g.node):
+        if not any(id(n) in after or id(n) in before for n in g.node):
             continue
         ordered = []
         for node in g.node:
+            ordered.extend(before.get(id(node), []))
             ordered.append(node)
             ordered.extend(after.get(id(node), []))
-            placed += len(after.get(id(node), []))
+            placed += len(after.get(id(node), [])) + len(before.get(id(node), []))
         del g.node[:]
         g.node.extend(ordered)
     if placed != len(new_nodes):

@@ -3,7 +3,17 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.helpers.graphs import Graph, assert_frozen, assert_prunable, exact, group_at, input_value, keep_of, pruned
+from tests.helpers.graphs import (
+    Graph,
+    assert_frozen,
+    assert_prunable,
+    exact,
+    group_at,
+    input_value,
+    keep_of,
+    pruned,
+    value,
+)
 
 UNARY = [
     ("Relu", {}), ("LeakyRelu", {"alpha": 0.1}), ("Sigmoid", {}), ("Tanh", {}),
@@ -251,3 +261,38 @@ def test_channels_last_per_channel_constant_on_last_axis_is_sliced():
     assert_prunable(grp)
     m = pruned(groups, keep_of(grp, [0, 1, 5]))
     assert input_value(m, "op", 1).shape == (3,)
+
+
+def test_a_bias_computed_once_and_added_in_every_layer_leaves_each_layer_its_own_channels():
+    """T5 computes its position bias in the first block and adds it to every
+    block's attention scores. Each reader takes its kept channels through a
+    Gather; the bias stays whole, and the layers prune apart, exactly."""
+    g = Graph(seed=4)
+    bias = g.add("Relu", [g.conv("z", 2, 6, name="bias_conv")], name="bias")  # [1, 6, 4, 4], read twice
+    a = g.add("Add", [g.conv("x", 3, 6, name="c1"), bias], name="add1")
+    b = g.add("Add", [g.conv(g.add("Relu", [a]), 6, 6, name="c2"), bias], name="add2")
+    model = g.build({"x": [1, 3, 4, 4], "z": [1, 2, 4, 4]}, [g.conv(g.add("Relu", [b]), 6, 2, name="c3")])
+    groups = exact(model, trials=5)
+    first, second = group_at(groups, "c1"), group_at(groups, "c2")
+    assert_prunable(first)
+    assert_prunable(second)
+    assert first.id != second.id
+    assert_frozen(group_at(groups, "bias_conv"), "read by 2 nodes, each through a Gather")
+    m = pruned(groups, {**keep_of(first, [0, 2, 5]), **keep_of(second, [1, 4])})
+    picks = sorted((n.input[0], value(m, n.input[1]).tolist()) for n in m.graph.node if n.op_type == "Gather")
+    assert picks == [("bias", [0, 2, 5]), ("bias", [1, 4])]
+
+
+def test_a_decomposed_gelu_reads_its_input_twice_and_still_couples_it():
+    """``x * (1 + erf(x / sqrt 2))``: x is read by two binary ops, but the
+    other operand is computed from x itself: one channel space, no Gather."""
+    g = Graph(seed=5)
+    x = g.conv("x", 3, 6, name="c1")
+    inner = g.add("Add", [g.add("Erf", [g.add("Div", [x, g.init("r2", np.array(1.4142135, np.float32))])]),
+                          g.init("one", np.array(1.0, np.float32))])
+    gelu = g.add("Mul", [x, inner])
+    groups = exact(g.build({"x": [1, 3, 4, 4]}, [g.conv(gelu, 6, 2, name="c2")]))
+    grp = group_at(groups, "c1")
+    assert_prunable(grp)
+    m = pruned(groups, keep_of(grp, [1, 3]))
+    assert not [n for n in m.graph.node if n.op_type == "Gather"]
