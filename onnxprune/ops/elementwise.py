@@ -94,7 +94,8 @@ def side_inputs(view) -> set:
     heads with each reader's would make the heads of every layer one group;
     instead each reader takes the channels it keeps through a Gather, and
     the tensor itself stays whole. A tensor any other op reads (a residual
-    stream, also read by the layer it feeds) couples as usual, and so does
+    stream, also read by the layer it feeds, or by a decomposed norm's Mul by
+    a constant) couples as usual, and so does
     one the other operands are computed from without a layer between
     (``x * (1 + erf(x / sqrt 2))``: a decomposed GELU)."""
     found = _SIDE.get(view)
@@ -103,7 +104,7 @@ def side_inputs(view) -> set:
         for name, readers in view.consumers.items():
             if len(readers) > 1 and not view.is_const(name) and name not in view.graph_inputs and \
                     all(r.op_type in BINARY and len(r.input) == 2 and r.input[1 - slot] != name
-                        for r, slot in readers) and \
+                        and not view.is_const(r.input[1 - slot]) for r, slot in readers) and \
                     not _reached(view, name, {r.input[1 - slot] for r, slot in readers}):
                 found.add(name)
         _SIDE[view] = found

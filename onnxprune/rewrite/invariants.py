@@ -6,7 +6,7 @@ reaches the user.
 
 - no more parameters, and no more weight bytes per dtype, than the input
   (but for copies of a small uniform constant, as long as the model's bytes
-  shrink: see ``_uniform_copies``);
+  shrink: see ``_uniform_copies``; integer indices are metadata);
 - every graph input and output keeps its name, dtype and shape, unless the
   user allowed an interface change;
 - no initializer is left unused that the input used.
@@ -45,11 +45,15 @@ def _tensors(model: onnx.ModelProto):
 
 def weight_bytes(model: onnx.ModelProto) -> dict[str, int]:
     """Bytes of stored weights per dtype name. Small integer tensors (shape
-    vectors, axes, split sizes) are metadata, not weights, and are left out."""
+    vectors, axes, split sizes) and the integer indices a Gather picks
+    channels with (a shared input read per layer) are metadata, not
+    weights, and are left out."""
+    indices = {node.input[1] for g in all_graphs(model.graph) for node in g.node
+               if node.op_type == "Gather" and len(node.input) > 1}
     out: dict[str, int] = {}
     for t in _tensors(model):
         n = _numel(t.dims)
-        if t.data_type in _METADATA_TYPES and n <= _SMALL:
+        if t.data_type in _METADATA_TYPES and (n <= _SMALL or t.name in indices):
             continue
         dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type) \
             if t.data_type != onnx.TensorProto.STRING else np.dtype(object)

@@ -263,24 +263,29 @@ def test_channels_last_per_channel_constant_on_last_axis_is_sliced():
     assert input_value(m, "op", 1).shape == (3,)
 
 
-def test_a_bias_computed_once_and_added_in_every_layer_leaves_each_layer_its_own_channels():
+@pytest.mark.parametrize("c", [6, 72])  # 72: more indices than a shape vector holds, still no weight
+def test_a_bias_computed_once_and_added_in_every_layer_leaves_each_layer_its_own_channels(c):
     """T5 computes its position bias in the first block and adds it to every
     block's attention scores. Each reader takes its kept channels through a
     Gather; the bias stays whole, and the layers prune apart, exactly."""
     g = Graph(seed=4)
-    bias = g.add("Relu", [g.conv("z", 2, 6, name="bias_conv")], name="bias")  # [1, 6, 4, 4], read twice
-    a = g.add("Add", [g.conv("x", 3, 6, name="c1"), bias], name="add1")
-    b = g.add("Add", [g.conv(g.add("Relu", [a]), 6, 6, name="c2"), bias], name="add2")
-    model = g.build({"x": [1, 3, 4, 4], "z": [1, 2, 4, 4]}, [g.conv(g.add("Relu", [b]), 6, 2, name="c3")])
+    bias = g.add("Relu", [g.conv("z", 2, c, k=1, name="bias_conv")], name="bias")  # [1, c, 4, 4], read twice
+    a = g.add("Add", [g.conv("x", 3, c, k=1, name="c1"), bias], name="add1")
+    b = g.add("Add", [g.conv(g.add("Relu", [a]), c, c, k=1, name="c2"), bias], name="add2")
+    model = g.build({"x": [1, 3, 4, 4], "z": [1, 2, 4, 4]}, [g.conv(g.add("Relu", [b]), c, 2, k=1, name="c3")])
     groups = exact(model, trials=5)
     first, second = group_at(groups, "c1"), group_at(groups, "c2")
     assert_prunable(first)
     assert_prunable(second)
     assert first.id != second.id
     assert_frozen(group_at(groups, "bias_conv"), "read by 2 nodes, each through a Gather")
-    m = pruned(groups, {**keep_of(first, [0, 2, 5]), **keep_of(second, [1, 4])})
+    kept = [0, 2, 5] if c == 6 else list(range(70))
+    m = pruned(groups, {**keep_of(first, kept), **keep_of(second, [1, 4])})
     picks = sorted((n.input[0], value(m, n.input[1]).tolist()) for n in m.graph.node if n.op_type == "Gather")
-    assert picks == [("bias", [0, 2, 5]), ("bias", [1, 4])]
+    assert picks == [("bias", kept), ("bias", [1, 4])]
+    from onnxprune.rewrite.invariants import violations
+
+    assert not violations(groups.model, m)
 
 
 def test_a_decomposed_gelu_reads_its_input_twice_and_still_couples_it():
@@ -296,3 +301,18 @@ def test_a_decomposed_gelu_reads_its_input_twice_and_still_couples_it():
     assert_prunable(grp)
     m = pruned(groups, keep_of(grp, [1, 3]))
     assert not [n for n in m.graph.node if n.op_type == "Gather"]
+
+
+def test_a_residual_stream_read_by_a_decomposed_norm_and_the_next_add_stays_one_space():
+    """Pre-activation ResNets (exported with BatchNorm as Mul and Add by
+    constants): the stream is read only by binary ops, one of them by a
+    constant, and stays one channel space: no Gather."""
+    g = Graph(seed=6)
+    stream = g.add("Add", [g.conv("x", 3, 6, name="c1"), g.conv("x", 3, 6, name="c0")])
+    pre = g.add("Relu", [g.add("Add", [g.add("Mul", [stream, g.rand("s", (6, 1, 1))]), g.rand("b", (6, 1, 1))])])
+    out = g.add("Add", [g.conv(pre, 6, 6, k=1, name="c2"), stream])
+    groups = exact(g.build({"x": [1, 3, 4, 4]}, [g.conv(out, 6, 2, name="c3")]))
+    grp = group_at(groups, "c1")
+    assert_prunable(grp)
+    assert {"c0", "c1", "c2"} <= set(grp.members)
+    assert not [n for n in pruned(groups, keep_of(grp, [1, 3])).graph.node if n.op_type == "Gather"]
