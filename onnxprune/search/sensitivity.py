@@ -25,6 +25,7 @@ import multiprocessing as mp
 import os
 import socket
 import tempfile
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,6 +48,7 @@ from onnxprune.select.planner import estimate_macs, estimate_params, n_keep
 FORMAT = "onnxprune-sensitivity/1"
 DEFAULT_RATIOS = (0.1, 0.25, 0.5, 0.75)
 TAIL_CHUNK = 32  # held-out samples a job's tail takes in one run
+TAIL_SHARE = 0.5  # of the MACs before a group, from which its jobs run only their tail
 TAIL_BYTES = 1 << 29  # of the original's tensors a tail reads, kept between jobs
 
 
@@ -62,8 +64,9 @@ class Sweep:
     labels: np.ndarray | None
     reference: list  # the original's outputs on ``feeds``
     threads: int | None = None  # onnxruntime's threads per run (None: every core; one per pool worker)
-    split: bool = True  # run only the tail a job changes (False once the original cannot be cut)
+    split: bool = True  # run only the tail a job changes (False where whole runs are faster, or cannot be cut)
     before: tuple | None = field(default=None, repr=False)  # (tensors, their values): the last tail's input
+    shares: dict = field(default_factory=dict)  # group id -> share of the MACs before it (``before_shares``)
 
 
 @dataclass
@@ -122,15 +125,14 @@ def damage_of_outputs(reference: list, outs: list) -> tuple[str, float]:
     return "+".join(sorted({k for k, _ in found})), float(np.mean([v for _, v in found]))
 
 
-def work(groups, ratios, held: int) -> float:
-    """Multiply-accumulates a sweep runs: per prunable group, the layers
-    before its first weight once (the original's tensors a job's tail reads,
-    shared by its ratios), and from there on once per ratio; times the
-    held-out samples."""
+def before_shares(groups) -> dict:
+    """Group id -> the share of the model's MACs in the layers before the
+    group's first weight: what a job of that group need not rerun."""
     view = groups.view
     macs = [node_macs(view, n) or 0 for n in view.nodes]
     reads = [node_reads(n) for n in view.nodes]
-    out = 0.0
+    total = float(sum(macs)) or 1.0
+    out = {}
     for g in groups.prunable:
         weights = {u.node for u in groups.uses(g.id)}
         changed: set = set()
@@ -139,7 +141,20 @@ def work(groups, ratios, held: int) -> float:
             if i in weights or reads[i] & changed:
                 changed.update(view.nodes[i].output)
                 after += macs[i]
-        out += sum(macs) - after + len(ratios) * after
+        out[g.id] = 1.0 - after / total
+    return out
+
+
+def work(groups, ratios, held: int) -> float:
+    """Multiply-accumulates a sweep runs, times the held-out samples: per
+    prunable group, the whole model once per ratio, or, where the layers
+    before the group hold ``TAIL_SHARE`` of the MACs or more, those layers
+    once (the original's tensors its jobs' tails read) and the rest once
+    per ratio."""
+    total = float(sum(node_macs(groups.view, n) or 0 for n in groups.view.nodes))
+    out = 0.0
+    for share in before_shares(groups).values():
+        out += total * (share + len(ratios) * (1 - share) if share >= TAIL_SHARE else len(ratios))
     return out * held
 
 
@@ -154,7 +169,8 @@ def run_job(sweep: Sweep, gid: int, ratio: float) -> dict:
     keep = {gid: np.sort(order[:k])}
     comp = compensate(groups, keep, sweep.calibration, sweep.compensate) \
         if sweep.calibration is not None else None
-    outs = _outputs(sweep, apply(groups, keep, compensation=comp, hints=False))
+    outs = _outputs(sweep, apply(groups, keep, compensation=comp, hints=False),
+                    sweep.split and sweep.shares.get(gid, 0.0) >= TAIL_SHARE)
     kind, value = damage_of_outputs(sweep.reference, outs)
     row = {"group": gid, "ratio": ratio, "kept": k, "units": g.units, "metric": kind, "damage": value,
            "macs_saved": (1.0 - estimate_macs(groups, keep) / groups.macs) if groups.macs else None,
@@ -166,15 +182,18 @@ def run_job(sweep: Sweep, gid: int, ratio: float) -> dict:
     return row
 
 
-def _outputs(sweep: Sweep, model) -> list:
+def _outputs(sweep: Sweep, model, split: bool) -> list:
     """The pruned ``model``'s outputs on the held-out feeds. A job changes
     the graph from its group's layers on: only that tail runs, on the
     original's tensors before it, computed once for every ratio of the
-    group (``runtime.tail``); ``TAIL_CHUNK`` samples a run, as the tail's
+    group (``runtime.tail``), where the layers before it hold ``TAIL_SHARE``
+    of the MACs (else the tail's own session and copies cost about what it
+    saves: measured on a VGG text detector, whose jobs all ran tails, 5%
+    slower than whole runs); ``TAIL_CHUNK`` samples a run, as the tail's
     inputs need not hold the samples on their first axis. Where those
     tensors pass ``TAIL_BYTES``, or the original cannot run cut (a graph
     that fixes batch 1 inside), the whole model runs."""
-    part = tail(model, sweep.groups.model) if sweep.split else None
+    part = tail(model, sweep.groups.model) if split else None
     chunks = _before(sweep, part.given) if part is not None else None
     got = None
     if chunks is not None:
@@ -360,9 +379,17 @@ def prepare(model, calib, data, criterion: str | None, compensate: str | None, i
     cfg = cfg.resolved()
     calibration = stages.calibrate(groups, cfg)
     scores = stages.score(groups, calibration, cfg)
-    reference = run_batched(session(groups.model), feeds, None)
+    t0 = time.perf_counter()
+    sess = session(groups.model)
+    t1 = time.perf_counter()
+    reference = run_batched(sess, feeds, None)
+    # A tail saves running the layers before it, and costs one more session
+    # per group: where building a session takes longer than a run (a small
+    # model of many nodes), whole runs are faster. Either way the rows agree.
+    split = time.perf_counter() - t1 > t1 - t0
     return Sweep(groups, scores, calibration, cfg.resolved_compensation(), feeds,
-                 None if labels is None else np.asarray(labels), reference)
+                 None if labels is None else np.asarray(labels), reference, split=split,
+                 shares=before_shares(groups))
 
 
 def _first(source, model, n: int, batch_axes: dict | None = None) -> dict:
@@ -581,4 +608,5 @@ def plot(result: SensitivityResult, path: str) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["sweep", "merge", "plot", "damage", "run_job", "prepare", "work", "SensitivityResult", "DEFAULT_RATIOS"]
+__all__ = ["sweep", "merge", "plot", "damage", "run_job", "prepare", "work", "before_shares", "SensitivityResult",
+           "DEFAULT_RATIOS"]

@@ -341,8 +341,10 @@ def test_a_job_runs_only_the_layers_its_group_changes_and_measures_what_the_whol
 
     d = np.load(os.path.join(ROOT, "resnet_mnist_data.npz"))
     monkeypatch.setattr(sensitivity, "TAIL_CHUNK", 5)  # 12 held-out samples: three chunks
+    monkeypatch.setattr(sensitivity, "TAIL_SHARE", 0.0)  # every group's tail, however early
     prep = sensitivity.prepare(os.path.join(ROOT, "resnet_mnist.onnx"), {"input": d["input"][:48]},
                                None, None, None, None)
+    prep.split = True  # as where a run takes longer than building a session (not so on this small model)
     made = []
     real, real_run = sensitivity.upto, sensitivity.run_batched
     monkeypatch.setattr(sensitivity, "upto", lambda m, names: made.append(tuple(names)) or real(m, names))
@@ -359,9 +361,10 @@ def test_a_job_runs_only_the_layers_its_group_changes_and_measures_what_the_whol
     assert max(whole) > 0.01
 
 
-def test_the_sweeps_work_counts_each_groups_tail_once_per_ratio_and_the_rest_once():
+def test_the_sweeps_work_counts_each_groups_tail_once_per_ratio_and_the_rest_once(monkeypatch):
     import onnxprune
     from onnxprune.analysis.costs import node_macs
+    from onnxprune.search import sensitivity
     from onnxprune.search.sensitivity import work
 
     g = Graph(seed=2)
@@ -371,4 +374,7 @@ def test_the_sweeps_work_counts_each_groups_tail_once_per_ratio_and_the_rest_onc
     m = {n.name: node_macs(groups.view, n) or 0 for n in groups.view.nodes}
     total = sum(m.values())
     assert len(groups.prunable) == 2  # c1's outputs (read by c2), c2's (read by c3)
-    assert work(groups, (0.25, 0.5, 0.75), 2) == 2 * (3 * total + m["c1"] + 3 * (m["c2"] + m["c3"]))
+    monkeypatch.setattr(sensitivity, "TAIL_SHARE", 0.0)
+    assert work(groups, (0.25, 0.5, 0.75), 2) == pytest.approx(2 * (3 * total + m["c1"] + 3 * (m["c2"] + m["c3"])))
+    monkeypatch.setattr(sensitivity, "TAIL_SHARE", 1.0)  # no tail: every job runs the whole model
+    assert work(groups, (0.25, 0.5, 0.75), 2) == pytest.approx(2 * 2 * 3 * total)
