@@ -143,7 +143,6 @@ class Tail:
     given: list
     outputs: list
     nodes: list
-    graph: onnx.GraphProto
     model: onnx.ModelProto
 
     def build(self, runs: list) -> onnx.ModelProto:
@@ -152,7 +151,8 @@ class Tail:
         run), which type and shape them (a dim that differs between runs is
         left open: onnxruntime infers a Resize's output from the length of
         its sizes, a Reshape's from its target)."""
-        g, model = self.graph, self.model
+        model = self.model
+        g = model.graph
         reads = set().union(*(node_reads(n) for n in self.nodes))
         out = copy_except(model, {"graph"})
         out.graph.CopyFrom(copy_except(g, {"initializer", "node", "input", "output", "value_info"}))
@@ -199,7 +199,7 @@ def tail(model: onnx.ModelProto, original: onnx.ModelProto) -> Tail | None:
     if not given:
         return None  # nothing before it to share
     outputs = [k for k, vi in enumerate(g.output) if vi.name in changed]
-    return Tail(given, outputs, nodes, g, model)
+    return Tail(given, outputs, nodes, model)
 
 
 def _with_constants(g: onnx.GraphProto, nodes: list) -> list:

@@ -94,10 +94,10 @@ def side_inputs(view) -> set:
     heads with each reader's would make the heads of every layer one group;
     instead each reader takes the channels it keeps through a Gather, and
     the tensor itself stays whole. A tensor any other op reads (a residual
-    stream, also read by the layer it feeds, or by a decomposed norm's Mul by
-    a constant) couples as usual, and so does
-    one the other operands are computed from without a layer between
-    (``x * (1 + erf(x / sqrt 2))``: a decomposed GELU)."""
+    stream, also read by the layer it feeds, or by a decomposed norm's Mul
+    by a constant) couples as usual, and so does one the other operands are
+    computed from without a layer between (``x * (1 + erf(x / sqrt 2))``: a
+    decomposed GELU)."""
     found = _SIDE.get(view)
     if found is None:
         found = set()

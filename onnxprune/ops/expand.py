@@ -6,8 +6,9 @@ count is rewritten (grouped-query attention's ``repeat_kv`` expands a new
 axis next to the K/V heads, which then merge by Reshape). An axis it
 broadcasts from an input without channels holds n copies of one slice, so
 any k of them are the same copies: where the target states n as a literal,
-the axis starts a channel space its readers' channels join (Paddle's zero initial RNN state, ``Expand(0.0,
-Concat([layers], [batch], [hidden]))``), and the literal is rewritten. Tile repeats whole
+the axis starts a channel space its readers' channels join (Paddle's zero
+initial RNN state, ``Expand(0.0, Concat([layers], [batch], [hidden]))``),
+and the literal is rewritten. Tile repeats whole
 axes: ``r`` copies of a channel space end to end are the same space repeated
 along an outer index, which the layout algebra expresses directly.
 """
