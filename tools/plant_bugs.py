@@ -119,8 +119,8 @@ MUTANTS = {
                                         "                        and not view.is_const(r.input[1 - slot]) for r, slot in readers) and \\",
                                         "                        for r, slot in readers) and \\"),
     "gather_indices_count_as_weights": ("onnxprune/rewrite/invariants.py",
-                                        "if t.data_type in _METADATA_TYPES and (n <= _SMALL or t.name in indices):",
-                                        "if t.data_type in _METADATA_TYPES and n <= _SMALL:"),
+                                        "if is_metadata(t.data_type, n) or (t.data_type in METADATA_TYPES and t.name in indices):",
+                                        "if is_metadata(t.data_type, n):"),
     "tail_values_of_another_group": ("onnxprune/search/sensitivity.py",
                                      "    if sweep.before is None or sweep.before[0] != key:",
                                      "    if sweep.before is None:"),
@@ -437,6 +437,18 @@ MUTANTS = {
                                           "                    pass  # the float values it quantizes"),
     "round_budget_ignored": ("onnxprune/select/planner.py", '        if estimate(groups, plan_with(mid).keep) <= budget:', '        if True:'),
     "round_no_step_back_up": ("onnxprune/select/planner.py", '        if estimate(groups, trial.keep) <= budget:', '        if False:'),
+    # -- run-time shapes computed from counts (tf2onnx's batch x heads) ----------------------
+    "computed_entry_never_at_batch_one": ("onnxprune/ops/shape.py", "    for rnd in range(3):\n",
+                                          "    for rnd in range(1, 3):\n"),
+    "computed_entry_trusted": ("onnxprune/ops/shape.py",
+                               "        if _follows_everywhere(ctx, evaluate, dims_at, k, out,",
+                               "        if True or _follows_everywhere(ctx, evaluate, dims_at, k, out,"),
+    "reduce_prod_forgets_the_counts": ("onnxprune/ops/evaluate_math.py",
+                                       "    if op != \"ReduceProd\" or dtype.kind not in INTS",
+                                       "    if True or dtype.kind not in INTS"),
+    "shape_vector_leaf_ties_a_folded_weight": ("onnxprune/analysis/build.py",
+                                               "if t == source or _metadata(view, t):",
+                                               "if t == source:"),
 }
 
 

@@ -16,6 +16,7 @@ from onnxprune.analysis.groups import Group, Groups, strict_default
 from onnxprune.core.errors import InternalError
 from onnxprune.core.graph import GraphView, factor
 from onnxprune.core.layout import LayoutError
+from onnxprune.core.tensors import is_metadata
 from onnxprune.ops import Analysis, Context, rule_for
 from onnxprune.ops.base import APPROX
 from onnxprune.ops.weights import trace
@@ -104,8 +105,8 @@ def _couple_shared_weights(view: GraphView, analysis: Analysis) -> None:
                                  f"stored as {folded.dtype}")
             own = {(index, slot) for index, slot, _ in readers}  # the weight's readers, seen through Identity
             for t in leaves | {o for i in chain for o in view.nodes[i].output}:
-                if t == source:
-                    continue
+                if t == source or _metadata(view, t):
+                    continue  # a shape vector (tf2onnx's [-1] in every reshape target) ties nothing
                 for index, slot, label in view.readers(t):
                     if index not in chain and (index, slot) not in own:
                         stray.append(f"'{source}' is computed from constant '{t}', "
@@ -128,6 +129,22 @@ def _couple_shared_weights(view: GraphView, analysis: Analysis) -> None:
                     reason = f"weight '{source}' is shared by several nodes: {e}"
                     analysis.atoms.freeze(on_axis[0].layout, reason)
                     analysis.atoms.freeze(u.layout, reason)
+
+
+def _metadata(view: GraphView, name: str) -> bool:
+    """A small integer constant or folded value: shapes and axes, not weight data."""
+    root = view.const_root(name)
+    if root in view.initializers:
+        t = view.initializers[root]
+        return is_metadata(t.data_type, int(np.prod(t.dims, dtype=np.int64)))
+    value = view.const(name)
+    if value is None or value.dtype.kind not in "iub":
+        return False
+    try:
+        data_type = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
+    except (KeyError, ValueError, TypeError):
+        return False
+    return is_metadata(data_type, int(value.size))
 
 
 UNIFORM_LIMIT = 1 << 16  # elements: a uniform constant this small may be copied per reader

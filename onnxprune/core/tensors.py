@@ -51,6 +51,16 @@ _PLAIN = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProt
           TensorProto.UINT16, TensorProto.UINT32, TensorProto.UINT64, TensorProto.BOOL}
 
 
+METADATA_TYPES = {TensorProto.INT64, TensorProto.INT32, TensorProto.BOOL, TensorProto.STRING}
+SMALL_METADATA = 64  # elements: integer vectors of this size are shapes and axes, not weights
+
+
+def is_metadata(data_type: int, numel: int) -> bool:
+    """Whether a stored tensor is a shape vector, axes or split sizes (a small
+    integer tensor) rather than a weight: copying or sharing it ties nothing."""
+    return data_type in METADATA_TYPES and numel <= SMALL_METADATA
+
+
 def _info(t: TensorProto) -> dict[str, str]:
     return {e.key: e.value for e in t.external_data}
 

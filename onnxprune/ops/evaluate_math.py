@@ -6,8 +6,9 @@ undefined or what it does not model: a zero integer divisor, Mod of floats
 without fmod, a float cast out of an integer's range, bfloat16 and float8.
 Arithmetic gives plain numbers, except a product of a ``Dim`` by a plain
 integer (``heads * head_dim`` with head_dim stated) or by another ``Dim``
-(``c * h`` read from one shape) and Max with 1 or less (a count is at least
-1): those still follow the counts.
+(``c * h`` read from one shape), the same products by ReduceProd
+(tf2onnx's ``ReduceProd(Shape(x)[1:3])``) and Max with 1 or less (a count is
+at least 1): those still follow the counts.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from onnxprune.ops.fold import (
     Dim,
     Inputs,
     Value,
+    all_ints,
     arithmetic,
     as_entry,
     as_numpy,
@@ -134,6 +136,74 @@ def floor(a: Inputs):
 @evaluates("Ceil")
 def ceil(a: Inputs):
     return arithmetic(a, np.ceil, "f")
+
+
+# -- reductions -------------------------------------------------------------------------
+
+_REDUCE_AXES_INPUT = {"ReduceSum": 13}  # the opset where axes became an input (18 for the others)
+
+
+def _reduction(op: str, fn, empty):
+    """The evaluator of one Reduce op over small integer or float tensors:
+    entries along the reduced axes combined in the element type; unknown
+    where any of them is. A product of counts keeps them (``Dim``), as Mul's does."""
+    def evaluate(a: Inputs) -> Value | None:
+        x = a.value(0)
+        if x is None or x.dtype.kind not in "iuf":
+            return None
+        rank = x.entries.ndim
+        if a.version is not None and a.version >= _REDUCE_AXES_INPUT.get(op, 18):
+            axes = all_ints(a.value(1)) if a.given(1) else np.zeros(0, np.int64)
+            if axes is None:
+                return None
+            axes = axes.reshape(-1).tolist()
+            if not axes and int(a.attr("noop_with_empty_axes", 0) or 0):
+                return x
+        else:
+            axes = list(a.attr("axes") or [])
+        axes = sorted({int(k) + rank if int(k) < 0 else int(k) for k in axes}) or list(range(rank))
+        if any(not 0 <= k < rank for k in axes):
+            return None
+        keep = [k for k in range(rank) if k not in axes]
+        moved = np.moveaxis(x.entries, axes, list(range(rank - len(axes), rank))) if rank else x.entries
+        rows = moved.reshape([x.entries.shape[k] for k in keep] + [-1])
+        out = np.empty(rows.shape[:-1], dtype=object)
+        for idx in np.ndindex(out.shape):
+            xs = list(rows[idx])
+            if any(e is None for e in xs):
+                out[idx] = None
+            elif not xs:
+                out[idx] = None if empty is None else as_entry(np.asarray(empty, dtype=x.dtype))
+            else:
+                acc = as_numpy(xs[0], x.dtype)
+                for e in xs[1:]:
+                    acc = fn(acc, as_numpy(e, x.dtype))
+                out[idx] = _product_dim(op, xs, as_entry(acc), x.dtype)
+        if int(a.attr("keepdims", 1)):
+            out = out.reshape([1 if k in axes else d for k, d in enumerate(x.entries.shape)])
+        return Value(out, x.dtype)
+    evaluate.__name__ = evaluate.__qualname__ = f"reduce_{op}"
+    return evaluate
+
+
+def _product_dim(op: str, xs: list, got, dtype: np.dtype):
+    """ReduceProd of counts and stated ints is a count (``Dim``) as Mul's is."""
+    dims = [e for e in xs if isinstance(e, Dim)]
+    if op != "ReduceProd" or dtype.kind not in INTS or not dims or isinstance(got, np.ndarray) or \
+            any(isinstance(e, np.ndarray) for e in xs):
+        return got
+    exact = 1
+    for e in xs:
+        exact *= int(e)
+    if exact != got:
+        return got  # wrapped: no longer the product of the counts
+    return Dim(got, dims[0].src, dims[0].factors + tuple(s for d in dims[1:] for s in d.sources))
+
+
+REDUCTIONS = {"ReduceProd": (np.multiply, 1), "ReduceSum": (np.add, 0), "ReduceMax": (np.maximum, None),
+              "ReduceMin": (np.minimum, None)}
+for _op, (_fn, _empty) in REDUCTIONS.items():
+    evaluates(_op)(_reduction(_op, _fn, _empty))
 
 
 # -- comparisons and selection ---------------------------------------------------------

@@ -16,7 +16,7 @@ from onnxprune.core.layout import LayoutError, Segment
 from onnxprune.ops.base import Rule
 from onnxprune.ops.fold import known_ints, partial_value
 from onnxprune.ops.registry import register
-from onnxprune.ops.shape import check_dims
+from onnxprune.ops.shape import check_dims, computed_entries
 
 
 def _prod(xs) -> int:
@@ -254,6 +254,8 @@ class Reshape(Rule):
         raw = partial_value(ctx.view, node.input[1])
         if not ctx.axes(x):
             check_dims(ctx, raw, y, lambda k: None, "reshape")  # a count read elsewhere lands here
+            if ctx.const(1) is None:
+                computed_entries(ctx, node.input[1], y, None, lambda k: None, "reshape")
             return
         const = ctx.const(1) is not None
         shape = known_ints(raw)
@@ -266,6 +268,8 @@ class Reshape(Rule):
             ctx.view.derive_shape(y, outs)  # what inference missed, rules downstream can use
         reshape_layouts(ctx, x, y, outs)
         dynamic = check_dims(ctx, raw, y, lambda k: k, "reshape")  # entries that follow a count by themselves
+        if not const:  # and those computed from counts that follow them
+            dynamic |= computed_entries(ctx, node.input[1], y, outs, lambda k: k, "reshape")
         literals = {}
         for ax, lay in ctx.axes(y).items():
             entry = shape[ax] if ax < len(shape) else None

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from onnxprune.core.graph import set_attr
+from onnxprune.core.graph import factor, set_attr
 from onnxprune.core.layout import Segment
 from onnxprune.ops.base import Rule, attr_of
 from onnxprune.ops.fold import (
@@ -367,22 +367,24 @@ def _clip(bound: int, n: int) -> int:
     return max(0, min(n, bound + n if bound < 0 else bound))
 
 
-_ARITH = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Mod", "Neg", "Floor", "Ceil")
+_ARITH = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Mod", "Neg", "Floor", "Ceil", "ReduceProd", "ReduceSum",
+          "ReduceMax", "ReduceMin")
 
 
-def _only_bounds(view, name: str, depth: int = 0) -> bool:
-    """Whether arithmetic on a count reaches nothing but Slice bounds (through
-    more arithmetic and entry picking): the one place its value is checked
-    at every pruned size (``Slice._computed``)."""
+def _only_checked(view, name: str, depth: int = 0) -> bool:
+    """Whether arithmetic on a count reaches nothing but Slice bounds and
+    Reshape targets (through more arithmetic and entry picking): the places
+    its value is checked at every pruned size (``Slice._computed``,
+    ``computed_entries``)."""
     if depth > 16 or view.escapes(name):
         return False
     readers = view.consumers.get(name, [])
     for consumer, slot in readers:
         op = consumer.op_type
-        if op == "Slice" and slot in (1, 2):
+        if (op == "Slice" and slot in (1, 2)) or (op == "Reshape" and slot == 1):
             continue
         if op in _ARITH or op in _SELECT or op == "Concat":
-            if not (consumer.output and _only_bounds(view, consumer.output[0], depth + 1)):
+            if not (consumer.output and _only_checked(view, consumer.output[0], depth + 1)):
                 return False
             continue
         return False
@@ -444,14 +446,14 @@ class Shape(Rule):
                     continue  # bounds: the Slice rule checks them at every pruned size
                 elif ((op in _SELECT and slot == 0) or op == "Concat") and follow:
                     todo.append(out)  # picks or joins entries: dropping one is no read
-                elif op == "Mul" and follow and here - carried(out) and _only_bounds(ctx.view, out):
-                    computed[out] = set(here)  # a product that only bounds slices
+                elif op == "Mul" and follow and here - carried(out) and _only_checked(ctx.view, out):
+                    computed[out] = set(here)  # a product checked where it lands
                     todo.append(out)
                 elif op == "Mul" and follow:
                     read |= here - carried(out)  # a count used in a product is read
                     todo.append(out)
-                elif op in _ARITH and follow and _only_bounds(ctx.view, out):
-                    computed[out] = set(here)  # ``(C + 2) // 3``: followed to the slice bounds
+                elif op in _ARITH and follow and _only_checked(ctx.view, out):
+                    computed[out] = set(here)  # ``(C + 2) // 3``: followed to where it is checked
                     todo.append(out)
                 elif op == "Where" and slot in (1, 2) and follow:
                     todo.append(out)  # picks entries (TorchScript's expand: Where(s == -1, 1, s))
@@ -464,6 +466,127 @@ class Shape(Rule):
                     read |= here
         for ax in sorted(read & set(lays)):
             ctx.freeze(lays[ax], f"its size is read by Shape node '{node.name}'")
+
+
+_PRIMES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53)
+
+
+def _symbol_value(symbols: dict, dim, rnd: int):
+    """A symbolic dim (``'batch'``, ``'batch*8'``) at round ``rnd``: every
+    symbol 1 in round 0 (a batch of one), distinct primes after; None for a
+    dim that is neither an int nor a symbol."""
+    if isinstance(dim, int):
+        return dim
+    f = factor(dim)
+    if f is None:
+        return None
+    k = symbols.setdefault(f[0], len(symbols))
+    return f[1] * (1 if rnd == 0 else _PRIMES[(2 * k + rnd - 1) % len(_PRIMES)])
+
+
+def computed_entries(ctx, target: str, y: str, outs, axis_of, what: str) -> set:
+    """Entries of a run-time shape computed from channel counts by
+    arithmetic (tf2onnx's ``ReduceProd(Shape(x)[0:2])``, batch x heads for a
+    batched MatMul; ``Max`` of two tensors' head counts): each is evaluated
+    at every count its output axis ``axis_of(k)`` could be pruned to, with
+    the symbolic dims at 1 and at two other values, and must equal that
+    axis's size (``outs``; a batch-merged axis ``batch*K`` is the batch times
+    the kept channels) every time. Nothing is rewritten: they follow by
+    themselves. Entries ``check_dims`` follows (``Dim``) are left to it.
+    -> the entry indices that follow; an entry that reads a count and does
+    not follow freezes what it reads and the output axis."""
+    raw = partial_value(ctx.view, target)
+    if raw is None:
+        return set()
+    flat = list(raw.reshape(-1))
+    symbols: dict = {}
+    read: dict = {}  # resolved layout -> a layout read by Shape
+
+    def dims_at(counts, atom, rnd: int, blind=None):
+        def dims(tensor, axis, static):
+            lay = ctx.get(tensor, axis)
+            shape = ctx.view.shape(tensor)
+            dim = shape[axis] if shape is not None and axis < len(shape) else static
+            if lay is None:
+                return _symbol_value(symbols, dim, rnd)
+            key = ctx.atoms.resolve(lay)
+            read.setdefault(key, lay)
+            if key == blind:
+                return None
+            full = ctx.atoms.layout_size(lay)
+            if counts is None:
+                size = full
+            elif any(seg.atom != atom for seg in key):
+                return None  # another count: unknown
+            else:
+                size = sum(seg.outer * seg.inner for seg in key) * counts
+            if isinstance(dim, int) or dim is None:
+                return size
+            f = factor(dim)
+            return size * _symbol_value(symbols, f[0], rnd) if f[1] == full else None  # batch-merged
+        return dims
+
+    def evaluate(dims):
+        try:
+            v = evaluate_with(ctx.view, target, dims)
+        except (TypeError, ValueError, OverflowError):
+            return None
+        return None if v is None or v.size != len(flat) else list(v.reshape(-1))
+
+    base = evaluate(dims_at(None, None, 1))
+    deps: dict = {}
+    for key, lay in list(read.items()):
+        blind = evaluate(dims_at(None, None, 1, key))
+        for k in range(len(flat)):
+            if base is not None and base[k] is not None and (blind is None or blind[k] is None):
+                deps.setdefault(k, []).append((key, lay))
+    ok = set()
+    for k, e in enumerate(flat):
+        to = axis_of(k)
+        out = ctx.get(y, to) if to is not None else None
+        if isinstance(e, Dim) or not (deps.get(k) or (e is None and out is not None)):
+            continue
+        if _follows_everywhere(ctx, evaluate, dims_at, k, out, outs[to] if out is not None else None,
+                               [key for key, _ in deps.get(k, ())], symbols):
+            ok.add(k)
+            continue
+        for _, lay in deps.get(k, ()):
+            ctx.freeze(lay, f"its size, read by Shape, sets entry {k} of the {what} target through "
+                            f"arithmetic that does not follow the pruned count")
+        if out is not None:
+            ctx.freeze(out, f"{what} target entry {k} is computed at run time and does not follow the "
+                            f"pruned count")
+    return ok
+
+
+def _follows_everywhere(ctx, evaluate, dims_at, k: int, out, dim, keys, symbols) -> bool:
+    """Whether entry ``k`` equals the size of the output axis (layout ``out``,
+    dim ``dim``) at every count its one atom could be pruned to, in every round."""
+    if out is None:
+        return False
+    key = ctx.atoms.resolve(out)
+    atom = key[0].atom
+    if any(seg.atom != atom for seg in key) or any(seg.atom != atom for rd in keys for seg in rd):
+        return False  # several counts: not checked
+    n = ctx.atoms.size[atom]
+    if n > _MAX_COUNTS:
+        return False
+    counts = np.arange(1, n + 1, dtype=np.int64)
+    per = sum(seg.outer * seg.inner for seg in key) * counts
+    f = factor(dim)
+    if f is not None and f[1] != ctx.atoms.layout_size(out):
+        return False
+    for rnd in range(3):
+        got = evaluate(dims_at(counts, atom, rnd))
+        if got is None or got[k] is None:
+            return False
+        want = per if f is None else per * _symbol_value(symbols, f[0], rnd)
+        try:
+            if not np.array_equal(np.broadcast_to(np.asarray(got[k], dtype=np.int64), counts.shape), want):
+                return False
+        except (TypeError, ValueError, OverflowError):
+            return False
+    return True
 
 
 def check_dims(ctx, entries, y: str, axis_of, what: str) -> set:

@@ -21,12 +21,8 @@ import onnx
 from onnxprune.analysis.build import UNIFORM_LIMIT
 from onnxprune.analysis.costs import count_params
 from onnxprune.core.errors import InternalError
-from onnxprune.core.tensors import to_array
+from onnxprune.core.tensors import METADATA_TYPES, is_metadata, to_array
 from onnxprune.core.walk import all_graphs, read_names
-
-_METADATA_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.BOOL,
-                   onnx.TensorProto.STRING}
-_SMALL = 64  # elements: integer vectors of this size are shapes and axes, not weights
 
 
 def _numel(dims) -> int:
@@ -53,7 +49,7 @@ def weight_bytes(model: onnx.ModelProto) -> dict[str, int]:
     out: dict[str, int] = {}
     for t in _tensors(model):
         n = _numel(t.dims)
-        if t.data_type in _METADATA_TYPES and (n <= _SMALL or t.name in indices):
+        if is_metadata(t.data_type, n) or (t.data_type in METADATA_TYPES and t.name in indices):
             continue
         dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type) \
             if t.data_type != onnx.TensorProto.STRING else np.dtype(object)
@@ -109,7 +105,7 @@ def _uniform_copies(before: Summary, pruned: onnx.ModelProto) -> dict[str, int]:
     out: dict[str, int] = {}
     for g in all_graphs(pruned.graph):
         for t in g.initializer:
-            if t.name in before.names or _numel(t.dims) > UNIFORM_LIMIT or t.data_type in _METADATA_TYPES:
+            if t.name in before.names or _numel(t.dims) > UNIFORM_LIMIT or t.data_type in METADATA_TYPES:
                 continue
             value = to_array(t).reshape(-1)
             if value.size and np.all(value == value[0]):

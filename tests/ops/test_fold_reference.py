@@ -400,6 +400,21 @@ def _transpose(b: Builder, op: str):
     return b.node("Transpose", [a], **({"perm": perm} if b.draw.int(0, 3) else {}))
 
 
+def _reduce(b: Builder, op: str):
+    a = b.array_operand()
+    if a is None:
+        return None
+    v = b.values[a]
+    r = v.ndim
+    axes = sorted({b.draw.int(-r, r - 1) for _ in range(b.draw.int(0, r))}) if r else []
+    attrs = {"keepdims": b.draw.int(0, 1)} if b.draw.int(0, 1) else {}
+    if b.opset >= (13 if op == "ReduceSum" else 18):
+        if b.draw.int(0, 3) == 0:
+            attrs["noop_with_empty_axes"] = b.draw.int(0, 1)
+        return b.node(op, [a, b.ints(axes)] if axes or b.draw.int(0, 1) else [a], **attrs)
+    return b.node(op, [a], **({"axes": axes} if axes else {}), **attrs)
+
+
 def _constant_of_shape(b: Builder, op: str):
     s = b.shape_of_x()
     if s is None:
@@ -424,6 +439,7 @@ MAKERS = {
     "Cast": _cast, "Where": _where, "Shape": _shape, "Size": _size, "Gather": _gather, "Concat": _concat,
     "Slice": _slice, "Squeeze": _squeeze, "Unsqueeze": _unsqueeze, "Reshape": _reshape, "Flatten": _flatten,
     "Transpose": _transpose, "ConstantOfShape": _constant_of_shape,
+    "ReduceProd": _reduce, "ReduceSum": _reduce, "ReduceMax": _reduce, "ReduceMin": _reduce,
 }
 
 
@@ -567,3 +583,22 @@ def test_shape_bounds_below_minus_rank_clamp():
         None, {"x": np.zeros([1, 2, 3, 4], np.float32)})[0]
     assert truth.size == 0
     assert partial_value(GraphView(model, {"x": (1, 2, 3, 4)}), "y").size == 0
+
+
+def test_a_product_of_counts_by_reduce_prod_still_follows_them():
+    """``ReduceProd(Shape(x)[1:3])`` (tf2onnx's flatten of two axes) is the
+    product of both counts, as ``Mul`` of the two entries would be; a sum is not."""
+    from onnxprune.ops.fold import Dim
+
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Gather", ["s", "i"], ["hw"], axis=0),
+             helper.make_node("ReduceProd", ["hw"], ["p"], keepdims=1),
+             helper.make_node("ReduceSum", ["hw", "axes"], ["y"], keepdims=0)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 4])],
+                              [helper.make_empty_tensor_value_info("p"), helper.make_empty_tensor_value_info("y")],
+                              initializer=[_i64("i", [1, 2]), _i64("axes", [0])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    view = GraphView(model, {"x": (1, 2, 3, 4)})
+    (p,), y = partial_value(view, "p"), partial_value(view, "y")
+    assert p == 6 and isinstance(p, Dim) and sorted(p.sources) == [("x", 1), ("x", 2)]
+    assert y.shape == () and y.item() == 5 and not isinstance(y.item(), Dim)

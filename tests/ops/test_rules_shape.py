@@ -845,6 +845,76 @@ def test_a_reader_that_indexes_the_merged_axis_freezes_the_heads():
                for r in h.frozen), h.frozen
 
 
+def _tf2onnx_heads(first=None):
+    """Attention as tf2onnx lowers a Keras MultiHeadAttention's einsums to
+    batched MatMuls: each operand goes to (N*heads, S, D) through a target
+    computed from its own shape, ``Concat(ReduceProd(Shape(t)[0:2]), [-1],
+    Shape(t)[4])``; the scores come back to (N, heads, S, S, 1) through
+    ``Max`` of both operands' (N, heads); the output projection's kernel is
+    stored as [1, 1, out, heads, D] and reshaped by ``Concat([-1],
+    ReduceProd(Shape(kernel)[3:5]))`` with the same [-1] constant every
+    target uses. ``first``: another entry 0 for the query's merge."""
+    g = Graph(opset=13)
+    minus_one = g.ints("minus_one", [-1])
+
+    def heads(name, unsqueeze, perm):  # (N, 6, 16) -> (N, 6, 4, 4) -> 5-D -> (N*4, ., .)
+        t = g.add("Reshape", [g.matmul("x", 16, 16, name=name), g.ints(f"{name}_s", [0, 6, 4, 4])])
+        t = g.add("Transpose", [g.add("Unsqueeze", [t, g.ints(f"{name}_u", [unsqueeze])])], perm=perm,
+                  name=f"{name}5")
+        s = g.add("Shape", [t], name=f"{name}_shape")
+        nh = g.add("Gather", [s, g.ints(f"{name}_nh", [0, 1])], axis=0, name=f"{name}_nh_dims")
+        last = g.add("Gather", [s, g.ints(f"{name}_last", [4])], axis=0)
+        lead = g.add("ReduceProd", [nh], keepdims=1) if first is None or name != "q" else first(g, nh)
+        merged = g.add("Reshape", [t, g.add("Concat", [lead, minus_one, last], axis=0)], name=f"{name}_merged")
+        return t, s, nh, merged
+
+    qt, qs, qnh, qm = heads("q", 1, [0, 3, 1, 2, 4])  # (N, 4, 1, 6, 4) -> (N*4, 6, 4)
+    kt, ks, knh, km = heads("k", 2, [0, 3, 1, 2, 4])  # (N, 4, 6, 1, 4) -> (N*4, 6, 4)
+    scores = g.add("MatMul", [qm, g.add("Transpose", [km], perm=[0, 2, 1])], name="scores")  # (N*4, 6, 6)
+    back = g.add("Concat", [g.add("Max", [knh, qnh]), g.add("Gather", [ks, g.ints("k_seq", [2])], axis=0),
+                            g.add("Gather", [qs, g.ints("q_seq", [3])], axis=0), g.ints("one", [1])], axis=0)
+    att = g.add("Softmax", [g.add("Squeeze", [g.add("Reshape", [scores, back], name="unmerge"),
+                                              g.ints("ax4", [4])])], axis=-1)  # (N, 4, 6, 6)
+    v = g.add("Transpose", [g.add("Reshape", [g.matmul("x", 16, 16, name="v"), g.ints("v_s", [0, 6, 4, 4])])],
+              perm=[0, 2, 1, 3])
+    o = g.add("Transpose", [g.add("MatMul", [att, v])], perm=[0, 2, 1, 3], name="o")  # (N, 6, 4, 4)
+    flat = g.add("Concat", [minus_one, g.add("ReduceProd", [g.add("Gather", [g.add("Shape", [o]),
+                                                                            g.ints("o_hd", [2, 3])], axis=0)],
+                                             keepdims=1)], axis=0)
+    kernel = g.rand("kernel", (1, 1, 5, 4, 4))
+    kflat = g.add("Concat", [minus_one, g.add("ReduceProd", [g.add("Gather", [g.add("Shape", [kernel]),
+                                                                             g.ints("k_hd", [3, 4])], axis=0)],
+                                              keepdims=1)], axis=0)
+    y = g.add("Gemm", [g.add("Reshape", [o, flat]), g.add("Reshape", [kernel, kflat], name="kernel2d")],
+              transB=1, name="proj")
+    return g.build({"x": ["N", 6, 16]}, {y: ["M", 5]})
+
+
+def test_heads_merged_with_the_batch_by_a_run_time_product_prune():
+    """tf2onnx's batch x heads: a product of a symbolic batch and the head
+    count, evaluated at every head count and at several batch sizes."""
+    groups = exact(_tf2onnx_heads(), trials=5)
+    h = group_at(groups, "q5")
+    assert_prunable(h)
+    assert h.units == 4 and {"q", "k", "v"} <= set(h.members)
+    m = pruned(groups, keep_of(h, [0, 3]))
+    assert input_value(m, "proj", 1).shape == (5, 8)  # the folded kernel, written sliced
+
+
+@pytest.mark.parametrize("first, why", [
+    (lambda g, nh: g.add("Mul", [g.add("Gather", [nh, g.ints("b", [0])], axis=0), g.ints("four", [4])]),
+     "does not follow the pruned count"),
+    (lambda g, nh: g.add("Max", [g.add("ReduceProd", [nh], keepdims=1), g.ints("floor", [4])]),
+     "does not follow the pruned count"),  # right at batch 2, not at batch 1 with fewer heads
+    (lambda g, nh: g.add("Max", [g.add("ReduceProd", [nh], keepdims=1), g.add("Min", [
+        g.add("Mul", [g.add("Gather", [nh, g.ints("h", [1])], axis=0), g.ints("two", [2])]), g.ints("cap", [4])])]),
+     "does not follow the pruned count"),  # max(N * heads, min(2 * heads, 4)): wrong only at batch 1
+], ids=["batch_times_a_literal", "at_least_four", "wrong_at_batch_one"])
+def test_a_run_time_merge_of_the_batch_that_does_not_follow_the_head_count_freezes(first, why):
+    groups = exact(_tf2onnx_heads(first))
+    assert_frozen(group_at(groups, "q5"), why)
+
+
 def _chunk3(bound):
     """qkv (N, 96) = x @ W (+ b), cut in three at run time with bounds
     ``bound(C, i)`` computed from Shape(qkv)[-1], as torch's ``qkv.chunk(3)``
