@@ -130,9 +130,31 @@ def _batch_size(model: onnx.ModelProto, fixed: dict | None) -> int | None:
     return sizes.pop() if len(sizes) == 1 else None
 
 
+def output_sample_axes(sess) -> list[int]:
+    """Which axis of each output holds the samples: the one axis named like
+    the inputs' batch dim (a CTC recogniser's time-major ``(T, batch,
+    classes)``), else axis 0. Outputs are joined along it and compared per
+    sample along it (``by_sample``)."""
+    batch = {i.shape[0] for i in sess.get_inputs() if i.shape and isinstance(i.shape[0], str)}
+    out = []
+    for o in sess.get_outputs():
+        named = [k for k, d in enumerate(o.shape or ()) if isinstance(d, str) and d in batch]
+        out.append(named[0] if len(named) == 1 else 0)
+    return out
+
+
+def by_sample(outputs: list, axes: list | None) -> list[np.ndarray]:
+    """Outputs with their sample axis first (``output_sample_axes``)."""
+    if not axes:
+        return list(outputs)
+    return [np.moveaxis(o, ax, 0) if ax and np.ndim(o) > ax else o for o, ax in zip(outputs, axes)]
+
+
 def run_batched(sess, feeds: dict, batch: int | None, chunk: int = 32) -> list[np.ndarray]:
     """Run every sample, ``batch`` (the model's fixed leading dim) or ``chunk``
-    at a time; a model that only runs with batch 1 inside is run one by one."""
+    at a time; a model that only runs with batch 1 inside is run one by one.
+    Each output is joined along its own sample axis (``output_sample_axes``)."""
+    axes = output_sample_axes(sess)
     n = sample_count(feeds)
     step = batch or chunk
     outs: list[list[np.ndarray]] = []
@@ -144,18 +166,22 @@ def run_batched(sess, feeds: dict, batch: int | None, chunk: int = 32) -> list[n
             if batch or sample_count(part) == 1:
                 raise
             singles = [sess.run(None, rows(part, slice(i, i + 1))) for i in range(sample_count(part))]
-            res = [np.concatenate([r[j] for r in singles]) for j in range(len(singles[0]))]
+            res = joined(singles, axes)
         outs.append(res)
     if not outs:
         raise OnnxPruneError(f"need at least {step} samples for a model with fixed batch {step}")
-    return joined(outs)
+    return joined(outs, axes)
 
 
-def joined(runs: list) -> list[np.ndarray]:
+def joined(runs: list, axes: list | None = None) -> list[np.ndarray]:
     """The outputs of runs over consecutive chunks of samples, as numbers
-    (``numeric``), each joined along its sample axis; an output with no
-    sample axis (one score per run) stacks: one value per run."""
-    return [numeric(np.concatenate([np.reshape(o[i], (1,)) if np.ndim(o[i]) == 0 else o[i] for o in runs]))
+    (``numeric``), each joined along its sample axis (``axes``, else 0); an
+    output with no sample axis (one score per run) stacks: one value per run."""
+    def axis(i, o):
+        return axes[i] if axes and i < len(axes) and np.ndim(o) > axes[i] else 0
+
+    return [numeric(np.concatenate([np.reshape(o[i], (1,)) if np.ndim(o[i]) == 0 else o[i] for o in runs],
+                                   axis=axis(i, runs[0][i])))
             for i in range(len(runs[0]))]
 
 
@@ -349,6 +375,7 @@ class Reference:
     input_shapes: dict | None
     latency_runs: int
     threads: int
+    sample_axes: list | None = None  # per output, the axis of its samples (``output_sample_axes``)
 
 
 def reference(a: onnx.ModelProto, data=None, *, input_shapes: dict | None = None, samples: int = 8,
@@ -382,6 +409,7 @@ def reference(a: onnx.ModelProto, data=None, *, input_shapes: dict | None = None
         raise OnnxPruneError(f"the original model fails in onnxruntime on these inputs: "
                              f"{str(e).splitlines()[0]}") from None
     names = [o.name for o in sa.get_outputs()]
+    axes = output_sample_axes(sa)
     lat_a = latency_ms(sa, rows(feeds, slice(0, batch or 1)), latency_runs)
     del sa  # before the pruned model's session
     first = rows(feeds, slice(0, 1))
@@ -389,7 +417,7 @@ def reference(a: onnx.ModelProto, data=None, *, input_shapes: dict | None = None
     return Reference(feeds=feeds, labels=labels, batch=batch, names=names, outputs=ya, latency_ms=lat_a,
                      params=count_params(a), macs=count_macs(va), size_bytes=_model_bytes(a),
                      interface=_interface(a), random_inputs=data is None, notes=notes,
-                     input_shapes=input_shapes, latency_runs=latency_runs, threads=threads)
+                     input_shapes=input_shapes, latency_runs=latency_runs, threads=threads, sample_axes=axes)
 
 
 def compare(ref: Reference, b: onnx.ModelProto, label: str | None = None, io: list | None = None) -> Validation:
@@ -412,12 +440,12 @@ def compare(ref: Reference, b: onnx.ModelProto, label: str | None = None, io: li
         raise InternalError(f"the pruned model fails in onnxruntime where the original runs: "
                             f"{str(e).splitlines()[0]}") from None
     ya = adapt_outputs(io or [], ref.names, ref.outputs)
-    outputs = []
     for name, oa, ob in zip(ref.names, ya, yb):
         if oa.shape != ob.shape or oa.dtype != ob.dtype:
             raise OnnxPruneError(f"output '{name}': shape/dtype {oa.shape}/{oa.dtype} became "
                                  f"{ob.shape}/{ob.dtype}")
-        outputs.append(_fidelity(name, oa, ob))
+    ya, yb = by_sample(ya, ref.sample_axes), by_sample(yb, ref.sample_axes)  # compared sample by sample
+    outputs = [_fidelity(name, oa, ob) for name, oa, ob in zip(ref.names, ya, yb)]
     acc_a = acc_b = None
     labels = ref.labels
     if labels is not None:

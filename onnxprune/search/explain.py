@@ -24,7 +24,8 @@ import numpy as np
 
 from onnxprune.analysis.groups import Groups
 from onnxprune.check.similarity import centred_cosines
-from onnxprune.check.validate import Reference, run_batched, session
+from onnxprune.check.validate import Reference, by_sample, run_batched, session
+from onnxprune.core.data import sample_count
 from onnxprune.refit.compensate import Compensation, compensate
 from onnxprune.rewrite.engine import apply
 from onnxprune.select.planner import Plan, estimate_macs
@@ -59,7 +60,7 @@ class Explanation:
 def model_error(ref: Reference, outputs: list) -> float:
     """The worst output's 1 - mean centred cosine with the original's."""
     worst = 0.0
-    for a, b in zip(ref.outputs, outputs):
+    for a, b in zip(by_sample(ref.outputs, ref.sample_axes), by_sample(outputs, ref.sample_axes)):
         a, b = np.asarray(a), np.asarray(b)
         if a.dtype.kind not in "fc" or not a.size:
             worst = max(worst, float(np.mean(a.reshape(len(a), -1) != b.reshape(len(b), -1))) if a.size else 0.0)
@@ -79,7 +80,7 @@ def explain(groups: Groups, plan: Plan, comp: Compensation | None, calibration, 
     from, on the reference's samples. Runs 2 + (pruned groups) models."""
     pruned = {gid: idx for gid, idx in plan.keep.items() if len(idx) < groups.group(gid).units}
     out = Explanation(metric="1 - centred cosine (mean over samples, worst output)",
-                      samples=len(ref.outputs[0]) if ref.outputs and np.ndim(ref.outputs[0]) else 0,
+                      samples=sample_count(ref.feeds),
                       error=_error_of(groups, plan.keep, comp, ref),
                       uncompensated=_error_of(groups, plan.keep, None, ref))
     for gid, idx in pruned.items():

@@ -35,7 +35,7 @@ from onnxprune.analysis.costs import node_macs
 from onnxprune.calibration.sources import batches as batches
 from onnxprune.calibration.sources import hold_out_labelled, load_data
 from onnxprune.check.similarity import centred_cosines
-from onnxprune.check.validate import joined, run_batched
+from onnxprune.check.validate import by_sample, joined, output_sample_axes, run_batched
 from onnxprune.core.data import feeds_and_labels, join, model_inputs, rows, sample_count
 from onnxprune.core.errors import OnnxPruneError
 from onnxprune.core.runtime import session, tail, upto
@@ -67,6 +67,7 @@ class Sweep:
     split: bool = True  # run only the tail a job changes (False where whole runs are faster, or cannot be cut)
     before: tuple | None = field(default=None, repr=False)  # (tensors, their values): the last tail's input
     shares: dict = field(default_factory=dict)  # group id -> share of the MACs before it (``before_shares``)
+    sample_axes: list | None = None  # per output, the axis of its samples (``output_sample_axes``)
 
 
 @dataclass
@@ -113,12 +114,14 @@ def damage(a: np.ndarray, b: np.ndarray) -> tuple[str, float]:
     return "1-cos", float(np.mean(1.0 - centred_cosines(a64, b64)))
 
 
-def damage_of_outputs(reference: list, outs: list) -> tuple[str, float]:
+def damage_of_outputs(reference: list, outs: list, axes: list | None = None) -> tuple[str, float]:
     """``damage`` averaged over the model's float outputs (over all of them
-    when none is float, as a detector's indices). Measured on the first
-    output alone, a sweep let a real layout detector keep its first head
-    at 0.998 centred cosine while five of its other seven fell below 0.9
-    (the worst to 0.36); averaged, every head stayed above 0.98."""
+    when none is float, as a detector's indices), sample by sample along
+    each output's sample axis (``axes``). Measured on the first output
+    alone, a sweep let a real layout detector keep its first head at 0.998
+    centred cosine while five of its other seven fell below 0.9 (the worst
+    to 0.36); averaged, every head stayed above 0.98."""
+    reference, outs = by_sample(reference, axes), by_sample(outs, axes)
     pairs = [(a, b) for a, b in zip(reference, outs) if np.asarray(a).dtype.kind == "f"] \
         or list(zip(reference, outs))
     found = [damage(a, b) for a, b in pairs]
@@ -171,7 +174,7 @@ def run_job(sweep: Sweep, gid: int, ratio: float) -> dict:
         if sweep.calibration is not None else None
     outs = _outputs(sweep, apply(groups, keep, compensation=comp, hints=False),
                     sweep.split and sweep.shares.get(gid, 0.0) >= TAIL_SHARE)
-    kind, value = damage_of_outputs(sweep.reference, outs)
+    kind, value = damage_of_outputs(sweep.reference, outs, sweep.sample_axes)
     row = {"group": gid, "ratio": ratio, "kept": k, "units": g.units, "metric": kind, "damage": value,
            "macs_saved": (1.0 - estimate_macs(groups, keep) / groups.macs) if groups.macs else None,
            "params_saved": 1.0 - estimate_params(groups, keep) / max(groups.params_total, 1)}
@@ -201,7 +204,8 @@ def _outputs(sweep: Sweep, model, split: bool) -> list:
         inputs = [vi.name for vi in sub.graph.input if vi.name in sweep.feeds]
         try:
             sess = session(sub, sweep.threads)
-            got = joined([sess.run(None, {**{k: feeds[k] for k in inputs}, **values}) for feeds, values in chunks])
+            got = joined([sess.run(None, {**{k: feeds[k] for k in inputs}, **values}) for feeds, values in chunks],
+                         [sweep.sample_axes[k] for k in part.outputs] if sweep.sample_axes else None)
         except Exception:  # noqa: BLE001 - a tail onnxruntime cannot take alone: the whole model runs
             got = None
     if got is None:
@@ -389,7 +393,7 @@ def prepare(model, calib, data, criterion: str | None, compensate: str | None, i
     split = time.perf_counter() - t1 > t1 - t0
     return Sweep(groups, scores, calibration, cfg.resolved_compensation(), feeds,
                  None if labels is None else np.asarray(labels), reference, split=split,
-                 shares=before_shares(groups))
+                 shares=before_shares(groups), sample_axes=output_sample_axes(sess))
 
 
 def _first(source, model, n: int, batch_axes: dict | None = None) -> dict:

@@ -126,3 +126,48 @@ def test_each_output_has_its_own_fidelity_and_accuracy():
     assert np.isclose(v.centred_min, b.centred_min)
     out = v.to_dict()["validation"]
     assert [o["name"] for o in out["outputs"]] == ["head_a", "head_b"] and out["outputs"][1]["accuracy_after"] == 0.0
+
+
+def _time_major(w: np.ndarray) -> onnx.ModelProto:
+    """(N, 3) -> (2, N, 3): two 'time steps' y and y * y, the batch on axis 1
+    as a CTC recogniser's (T, batch, classes) logits."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Mul", ["y", "y"], ["y2"]),
+             helper.make_node("Unsqueeze", ["y", "zero"], ["a"]), helper.make_node("Unsqueeze", ["y2", "zero"], ["b"]),
+             helper.make_node("Concat", ["a", "b"], ["out"], axis=0)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, "N", 3])],
+                          [numpy_helper.from_array(w.astype(np.float32), "w"),
+                           numpy_helper.from_array(np.array([0], np.int64), "zero")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def test_an_output_with_its_samples_on_axis_1_is_compared_sample_by_sample():
+    """A time-major output's samples are on the axis named like the inputs'
+    batch: 40 samples (two runs of 32 and 8, joined along that axis) are 40
+    rows of the comparison, each over its own (time, classes) values."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 3)).astype(np.float32)
+    x[0] = [0.0, 0.0, 1.0]  # a sample the class swap does not change
+    swap = np.eye(3)[[1, 0, 2]]
+    w = np.diag([1.0, 2.0, 3.0])
+    v = onnxprune.validate(_time_major(w), _time_major(w @ swap), data={"x": x})
+    assert v.samples == 40
+    a = np.stack([x @ w, (x @ w) ** 2])
+    b = np.stack([x @ w @ swap, (x @ w @ swap) ** 2])
+    per = [np.corrcoef(a[:, i].ravel(), b[:, i].ravel())[0, 1] for i in range(40)]
+    assert np.isclose(v.outputs[0].centred_min, min(per), atol=1e-5)
+    assert np.isclose(v.outputs[0].centred_mean, np.mean(per), atol=1e-5)
+    assert np.isclose(max(per), 1.0)  # sample 0, untouched
+
+
+def test_the_sweep_damage_of_a_time_major_output_is_per_sample():
+    """The sweep prices a removal by the same per-sample comparison: one
+    sample changed of two is half the damage, whichever axis holds them."""
+    from onnxprune.search.sensitivity import damage_of_outputs
+
+    a = np.random.default_rng(1).standard_normal((5, 2, 4))  # (time, samples, classes)
+    b = a.copy()
+    b[:, 1] = -b[:, 1]  # the second sample's values flipped: its centred cosine is -1
+    assert np.isclose(damage_of_outputs([a], [b], [1])[1], 1.0)  # (0 + 2) / 2
