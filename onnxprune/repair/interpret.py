@@ -35,6 +35,7 @@ WEIGHT_SLOTS = {
     "BatchNormalization": {1, 2}, "InstanceNormalization": {1, 2}, "LayerNormalization": {1, 2},
     "RMSNormalization": {1}, "SimplifiedLayerNormalization": {1},
     "Add": {0, 1}, "Sub": {0, 1}, "Mul": {0, 1}, "PRelu": {1},
+    "RNN": {1, 2, 3}, "GRU": {1, 2, 3}, "LSTM": {1, 2, 3, 7},  # W, R, B (and peepholes), not initial states
 }
 LAYOUT = {"Transpose", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Flatten"}  # weight passes through input 0
 FLOATS = (np.float32, np.float64)

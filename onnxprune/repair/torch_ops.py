@@ -666,6 +666,94 @@ def _space_to_depth(ins, at, ctx):
     return y.reshape(n, c * b * b, h // b, w // b)
 
 
+# -- recurrent cells ---------------------------------------------------------------------
+_ACTIVATIONS = {"Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Relu": torch.relu}
+_CELLS = {"RNN": (1, ["Tanh"]), "GRU": (3, ["Sigmoid", "Tanh"]), "LSTM": (4, ["Sigmoid", "Tanh", "Tanh"])}
+
+
+def _recurrent(op: str):
+    """RNN, GRU and LSTM as the specification writes them: gates in its
+    order (GRU z, r, h; LSTM i, o, f, c), W and R biases, initial states,
+    peepholes, ``linear_before_reset``, ``clip``, forward / reverse /
+    bidirectional. Sequence lengths shorter than the sequence, batch-first
+    ``layout``, ``input_forget`` and activations other than Sigmoid, Tanh
+    and Relu are not implemented (refused)."""
+    gates, default = _CELLS[op]
+
+    def rule(ins, at, ctx):
+        x, w, r = ins[0], ins[1], ins[2]
+        b = ins[3] if len(ins) > 3 else None
+        lens = ins[4] if len(ins) > 4 else None
+        h0 = ins[5] if len(ins) > 5 else None
+        c0 = ins[6] if len(ins) > 6 and op == "LSTM" else None
+        peep = ins[7] if len(ins) > 7 and op == "LSTM" else None
+        if int(at.get("layout", 0)):
+            raise Unsupported("layout=1 (batch first) is not implemented (nor run by onnxruntime)")
+        seq, batch = x.shape[0], x.shape[1]
+        if lens is not None and bool((lens != seq).any()):
+            raise Unsupported("sequence lengths shorter than the sequence are not implemented")
+        if op == "LSTM" and int(at.get("input_forget", 0)):
+            raise Unsupported("input_forget=1 is not implemented")
+        direction = at.get("direction", "forward")
+        dirs = 2 if direction == "bidirectional" else 1
+        names = at.get("activations") or default * dirs
+        if len(names) != len(default) * dirs or any(n not in _ACTIVATIONS for n in names):
+            raise Unsupported(f"activations {names} are not implemented")
+        if at.get("activation_alpha") or at.get("activation_beta"):
+            raise Unsupported("activation_alpha/beta are not implemented")
+        clip = at.get("clip")
+        hidden = r.shape[-1]
+        ys, hs, cs = [], [], []
+        for d in range(dirs):
+            acts = [_ACTIVATIONS[n] for n in names[d * len(default):(d + 1) * len(default)]]
+            if clip is not None:  # on the gates' inputs (onnxruntime leaves an LSTM's h(C_t) unclipped)
+                acts = [(lambda fn: lambda v: fn(torch.clamp(v, -clip, clip)))(fn) if k < 2 else fn
+                        for k, fn in enumerate(acts)]
+            wb = b[d, :gates * hidden] if b is not None else 0.0
+            rb = b[d, gates * hidden:] if b is not None else 0.0
+            h = h0[d] if h0 is not None else x.new_zeros(batch, hidden)
+            c = c0[d] if c0 is not None else x.new_zeros(batch, hidden)
+            xw = torch.matmul(x, w[d].t()) + wb  # (seq, batch, gates*hidden)
+            steps = range(seq - 1, -1, -1) if (direction == "reverse" or d == 1) else range(seq)
+            out = [None] * seq
+            for t in steps:
+                h, c = _cell(op, acts, xw[t], h, c, r[d], rb, hidden, at, None if peep is None else peep[d])
+                out[t] = h
+            ys.append(torch.stack(out))
+            hs.append(h)
+            cs.append(c)
+        y, yh, yc = torch.stack(ys, dim=1), torch.stack(hs), torch.stack(cs)  # y: (seq, dirs, batch, hidden)
+        return [y, yh, yc] if op == "LSTM" else [y, yh]
+
+    return rule
+
+
+def _cell(op, acts, xw, h, c, r, rb, hidden, at, peep):
+    """One time step: ``xw`` is X_t W^T + Wb; returns (H_t, C_t)."""
+    n = hidden
+    if op == "RNN":
+        return acts[0](xw + torch.matmul(h, r.t()) + rb), c
+    if op == "GRU":
+        f, g = acts
+        hr = torch.matmul(h, r[:2 * n].t()) + (rb[:2 * n] if torch.is_tensor(rb) else rb)
+        z = f(xw[:, :n] + hr[:, :n])
+        rt = f(xw[:, n:2 * n] + hr[:, n:2 * n])
+        rbh = rb[2 * n:] if torch.is_tensor(rb) else rb
+        if int(at.get("linear_before_reset", 0)):
+            cand = g(xw[:, 2 * n:] + rt * (torch.matmul(h, r[2 * n:].t()) + rbh))
+        else:
+            cand = g(xw[:, 2 * n:] + torch.matmul(rt * h, r[2 * n:].t()) + rbh)
+        return (1 - z) * cand + z * h, c
+    f, g, hh = acts
+    pre = xw + torch.matmul(h, r.t()) + rb  # gates i, o, f, c
+    pi, po, pf = (peep[:n], peep[n:2 * n], peep[2 * n:]) if peep is not None else (0.0, 0.0, 0.0)
+    i = f(pre[:, :n] + pi * c)
+    fg = f(pre[:, 2 * n:3 * n] + pf * c)
+    c = fg * c + i * g(pre[:, 3 * n:])
+    o = f(pre[:, n:2 * n] + po * c)
+    return o * hh(c), c
+
+
 def _unary(fn):
     return lambda ins, at, ctx: fn(ins[0])
 
@@ -706,6 +794,7 @@ RULES = {
     "Tile": _tile, "Pad": _pad, "Range": _range, "ConstantOfShape": _constant_of_shape, "TopK": _topk,
     "OneHot": _one_hot, "CumSum": _cumsum, "Trilu": _trilu, "Resize": _resize, "Upsample": _resize,
     "DepthToSpace": _depth_to_space, "SpaceToDepth": _space_to_depth,
+    "RNN": _recurrent("RNN"), "GRU": _recurrent("GRU"), "LSTM": _recurrent("LSTM"),
 }
 MULTI = {"Split": _split}  # rules that need the node's output count
 

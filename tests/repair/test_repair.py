@@ -207,3 +207,20 @@ def test_the_cli_prints_what_the_repair_did(tmp_path):
     line = next(ln for ln in r.output.splitlines() if ln.startswith("repair:"))
     assert "3 steps on 8 samples" in line and "calibration error" in line
     assert os.path.exists(out)
+
+
+def test_a_recurrent_cells_kernels_train_and_its_initial_state_does_not():
+    """A GRU's W, R and B are weights the repair trains (its initial state is
+    a state, not a weight); the interpreter's GRU is onnxruntime's."""
+    g = Graph(seed=2)
+    w, r, b = g.rand("W", (2, 12, 3)), g.rand("R", (2, 12, 4)), g.rand("B", (2, 24))
+    h0 = g.rand("h0", (2, 1, 4))
+    y = g.add("GRU", ["x", w, r, b, "", h0], n_out=2, hidden_size=4, direction="bidirectional",
+              linear_before_reset=1)[0]
+    m = g.build({"x": [5, 1, 3]}, [g.add("Relu", [y])])
+    stored = {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}
+    assert sorted(trainable(m, stored)) == ["B", "R", "W"]
+    x = np.random.default_rng(0).standard_normal((5, 1, 3)).astype(np.float32)
+    out = m.graph.output[0].name
+    np.testing.assert_allclose(Interpreter(m).run({"x": x})[out].detach().numpy(),
+                               runtime.session(m).run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)

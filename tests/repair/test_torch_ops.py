@@ -165,6 +165,17 @@ CASES = [
     ("SpaceToDepth", [f32(1, 2, 4, 6)], dict(blocksize=2), 13),
     ("Trilu", [f32(4, 5), np.array(1, np.int64)], dict(upper=0), 14),
     ("Round", [np.array([0.5, 1.5, -0.5, 2.4], np.float32)], None, 13),
+    # recurrent cells: (seq 5, batch 2, input 3), hidden 4; W, R, B per direction, initial states
+    ("GRU", [f32(5, 2, 3), f32(2, 12, 3), f32(2, 12, 4), f32(2, 24), None, f32(2, 2, 4)],
+     dict(hidden_size=4, direction="bidirectional", linear_before_reset=1), 14),
+    ("GRU", [f32(5, 2, 3), f32(1, 12, 3), f32(1, 12, 4), f32(1, 24)],
+     dict(hidden_size=4, direction="reverse"), 14),
+    ("LSTM", [f32(5, 2, 3), f32(2, 16, 3), f32(2, 16, 4), f32(2, 32), np.array([5, 5], np.int32), f32(2, 2, 4),
+              f32(2, 2, 4), f32(2, 12)], dict(hidden_size=4, direction="bidirectional"), 14),
+    ("LSTM", [f32(5, 2, 3), f32(1, 16, 3), f32(1, 16, 4)], dict(hidden_size=4, clip=0.5), 14),
+    ("GRU", [f32(5, 2, 3), f32(1, 12, 3), f32(1, 12, 4)], dict(hidden_size=4, clip=0.3), 14),
+    ("RNN", [f32(5, 2, 3), f32(1, 4, 3), f32(1, 4, 4), f32(1, 8)], dict(hidden_size=4, activations=["Relu"]), 14),
+    ("RNN", [f32(5, 2, 3), f32(2, 4, 3), f32(2, 4, 4)], dict(hidden_size=4, direction="bidirectional", clip=0.2), 14),
 ] + [(op, [f32(3, 4) if op not in ("Log", "Sqrt") else np.abs(f32(3, 4)) + 0.1], None, 13)
      for op in ("Relu", "Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "Abs", "Neg", "Reciprocal", "Floor", "Ceil",
                 "Sign", "Sin", "Cos", "Softplus", "Softsign", "Identity")]
@@ -173,7 +184,7 @@ CASES = [
 @pytest.mark.parametrize("op, inputs, attrs, opset", CASES,
                          ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
 def test_each_rule_computes_what_onnxruntime_computes(op, inputs, attrs, opset):
-    outputs = 2 if op == "TopK" else 1
+    outputs = {"TopK": 2, "GRU": 2, "RNN": 2, "LSTM": 3}.get(op, 1)
     model, feeds = one_node(op, inputs, attrs, opset, outputs)
     want = runtime.session(model).run(None, feeds)
     got = Interpreter(model).run(feeds)
