@@ -23,6 +23,7 @@ from onnxprune.check.report import (
     print_ops,
     print_prune,
     print_sensitivity,
+    print_timings,
     print_validation,
 )
 from onnxprune.check.validate import validate as run_validate
@@ -224,6 +225,7 @@ def analyze(model, as_json, show_all, exclude, prune_kinds, allow_io_change, str
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="onnxruntime threads for latency.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("-v", "--verbose", is_flag=True, help="Also print seconds and resident memory per stage.")
 @input_shape_opt
 @batch_axis_opt
 def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, compensate, sequential,
@@ -231,7 +233,7 @@ def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, co
           sensitivity_path, max_group_ratio, mode, pattern, edge_ratio, auto_loop, max_drop, auto_step, n_steps,
           trajectory_path,
           exclude, allow_io_change, prune_kinds, plan_path,
-          save_plan, masked_output, data, report_path, no_validate, explain, repair_steps, strict, seed, threads, quiet,
+          save_plan, masked_output, data, report_path, no_validate, explain, repair_steps, strict, seed, threads, quiet, verbose,
           input_shape, batch_axis):
     """Prune MODEL and write the result to OUTPUT."""
     for path in (output, masked_output, report_path, save_plan):
@@ -271,6 +273,8 @@ def prune(model, output, ratio, criterion, calib, calib_samples, calib_batch, co
             click.echo(f"onnxprune: warning: {msg}", err=True)
     if result.report.explain is not None:
         print_explain(result.report.explain, console)
+    if verbose and result.report.timings is not None:
+        print_timings(result.report.timings.to_list(), console)
     for msg in result.report.internal_errors:
         click.echo(f"onnxprune: warning: internal error in a rule (its channels were frozen): {msg}",
                    err=True)

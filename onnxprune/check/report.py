@@ -172,6 +172,22 @@ def print_explain(x: dict, console: Console, rows: int = 10) -> None:
         console.print(f"- {line}")
 
 
+def print_timings(stages: list[dict], console: Console) -> None:
+    """``-v``: seconds, share of the run and resident memory per stage."""
+    total = sum(r["seconds"] for r in stages) or 1.0
+    t = Table(title=f"Where the time went ({total:.2f} s)")
+    for col in ("stage", "seconds", "share", "peak RSS MiB", "RSS MiB"):
+        t.add_column(col, justify="left" if col == "stage" else "right")
+
+    def mib(v):
+        return "-" if v is None else f"{v:.0f}"
+
+    for r in stages:
+        t.add_row(r["stage"], f"{r['seconds']:.2f}", f"{100 * r['seconds'] / total:.0f}%", mib(r["peak_rss_mb"]),
+                  mib(r["rss_mb"]))
+    console.print(t)
+
+
 def print_ops(rows: list[dict], console: Console) -> None:
     t = Table(title="Op rules (ops not listed freeze the channels they touch)")
     for col in ("domain", "op", "opsets", "channels through it"):

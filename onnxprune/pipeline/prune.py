@@ -16,6 +16,7 @@ things.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import asdict, replace
 
 from onnxprune.analysis.groups import Groups
@@ -23,6 +24,7 @@ from onnxprune.calibration.sources import known_count, rereadable
 from onnxprune.core import model as modelio
 from onnxprune.core.data import load_npz, sample_count
 from onnxprune.core.errors import OnnxPruneError
+from onnxprune.core.timing import Timings
 from onnxprune.refit.edges import ratio_for_params
 from onnxprune.rewrite import invariants, io_change
 from onnxprune.search import sensitivity
@@ -205,38 +207,59 @@ def run(source, cfg: PruneConfig) -> PruneResult:
         raise OnnxPruneError(f"unknown mode '{cfg.mode}' (channels or edges)")
     if (cfg.edge_ratio is not None or cfg.pattern is not None) and cfg.masked_output:
         raise OnnxPruneError("--masked-output shows channels only: not with --edge-ratio or --pattern")
-    preflight(source, cfg)
-    loaded = load(source, cfg)
-    if loaded.external:
-        preflight(source, cfg, loaded.files)
-    groups = analyze(loaded, cfg)
-    run_cfg, held_note = hold_out(groups, cfg)
-    run_cfg = run_cfg.resolved()
-    repairer = _repairer(groups, run_cfg)
-    run_cfg, allocation_note = choose_allocation(groups, run_cfg, cfg.allocate)
-    calibration = calibrate(groups, run_cfg)
-    scores = price(groups, score(groups, calibration, run_cfg), run_cfg)
-    plan = make_plan(groups, scores, run_cfg, search=latency_search(groups, run_cfg))
-    comp = compensate(groups, plan, calibration, run_cfg)
-    seq = refit(groups, plan, comp, calibration, run_cfg)
+    t = Timings()
+    with t.stage("load"):
+        preflight(source, cfg)
+        loaded = load(source, cfg)
+        if loaded.external:
+            preflight(source, cfg, loaded.files)
+    with t.stage("analyze"):
+        groups = analyze(loaded, cfg)
+        run_cfg, held_note = hold_out(groups, cfg)
+        run_cfg = run_cfg.resolved()
+        repairer = _repairer(groups, run_cfg)
+        run_cfg, allocation_note = choose_allocation(groups, run_cfg, cfg.allocate)
+    with t.stage("calibrate"):
+        calibration = calibrate(groups, run_cfg)
+    with t.stage("score"):
+        scores = score(groups, calibration, run_cfg)
+    if run_cfg.allocate == "sensitivity":
+        with t.stage("price"):
+            scores = price(groups, scores, run_cfg)
+    with t.stage("plan"):
+        plan = make_plan(groups, scores, run_cfg, search=latency_search(groups, run_cfg))
+    with t.stage("compensate"):
+        comp = compensate(groups, plan, calibration, run_cfg)
+    with t.stage("refit"):
+        seq = refit(groups, plan, comp, calibration, run_cfg)
     io = io_change.changed(groups, plan.keep) if cfg.allow_io_change else []
     original = invariants.summarize(groups.model)
     # The original's half of validation runs first; then the loaded model is
     # rewritten in place, never copied (masked() re-derives the original from
     # the source).
-    ref = reference(groups, run_cfg)
-    explained = _explain(groups, plan, comp, calibration, ref, run_cfg) if cfg.explain else None
+    with t.stage("reference"):
+        ref = reference(groups, run_cfg)
+    explained = None
+    if cfg.explain:
+        with t.stage("explain"):
+            explained = _explain(groups, plan, comp, calibration, ref, run_cfg)
     teacher = repairer[0].Teacher(groups.model, run_cfg.threads) if repairer else None
-    pruned = apply(groups, plan, comp, in_place=True)
-    check(original, pruned, run_cfg, comp)
-    repaired = repairer[0].repair(pruned, repairer[1], teacher, cfg.repair, seed=cfg.seed) if repairer else None
+    with t.stage("apply"):
+        pruned = apply(groups, plan, comp, in_place=True)
+    with t.stage("check"):
+        check(original, pruned, run_cfg, comp)
+    repaired = None
+    if repairer:
+        with t.stage("repair"):
+            repaired = repairer[0].repair(pruned, repairer[1], teacher, cfg.repair, seed=cfg.seed)
     rep_edges = None
     if cfg.edge_ratio is not None or cfg.pattern is not None:
-        # channels first, then edge sparsity on what is left (its own analysis and calibration)
-        after = analyze(modelio.Loaded(pruned, None, groups.external, groups.source_files), run_cfg)
-        rep_edges, _, _, _ = edge_stage(after, replace(run_cfg, criterion=None), None, cfg.edge_ratio)
-        pruned = after.model
-        check(original, pruned, run_cfg, comp)
+        with t.stage("edges"):  # channels first, then edge sparsity on what is left (its own analysis)
+            after = analyze(modelio.Loaded(pruned, None, groups.external, groups.source_files), run_cfg)
+            rep_edges, _, _, _ = edge_stage(after, replace(run_cfg, criterion=None), None, cfg.edge_ratio)
+            pruned = after.model
+            check(original, pruned, run_cfg, comp)
+    report_start = time.perf_counter()
     result = PruneResult(pruned, make_report(groups, plan, pruned, calibration, comp, run_cfg), groups,
                          plan, comp, config=cfg, source=source, summary=original, io=io)
     result.report.io_changes = [c.to_dict() for c in io]
@@ -275,8 +298,11 @@ def run(source, cfg: PruneConfig) -> PruneResult:
     # files as written, inside save: onnxruntime then maps the weights from
     # disk instead of holding a copy of those in memory.
     deferred = ref is not None and bool(cfg.output) and groups.external_data
+    t.add("report", time.perf_counter() - report_start)
+    result.report.timings = t  # save adds itself before it writes the report
     if ref is not None and not deferred:
-        result.validation = validation(groups, pruned, run_cfg, ref, io=io)
+        with t.stage("validate"):
+            result.validation = validation(groups, pruned, run_cfg, ref, io=io)
     result.written = save(result, cfg, ref if deferred else None)
     return result
 

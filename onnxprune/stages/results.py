@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -17,6 +18,7 @@ from onnxprune.check.validate import Reference, Validation, check_written
 from onnxprune.check.validate import compare as run_compare
 from onnxprune.core import model as modelio
 from onnxprune.core.errors import OnnxPruneError
+from onnxprune.core.timing import Timings
 from onnxprune.refit.compensate import Compensation
 from onnxprune.rewrite import invariants
 from onnxprune.rewrite.engine import apply as run_apply
@@ -45,9 +47,13 @@ class PruneReport:
     io_changes: list = field(default_factory=list)  # with --allow-io-change: inputs/outputs that shrank
     explain: dict | None = None  # with --explain: where the error comes from (``search.explain``)
     repair: dict | None = None  # with --repair: steps, losses before/after, seconds (``repair.train.Repair``)
+    timings: Timings | None = None  # seconds and resident memory per stage (``core.timing``)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(replace(self, timings=None))
+        if self.timings is not None:
+            out["timings"] = {"stages": self.timings.to_list(), "total_s": self.timings.total}
+        return out
 
 
 @dataclass
@@ -132,6 +138,7 @@ def save(result: PruneResult, cfg: PruneConfig, ref: Reference | None = None) ->
     moved into place."""
     written: list[str] = []
     protect = set(result.groups.source_files)
+    start = time.perf_counter()
     try:
         if cfg.output:
             verify = _checked(result) if ref is None else _validated(result, ref)
@@ -152,6 +159,8 @@ def save(result: PruneResult, cfg: PruneConfig, ref: Reference | None = None) ->
             with writing(cfg.save_plan):
                 write_json(cfg.save_plan, result.plan.to_dict(result.groups))
             written.append(os.path.abspath(cfg.save_plan))
+        if result.report.timings is not None:
+            result.report.timings.add("save", time.perf_counter() - start)  # all but the report itself
         if cfg.report:
             with writing(cfg.report):
                 write_json(cfg.report, result.to_dict())

@@ -529,3 +529,25 @@ def test_real_process_shows_traceback_only_with_debug(bad_files):
     assert debug.returncode != 0
     assert "Traceback" in debug.stderr
     assert not (bad_files / "out.onnx").exists()
+
+
+def test_the_report_says_where_time_and_memory_went_and_v_prints_it(tmp_path, model_path, data_path):
+    """Every stage that ran, in order, with its seconds and resident memory;
+    the peak never falls; the stages add up to the total; ``-v`` prints them."""
+    out, rep = tmp_path / "out.onnx", tmp_path / "r.json"
+    result = cli("prune", model_path, "-o", out, "--report", rep, "--ratio", "0.3", "--calib", data_path, "-v")
+    assert_ok(result)
+    t = json.loads(rep.read_text())["timings"]
+    names = [s["stage"] for s in t["stages"]]
+    assert names == ["load", "analyze", "calibrate", "score", "price", "plan", "compensate", "refit", "reference",
+                     "apply", "check", "report", "validate", "save"]
+    assert all(s["seconds"] >= 0 for s in t["stages"])
+    assert t["total_s"] == pytest.approx(sum(s["seconds"] for s in t["stages"]), abs=1e-3)
+    peaks = [s["peak_rss_mb"] for s in t["stages"]]
+    if sys.platform.startswith("linux"):
+        assert all(p > 0 for p in peaks) and peaks == sorted(peaks)
+        assert all(0 < s["rss_mb"] <= s["peak_rss_mb"] + 1 for s in t["stages"])  # MiB, as the peak
+    assert "Where the time went" in result.output and "calibrate" in result.output
+    quiet = cli("prune", model_path, "-o", tmp_path / "q.onnx", "--ratio", "0.3", "--calib", data_path)
+    assert_ok(quiet)
+    assert "Where the time went" not in quiet.output
