@@ -120,6 +120,11 @@ class MatMul(Rule):
                 if not any(lay for _, _, lay in lays):
                     continue
                 lays = [lay if lay is not None else ctx.require(name, src) for name, src, lay in lays]
+                if None in lays:  # an operand without channels there, of a size only the run knows
+                    for lay in lays:
+                        ctx.freeze(lay, "a batched MatMul meets an operand whose channels on this axis are "
+                                        "not tracked")
+                    continue
                 for lay in lays[1:]:
                     ctx.unify(lays[0], lay)
                 ctx.set(y, ax, lays[0])

@@ -534,11 +534,16 @@ def computed_entries(ctx, target: str, y: str, outs, axis_of, what: str) -> set:
         return None if v is None or v.size != len(flat) else list(v.reshape(-1))
 
     base = evaluate(dims_at(None, None, 1))
-    deps: dict = {}
+    if base is None:
+        for lay in read.values():
+            ctx.freeze(lay, f"its size, read by Shape, sets the {what} target, which cannot be evaluated "
+                            f"at other sizes")
+        return set()
+    deps: dict = {}  # entry -> the counts it reads (all of them where the entry is unknowable)
     for key, lay in list(read.items()):
         blind = evaluate(dims_at(None, None, 1, key))
         for k in range(len(flat)):
-            if base is not None and base[k] is not None and (blind is None or blind[k] is None):
+            if base[k] is None or blind is None or blind[k] is None:
                 deps.setdefault(k, []).append((key, lay))
     ok = set()
     for k, e in enumerate(flat):

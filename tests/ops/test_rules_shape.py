@@ -845,7 +845,7 @@ def test_a_reader_that_indexes_the_merged_axis_freezes_the_heads():
                for r in h.frozen), h.frozen
 
 
-def _tf2onnx_heads(first=None):
+def _tf2onnx_heads(first=None, last=None):
     """Attention as tf2onnx lowers a Keras MultiHeadAttention's einsums to
     batched MatMuls: each operand goes to (N*heads, S, D) through a target
     computed from its own shape, ``Concat(ReduceProd(Shape(t)[0:2]), [-1],
@@ -853,7 +853,7 @@ def _tf2onnx_heads(first=None):
     ``Max`` of both operands' (N, heads); the output projection's kernel is
     stored as [1, 1, out, heads, D] and reshaped by ``Concat([-1],
     ReduceProd(Shape(kernel)[3:5]))`` with the same [-1] constant every
-    target uses. ``first``: another entry 0 for the query's merge."""
+    target uses. ``first``, ``last``: other entries 0 and 2 for the query's merge."""
     g = Graph(opset=13)
     minus_one = g.ints("minus_one", [-1])
 
@@ -863,9 +863,10 @@ def _tf2onnx_heads(first=None):
                   name=f"{name}5")
         s = g.add("Shape", [t], name=f"{name}_shape")
         nh = g.add("Gather", [s, g.ints(f"{name}_nh", [0, 1])], axis=0, name=f"{name}_nh_dims")
-        last = g.add("Gather", [s, g.ints(f"{name}_last", [4])], axis=0)
+        tail = g.add("Gather", [s, g.ints(f"{name}_last", [4])], axis=0)
+        tail = tail if last is None or name != "q" else last(g, nh, tail)
         lead = g.add("ReduceProd", [nh], keepdims=1) if first is None or name != "q" else first(g, nh)
-        merged = g.add("Reshape", [t, g.add("Concat", [lead, minus_one, last], axis=0)], name=f"{name}_merged")
+        merged = g.add("Reshape", [t, g.add("Concat", [lead, minus_one, tail], axis=0)], name=f"{name}_merged")
         return t, s, nh, merged
 
     qt, qs, qnh, qm = heads("q", 1, [0, 3, 1, 2, 4])  # (N, 4, 1, 6, 4) -> (N*4, 6, 4)
@@ -913,6 +914,23 @@ def test_heads_merged_with_the_batch_by_a_run_time_product_prune():
 def test_a_run_time_merge_of_the_batch_that_does_not_follow_the_head_count_freezes(first, why):
     groups = exact(_tf2onnx_heads(first))
     assert_frozen(group_at(groups, "q5"), why)
+
+
+def test_a_merge_target_the_folder_cannot_evaluate_freezes_the_heads_it_reads():
+    """head_dim * heads / 4 * (Size(x) / Size(x)): the head dim at full width,
+    not once heads go; the folder cannot know Size(x) of a symbolic batch, so
+    the query's merge is not followed: its merged axis has no channels, and
+    the batched MatMul that meets the keys' heads there freezes them (it
+    once stored an empty layout and crashed the next reshape)."""
+    def last(g, nh, tail):
+        heads = g.add("Gather", [nh, g.ints("h1", [1])], axis=0)
+        one = g.add("Div", [g.add("Size", ["x"]), g.add("Size", ["x"])])
+        return g.add("Mul", [g.add("Div", [g.add("Mul", [tail, heads]), g.ints("four", [4])]),
+                             g.add("Reshape", [one, g.ints("as_vector", [1])])])
+
+    groups = exact(_tf2onnx_heads(last=last))
+    assert_frozen(group_at(groups, "q5"), "reshape to a shape computed at run time")
+    assert_frozen(group_at(groups, "k5"), "operand whose channels on this axis are not tracked")
 
 
 def _chunk3(bound):
