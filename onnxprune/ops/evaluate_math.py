@@ -143,6 +143,23 @@ def ceil(a: Inputs):
 _REDUCE_AXES_INPUT = {"ReduceSum": 13}  # the opset where axes became an input (18 for the others)
 
 
+def _reduced_axes(a: Inputs, op: str, rank: int):
+    """The axes a Reduce op reduces: an attribute, or input 1 from the opset
+    where it became one; none given means all of them, or none at all with
+    ``noop_with_empty_axes`` ("noop"). None when unknown or out of range."""
+    if a.version is not None and a.version >= _REDUCE_AXES_INPUT.get(op, 18):
+        given = all_ints(a.value(1)) if a.given(1) else np.zeros(0, np.int64)
+        if given is None:
+            return None
+        axes = given.reshape(-1).tolist()
+        if not axes and int(a.attr("noop_with_empty_axes", 0) or 0):
+            return "noop"
+    else:
+        axes = list(a.attr("axes") or [])
+    axes = sorted({int(k) + rank if int(k) < 0 else int(k) for k in axes}) or list(range(rank))
+    return None if any(not 0 <= k < rank for k in axes) else axes
+
+
 def _reduction(op: str, fn, empty):
     """The evaluator of one Reduce op over small integer or float tensors:
     entries along the reduced axes combined in the element type; unknown
@@ -152,18 +169,9 @@ def _reduction(op: str, fn, empty):
         if x is None or x.dtype.kind not in "iuf":
             return None
         rank = x.entries.ndim
-        if a.version is not None and a.version >= _REDUCE_AXES_INPUT.get(op, 18):
-            axes = all_ints(a.value(1)) if a.given(1) else np.zeros(0, np.int64)
-            if axes is None:
-                return None
-            axes = axes.reshape(-1).tolist()
-            if not axes and int(a.attr("noop_with_empty_axes", 0) or 0):
-                return x
-        else:
-            axes = list(a.attr("axes") or [])
-        axes = sorted({int(k) + rank if int(k) < 0 else int(k) for k in axes}) or list(range(rank))
-        if any(not 0 <= k < rank for k in axes):
-            return None
+        axes = _reduced_axes(a, op, rank)
+        if axes is None or axes == "noop":
+            return x if axes == "noop" else None
         keep = [k for k in range(rank) if k not in axes]
         moved = np.moveaxis(x.entries, axes, list(range(rank - len(axes), rank))) if rank else x.entries
         rows = moved.reshape([x.entries.shape[k] for k in keep] + [-1])
